@@ -1,0 +1,377 @@
+//! The catalog index: insurance items and hospital-to-insurance mappings (对照) in columns,
+//! with constant-time lookup by code.
+//!
+//! Built once from bulk columns and then immutable, so a front-end can build the next version
+//! beside the current one and swap the whole index (see `CatalogSlot`) while calls are in flight.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hashbrown::HashTable;
+
+use crate::columns::StrColumn;
+use crate::error::EngineError;
+
+/// No item: an unmapped hospital code, or a mapping whose insurance code is not in the catalog.
+pub const NO_ITEM: u32 = u32::MAX;
+
+/// Item kinds (目录类别).
+pub const KIND_MAX: u8 = 6;
+/// Fee categories (med_chrgitm_type 01..14); slot 0 holds lines with no item.
+pub const N_CATEGORIES: usize = 15;
+
+/// The item columns of one catalog version, as they arrive in bulk.
+#[derive(Debug, Default, Clone)]
+pub struct ItemColumns {
+    pub code: StrColumn,
+    pub name: StrColumn,
+    pub spec: StrColumn,
+    pub dosage_form: StrColumn,
+    pub manufacturer: StrColumn,
+    pub kind: Vec<u8>,
+    pub chrgitm_lv: Vec<u8>,
+    pub fee_category: Vec<u8>,
+    pub price_cap: Vec<i64>,
+    /// Row-major `n x slots`: column 0 default, column j for `selfpay_psn_types[j-1]`.
+    pub selfpay_prop_bp: Vec<i32>,
+    pub selfpay_slots: usize,
+    pub inpatient_only: Vec<bool>,
+    pub sex: Vec<u8>,
+    pub age_min: Vec<u8>,
+    pub age_max: Vec<u8>,
+    /// Comma-separated ICD-10 prefixes; empty = no diagnosis limit.
+    pub diagnoses: StrColumn,
+    pub valid_from: Vec<i32>,
+    pub valid_to: Vec<i32>,
+}
+
+/// An immutable catalog version with its mappings.
+#[derive(Debug)]
+pub struct Catalog {
+    pub version: i64,
+    items: ItemColumns,
+    selfpay_psn_types: Box<[u32]>,
+    hasher: foldhash::fast::FixedState,
+    by_code: HashTable<u32>,
+    hosp_codes: StrColumn,
+    map_target: Box<[u32]>,
+    by_hosp_code: HashTable<u32>,
+    stale_mappings: usize,
+}
+
+impl Catalog {
+    /// Validates the columns and builds both indexes.
+    pub fn build(
+        version: i64,
+        items: ItemColumns,
+        selfpay_psn_types: Vec<u32>,
+        hosp_codes: StrColumn,
+        ins_codes: StrColumn,
+    ) -> Result<Self, EngineError> {
+        let n = items.code.len();
+        if n >= NO_ITEM as usize {
+            return Err(EngineError::column("code", "too many items"));
+        }
+        check_items(&items, n, selfpay_psn_types.len())?;
+        if hosp_codes.len() != ins_codes.len() {
+            return Err(EngineError::column("ins_code", "length differs from hosp_code"));
+        }
+        let hasher = foldhash::fast::FixedState::with_seed(0x6d65_6473_6574_746c);
+        let mut by_code = HashTable::with_capacity(n);
+        for i in 0..n {
+            let code = items.code.get(i);
+            if code.is_empty() {
+                return Err(EngineError::column("code", &format!("row {i} is empty")));
+            }
+            let h = hasher.hash_one(code);
+            let dup = by_code.find(h, |&j: &u32| items.code.get(j as usize) == code).is_some();
+            if dup {
+                return Err(EngineError::column("code", &format!("row {i}: duplicate {code}")));
+            }
+            by_code.insert_unique(h, i as u32, |&j| hasher.hash_one(items.code.get(j as usize)));
+        }
+        let m = hosp_codes.len();
+        let mut map_target = Vec::with_capacity(m);
+        let mut by_hosp_code = HashTable::with_capacity(m);
+        let mut stale_mappings = 0;
+        for i in 0..m {
+            let hc = hosp_codes.get(i);
+            if hc.is_empty() {
+                return Err(EngineError::column("hosp_code", &format!("row {i} is empty")));
+            }
+            let h = hasher.hash_one(hc);
+            if by_hosp_code.find(h, |&j: &u32| hosp_codes.get(j as usize) == hc).is_some() {
+                return Err(EngineError::column("hosp_code", &format!("row {i}: duplicate {hc}")));
+            }
+            by_hosp_code
+                .insert_unique(h, i as u32, |&j| hasher.hash_one(hosp_codes.get(j as usize)));
+            let ic = ins_codes.get(i);
+            let target = find(&by_code, &hasher, &items.code, ic);
+            if target == NO_ITEM {
+                stale_mappings += 1;
+            }
+            map_target.push(target);
+        }
+        Ok(Self {
+            version,
+            items,
+            selfpay_psn_types: selfpay_psn_types.into_boxed_slice(),
+            hasher,
+            by_code,
+            hosp_codes,
+            map_target: map_target.into_boxed_slice(),
+            by_hosp_code,
+            stale_mappings,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.code.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn mapping_count(&self) -> usize {
+        self.hosp_codes.len()
+    }
+
+    /// Mappings whose insurance code is not in this catalog version (treated as unmapped).
+    pub fn stale_mappings(&self) -> usize {
+        self.stale_mappings
+    }
+
+    /// Item index of an insurance code, or `NO_ITEM`.
+    #[inline]
+    pub fn lookup(&self, code: &str) -> u32 {
+        find(&self.by_code, &self.hasher, &self.items.code, code)
+    }
+
+    /// Item index a hospital code maps to, or `NO_ITEM`.
+    #[inline]
+    pub fn map_hosp_code(&self, hosp_code: &str) -> u32 {
+        let h = self.hasher.hash_one(hosp_code);
+        match self.by_hosp_code.find(h, |&j| self.hosp_codes.get(j as usize) == hosp_code) {
+            Some(&j) => self.map_target[j as usize],
+            None => NO_ITEM,
+        }
+    }
+
+    /// Which selfpay column applies to a person type (0 = default).
+    pub fn selfpay_slot(&self, psn_type: u32) -> usize {
+        self.selfpay_psn_types.iter().position(|&p| p == psn_type).map_or(0, |j| j + 1)
+    }
+
+    pub fn selfpay_psn_types(&self) -> &[u32] {
+        &self.selfpay_psn_types
+    }
+
+    pub fn items(&self) -> &ItemColumns {
+        &self.items
+    }
+
+    pub fn code(&self, i: usize) -> &str {
+        self.items.code.get(i)
+    }
+    pub fn name(&self, i: usize) -> &str {
+        self.items.name.get(i)
+    }
+    pub fn spec(&self, i: usize) -> &str {
+        self.items.spec.get(i)
+    }
+    pub fn dosage_form(&self, i: usize) -> &str {
+        self.items.dosage_form.get(i)
+    }
+    pub fn manufacturer(&self, i: usize) -> &str {
+        self.items.manufacturer.get(i)
+    }
+
+    /// Pre-self-pay ratio of item `i` for selfpay column `slot`.
+    #[inline]
+    pub fn selfpay_bp(&self, i: usize, slot: usize) -> i32 {
+        self.items.selfpay_prop_bp[i * self.items.selfpay_slots + slot]
+    }
+
+    /// Approximate bytes held by the index, for memory reports.
+    pub fn heap_bytes(&self) -> usize {
+        let it = &self.items;
+        let strs = [&it.code, &it.name, &it.spec, &it.dosage_form, &it.manufacturer, &it.diagnoses]
+            .iter()
+            .map(|c| c.heap_bytes())
+            .sum::<usize>();
+        let n = self.len();
+        strs + n * (5 + 8 + 8 + 1) + it.selfpay_prop_bp.len() * 4
+            + self.by_code.capacity() * 5
+            + self.hosp_codes.heap_bytes()
+            + self.map_target.len() * 4
+            + self.by_hosp_code.capacity() * 5
+    }
+}
+
+#[inline]
+fn find(
+    table: &HashTable<u32>,
+    hasher: &foldhash::fast::FixedState,
+    codes: &StrColumn,
+    code: &str,
+) -> u32 {
+    let h = hasher.hash_one(code);
+    table.find(h, |&j| codes.get(j as usize) == code).copied().unwrap_or(NO_ITEM)
+}
+
+fn check_items(it: &ItemColumns, n: usize, n_psn_types: usize) -> Result<(), EngineError> {
+    let len_check = |field: &str, len: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(EngineError::column(field, &format!("has {len} rows, code has {n}")))
+        }
+    };
+    len_check("name", it.name.len())?;
+    len_check("spec", it.spec.len())?;
+    len_check("dosage_form", it.dosage_form.len())?;
+    len_check("manufacturer", it.manufacturer.len())?;
+    len_check("kind", it.kind.len())?;
+    len_check("chrgitm_lv", it.chrgitm_lv.len())?;
+    len_check("fee_category", it.fee_category.len())?;
+    len_check("price_cap", it.price_cap.len())?;
+    len_check("inpatient_only", it.inpatient_only.len())?;
+    len_check("sex", it.sex.len())?;
+    len_check("age_min", it.age_min.len())?;
+    len_check("age_max", it.age_max.len())?;
+    len_check("diagnoses", it.diagnoses.len())?;
+    len_check("valid_from", it.valid_from.len())?;
+    len_check("valid_to", it.valid_to.len())?;
+    if it.selfpay_slots != n_psn_types + 1 {
+        return Err(EngineError::column(
+            "selfpay_prop_bp",
+            &format!("needs {} columns (default + one per selfpay_psn_types)", n_psn_types + 1),
+        ));
+    }
+    if it.selfpay_prop_bp.len() != n * it.selfpay_slots {
+        return Err(EngineError::column("selfpay_prop_bp", "row count differs from code"));
+    }
+    let row_err = |field: &str, i: usize, reason: &str| {
+        Err(EngineError::column(field, &format!("row {i}: {reason}")))
+    };
+    for i in 0..n {
+        if !(1..=KIND_MAX).contains(&it.kind[i]) {
+            return row_err("kind", i, "must be 1..6");
+        }
+        if !(1..=3).contains(&it.chrgitm_lv[i]) {
+            return row_err("chrgitm_lv", i, "must be 1, 2 or 3");
+        }
+        if !(1..N_CATEGORIES as u8).contains(&it.fee_category[i]) {
+            return row_err("fee_category", i, "must be 1..14");
+        }
+        if it.price_cap[i] < 0 {
+            return row_err("price_cap", i, "negative");
+        }
+        if it.sex[i] > 2 {
+            return row_err("sex", i, "must be 0, 1 or 2");
+        }
+        if it.age_min[i] > it.age_max[i] {
+            return row_err("age_min", i, "above age_max");
+        }
+        if it.valid_to[i] != 0 && it.valid_from[i] > it.valid_to[i] {
+            return row_err("valid_from", i, "after valid_to");
+        }
+    }
+    if let Some(p) = it.selfpay_prop_bp.iter().position(|&r| !(0..=10_000).contains(&r)) {
+        return row_err("selfpay_prop_bp", p / it.selfpay_slots, "must be 0..=10000");
+    }
+    Ok(())
+}
+
+/// The catalog in use, swappable as a whole: readers take an `Arc` snapshot and keep it for
+/// the length of their call, so a swap never changes a computation half-way.
+pub struct CatalogSlot {
+    current: ArcSwap<Catalog>,
+}
+
+impl CatalogSlot {
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Self { current: ArcSwap::new(catalog) }
+    }
+
+    pub fn load(&self) -> Arc<Catalog> {
+        self.current.load_full()
+    }
+
+    /// Installs `next` and returns the version it replaced.
+    pub fn swap(&self, next: Arc<Catalog>) -> Arc<Catalog> {
+        self.current.swap(next)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small catalog for unit tests: (code, class, category, cap, selfpay bp).
+    pub(crate) fn small(rows: &[(&str, u8, u8, i64, i32)]) -> Catalog {
+        let n = rows.len();
+        let codes: Vec<&str> = rows.iter().map(|r| r.0).collect();
+        let empty = StrColumn::from_strs(&vec![""; n]);
+        let items = ItemColumns {
+            code: StrColumn::from_strs(&codes),
+            name: StrColumn::from_strs(&codes),
+            spec: empty.clone(),
+            dosage_form: empty.clone(),
+            manufacturer: empty.clone(),
+            kind: vec![1; n],
+            chrgitm_lv: rows.iter().map(|r| r.1).collect(),
+            fee_category: rows.iter().map(|r| r.2).collect(),
+            price_cap: rows.iter().map(|r| r.3).collect(),
+            selfpay_prop_bp: rows.iter().map(|r| r.4).collect(),
+            selfpay_slots: 1,
+            inpatient_only: vec![false; n],
+            sex: vec![0; n],
+            age_min: vec![0; n],
+            age_max: vec![255; n],
+            diagnoses: empty,
+            valid_from: vec![0; n],
+            valid_to: vec![0; n],
+        };
+        let hosp: Vec<String> = codes.iter().map(|c| format!("H-{c}")).collect();
+        Catalog::build(1, items, vec![], StrColumn::from_strs(&hosp), StrColumn::from_strs(&codes))
+            .unwrap()
+    }
+
+    #[test]
+    fn lookup_and_mapping() {
+        let c = small(&[("X01", 1, 9, 0, 0), ("X02", 2, 9, 500, 1000)]);
+        assert_eq!(c.lookup("X02"), 1);
+        assert_eq!(c.lookup("X03"), NO_ITEM);
+        assert_eq!(c.map_hosp_code("H-X01"), 0);
+        assert_eq!(c.map_hosp_code("H-none"), NO_ITEM);
+        assert_eq!(c.selfpay_bp(1, 0), 1000);
+    }
+
+    #[test]
+    fn rejects_duplicates_and_bad_values() {
+        let mut it = small(&[("A", 1, 9, 0, 0)]).items().clone();
+        it.chrgitm_lv[0] = 4;
+        let e = Catalog::build(1, it, vec![], StrColumn::default(), StrColumn::default());
+        assert!(matches!(e, Err(EngineError::Column { ref field, .. }) if field == "chrgitm_lv"));
+        let dup = small(&[("A", 1, 9, 0, 0), ("B", 1, 9, 0, 0)]).items().clone();
+        let mut dup2 = dup.clone();
+        dup2.code = StrColumn::from_strs(&["A", "A"]);
+        let e = Catalog::build(1, dup2, vec![], StrColumn::default(), StrColumn::default());
+        assert!(matches!(e, Err(EngineError::Column { ref field, .. }) if field == "code"));
+    }
+
+    #[test]
+    fn slot_swaps_whole_versions() {
+        let slot = CatalogSlot::new(Arc::new(small(&[("A", 1, 9, 0, 0)])));
+        let before = slot.load();
+        let mut next = small(&[("B", 1, 9, 0, 0)]);
+        next.version = 2;
+        slot.swap(Arc::new(next));
+        assert_eq!(before.lookup("A"), 0);
+        assert_eq!(slot.load().version, 2);
+        assert_eq!(slot.load().lookup("A"), NO_ITEM);
+    }
+}

@@ -1,0 +1,102 @@
+//! Arrow-style string columns: one UTF-8 buffer plus n+1 offsets, no allocation per value.
+//!
+//! A million catalog names as `Vec<String>` would cost a million allocations and ~24 bytes of
+//! header each; this layout keeps them in two allocations and validates UTF-8 once.
+
+use crate::error::EngineError;
+
+/// An immutable column of strings.
+#[derive(Debug, Clone, Default)]
+pub struct StrColumn {
+    data: Box<str>,
+    offsets: Box<[u32]>,
+}
+
+impl StrColumn {
+    /// Builds a column from raw bytes and n+1 offsets, validating both.
+    pub fn from_parts(field: &str, data: &[u8], offsets: &[i64]) -> Result<Self, EngineError> {
+        let bad = |reason: &str| EngineError::column(field, reason);
+        if offsets.is_empty() {
+            return Err(bad("offsets must have n+1 entries"));
+        }
+        if offsets[0] != 0 {
+            return Err(bad("offsets must start at 0"));
+        }
+        if offsets.windows(2).any(|w| w[1] < w[0]) {
+            return Err(bad("offsets must not decrease"));
+        }
+        let end = offsets[offsets.len() - 1];
+        if end != data.len() as i64 {
+            return Err(bad("last offset must equal the data length"));
+        }
+        if end > u32::MAX as i64 {
+            return Err(bad("column data exceeds 4 GiB"));
+        }
+        let text = std::str::from_utf8(data).map_err(|_| bad("data is not valid UTF-8"))?;
+        let mut offs = Vec::with_capacity(offsets.len());
+        for &o in offsets {
+            let o = o as usize;
+            if !text.is_char_boundary(o) {
+                return Err(bad("an offset splits a UTF-8 character"));
+            }
+            offs.push(o as u32);
+        }
+        Ok(Self { data: text.into(), offsets: offs.into_boxed_slice() })
+    }
+
+    /// Builds a column from string slices (tests and small data).
+    pub fn from_strs<S: AsRef<str>>(values: &[S]) -> Self {
+        let mut data = String::new();
+        let mut offsets = Vec::with_capacity(values.len() + 1);
+        offsets.push(0u32);
+        for v in values {
+            data.push_str(v.as_ref());
+            offsets.push(u32::try_from(data.len()).expect("test column under 4 GiB"));
+        }
+        Self { data: data.into(), offsets: offsets.into_boxed_slice() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The i-th value; `i` must be in range.
+    #[inline]
+    pub fn get(&self, i: usize) -> &str {
+        &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// Bytes held, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.data.len() + self.offsets.len() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let c = StrColumn::from_strs(&["阿莫西林", "", "0.25g"]);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(0), "阿莫西林");
+        assert_eq!(c.get(1), "");
+        assert_eq!(c.get(2), "0.25g");
+    }
+
+    #[test]
+    fn rejects_bad_offsets() {
+        let data = "阿".as_bytes();
+        assert!(StrColumn::from_parts("name", data, &[0, 1, 3]).is_err());
+        assert!(StrColumn::from_parts("name", data, &[0, 3, 2]).is_err());
+        assert!(StrColumn::from_parts("name", data, &[1, 3]).is_err());
+        assert!(StrColumn::from_parts("name", data, &[0, 2]).is_err());
+        assert!(StrColumn::from_parts("name", &[0xff], &[0, 1]).is_err());
+        assert!(StrColumn::from_parts("name", data, &[0, 3]).is_ok());
+    }
+}

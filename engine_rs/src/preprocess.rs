@@ -1,0 +1,1 @@
+//! Fee preprocessing (placeholder while written).

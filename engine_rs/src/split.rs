@@ -1,0 +1,1 @@
+//! Fund split (placeholder while written).
