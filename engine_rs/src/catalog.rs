@@ -75,7 +75,10 @@ impl Catalog {
         }
         check_items(&items, n, selfpay_psn_types.len())?;
         if hosp_codes.len() != ins_codes.len() {
-            return Err(EngineError::column("ins_code", "length differs from hosp_code"));
+            return Err(EngineError::column(
+                "ins_code",
+                "length differs from hosp_code",
+            ));
         }
         let hasher = foldhash::fast::FixedState::with_seed(0x6d65_6473_6574_746c);
         let mut by_code = HashTable::with_capacity(n);
@@ -85,11 +88,18 @@ impl Catalog {
                 return Err(EngineError::column("code", &format!("row {i} is empty")));
             }
             let h = hasher.hash_one(code);
-            let dup = by_code.find(h, |&j: &u32| items.code.get(j as usize) == code).is_some();
+            let dup = by_code
+                .find(h, |&j: &u32| items.code.get(j as usize) == code)
+                .is_some();
             if dup {
-                return Err(EngineError::column("code", &format!("row {i}: duplicate {code}")));
+                return Err(EngineError::column(
+                    "code",
+                    &format!("row {i}: duplicate {code}"),
+                ));
             }
-            by_code.insert_unique(h, i as u32, |&j| hasher.hash_one(items.code.get(j as usize)));
+            by_code.insert_unique(h, i as u32, |&j| {
+                hasher.hash_one(items.code.get(j as usize))
+            });
         }
         let m = hosp_codes.len();
         let mut map_target = Vec::with_capacity(m);
@@ -98,14 +108,24 @@ impl Catalog {
         for i in 0..m {
             let hc = hosp_codes.get(i);
             if hc.is_empty() {
-                return Err(EngineError::column("hosp_code", &format!("row {i} is empty")));
+                return Err(EngineError::column(
+                    "hosp_code",
+                    &format!("row {i} is empty"),
+                ));
             }
             let h = hasher.hash_one(hc);
-            if by_hosp_code.find(h, |&j: &u32| hosp_codes.get(j as usize) == hc).is_some() {
-                return Err(EngineError::column("hosp_code", &format!("row {i}: duplicate {hc}")));
+            if by_hosp_code
+                .find(h, |&j: &u32| hosp_codes.get(j as usize) == hc)
+                .is_some()
+            {
+                return Err(EngineError::column(
+                    "hosp_code",
+                    &format!("row {i}: duplicate {hc}"),
+                ));
             }
-            by_hosp_code
-                .insert_unique(h, i as u32, |&j| hasher.hash_one(hosp_codes.get(j as usize)));
+            by_hosp_code.insert_unique(h, i as u32, |&j| {
+                hasher.hash_one(hosp_codes.get(j as usize))
+            });
             let ic = ins_codes.get(i);
             let target = find(&by_code, &hasher, &items.code, ic);
             if target == NO_ITEM {
@@ -153,7 +173,10 @@ impl Catalog {
     #[inline]
     pub fn map_hosp_code(&self, hosp_code: &str) -> u32 {
         let h = self.hasher.hash_one(hosp_code);
-        match self.by_hosp_code.find(h, |&j| self.hosp_codes.get(j as usize) == hosp_code) {
+        match self
+            .by_hosp_code
+            .find(h, |&j| self.hosp_codes.get(j as usize) == hosp_code)
+        {
             Some(&j) => self.map_target[j as usize],
             None => NO_ITEM,
         }
@@ -161,7 +184,10 @@ impl Catalog {
 
     /// Which selfpay column applies to a person type (0 = default).
     pub fn selfpay_slot(&self, psn_type: u32) -> usize {
-        self.selfpay_psn_types.iter().position(|&p| p == psn_type).map_or(0, |j| j + 1)
+        self.selfpay_psn_types
+            .iter()
+            .position(|&p| p == psn_type)
+            .map_or(0, |j| j + 1)
     }
 
     pub fn selfpay_psn_types(&self) -> &[u32] {
@@ -197,12 +223,20 @@ impl Catalog {
     /// Approximate bytes held by the index, for memory reports.
     pub fn heap_bytes(&self) -> usize {
         let it = &self.items;
-        let strs = [&it.code, &it.name, &it.spec, &it.dosage_form, &it.manufacturer, &it.diagnoses]
-            .iter()
-            .map(|c| c.heap_bytes())
-            .sum::<usize>();
+        let strs = [
+            &it.code,
+            &it.name,
+            &it.spec,
+            &it.dosage_form,
+            &it.manufacturer,
+            &it.diagnoses,
+        ]
+        .iter()
+        .map(|c| c.heap_bytes())
+        .sum::<usize>();
         let n = self.len();
-        strs + n * (5 + 8 + 8 + 1) + it.selfpay_prop_bp.len() * 4
+        strs + n * (5 + 8 + 8 + 1)
+            + it.selfpay_prop_bp.len() * 4
             + self.by_code.capacity() * 5
             + self.hosp_codes.heap_bytes()
             + self.map_target.len() * 4
@@ -218,7 +252,10 @@ fn find(
     code: &str,
 ) -> u32 {
     let h = hasher.hash_one(code);
-    table.find(h, |&j| codes.get(j as usize) == code).copied().unwrap_or(NO_ITEM)
+    table
+        .find(h, |&j| codes.get(j as usize) == code)
+        .copied()
+        .unwrap_or(NO_ITEM)
 }
 
 fn check_items(it: &ItemColumns, n: usize, n_psn_types: usize) -> Result<(), EngineError> {
@@ -226,7 +263,10 @@ fn check_items(it: &ItemColumns, n: usize, n_psn_types: usize) -> Result<(), Eng
         if len == n {
             Ok(())
         } else {
-            Err(EngineError::column(field, &format!("has {len} rows, code has {n}")))
+            Err(EngineError::column(
+                field,
+                &format!("has {len} rows, code has {n}"),
+            ))
         }
     };
     len_check("name", it.name.len())?;
@@ -247,11 +287,17 @@ fn check_items(it: &ItemColumns, n: usize, n_psn_types: usize) -> Result<(), Eng
     if it.selfpay_slots != n_psn_types + 1 {
         return Err(EngineError::column(
             "selfpay_prop_bp",
-            &format!("needs {} columns (default + one per selfpay_psn_types)", n_psn_types + 1),
+            &format!(
+                "needs {} columns (default + one per selfpay_psn_types)",
+                n_psn_types + 1
+            ),
         ));
     }
     if it.selfpay_prop_bp.len() != n * it.selfpay_slots {
-        return Err(EngineError::column("selfpay_prop_bp", "row count differs from code"));
+        return Err(EngineError::column(
+            "selfpay_prop_bp",
+            "row count differs from code",
+        ));
     }
     let row_err = |field: &str, i: usize, reason: &str| {
         Err(EngineError::column(field, &format!("row {i}: {reason}")))
@@ -279,7 +325,11 @@ fn check_items(it: &ItemColumns, n: usize, n_psn_types: usize) -> Result<(), Eng
             return row_err("valid_from", i, "after valid_to");
         }
     }
-    if let Some(p) = it.selfpay_prop_bp.iter().position(|&r| !(0..=10_000).contains(&r)) {
+    if let Some(p) = it
+        .selfpay_prop_bp
+        .iter()
+        .position(|&r| !(0..=10_000).contains(&r))
+    {
         return row_err("selfpay_prop_bp", p / it.selfpay_slots, "must be 0..=10000");
     }
     Ok(())
@@ -293,7 +343,9 @@ pub struct CatalogSlot {
 
 impl CatalogSlot {
     pub fn new(catalog: Arc<Catalog>) -> Self {
-        Self { current: ArcSwap::new(catalog) }
+        Self {
+            current: ArcSwap::new(catalog),
+        }
     }
 
     pub fn load(&self) -> Arc<Catalog> {
@@ -336,8 +388,14 @@ pub(crate) mod tests {
             valid_to: vec![0; n],
         };
         let hosp: Vec<String> = codes.iter().map(|c| format!("H-{c}")).collect();
-        Catalog::build(1, items, vec![], StrColumn::from_strs(&hosp), StrColumn::from_strs(&codes))
-            .unwrap()
+        Catalog::build(
+            1,
+            items,
+            vec![],
+            StrColumn::from_strs(&hosp),
+            StrColumn::from_strs(&codes),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -356,7 +414,9 @@ pub(crate) mod tests {
         it.chrgitm_lv[0] = 4;
         let e = Catalog::build(1, it, vec![], StrColumn::default(), StrColumn::default());
         assert!(matches!(e, Err(EngineError::Column { ref field, .. }) if field == "chrgitm_lv"));
-        let dup = small(&[("A", 1, 9, 0, 0), ("B", 1, 9, 0, 0)]).items().clone();
+        let dup = small(&[("A", 1, 9, 0, 0), ("B", 1, 9, 0, 0)])
+            .items()
+            .clone();
         let mut dup2 = dup.clone();
         dup2.code = StrColumn::from_strs(&["A", "A"]);
         let e = Catalog::build(1, dup2, vec![], StrColumn::default(), StrColumn::default());

@@ -41,7 +41,10 @@ impl StrColumn {
             }
             offs.push(o as u32);
         }
-        Ok(Self { data: text.into(), offsets: offs.into_boxed_slice() })
+        Ok(Self {
+            data: text.into(),
+            offsets: offs.into_boxed_slice(),
+        })
     }
 
     /// Builds a column from string slices (tests and small data).
@@ -53,7 +56,10 @@ impl StrColumn {
             data.push_str(v.as_ref());
             offsets.push(u32::try_from(data.len()).expect("test column under 4 GiB"));
         }
-        Self { data: data.into(), offsets: offsets.into_boxed_slice() }
+        Self {
+            data: data.into(),
+            offsets: offsets.into_boxed_slice(),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -17,4 +17,6 @@ pub mod split;
 #[cfg(feature = "python")]
 mod py_matching;
 #[cfg(feature = "python")]
+mod py_settle;
+#[cfg(feature = "python")]
 mod python;

@@ -1,1 +1,449 @@
-//! Fee preprocessing (placeholder while written).
+//! Fee preprocessing (the 2204 output): per line, split the amount into fully self-paid,
+//! above the price cap, pre-self-paid and in-scope parts, and sum them per visit and per
+//! fee category. The line identity `amount = fulamt + overlmt + preselfpay + inscp` holds
+//! exactly for every line, by construction (`inscp` is what remains).
+
+use crate::catalog::{Catalog, NO_ITEM, N_CATEGORIES};
+use crate::columns::StrColumn;
+use crate::error::EngineError;
+use crate::rounding::{round_div, RoundMode, BP};
+
+/// Quantities are in 1/10_000 units.
+pub const CNT_SCALE: i64 = 10_000;
+
+/// Why a line is (partly) not in scope; bit values are part of the Python API.
+pub mod flags {
+    pub const UNMAPPED: u16 = 1;
+    pub const CLASS_C: u16 = 2;
+    pub const RESTRICT_INPATIENT: u16 = 4;
+    pub const RESTRICT_SEX: u16 = 8;
+    pub const RESTRICT_AGE: u16 = 16;
+    pub const RESTRICT_DIAGNOSIS: u16 = 32;
+    pub const OUTSIDE_VALIDITY: u16 = 64;
+    pub const HOSP_SELFPAY: u16 = 128;
+    pub const OVER_PRICE_CAP: u16 = 256;
+    pub const PRESELFPAY: u16 = 512;
+    pub const APPROVED: u16 = 1024;
+    /// Any of these makes the whole line fully self-paid.
+    pub const SELF_PAY: u16 = CLASS_C
+        | RESTRICT_INPATIENT
+        | RESTRICT_SEX
+        | RESTRICT_AGE
+        | RESTRICT_DIAGNOSIS
+        | OUTSIDE_VALIDITY
+        | HOSP_SELFPAY;
+}
+
+/// Treatment code for inpatients (the only one inpatient-only items are in scope for).
+pub const TREATMENT_INPATIENT: u8 = 2;
+
+/// The fee lines of one or many visits, as columns.
+pub struct Lines<'a> {
+    pub medins_list_codg: &'a StrColumn,
+    /// Insurance code sent by the HIS; empty = look up the hospital code's mapping.
+    pub med_list_codg: &'a StrColumn,
+    pub cnt: &'a [i64],
+    pub pric: &'a [i64],
+    pub det_item_fee_sumamt: &'a [i64],
+    pub hosp_appr_flag: &'a [i64],
+    /// yyyymmdd; 0 = the visit date.
+    pub fee_date: &'a [i64],
+    /// Index of each line's visit; empty = every line belongs to visit 0.
+    pub visit: &'a [i64],
+}
+
+/// What preprocessing needs to know about a visit.
+#[derive(Debug, Clone, Default)]
+pub struct VisitCtx {
+    pub treatment: u8,
+    pub psn_type: u32,
+    pub sex: u8,
+    pub age: u32,
+    /// yyyymmdd
+    pub date: i32,
+    pub diagnoses: Vec<String>,
+}
+
+/// Per-line results, as columns.
+#[derive(Debug, Default, Clone)]
+pub struct LineResults {
+    /// Catalog index, -1 when unmapped.
+    pub item: Vec<i64>,
+    /// 0 when unmapped.
+    pub chrgitm_lv: Vec<u8>,
+    pub fee_category: Vec<u8>,
+    pub fulamt_ownpay_amt: Vec<i64>,
+    pub overlmt_amt: Vec<i64>,
+    pub preselfpay_amt: Vec<i64>,
+    pub inscp_scp_amt: Vec<i64>,
+    pub flags: Vec<u16>,
+}
+
+/// Sums of one visit; `by_category[c] = [total, fulamt, overlmt, preselfpay, inscp]`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub medfee_sumamt: i64,
+    pub fulamt_ownpay_amt: i64,
+    pub overlmt_amt: i64,
+    pub preselfpay_amt: i64,
+    pub inscp_scp_amt: i64,
+    pub line_count: i64,
+    pub by_category: [[i64; 5]; N_CATEGORIES],
+}
+
+impl Summary {
+    fn add(&mut self, line: usize, cat: usize, parts: [i64; 5]) -> Result<(), EngineError> {
+        let over = || EngineError::line(line, "det_item_fee_sumamt", "visit total overflows i64");
+        let sums = [
+            &mut self.medfee_sumamt,
+            &mut self.fulamt_ownpay_amt,
+            &mut self.overlmt_amt,
+            &mut self.preselfpay_amt,
+            &mut self.inscp_scp_amt,
+        ];
+        for (s, p) in sums.into_iter().zip(parts) {
+            *s = s.checked_add(p).ok_or_else(over)?;
+        }
+        for (s, p) in self.by_category[cat].iter_mut().zip(parts) {
+            *s += p; // bounded by the visit totals just checked
+        }
+        self.line_count += 1;
+        Ok(())
+    }
+}
+
+fn check_len(field: &str, len: usize, n: usize) -> Result<(), EngineError> {
+    if len != n {
+        return Err(EngineError::column(
+            field,
+            &format!("has {len} rows, lines have {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Preprocesses every line; `visits[lines.visit[i]]` is line i's visit.
+/// Returns the per-line results and one summary per visit. Nothing is partially returned:
+/// the first bad line fails the whole batch, naming the line and field.
+pub fn preprocess(
+    cat: &Catalog,
+    lines: &Lines<'_>,
+    visits: &[VisitCtx],
+    tolerance_fen: i64,
+    mode: RoundMode,
+) -> Result<(LineResults, Vec<Summary>), EngineError> {
+    let n = lines.medins_list_codg.len();
+    check_len("med_list_codg", lines.med_list_codg.len(), n)?;
+    check_len("cnt", lines.cnt.len(), n)?;
+    check_len("pric", lines.pric.len(), n)?;
+    check_len("det_item_fee_sumamt", lines.det_item_fee_sumamt.len(), n)?;
+    check_len("hosp_appr_flag", lines.hosp_appr_flag.len(), n)?;
+    check_len("fee_date", lines.fee_date.len(), n)?;
+    if !lines.visit.is_empty() {
+        check_len("visit", lines.visit.len(), n)?;
+    }
+    if visits.is_empty() {
+        return Err(EngineError::column(
+            "visits",
+            "at least one visit is needed",
+        ));
+    }
+    let slots: Vec<usize> = visits
+        .iter()
+        .map(|v| cat.selfpay_slot(v.psn_type))
+        .collect();
+    let mut out = LineResults {
+        item: Vec::with_capacity(n),
+        chrgitm_lv: Vec::with_capacity(n),
+        fee_category: Vec::with_capacity(n),
+        fulamt_ownpay_amt: Vec::with_capacity(n),
+        overlmt_amt: Vec::with_capacity(n),
+        preselfpay_amt: Vec::with_capacity(n),
+        inscp_scp_amt: Vec::with_capacity(n),
+        flags: Vec::with_capacity(n),
+    };
+    let mut sums = vec![Summary::default(); visits.len()];
+    let items = cat.items();
+    let tol = i128::from(tolerance_fen) * i128::from(CNT_SCALE);
+    for i in 0..n {
+        let v = if lines.visit.is_empty() {
+            0
+        } else {
+            lines.visit[i]
+        };
+        if v < 0 || v as usize >= visits.len() {
+            return Err(EngineError::line(
+                i,
+                "visit",
+                format!("{v} is not a visit of the batch"),
+            ));
+        }
+        let v = v as usize;
+        let ctx = &visits[v];
+        let (cnt, pric, amount) = (lines.cnt[i], lines.pric[i], lines.det_item_fee_sumamt[i]);
+        if cnt < 0 {
+            return Err(EngineError::line(i, "cnt", "negative quantity"));
+        }
+        if pric < 0 {
+            return Err(EngineError::line(i, "pric", "negative price"));
+        }
+        if amount < 0 {
+            return Err(EngineError::line(
+                i,
+                "det_item_fee_sumamt",
+                "negative amount",
+            ));
+        }
+        let appr = lines.hosp_appr_flag[i];
+        if !(0..=2).contains(&appr) {
+            return Err(EngineError::line(i, "hosp_appr_flag", "must be 0, 1 or 2"));
+        }
+        let expected = i128::from(pric) * i128::from(cnt);
+        if (expected - i128::from(amount) * i128::from(CNT_SCALE)).abs() > tol {
+            return Err(EngineError::line(
+                i,
+                "det_item_fee_sumamt",
+                format!(
+                    "{amount} differs from pric x cnt beyond the tolerance of {tolerance_fen} fen"
+                ),
+            ));
+        }
+        let ins_code = lines.med_list_codg.get(i);
+        let idx = if ins_code.is_empty() {
+            cat.map_hosp_code(lines.medins_list_codg.get(i))
+        } else {
+            let found = cat.lookup(ins_code);
+            if found == NO_ITEM {
+                return Err(EngineError::line(
+                    i,
+                    "med_list_codg",
+                    format!("unknown code {ins_code}"),
+                ));
+            }
+            found
+        };
+        let (lv, fee_cat, parts, fl) = if idx == NO_ITEM {
+            (0u8, 0u8, [amount, amount, 0, 0, 0], flags::UNMAPPED)
+        } else {
+            let j = idx as usize;
+            let mut fl = 0u16;
+            let lv = items.chrgitm_lv[j];
+            if lv == 3 {
+                fl |= flags::CLASS_C;
+            }
+            if items.inpatient_only[j] && ctx.treatment != TREATMENT_INPATIENT {
+                fl |= flags::RESTRICT_INPATIENT;
+            }
+            if items.sex[j] != 0 && items.sex[j] != ctx.sex {
+                fl |= flags::RESTRICT_SEX;
+            }
+            if ctx.age < u32::from(items.age_min[j]) || ctx.age > u32::from(items.age_max[j]) {
+                fl |= flags::RESTRICT_AGE;
+            }
+            let diag = items.diagnoses.get(j);
+            if !diag.is_empty() && !diagnosis_allowed(diag, &ctx.diagnoses) {
+                fl |= if appr == 1 {
+                    flags::APPROVED
+                } else {
+                    flags::RESTRICT_DIAGNOSIS
+                };
+            }
+            let date = if lines.fee_date[i] != 0 {
+                lines.fee_date[i]
+            } else {
+                i64::from(ctx.date)
+            };
+            let (from, to) = (i64::from(items.valid_from[j]), i64::from(items.valid_to[j]));
+            if (from != 0 && date < from) || (to != 0 && date > to) {
+                fl |= flags::OUTSIDE_VALIDITY;
+            }
+            if appr == 2 {
+                fl |= flags::HOSP_SELFPAY;
+            }
+            let fee_cat = items.fee_category[j];
+            if fl & flags::SELF_PAY != 0 {
+                (lv, fee_cat, [amount, amount, 0, 0, 0], fl)
+            } else {
+                let cap = items.price_cap[j];
+                let mut overlmt = 0i64;
+                if cap > 0 && pric > cap {
+                    let allowed =
+                        round_div(i128::from(cap) * i128::from(cnt), CNT_SCALE.into(), mode);
+                    // allowed < amount here or overlmt is 0; the difference fits in i64
+                    overlmt = (i128::from(amount) - allowed).max(0) as i64;
+                    if overlmt > 0 {
+                        fl |= flags::OVER_PRICE_CAP;
+                    }
+                }
+                let capped = amount - overlmt;
+                let bp = i64::from(cat.selfpay_bp(j, slots[v]));
+                let pre = round_div(i128::from(capped) * i128::from(bp), BP.into(), mode) as i64;
+                if pre > 0 {
+                    fl |= flags::PRESELFPAY;
+                }
+                (lv, fee_cat, [amount, 0, overlmt, pre, capped - pre], fl)
+            }
+        };
+        sums[v].add(i, usize::from(fee_cat), parts)?;
+        out.item
+            .push(if idx == NO_ITEM { -1 } else { i64::from(idx) });
+        out.chrgitm_lv.push(lv);
+        out.fee_category.push(fee_cat);
+        out.fulamt_ownpay_amt.push(parts[1]);
+        out.overlmt_amt.push(parts[2]);
+        out.preselfpay_amt.push(parts[3]);
+        out.inscp_scp_amt.push(parts[4]);
+        out.flags.push(fl);
+    }
+    Ok((out, sums))
+}
+
+/// True when one of the visit's diagnoses starts with one of the item's allowed prefixes.
+fn diagnosis_allowed(prefixes: &str, diagnoses: &[String]) -> bool {
+    prefixes
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .any(|p| diagnoses.iter().any(|d| d.starts_with(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::small;
+
+    fn run(
+        cat: &Catalog,
+        rows: &[(&str, &str, i64, i64, i64, i64)],
+        ctx: VisitCtx,
+    ) -> Result<(LineResults, Vec<Summary>), EngineError> {
+        let hosp = StrColumn::from_strs(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
+        let ins = StrColumn::from_strs(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let cnt: Vec<i64> = rows.iter().map(|r| r.2).collect();
+        let pric: Vec<i64> = rows.iter().map(|r| r.3).collect();
+        let amt: Vec<i64> = rows.iter().map(|r| r.4).collect();
+        let appr: Vec<i64> = rows.iter().map(|r| r.5).collect();
+        let dates = vec![0; rows.len()];
+        let lines = Lines {
+            medins_list_codg: &hosp,
+            med_list_codg: &ins,
+            cnt: &cnt,
+            pric: &pric,
+            det_item_fee_sumamt: &amt,
+            hosp_appr_flag: &appr,
+            fee_date: &dates,
+            visit: &[],
+        };
+        preprocess(cat, &lines, &[ctx], 1, RoundMode::HalfUp)
+    }
+
+    fn ctx() -> VisitCtx {
+        VisitCtx {
+            treatment: 2,
+            psn_type: 11,
+            sex: 1,
+            age: 40,
+            date: 20260601,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn splits_a_line_into_its_four_parts() {
+        // class B drug, cap 1000 fen/unit, 10 % pre-self-pay; 3 units at 1200 fen
+        let cat = small(&[("B1", 2, 9, 1000, 1000), ("C1", 3, 9, 0, 0)]);
+        let (r, s) = run(
+            &cat,
+            &[
+                ("H-B1", "", 3 * CNT_SCALE, 1200, 3600, 0),
+                ("H-C1", "", CNT_SCALE, 500, 500, 0),
+                ("H-none", "", CNT_SCALE, 700, 700, 0),
+            ],
+            ctx(),
+        )
+        .unwrap();
+        assert_eq!(r.overlmt_amt[0], 600);
+        assert_eq!(r.preselfpay_amt[0], 300);
+        assert_eq!(r.inscp_scp_amt[0], 2700);
+        assert_eq!(r.fulamt_ownpay_amt[1], 500);
+        assert_eq!(r.flags[1], flags::CLASS_C);
+        assert_eq!(r.flags[2], flags::UNMAPPED);
+        assert_eq!(r.item[2], -1);
+        assert_eq!(s[0].medfee_sumamt, 4800);
+        assert_eq!(s[0].fulamt_ownpay_amt, 1200);
+        assert_eq!(s[0].by_category[9], [4100, 500, 600, 300, 2700]);
+        assert_eq!(s[0].by_category[0], [700, 700, 0, 0, 0]);
+    }
+
+    #[test]
+    fn worked_example_material_preselfpay() {
+        // Fujian: a 3000-yuan material with a 20 % pre-self-pay share
+        let cat = small(&[("M1", 2, 8, 0, 2000)]);
+        let (r, _) = run(&cat, &[("", "M1", CNT_SCALE, 300_000, 300_000, 0)], ctx()).unwrap();
+        assert_eq!((r.preselfpay_amt[0], r.inscp_scp_amt[0]), (60_000, 240_000));
+    }
+
+    #[test]
+    fn names_bad_lines() {
+        let cat = small(&[("A1", 1, 9, 0, 0)]);
+        let e = run(
+            &cat,
+            &[
+                ("H-A1", "", CNT_SCALE, 100, 100, 0),
+                ("H-A1", "", -1, 100, 0, 0),
+            ],
+            ctx(),
+        );
+        assert!(matches!(
+            e,
+            Err(EngineError::Line {
+                line: 1,
+                field: "cnt",
+                ..
+            })
+        ));
+        let e = run(&cat, &[("H-A1", "", 2 * CNT_SCALE, 100, 100, 0)], ctx());
+        assert!(matches!(
+            e,
+            Err(EngineError::Line {
+                line: 0,
+                field: "det_item_fee_sumamt",
+                ..
+            })
+        ));
+        let e = run(&cat, &[("", "ZZ", CNT_SCALE, 100, 100, 0)], ctx());
+        assert!(matches!(
+            e,
+            Err(EngineError::Line {
+                line: 0,
+                field: "med_list_codg",
+                ..
+            })
+        ));
+        let big = i64::MAX / 2 + 1;
+        let e = run(
+            &cat,
+            &[
+                ("", "A1", CNT_SCALE, big, big, 0),
+                ("", "A1", CNT_SCALE, big, big, 0),
+            ],
+            ctx(),
+        );
+        assert!(matches!(e, Err(EngineError::Line { line: 1, .. })));
+        let e = run(&cat, &[("", "A1", CNT_SCALE, 100, 100, 3)], ctx());
+        assert!(matches!(
+            e,
+            Err(EngineError::Line {
+                field: "hosp_appr_flag",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn tolerance_allows_rounded_line_amounts() {
+        let cat = small(&[("A1", 1, 9, 0, 0)]);
+        // 3.3333 units at 300 fen = 999.99 fen, billed 1000
+        assert!(run(&cat, &[("H-A1", "", 33_333, 300, 1000, 0)], ctx()).is_ok());
+    }
+}

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -17,12 +17,37 @@ use crate::catalog::{Catalog, CatalogSlot, ItemColumns};
 use crate::columns::StrColumn;
 use crate::error::EngineError as CoreError;
 
-create_exception!(engine_rs, EngineError, PyValueError, "Bad input to the engine.");
-create_exception!(engine_rs, ColumnError, EngineError, "A bulk column is malformed.");
+create_exception!(
+    engine_rs,
+    EngineError,
+    PyValueError,
+    "Bad input to the engine."
+);
+create_exception!(
+    engine_rs,
+    ColumnError,
+    EngineError,
+    "A bulk column is malformed."
+);
 create_exception!(engine_rs, LineError, EngineError, "A fee line is invalid.");
-create_exception!(engine_rs, InputError, EngineError, "A visit, person or accumulator input is invalid.");
-create_exception!(engine_rs, PolicyError, EngineError, "A policy document is invalid.");
-create_exception!(engine_rs, NoRuleError, EngineError, "No policy rule matches the selection.");
+create_exception!(
+    engine_rs,
+    InputError,
+    EngineError,
+    "A visit, person or accumulator input is invalid."
+);
+create_exception!(
+    engine_rs,
+    PolicyError,
+    EngineError,
+    "A policy document is invalid."
+);
+create_exception!(
+    engine_rs,
+    NoRuleError,
+    EngineError,
+    "No policy rule matches the selection."
+);
 
 /// Converts a core error into the matching Python exception, with attributes set.
 pub(crate) fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
@@ -30,31 +55,68 @@ pub(crate) fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
     let (err, attrs): (PyErr, Vec<(&str, Py<PyAny>)>) = match e {
         CoreError::Column { field, reason } => (
             ColumnError::new_err(msg),
-            vec![("field", field.into_pyobject(py).unwrap().into_any().unbind()), ("reason", reason.into_pyobject(py).unwrap().into_any().unbind())],
+            vec![
+                (
+                    "field",
+                    field.into_pyobject(py).unwrap().into_any().unbind(),
+                ),
+                (
+                    "reason",
+                    reason.into_pyobject(py).unwrap().into_any().unbind(),
+                ),
+            ],
         ),
-        CoreError::Line { line, field, reason } => (
+        CoreError::Line {
+            line,
+            field,
+            reason,
+        } => (
             LineError::new_err(msg),
             vec![
                 ("line", line.into_pyobject(py).unwrap().into_any().unbind()),
-                ("field", field.into_pyobject(py).unwrap().into_any().unbind()),
-                ("reason", reason.into_pyobject(py).unwrap().into_any().unbind()),
+                (
+                    "field",
+                    field.into_pyobject(py).unwrap().into_any().unbind(),
+                ),
+                (
+                    "reason",
+                    reason.into_pyobject(py).unwrap().into_any().unbind(),
+                ),
             ],
         ),
         CoreError::Input { row, field, reason } => (
             InputError::new_err(msg),
             vec![
                 ("row", row.into_pyobject(py).unwrap().into_any().unbind()),
-                ("field", field.into_pyobject(py).unwrap().into_any().unbind()),
-                ("reason", reason.into_pyobject(py).unwrap().into_any().unbind()),
+                (
+                    "field",
+                    field.into_pyobject(py).unwrap().into_any().unbind(),
+                ),
+                (
+                    "reason",
+                    reason.into_pyobject(py).unwrap().into_any().unbind(),
+                ),
             ],
         ),
         CoreError::Policy { path, reason } => (
             PolicyError::new_err(msg),
-            vec![("path", path.into_pyobject(py).unwrap().into_any().unbind()), ("reason", reason.into_pyobject(py).unwrap().into_any().unbind())],
+            vec![
+                ("path", path.into_pyobject(py).unwrap().into_any().unbind()),
+                (
+                    "reason",
+                    reason.into_pyobject(py).unwrap().into_any().unbind(),
+                ),
+            ],
         ),
         CoreError::NoRule { row, selection } => (
             NoRuleError::new_err(msg),
-            vec![("row", row.into_pyobject(py).unwrap().into_any().unbind()), ("selection", selection.into_pyobject(py).unwrap().into_any().unbind())],
+            vec![
+                ("row", row.into_pyobject(py).unwrap().into_any().unbind()),
+                (
+                    "selection",
+                    selection.into_pyobject(py).unwrap().into_any().unbind(),
+                ),
+            ],
         ),
     };
     let value = err.value(py);
@@ -67,16 +129,23 @@ pub(crate) fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
 
 /// A required entry of a column dict.
 pub(crate) fn get_col<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
-    d.get_item(key)?.ok_or_else(|| ColumnError::new_err(format!("column {key}: missing")))
+    d.get_item(key)?
+        .ok_or_else(|| ColumnError::new_err(format!("column {key}: missing")))
 }
 
 /// An optional entry of a column dict.
-pub(crate) fn opt_col<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+pub(crate) fn opt_col<'py>(
+    d: &Bound<'py, PyDict>,
+    key: &str,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     d.get_item(key)
 }
 
 /// A numeric column as an owned Vec, with a field-naming error on a wrong dtype or layout.
-pub(crate) fn num_col<T: numpy::Element + Copy>(v: &Bound<'_, PyAny>, key: &str) -> PyResult<Vec<T>> {
+pub(crate) fn num_col<T: numpy::Element + Copy>(
+    v: &Bound<'_, PyAny>,
+    key: &str,
+) -> PyResult<Vec<T>> {
     let arr: PyReadonlyArray1<'_, T> = v.extract().map_err(|_| {
         ColumnError::new_err(format!(
             "column {key}: expected a 1-d numpy array of {}",
@@ -91,7 +160,11 @@ pub(crate) fn num_col<T: numpy::Element + Copy>(v: &Bound<'_, PyAny>, key: &str)
 
 /// A string column from a `(uint8 data, int64 offsets)` pair.
 pub(crate) fn str_col(v: &Bound<'_, PyAny>, key: &str) -> PyResult<StrColumn> {
-    let bad = || ColumnError::new_err(format!("column {key}: expected (uint8 data, int64 offsets)"));
+    let bad = || {
+        ColumnError::new_err(format!(
+            "column {key}: expected (uint8 data, int64 offsets)"
+        ))
+    };
     let t = v.cast::<PyTuple>().map_err(|_| bad())?;
     if t.len() != 2 {
         return Err(bad());
@@ -156,7 +229,9 @@ impl PyCatalog {
                         )));
                     }
                     a.as_slice()
-                        .map_err(|_| ColumnError::new_err("column selfpay_prop_bp: must be C-contiguous"))?
+                        .map_err(|_| {
+                            ColumnError::new_err("column selfpay_prop_bp: must be C-contiguous")
+                        })?
                         .to_vec()
                 } else if slots == 1 {
                     num_col::<i32>(&v, "selfpay_prop_bp")?
@@ -195,7 +270,9 @@ impl PyCatalog {
             None => (StrColumn::default(), StrColumn::default()),
         };
         let built = py.detach(|| Catalog::build(version, cols, selfpay_psn_types, hosp, ins));
-        Ok(Self { inner: Arc::new(built.map_err(|e| to_py(py, e))?) })
+        Ok(Self {
+            inner: Arc::new(built.map_err(|e| to_py(py, e))?),
+        })
     }
 
     #[getter]
@@ -238,7 +315,9 @@ impl PyCatalog {
     fn item<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Bound<'py, PyDict>> {
         let c = &self.inner;
         if index >= c.len() {
-            return Err(pyo3::exceptions::PyIndexError::new_err("item index out of range"));
+            return Err(pyo3::exceptions::PyIndexError::new_err(
+                "item index out of range",
+            ));
         }
         let it = c.items();
         let d = PyDict::new(py);
@@ -252,7 +331,10 @@ impl PyCatalog {
         d.set_item("fee_category", it.fee_category[index])?;
         d.set_item("price_cap", it.price_cap[index])?;
         let slots = it.selfpay_slots;
-        d.set_item("selfpay_prop_bp", it.selfpay_prop_bp[index * slots..(index + 1) * slots].to_vec())?;
+        d.set_item(
+            "selfpay_prop_bp",
+            it.selfpay_prop_bp[index * slots..(index + 1) * slots].to_vec(),
+        )?;
         d.set_item("inpatient_only", it.inpatient_only[index])?;
         d.set_item("sex", it.sex[index])?;
         d.set_item("age_min", it.age_min[index])?;
@@ -265,10 +347,18 @@ impl PyCatalog {
 
     /// Codes of many item indices at once (-1 gives "").
     fn codes<'py>(&self, indices: PyReadonlyArray1<'py, i64>) -> PyResult<Vec<String>> {
-        let idx = indices.as_slice().map_err(|_| ColumnError::new_err("indices must be contiguous"))?;
+        let idx = indices
+            .as_slice()
+            .map_err(|_| ColumnError::new_err("indices must be contiguous"))?;
         Ok(idx
             .iter()
-            .map(|&i| if i >= 0 && (i as usize) < self.inner.len() { self.inner.code(i as usize).to_owned() } else { String::new() })
+            .map(|&i| {
+                if i >= 0 && (i as usize) < self.inner.len() {
+                    self.inner.code(i as usize).to_owned()
+                } else {
+                    String::new()
+                }
+            })
             .collect())
     }
 }
@@ -283,22 +373,24 @@ pub struct PyCatalogSlot {
 impl PyCatalogSlot {
     #[new]
     fn new(catalog: &PyCatalog) -> Self {
-        Self { slot: CatalogSlot::new(catalog.inner.clone()) }
+        Self {
+            slot: CatalogSlot::new(catalog.inner.clone()),
+        }
     }
 
     /// The current catalog; a caller keeps this snapshot for the whole of its call.
     fn current(&self) -> PyCatalog {
-        PyCatalog { inner: self.slot.load() }
+        PyCatalog {
+            inner: self.slot.load(),
+        }
     }
 
     /// Installs `catalog` and returns the version it replaced.
     fn swap(&self, catalog: &PyCatalog) -> PyCatalog {
-        PyCatalog { inner: self.slot.swap(catalog.inner.clone()) }
+        PyCatalog {
+            inner: self.slot.swap(catalog.inner.clone()),
+        }
     }
-}
-
-pub(crate) fn i64_array<'py>(py: Python<'py>, v: Vec<i64>) -> Bound<'py, PyArray1<i64>> {
-    PyArray1::from_vec(py, v)
 }
 
 #[pymodule]
@@ -312,6 +404,7 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NoRuleError", py.get_type::<NoRuleError>())?;
     m.add_class::<PyCatalog>()?;
     m.add_class::<PyCatalogSlot>()?;
+    crate::py_settle::register(m)?;
     crate::py_matching::register(m)?;
     Ok(())
 }

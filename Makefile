@@ -1,0 +1,45 @@
+# medsettle: `make demo` runs the main job, `make test` passes the tests.
+# Everything installs into ./.venv from the project's own files.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export CARGO_TERM_COLOR := never
+
+.PHONY: build test test-rust lint test-py bench demo clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Installs the project with its dev extras; maturin builds the Rust extension (release).
+build: $(PY)
+	$(PIP) install --quiet -e '.[dev]'
+
+test: build test-rust lint test-py
+
+test-rust:
+	cargo test --workspace
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --features engine_rs/python -- -D warnings
+	cargo fmt --all --check
+
+lint: build
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest engine_rs --allowlist tests/stubtest_allowlist.txt
+
+test-py: build
+	$(VENV)/bin/pytest
+
+bench: build
+	$(PY) -m bench.run_all
+
+demo:
+	@echo "make demo arrives with the gRPC front-end (next issue)." >&2
+	@exit 2
+
+clean:
+	rm -rf $(VENV) target .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

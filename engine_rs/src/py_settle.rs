@@ -1,0 +1,876 @@
+//! Python bindings for the policy model, fee preprocessing and fund split.
+//!
+//! Single-settlement calls take small typed objects (`Visit`, `Selection`, `Person`,
+//! `Accumulators`, `Summary`); batch calls take dicts of numpy columns (int64 for every
+//! integer, bool for flags) and return dicts of numpy columns, with the GIL released.
+
+use numpy::{PyArray1, PyArray3, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::catalog::N_CATEGORIES;
+use crate::columns::StrColumn;
+use crate::policy::{Policy, Selection};
+use crate::preprocess::{self as pre, Lines, VisitCtx};
+use crate::python::{
+    get_col, num_col, opt_col, str_col, str_col_or_empty, to_py, ColumnError, PyCatalog,
+};
+use crate::split::{self as sp, Accumulators, Person, SplitInput, Trace};
+
+/// A validated policy version.
+#[pyclass(name = "Policy", module = "engine_rs", frozen)]
+pub struct PyPolicy {
+    pub(crate) inner: Policy,
+}
+
+#[pymethods]
+impl PyPolicy {
+    /// Parses and validates a TOML policy; raises PolicyError naming the bad field's path.
+    #[staticmethod]
+    fn from_toml(py: Python<'_>, text: &str) -> PyResult<Self> {
+        Policy::from_toml(text)
+            .map(|inner| Self { inner })
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Parses and validates a JSON policy (e.g. the canonical form from `to_json`).
+    #[staticmethod]
+    fn from_json(py: Python<'_>, text: &str) -> PyResult<Self> {
+        Policy::from_json(text)
+            .map(|inner| Self { inner })
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// The canonical JSON form with every default filled in.
+    fn to_json(&self) -> String {
+        self.inner.to_json()
+    }
+
+    #[getter]
+    fn id(&self) -> String {
+        self.inner.doc.id.clone()
+    }
+
+    #[getter]
+    fn version(&self) -> u32 {
+        self.inner.doc.version
+    }
+
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.doc.name.clone()
+    }
+
+    #[getter]
+    fn line_tolerance_fen(&self) -> i64 {
+        self.inner.doc.preprocess.line_tolerance_fen
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.doc.rules.len()
+    }
+
+    /// Index of the first rule matching `selection`, or None.
+    fn select(&self, selection: &PySelection) -> Option<usize> {
+        self.inner.select(&selection.0)
+    }
+
+    /// The id of rule `index`.
+    fn rule_id(&self, index: usize) -> PyResult<String> {
+        self.rule(index).map(|r| r.id.clone())
+    }
+
+    /// The accumulator pool rule `index` reads and advances.
+    fn rule_accumulator(&self, index: usize) -> PyResult<String> {
+        self.rule(index).map(|r| r.accumulator.clone())
+    }
+}
+
+impl PyPolicy {
+    fn rule(&self, index: usize) -> PyResult<&crate::policy::Rule> {
+        self.inner
+            .doc
+            .rules
+            .get(index)
+            .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("rule index out of range"))
+    }
+}
+
+/// What preprocessing needs to know about a visit.
+#[pyclass(name = "Visit", module = "engine_rs", frozen)]
+pub struct PyVisit(VisitCtx);
+
+#[pymethods]
+impl PyVisit {
+    #[new]
+    #[pyo3(signature = (*, treatment, date, psn_type=0, sex=0, age=0, diagnoses=Vec::new()))]
+    fn new(
+        treatment: u8,
+        date: i32,
+        psn_type: u32,
+        sex: u8,
+        age: u32,
+        diagnoses: Vec<String>,
+    ) -> Self {
+        Self(VisitCtx {
+            treatment,
+            psn_type,
+            sex,
+            age,
+            date,
+            diagnoses,
+        })
+    }
+    #[getter]
+    fn treatment(&self) -> u8 {
+        self.0.treatment
+    }
+    #[getter]
+    fn date(&self) -> i32 {
+        self.0.date
+    }
+    #[getter]
+    fn psn_type(&self) -> u32 {
+        self.0.psn_type
+    }
+    #[getter]
+    fn sex(&self) -> u8 {
+        self.0.sex
+    }
+    #[getter]
+    fn age(&self) -> u32 {
+        self.0.age
+    }
+    #[getter]
+    fn diagnoses(&self) -> Vec<String> {
+        self.0.diagnoses.clone()
+    }
+}
+
+/// What selects the policy rule of a settlement.
+#[pyclass(name = "Selection", module = "engine_rs", frozen)]
+pub struct PySelection(pub(crate) Selection);
+
+#[pymethods]
+impl PySelection {
+    #[new]
+    #[pyo3(signature = (*, treatment, date, region=0, insutype=0, psn_type=0, hosp_lv=0, admission_no=0))]
+    fn new(
+        treatment: u8,
+        date: i32,
+        region: u32,
+        insutype: u32,
+        psn_type: u32,
+        hosp_lv: u32,
+        admission_no: u32,
+    ) -> Self {
+        Self(Selection {
+            region,
+            insutype,
+            psn_type,
+            treatment,
+            hosp_lv,
+            date,
+            admission_no,
+        })
+    }
+    #[getter]
+    fn treatment(&self) -> u8 {
+        self.0.treatment
+    }
+    #[getter]
+    fn date(&self) -> i32 {
+        self.0.date
+    }
+    #[getter]
+    fn region(&self) -> u32 {
+        self.0.region
+    }
+    #[getter]
+    fn insutype(&self) -> u32 {
+        self.0.insutype
+    }
+    #[getter]
+    fn psn_type(&self) -> u32 {
+        self.0.psn_type
+    }
+    #[getter]
+    fn hosp_lv(&self) -> u32 {
+        self.0.hosp_lv
+    }
+    #[getter]
+    fn admission_no(&self) -> u32 {
+        self.0.admission_no
+    }
+}
+
+/// The person facts a split depends on.
+#[pyclass(name = "Person", module = "engine_rs", frozen)]
+pub struct PyPerson(Person);
+
+#[pymethods]
+impl PyPerson {
+    #[new]
+    #[pyo3(signature = (*, age=0, retired=false, civil_servant=false, cross_region=0, assistance=false, acct_used=false, acct_balance=0))]
+    fn new(
+        age: u32,
+        retired: bool,
+        civil_servant: bool,
+        cross_region: u8,
+        assistance: bool,
+        acct_used: bool,
+        acct_balance: i64,
+    ) -> Self {
+        Self(Person {
+            age,
+            retired,
+            civil_servant,
+            cross_region,
+            assistance,
+            acct_used,
+            acct_balance,
+        })
+    }
+    #[getter]
+    fn age(&self) -> u32 {
+        self.0.age
+    }
+    #[getter]
+    fn retired(&self) -> bool {
+        self.0.retired
+    }
+    #[getter]
+    fn civil_servant(&self) -> bool {
+        self.0.civil_servant
+    }
+    #[getter]
+    fn cross_region(&self) -> u8 {
+        self.0.cross_region
+    }
+    #[getter]
+    fn assistance(&self) -> bool {
+        self.0.assistance
+    }
+    #[getter]
+    fn acct_used(&self) -> bool {
+        self.0.acct_used
+    }
+    #[getter]
+    fn acct_balance(&self) -> i64 {
+        self.0.acct_balance
+    }
+}
+
+/// A person's yearly accumulators for one pool.
+#[pyclass(name = "Accumulators", module = "engine_rs", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyAccumulators(pub(crate) Accumulators);
+
+#[pymethods]
+impl PyAccumulators {
+    #[new]
+    #[pyo3(signature = (*, inpatient_count=0, dedc_paid=0, hifp_paid=0, hifp_base=0, critical_base=0, critical_paid=0, cvlserv_paid=0, maf_paid=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        inpatient_count: i64,
+        dedc_paid: i64,
+        hifp_paid: i64,
+        hifp_base: i64,
+        critical_base: i64,
+        critical_paid: i64,
+        cvlserv_paid: i64,
+        maf_paid: i64,
+    ) -> Self {
+        Self(Accumulators {
+            inpatient_count,
+            dedc_paid,
+            hifp_paid,
+            hifp_base,
+            critical_base,
+            critical_paid,
+            cvlserv_paid,
+            maf_paid,
+        })
+    }
+    /// The accumulators as a dict keyed by field name.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in Accumulators::FIELDS.iter().zip(self.0.values()) {
+            d.set_item(*k, v)?;
+        }
+        Ok(d)
+    }
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.0)
+    }
+    #[getter]
+    fn inpatient_count(&self) -> i64 {
+        self.0.inpatient_count
+    }
+    #[getter]
+    fn dedc_paid(&self) -> i64 {
+        self.0.dedc_paid
+    }
+    #[getter]
+    fn hifp_paid(&self) -> i64 {
+        self.0.hifp_paid
+    }
+    #[getter]
+    fn hifp_base(&self) -> i64 {
+        self.0.hifp_base
+    }
+    #[getter]
+    fn critical_base(&self) -> i64 {
+        self.0.critical_base
+    }
+    #[getter]
+    fn critical_paid(&self) -> i64 {
+        self.0.critical_paid
+    }
+    #[getter]
+    fn cvlserv_paid(&self) -> i64 {
+        self.0.cvlserv_paid
+    }
+    #[getter]
+    fn maf_paid(&self) -> i64 {
+        self.0.maf_paid
+    }
+}
+
+/// The preprocessing sums of one visit (what center mode sends to the center).
+#[pyclass(name = "Summary", module = "engine_rs", frozen)]
+pub struct PySummary(pub(crate) pre::Summary);
+
+#[pymethods]
+impl PySummary {
+    #[new]
+    #[pyo3(signature = (*, medfee_sumamt, fulamt_ownpay_amt=0, overlmt_amt=0, preselfpay_amt=0, inscp_scp_amt=0, line_count=0))]
+    fn new(
+        medfee_sumamt: i64,
+        fulamt_ownpay_amt: i64,
+        overlmt_amt: i64,
+        preselfpay_amt: i64,
+        inscp_scp_amt: i64,
+        line_count: i64,
+    ) -> Self {
+        Self(pre::Summary {
+            medfee_sumamt,
+            fulamt_ownpay_amt,
+            overlmt_amt,
+            preselfpay_amt,
+            inscp_scp_amt,
+            line_count,
+            by_category: [[0; 5]; N_CATEGORIES],
+        })
+    }
+    #[getter]
+    fn medfee_sumamt(&self) -> i64 {
+        self.0.medfee_sumamt
+    }
+    #[getter]
+    fn fulamt_ownpay_amt(&self) -> i64 {
+        self.0.fulamt_ownpay_amt
+    }
+    #[getter]
+    fn overlmt_amt(&self) -> i64 {
+        self.0.overlmt_amt
+    }
+    #[getter]
+    fn preselfpay_amt(&self) -> i64 {
+        self.0.preselfpay_amt
+    }
+    #[getter]
+    fn inscp_scp_amt(&self) -> i64 {
+        self.0.inscp_scp_amt
+    }
+    #[getter]
+    fn line_count(&self) -> i64 {
+        self.0.line_count
+    }
+    /// `[category][total, fulamt, overlmt, preselfpay, inscp]`, category 0 = no item.
+    #[getter]
+    fn by_category(&self) -> Vec<Vec<i64>> {
+        self.0.by_category.iter().map(|r| r.to_vec()).collect()
+    }
+}
+
+/// Per-line preprocessing results as numpy columns.
+#[pyclass(name = "LineResults", module = "engine_rs", frozen)]
+pub struct PyLineResults {
+    #[pyo3(get)]
+    item: Py<PyArray1<i64>>,
+    #[pyo3(get)]
+    chrgitm_lv: Py<PyArray1<u8>>,
+    #[pyo3(get)]
+    fee_category: Py<PyArray1<u8>>,
+    #[pyo3(get)]
+    fulamt_ownpay_amt: Py<PyArray1<i64>>,
+    #[pyo3(get)]
+    overlmt_amt: Py<PyArray1<i64>>,
+    #[pyo3(get)]
+    preselfpay_amt: Py<PyArray1<i64>>,
+    #[pyo3(get)]
+    inscp_scp_amt: Py<PyArray1<i64>>,
+    #[pyo3(get)]
+    flags: Py<PyArray1<u16>>,
+    len: usize,
+}
+
+#[pymethods]
+impl PyLineResults {
+    fn __len__(&self) -> usize {
+        self.len
+    }
+}
+
+impl PyLineResults {
+    fn new(py: Python<'_>, r: pre::LineResults) -> Self {
+        Self {
+            len: r.item.len(),
+            item: PyArray1::from_vec(py, r.item).unbind(),
+            chrgitm_lv: PyArray1::from_vec(py, r.chrgitm_lv).unbind(),
+            fee_category: PyArray1::from_vec(py, r.fee_category).unbind(),
+            fulamt_ownpay_amt: PyArray1::from_vec(py, r.fulamt_ownpay_amt).unbind(),
+            overlmt_amt: PyArray1::from_vec(py, r.overlmt_amt).unbind(),
+            preselfpay_amt: PyArray1::from_vec(py, r.preselfpay_amt).unbind(),
+            inscp_scp_amt: PyArray1::from_vec(py, r.inscp_scp_amt).unbind(),
+            flags: PyArray1::from_vec(py, r.flags).unbind(),
+        }
+    }
+}
+
+/// One fund leg with its derivation.
+#[pyclass(name = "FundLeg", module = "engine_rs", frozen, get_all)]
+pub struct PyFundLeg {
+    fund_pay_type: String,
+    base: i64,
+    amount: i64,
+    setl_proc_info: String,
+}
+
+/// The outcome of one fund split.
+#[pyclass(name = "SplitResult", module = "engine_rs", frozen, get_all)]
+pub struct PySplitResult {
+    rule: u32,
+    rule_id: String,
+    accumulator_pool: String,
+    act_pay_dedc: i64,
+    hifp_pay: i64,
+    critical_pay: i64,
+    critical_fund_pay_type: String,
+    cvlserv_pay: i64,
+    maf_pay: i64,
+    fund_pay_sumamt: i64,
+    psn_part_amt: i64,
+    acct_pay: i64,
+    psn_cash_pay: i64,
+    balc: i64,
+    accumulators: Py<PyAccumulators>,
+    legs: Vec<Py<PyFundLeg>>,
+}
+
+struct LineCols {
+    hosp: StrColumn,
+    ins: StrColumn,
+    cnt: Vec<i64>,
+    pric: Vec<i64>,
+    amount: Vec<i64>,
+    appr: Vec<i64>,
+    fee_date: Vec<i64>,
+    visit: Vec<i64>,
+}
+
+fn int_col_or_zero(d: &Bound<'_, PyDict>, key: &str, n: usize) -> PyResult<Vec<i64>> {
+    match opt_col(d, key)? {
+        Some(v) => num_col::<i64>(&v, key),
+        None => Ok(vec![0; n]),
+    }
+}
+
+fn bool_col_or_false(d: &Bound<'_, PyDict>, key: &str, n: usize) -> PyResult<Vec<bool>> {
+    match opt_col(d, key)? {
+        Some(v) => num_col::<bool>(&v, key),
+        None => Ok(vec![false; n]),
+    }
+}
+
+fn line_cols(d: &Bound<'_, PyDict>, batch: bool) -> PyResult<LineCols> {
+    let hosp = str_col(&get_col(d, "medins_list_codg")?, "medins_list_codg")?;
+    let n = hosp.len();
+    Ok(LineCols {
+        ins: str_col_or_empty(d, "med_list_codg", n)?,
+        cnt: num_col(&get_col(d, "cnt")?, "cnt")?,
+        pric: num_col(&get_col(d, "pric")?, "pric")?,
+        amount: num_col(&get_col(d, "det_item_fee_sumamt")?, "det_item_fee_sumamt")?,
+        appr: int_col_or_zero(d, "hosp_appr_flag", n)?,
+        fee_date: int_col_or_zero(d, "fee_date", n)?,
+        visit: if batch {
+            num_col(&get_col(d, "visit")?, "visit")?
+        } else {
+            Vec::new()
+        },
+        hosp,
+    })
+}
+
+fn run_preprocess(
+    py: Python<'_>,
+    catalog: &PyCatalog,
+    policy: &PyPolicy,
+    cols: &LineCols,
+    visits: &[VisitCtx],
+) -> PyResult<(pre::LineResults, Vec<pre::Summary>)> {
+    let cat = catalog.inner.clone();
+    let doc = &policy.inner.doc;
+    let (tol, mode) = (doc.preprocess.line_tolerance_fen, doc.rounding.mode);
+    py.detach(|| {
+        let lines = Lines {
+            medins_list_codg: &cols.hosp,
+            med_list_codg: &cols.ins,
+            cnt: &cols.cnt,
+            pric: &cols.pric,
+            det_item_fee_sumamt: &cols.amount,
+            hosp_appr_flag: &cols.appr,
+            fee_date: &cols.fee_date,
+            visit: &cols.visit,
+        };
+        pre::preprocess(&cat, &lines, visits, tol, mode)
+    })
+    .map_err(|e| to_py(py, e))
+}
+
+/// Preprocesses the fee lines of one visit.
+#[pyfunction]
+pub fn preprocess(
+    py: Python<'_>,
+    catalog: &PyCatalog,
+    policy: &PyPolicy,
+    lines: &Bound<'_, PyDict>,
+    visit: &PyVisit,
+) -> PyResult<(PyLineResults, PySummary)> {
+    let cols = line_cols(lines, false)?;
+    let (r, sums) = run_preprocess(py, catalog, policy, &cols, std::slice::from_ref(&visit.0))?;
+    Ok((PyLineResults::new(py, r), PySummary(sums[0])))
+}
+
+/// Preprocesses the lines of many visits (`lines["visit"]` indexes `visits`) in one call.
+#[pyfunction]
+pub fn preprocess_batch<'py>(
+    py: Python<'py>,
+    catalog: &PyCatalog,
+    policy: &PyPolicy,
+    lines: &Bound<'py, PyDict>,
+    visits: &Bound<'py, PyDict>,
+) -> PyResult<(PyLineResults, Bound<'py, PyDict>)> {
+    let cols = line_cols(lines, true)?;
+    let treatment = num_col::<i64>(&get_col(visits, "treatment")?, "treatment")?;
+    let n = treatment.len();
+    let date = num_col::<i64>(&get_col(visits, "date")?, "date")?;
+    let psn_type = int_col_or_zero(visits, "psn_type", n)?;
+    let sex = int_col_or_zero(visits, "sex", n)?;
+    let age = int_col_or_zero(visits, "age", n)?;
+    let diagnoses = str_col_or_empty(visits, "diagnoses", n)?;
+    for (k, len) in [
+        ("date", date.len()),
+        ("psn_type", psn_type.len()),
+        ("sex", sex.len()),
+        ("age", age.len()),
+        ("diagnoses", diagnoses.len()),
+    ] {
+        if len != n {
+            return Err(ColumnError::new_err(format!(
+                "column {k}: has {len} rows, treatment has {n}"
+            )));
+        }
+    }
+    let mut ctx = Vec::with_capacity(n);
+    for i in 0..n {
+        let small = |v: i64, f: &str, max: i64| -> PyResult<i64> {
+            if (0..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ColumnError::new_err(format!(
+                    "column {f}: row {i}: {v} out of range"
+                )))
+            }
+        };
+        let diag = diagnoses.get(i);
+        ctx.push(VisitCtx {
+            treatment: small(treatment[i], "treatment", 3)? as u8,
+            psn_type: small(psn_type[i], "psn_type", i64::from(u32::MAX))? as u32,
+            sex: small(sex[i], "sex", 2)? as u8,
+            age: small(age[i], "age", 150)? as u32,
+            date: small(date[i], "date", 99_991_231)? as i32,
+            diagnoses: if diag.is_empty() {
+                Vec::new()
+            } else {
+                diag.split(',').map(|s| s.trim().to_owned()).collect()
+            },
+        });
+    }
+    let (r, sums) = run_preprocess(py, catalog, policy, &cols, &ctx)?;
+    let out = PyDict::new(py);
+    let field = |f: fn(&pre::Summary) -> i64| sums.iter().map(f).collect::<Vec<i64>>();
+    out.set_item(
+        "medfee_sumamt",
+        PyArray1::from_vec(py, field(|s| s.medfee_sumamt)),
+    )?;
+    out.set_item(
+        "fulamt_ownpay_amt",
+        PyArray1::from_vec(py, field(|s| s.fulamt_ownpay_amt)),
+    )?;
+    out.set_item(
+        "overlmt_amt",
+        PyArray1::from_vec(py, field(|s| s.overlmt_amt)),
+    )?;
+    out.set_item(
+        "preselfpay_amt",
+        PyArray1::from_vec(py, field(|s| s.preselfpay_amt)),
+    )?;
+    out.set_item(
+        "inscp_scp_amt",
+        PyArray1::from_vec(py, field(|s| s.inscp_scp_amt)),
+    )?;
+    out.set_item(
+        "line_count",
+        PyArray1::from_vec(py, field(|s| s.line_count)),
+    )?;
+    let flat: Vec<i64> = sums
+        .iter()
+        .flat_map(|s| s.by_category.iter().flatten().copied())
+        .collect();
+    let cube = PyArray1::from_vec(py, flat).reshape([n, N_CATEGORIES, 5])?;
+    let cube: Bound<'py, PyArray3<i64>> = cube;
+    out.set_item("by_category", cube)?;
+    Ok((PyLineResults::new(py, r), out))
+}
+
+fn split_input(s: &pre::Summary) -> SplitInput {
+    SplitInput {
+        medfee_sumamt: s.medfee_sumamt,
+        fulamt_ownpay_amt: s.fulamt_ownpay_amt,
+        overlmt_amt: s.overlmt_amt,
+        preselfpay_amt: s.preselfpay_amt,
+        inscp_scp_amt: s.inscp_scp_amt,
+    }
+}
+
+/// Splits one settlement, with every fund leg and its derivation.
+#[pyfunction]
+pub fn split(
+    py: Python<'_>,
+    policy: &PyPolicy,
+    summary: &PySummary,
+    selection: &PySelection,
+    person: &PyPerson,
+    accumulators: &PyAccumulators,
+) -> PyResult<PySplitResult> {
+    let p = &policy.inner;
+    let mut trace = Trace::default();
+    let mut scratch = Vec::new();
+    let r = sp::split(
+        0,
+        p,
+        &split_input(&summary.0),
+        &selection.0,
+        &person.0,
+        &accumulators.0,
+        &mut scratch,
+        Some(&mut trace),
+    )
+    .map_err(|e| to_py(py, e))?;
+    let rule = p.rule(r.rule as usize);
+    let legs = sp::legs(p, &r, &trace, &selection.0)
+        .into_iter()
+        .map(|l| {
+            Py::new(
+                py,
+                PyFundLeg {
+                    fund_pay_type: l.fund_pay_type,
+                    base: l.base,
+                    amount: l.amount,
+                    setl_proc_info: l.setl_proc_info,
+                },
+            )
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(PySplitResult {
+        rule: r.rule,
+        rule_id: rule.id.clone(),
+        accumulator_pool: rule.accumulator.clone(),
+        act_pay_dedc: r.act_pay_dedc,
+        hifp_pay: r.hifp_pay,
+        critical_pay: r.critical_pay,
+        critical_fund_pay_type: rule
+            .critical
+            .as_ref()
+            .map(|c| c.fund_pay_type.clone())
+            .unwrap_or_default(),
+        cvlserv_pay: r.cvlserv_pay,
+        maf_pay: r.maf_pay,
+        fund_pay_sumamt: r.fund_pay_sumamt,
+        psn_part_amt: r.psn_part_amt,
+        acct_pay: r.acct_pay,
+        psn_cash_pay: r.psn_cash_pay,
+        balc: r.balc,
+        accumulators: Py::new(py, PyAccumulators(r.acc))?,
+        legs,
+    })
+}
+
+/// Output columns of `split_batch`, in order.
+const SPLIT_OUT: [&str; 11] = [
+    "rule",
+    "act_pay_dedc",
+    "hifp_pay",
+    "critical_pay",
+    "cvlserv_pay",
+    "maf_pay",
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "acct_pay",
+    "psn_cash_pay",
+    "balc",
+];
+
+/// Splits many settlements at once from columns; rows are independent (each carries its own
+/// accumulators). Returns result columns plus `new_<accumulator>` columns.
+#[pyfunction]
+pub fn split_batch<'py>(
+    py: Python<'py>,
+    policy: &PyPolicy,
+    columns: &Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let medfee = num_col::<i64>(&get_col(columns, "medfee_sumamt")?, "medfee_sumamt")?;
+    let n = medfee.len();
+    let int = |k: &str| int_col_or_zero(columns, k, n);
+    let flag = |k: &str| bool_col_or_false(columns, k, n);
+    let (fulamt, overlmt, presp, inscp) = (
+        int("fulamt_ownpay_amt")?,
+        int("overlmt_amt")?,
+        int("preselfpay_amt")?,
+        int("inscp_scp_amt")?,
+    );
+    let (region, insutype, psn_type, treatment, hosp_lv, date, adm) = (
+        int("region")?,
+        int("insutype")?,
+        int("psn_type")?,
+        int("treatment")?,
+        int("hosp_lv")?,
+        int("date")?,
+        int("admission_no")?,
+    );
+    let (age, cross, balance) = (int("age")?, int("cross_region")?, int("acct_balance")?);
+    let (retired, cs, assist, acct_used) = (
+        flag("retired")?,
+        flag("civil_servant")?,
+        flag("assistance")?,
+        flag("acct_used")?,
+    );
+    let accs: Vec<Vec<i64>> = Accumulators::FIELDS
+        .iter()
+        .map(|k| int(k))
+        .collect::<PyResult<_>>()?;
+    let all_len: [(&str, usize); 5] = [
+        ("fulamt_ownpay_amt", fulamt.len()),
+        ("treatment", treatment.len()),
+        ("age", age.len()),
+        ("retired", retired.len()),
+        ("dedc_paid", accs[1].len()),
+    ];
+    for (k, len) in all_len {
+        if len != n {
+            return Err(ColumnError::new_err(format!(
+                "column {k}: has {len} rows, medfee_sumamt has {n}"
+            )));
+        }
+    }
+    let p = &policy.inner;
+    let result = py.detach(|| -> Result<Vec<Vec<i64>>, crate::error::EngineError> {
+        let mut out: Vec<Vec<i64>> = (0..SPLIT_OUT.len() + 8)
+            .map(|_| Vec::with_capacity(n))
+            .collect();
+        let mut scratch = Vec::with_capacity(8);
+        let u32_of = |row: usize, f: &'static str, v: i64| {
+            u32::try_from(v).map_err(|_| crate::error::EngineError::input(row, f, "out of range"))
+        };
+        for i in 0..n {
+            let sel = Selection {
+                region: u32_of(i, "region", region[i])?,
+                insutype: u32_of(i, "insutype", insutype[i])?,
+                psn_type: u32_of(i, "psn_type", psn_type[i])?,
+                treatment: u8::try_from(treatment[i]).map_err(|_| {
+                    crate::error::EngineError::input(i, "treatment", "out of range")
+                })?,
+                hosp_lv: u32_of(i, "hosp_lv", hosp_lv[i])?,
+                date: i32::try_from(date[i])
+                    .map_err(|_| crate::error::EngineError::input(i, "date", "out of range"))?,
+                admission_no: u32_of(i, "admission_no", adm[i])?,
+            };
+            let person = Person {
+                age: u32_of(i, "age", age[i])?,
+                retired: retired[i],
+                civil_servant: cs[i],
+                cross_region: u8::try_from(cross[i]).map_err(|_| {
+                    crate::error::EngineError::input(i, "cross_region", "out of range")
+                })?,
+                assistance: assist[i],
+                acct_used: acct_used[i],
+                acct_balance: balance[i],
+            };
+            let acc = Accumulators::from_values(std::array::from_fn(|k| accs[k][i]));
+            let s = SplitInput {
+                medfee_sumamt: medfee[i],
+                fulamt_ownpay_amt: fulamt[i],
+                overlmt_amt: overlmt[i],
+                preselfpay_amt: presp[i],
+                inscp_scp_amt: inscp[i],
+            };
+            let r = sp::split(i, p, &s, &sel, &person, &acc, &mut scratch, None)?;
+            let vals = [
+                i64::from(r.rule),
+                r.act_pay_dedc,
+                r.hifp_pay,
+                r.critical_pay,
+                r.cvlserv_pay,
+                r.maf_pay,
+                r.fund_pay_sumamt,
+                r.psn_part_amt,
+                r.acct_pay,
+                r.psn_cash_pay,
+                r.balc,
+            ];
+            for (col, v) in out.iter_mut().zip(vals.into_iter().chain(r.acc.values())) {
+                col.push(v);
+            }
+        }
+        Ok(out)
+    });
+    let cols = result.map_err(|e| to_py(py, e))?;
+    let d = PyDict::new(py);
+    let names = SPLIT_OUT
+        .iter()
+        .map(|s| s.to_string())
+        .chain(Accumulators::FIELDS.iter().map(|f| format!("new_{f}")));
+    for (name, col) in names.zip(cols) {
+        d.set_item(name, PyArray1::from_vec(py, col))?;
+    }
+    Ok(d)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyPolicy>()?;
+    m.add_class::<PyVisit>()?;
+    m.add_class::<PySelection>()?;
+    m.add_class::<PyPerson>()?;
+    m.add_class::<PyAccumulators>()?;
+    m.add_class::<PySummary>()?;
+    m.add_class::<PyLineResults>()?;
+    m.add_class::<PyFundLeg>()?;
+    m.add_class::<PySplitResult>()?;
+    m.add_function(wrap_pyfunction!(preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocess_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(split, m)?)?;
+    m.add_function(wrap_pyfunction!(split_batch, m)?)?;
+    Ok(())
+}
