@@ -11,7 +11,7 @@ from typing import Any, final
 import numpy as np
 import numpy.typing as npt
 
-StrColumn = tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]  # noqa: PYI026
+StrColumn = tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]
 _I64 = npt.NDArray[np.int64]
 
 class EngineError(ValueError): ...

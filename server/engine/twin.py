@@ -385,7 +385,13 @@ def split(
     acc: dict[str, int],
 ) -> Split:
     if isinstance(s, dict):
-        s = Summary(**{k: v for k, v in s.items() if k != "by_category"})
+        s = Summary(
+            medfee_sumamt=s["medfee_sumamt"],
+            fulamt_ownpay_amt=s["fulamt_ownpay_amt"],
+            overlmt_amt=s["overlmt_amt"],
+            preselfpay_amt=s["preselfpay_amt"],
+            inscp_scp_amt=s["inscp_scp_amt"],
+        )
     ri = select_rule(policy, sel)
     rule = policy["rules"][ri]
     mode = policy["rounding"]["mode"]
