@@ -46,17 +46,51 @@ pub struct ItemColumns {
     pub valid_to: Vec<i32>,
 }
 
+/// Most pre-self-pay columns (default + person types) an item carries inline.
+pub const MAX_SELFPAY_SLOTS: usize = 8;
+
+/// The fields preprocessing reads for every line, packed so one item costs one cache miss.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ItemHot {
+    pub price_cap: i64,
+    pub valid_from: i32,
+    pub valid_to: i32,
+    pub selfpay_bp: [u16; MAX_SELFPAY_SLOTS],
+    pub chrgitm_lv: u8,
+    pub fee_category: u8,
+    pub sex: u8,
+    pub age_min: u8,
+    pub age_max: u8,
+    pub inpatient_only: bool,
+    pub has_diagnoses: bool,
+}
+
+/// A hash-table entry: a key's place in a string column and the value it maps to.
+#[derive(Debug, Clone, Copy)]
+struct KeyEntry {
+    off: u32,
+    len: u32,
+    value: u32,
+}
+
 /// An immutable catalog version with its mappings.
 #[derive(Debug)]
 pub struct Catalog {
     pub version: i64,
-    items: ItemColumns,
+    code: StrColumn,
+    name: StrColumn,
+    spec: StrColumn,
+    dosage_form: StrColumn,
+    manufacturer: StrColumn,
+    diagnoses: StrColumn,
+    kind: Box<[u8]>,
+    hot: Box<[ItemHot]>,
+    selfpay_slots: usize,
     selfpay_psn_types: Box<[u32]>,
     hasher: foldhash::fast::FixedState,
-    by_code: HashTable<u32>,
+    by_code: HashTable<KeyEntry>,
     hosp_codes: StrColumn,
-    map_target: Box<[u32]>,
-    by_hosp_code: HashTable<u32>,
+    by_hosp_code: HashTable<KeyEntry>,
     stale_mappings: usize,
 }
 
@@ -80,33 +114,46 @@ impl Catalog {
                 "length differs from hosp_code",
             ));
         }
+        if selfpay_psn_types.len() + 1 > MAX_SELFPAY_SLOTS {
+            return Err(EngineError::column(
+                "selfpay_psn_types",
+                &format!("at most {} person types", MAX_SELFPAY_SLOTS - 1),
+            ));
+        }
         let hasher = foldhash::fast::FixedState::with_seed(0x6d65_6473_6574_746c);
-        let mut by_code = HashTable::with_capacity(n);
+        let mut by_code: HashTable<KeyEntry> = HashTable::with_capacity(n);
         for i in 0..n {
-            let code = items.code.get(i);
+            let (off, len) = items.code.span(i);
+            let code = items.code.at_span(off, len);
             if code.is_empty() {
                 return Err(EngineError::column("code", &format!("row {i} is empty")));
             }
             let h = hasher.hash_one(code);
-            let dup = by_code
-                .find(h, |&j: &u32| items.code.get(j as usize) == code)
-                .is_some();
-            if dup {
+            if by_code
+                .find(h, |e| items.code.at_span(e.off, e.len) == code)
+                .is_some()
+            {
                 return Err(EngineError::column(
                     "code",
                     &format!("row {i}: duplicate {code}"),
                 ));
             }
-            by_code.insert_unique(h, i as u32, |&j| {
-                hasher.hash_one(items.code.get(j as usize))
-            });
+            by_code.insert_unique(
+                h,
+                KeyEntry {
+                    off,
+                    len,
+                    value: i as u32,
+                },
+                |e| hasher.hash_one(items.code.at_span(e.off, e.len)),
+            );
         }
         let m = hosp_codes.len();
-        let mut map_target = Vec::with_capacity(m);
-        let mut by_hosp_code = HashTable::with_capacity(m);
+        let mut by_hosp_code: HashTable<KeyEntry> = HashTable::with_capacity(m);
         let mut stale_mappings = 0;
         for i in 0..m {
-            let hc = hosp_codes.get(i);
+            let (off, len) = hosp_codes.span(i);
+            let hc = hosp_codes.at_span(off, len);
             if hc.is_empty() {
                 return Err(EngineError::column(
                     "hosp_code",
@@ -115,7 +162,7 @@ impl Catalog {
             }
             let h = hasher.hash_one(hc);
             if by_hosp_code
-                .find(h, |&j: &u32| hosp_codes.get(j as usize) == hc)
+                .find(h, |e| hosp_codes.at_span(e.off, e.len) == hc)
                 .is_some()
             {
                 return Err(EngineError::column(
@@ -123,31 +170,82 @@ impl Catalog {
                     &format!("row {i}: duplicate {hc}"),
                 ));
             }
-            by_hosp_code.insert_unique(h, i as u32, |&j| {
-                hasher.hash_one(hosp_codes.get(j as usize))
-            });
             let ic = ins_codes.get(i);
-            let target = find(&by_code, &hasher, &items.code, ic);
+            let target = by_code
+                .find(hasher.hash_one(ic), |e| {
+                    items.code.at_span(e.off, e.len) == ic
+                })
+                .map_or(NO_ITEM, |e| e.value);
             if target == NO_ITEM {
                 stale_mappings += 1;
             }
-            map_target.push(target);
+            by_hosp_code.insert_unique(
+                h,
+                KeyEntry {
+                    off,
+                    len,
+                    value: target,
+                },
+                |e| hasher.hash_one(hosp_codes.at_span(e.off, e.len)),
+            );
         }
+        let slots = items.selfpay_slots;
+        let hot = (0..n)
+            .map(|i| {
+                let mut selfpay_bp = [0u16; MAX_SELFPAY_SLOTS];
+                for (k, v) in selfpay_bp
+                    .iter_mut()
+                    .zip(&items.selfpay_prop_bp[i * slots..(i + 1) * slots])
+                {
+                    *k = *v as u16; // validated 0..=10000
+                }
+                ItemHot {
+                    price_cap: items.price_cap[i],
+                    valid_from: items.valid_from[i],
+                    valid_to: items.valid_to[i],
+                    selfpay_bp,
+                    chrgitm_lv: items.chrgitm_lv[i],
+                    fee_category: items.fee_category[i],
+                    sex: items.sex[i],
+                    age_min: items.age_min[i],
+                    age_max: items.age_max[i],
+                    inpatient_only: items.inpatient_only[i],
+                    has_diagnoses: !items.diagnoses.get(i).is_empty(),
+                }
+            })
+            .collect();
+        let ItemColumns {
+            code,
+            name,
+            spec,
+            dosage_form,
+            manufacturer,
+            diagnoses,
+            kind,
+            ..
+        } = items;
         Ok(Self {
             version,
-            items,
+            code,
+            name,
+            spec,
+            dosage_form,
+            manufacturer,
+            diagnoses,
+            kind: kind.into_boxed_slice(),
+            hot,
+            selfpay_slots: slots,
             selfpay_psn_types: selfpay_psn_types.into_boxed_slice(),
             hasher,
             by_code,
             hosp_codes,
-            map_target: map_target.into_boxed_slice(),
             by_hosp_code,
             stale_mappings,
         })
     }
 
     pub fn len(&self) -> usize {
-        self.items.code.len()
+        self.code.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,20 +264,19 @@ impl Catalog {
     /// Item index of an insurance code, or `NO_ITEM`.
     #[inline]
     pub fn lookup(&self, code: &str) -> u32 {
-        find(&self.by_code, &self.hasher, &self.items.code, code)
+        let h = self.hasher.hash_one(code);
+        self.by_code
+            .find(h, |e| self.code.at_span(e.off, e.len) == code)
+            .map_or(NO_ITEM, |e| e.value)
     }
 
     /// Item index a hospital code maps to, or `NO_ITEM`.
     #[inline]
     pub fn map_hosp_code(&self, hosp_code: &str) -> u32 {
         let h = self.hasher.hash_one(hosp_code);
-        match self
-            .by_hosp_code
-            .find(h, |&j| self.hosp_codes.get(j as usize) == hosp_code)
-        {
-            Some(&j) => self.map_target[j as usize],
-            None => NO_ITEM,
-        }
+        self.by_hosp_code
+            .find(h, |e| self.hosp_codes.at_span(e.off, e.len) == hosp_code)
+            .map_or(NO_ITEM, |e| e.value)
     }
 
     /// Which selfpay column applies to a person type (0 = default).
@@ -194,68 +291,64 @@ impl Catalog {
         &self.selfpay_psn_types
     }
 
-    pub fn items(&self) -> &ItemColumns {
-        &self.items
+    pub fn selfpay_slots(&self) -> usize {
+        self.selfpay_slots
+    }
+
+    /// The packed per-item fields preprocessing reads.
+    #[inline]
+    pub fn hot(&self, i: usize) -> &ItemHot {
+        &self.hot[i]
     }
 
     pub fn code(&self, i: usize) -> &str {
-        self.items.code.get(i)
+        self.code.get(i)
     }
     pub fn name(&self, i: usize) -> &str {
-        self.items.name.get(i)
+        self.name.get(i)
     }
     pub fn spec(&self, i: usize) -> &str {
-        self.items.spec.get(i)
+        self.spec.get(i)
     }
     pub fn dosage_form(&self, i: usize) -> &str {
-        self.items.dosage_form.get(i)
+        self.dosage_form.get(i)
     }
     pub fn manufacturer(&self, i: usize) -> &str {
-        self.items.manufacturer.get(i)
+        self.manufacturer.get(i)
+    }
+    pub fn kind(&self, i: usize) -> u8 {
+        self.kind[i]
+    }
+    /// Comma-separated ICD-10 prefixes the item is limited to ("" = none).
+    pub fn diagnoses(&self, i: usize) -> &str {
+        self.diagnoses.get(i)
     }
 
     /// Pre-self-pay ratio of item `i` for selfpay column `slot`.
     #[inline]
     pub fn selfpay_bp(&self, i: usize, slot: usize) -> i32 {
-        self.items.selfpay_prop_bp[i * self.items.selfpay_slots + slot]
+        i32::from(self.hot[i].selfpay_bp[slot])
     }
 
     /// Approximate bytes held by the index, for memory reports.
     pub fn heap_bytes(&self) -> usize {
-        let it = &self.items;
         let strs = [
-            &it.code,
-            &it.name,
-            &it.spec,
-            &it.dosage_form,
-            &it.manufacturer,
-            &it.diagnoses,
+            &self.code,
+            &self.name,
+            &self.spec,
+            &self.dosage_form,
+            &self.manufacturer,
+            &self.diagnoses,
+            &self.hosp_codes,
         ]
         .iter()
         .map(|c| c.heap_bytes())
         .sum::<usize>();
-        let n = self.len();
-        strs + n * (5 + 8 + 8 + 1)
-            + it.selfpay_prop_bp.len() * 4
-            + self.by_code.capacity() * 5
-            + self.hosp_codes.heap_bytes()
-            + self.map_target.len() * 4
-            + self.by_hosp_code.capacity() * 5
+        let entry = std::mem::size_of::<KeyEntry>() + 1;
+        strs + self.kind.len()
+            + self.hot.len() * std::mem::size_of::<ItemHot>()
+            + (self.by_code.capacity() + self.by_hosp_code.capacity()) * entry
     }
-}
-
-#[inline]
-fn find(
-    table: &HashTable<u32>,
-    hasher: &foldhash::fast::FixedState,
-    codes: &StrColumn,
-    code: &str,
-) -> u32 {
-    let h = hasher.hash_one(code);
-    table
-        .find(h, |&j| codes.get(j as usize) == code)
-        .copied()
-        .unwrap_or(NO_ITEM)
 }
 
 fn check_items(it: &ItemColumns, n: usize, n_psn_types: usize) -> Result<(), EngineError> {
@@ -364,10 +457,24 @@ pub(crate) mod tests {
 
     /// A small catalog for unit tests: (code, class, category, cap, selfpay bp).
     pub(crate) fn small(rows: &[(&str, u8, u8, i64, i32)]) -> Catalog {
+        let items = small_columns(rows);
+        let codes: Vec<&str> = rows.iter().map(|r| r.0).collect();
+        let hosp: Vec<String> = codes.iter().map(|c| format!("H-{c}")).collect();
+        Catalog::build(
+            1,
+            items,
+            vec![],
+            StrColumn::from_strs(&hosp),
+            StrColumn::from_strs(&codes),
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn small_columns(rows: &[(&str, u8, u8, i64, i32)]) -> ItemColumns {
         let n = rows.len();
         let codes: Vec<&str> = rows.iter().map(|r| r.0).collect();
         let empty = StrColumn::from_strs(&vec![""; n]);
-        let items = ItemColumns {
+        ItemColumns {
             code: StrColumn::from_strs(&codes),
             name: StrColumn::from_strs(&codes),
             spec: empty.clone(),
@@ -386,16 +493,7 @@ pub(crate) mod tests {
             diagnoses: empty,
             valid_from: vec![0; n],
             valid_to: vec![0; n],
-        };
-        let hosp: Vec<String> = codes.iter().map(|c| format!("H-{c}")).collect();
-        Catalog::build(
-            1,
-            items,
-            vec![],
-            StrColumn::from_strs(&hosp),
-            StrColumn::from_strs(&codes),
-        )
-        .unwrap()
+        }
     }
 
     #[test]
@@ -410,14 +508,11 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_duplicates_and_bad_values() {
-        let mut it = small(&[("A", 1, 9, 0, 0)]).items().clone();
+        let mut it = small_columns(&[("A", 1, 9, 0, 0)]);
         it.chrgitm_lv[0] = 4;
         let e = Catalog::build(1, it, vec![], StrColumn::default(), StrColumn::default());
         assert!(matches!(e, Err(EngineError::Column { ref field, .. }) if field == "chrgitm_lv"));
-        let dup = small(&[("A", 1, 9, 0, 0), ("B", 1, 9, 0, 0)])
-            .items()
-            .clone();
-        let mut dup2 = dup.clone();
+        let mut dup2 = small_columns(&[("A", 1, 9, 0, 0), ("B", 1, 9, 0, 0)]);
         dup2.code = StrColumn::from_strs(&["A", "A"]);
         let e = Catalog::build(1, dup2, vec![], StrColumn::default(), StrColumn::default());
         assert!(matches!(e, Err(EngineError::Column { ref field, .. }) if field == "code"));

@@ -76,6 +76,19 @@ impl StrColumn {
         &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
 
+    /// Start and length of the i-th value in the data buffer.
+    #[inline]
+    pub fn span(&self, i: usize) -> (u32, u32) {
+        let (a, b) = (self.offsets[i], self.offsets[i + 1]);
+        (a, b - a)
+    }
+
+    /// The value at a span returned by `span`.
+    #[inline]
+    pub fn at_span(&self, off: u32, len: u32) -> &str {
+        &self.data[off as usize..(off + len) as usize]
+    }
+
     /// Bytes held, for memory accounting.
     pub fn heap_bytes(&self) -> usize {
         self.data.len() + self.offsets.len() * 4

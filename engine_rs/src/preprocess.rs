@@ -91,24 +91,61 @@ pub struct Summary {
     pub by_category: [[i64; 5]; N_CATEGORIES],
 }
 
-impl Summary {
-    fn add(&mut self, line: usize, cat: usize, parts: [i64; 5]) -> Result<(), EngineError> {
-        let over = || EngineError::line(line, "det_item_fee_sumamt", "visit total overflows i64");
-        let sums = [
-            &mut self.medfee_sumamt,
-            &mut self.fulamt_ownpay_amt,
-            &mut self.overlmt_amt,
-            &mut self.preselfpay_amt,
-            &mut self.inscp_scp_amt,
-        ];
-        for (s, p) in sums.into_iter().zip(parts) {
-            *s = s.checked_add(p).ok_or_else(over)?;
+/// The sums of every visit of a batch, laid out for handing to numpy without copies.
+#[derive(Debug, Default, Clone)]
+pub struct Summaries {
+    /// Per visit: medfee_sumamt, fulamt_ownpay_amt, overlmt_amt, preselfpay_amt,
+    /// inscp_scp_amt, line_count.
+    pub totals: Vec<[i64; 6]>,
+    /// Row-major `visits x N_CATEGORIES x 5`.
+    pub by_category: Vec<i64>,
+}
+
+impl Summaries {
+    fn new(visits: usize) -> Self {
+        Self {
+            totals: vec![[0; 6]; visits],
+            by_category: vec![0; visits * N_CATEGORIES * 5],
         }
-        for (s, p) in self.by_category[cat].iter_mut().zip(parts) {
+    }
+
+    fn add(
+        &mut self,
+        line: usize,
+        v: usize,
+        cat: usize,
+        parts: [i64; 5],
+    ) -> Result<(), EngineError> {
+        let t = &mut self.totals[v];
+        for k in 0..5 {
+            t[k] = t[k].checked_add(parts[k]).ok_or_else(|| {
+                EngineError::line(line, "det_item_fee_sumamt", "visit total overflows i64")
+            })?;
+        }
+        t[5] += 1;
+        let row = &mut self.by_category[(v * N_CATEGORIES + cat) * 5..][..5];
+        for (s, p) in row.iter_mut().zip(parts) {
             *s += p; // bounded by the visit totals just checked
         }
-        self.line_count += 1;
         Ok(())
+    }
+
+    /// The sums of visit `v`.
+    pub fn get(&self, v: usize) -> Summary {
+        let t = self.totals[v];
+        let mut by_category = [[0; 5]; N_CATEGORIES];
+        for (c, row) in by_category.iter_mut().enumerate() {
+            row.copy_from_slice(&self.by_category[(v * N_CATEGORIES + c) * 5..][..5]);
+        }
+        Summary {
+            medfee_sumamt: t[0],
+            fulamt_ownpay_amt: t[1],
+            overlmt_amt: t[2],
+            preselfpay_amt: t[3],
+            inscp_scp_amt: t[4],
+            line_count: t[5],
+            by_category,
+        }
     }
 }
 
@@ -122,8 +159,38 @@ fn check_len(field: &str, len: usize, n: usize) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// An explicit insurance code that is not in the catalog (reported in line order).
+const UNKNOWN_CODE: u32 = NO_ITEM - 1;
+
+/// Lines resolved per block: the item lookups of a block run in a tight loop of their own,
+/// so the processor overlaps their cache misses instead of waiting for each in turn.
+const BLOCK: usize = 64;
+
+/// Resolves the items of lines `start..start + out.len()` and touches their packed records.
+fn resolve_block(cat: &Catalog, lines: &Lines<'_>, start: usize, out: &mut [u32]) {
+    for (k, slot) in out.iter_mut().enumerate() {
+        let i = start + k;
+        let ins_code = lines.med_list_codg.get(i);
+        *slot = if ins_code.is_empty() {
+            cat.map_hosp_code(lines.medins_list_codg.get(i))
+        } else {
+            match cat.lookup(ins_code) {
+                NO_ITEM => UNKNOWN_CODE,
+                found => found,
+            }
+        };
+    }
+    let mut touch = 0u8;
+    for &j in out.iter() {
+        if j < UNKNOWN_CODE {
+            touch ^= cat.hot(j as usize).chrgitm_lv;
+        }
+    }
+    std::hint::black_box(touch);
+}
+
 /// Preprocesses every line; `visits[lines.visit[i]]` is line i's visit.
-/// Returns the per-line results and one summary per visit. Nothing is partially returned:
+/// Returns the per-line results and the sums of every visit. Nothing is partially returned:
 /// the first bad line fails the whole batch, naming the line and field.
 pub fn preprocess(
     cat: &Catalog,
@@ -131,7 +198,7 @@ pub fn preprocess(
     visits: &[VisitCtx],
     tolerance_fen: i64,
     mode: RoundMode,
-) -> Result<(LineResults, Vec<Summary>), EngineError> {
+) -> Result<(LineResults, Summaries), EngineError> {
     let n = lines.medins_list_codg.len();
     check_len("med_list_codg", lines.med_list_codg.len(), n)?;
     check_len("cnt", lines.cnt.len(), n)?;
@@ -152,6 +219,7 @@ pub fn preprocess(
         .iter()
         .map(|v| cat.selfpay_slot(v.psn_type))
         .collect();
+    let mut block = [0u32; BLOCK];
     let mut out = LineResults {
         item: Vec::with_capacity(n),
         chrgitm_lv: Vec::with_capacity(n),
@@ -162,10 +230,14 @@ pub fn preprocess(
         inscp_scp_amt: Vec::with_capacity(n),
         flags: Vec::with_capacity(n),
     };
-    let mut sums = vec![Summary::default(); visits.len()];
-    let items = cat.items();
+    let mut sums = Summaries::new(visits.len());
     let tol = i128::from(tolerance_fen) * i128::from(CNT_SCALE);
     for i in 0..n {
+        if i % BLOCK == 0 {
+            let len = BLOCK.min(n - i);
+            resolve_block(cat, lines, i, &mut block[..len]);
+        }
+        let idx = block[i % BLOCK];
         let v = if lines.visit.is_empty() {
             0
         } else {
@@ -208,40 +280,33 @@ pub fn preprocess(
                 ),
             ));
         }
-        let ins_code = lines.med_list_codg.get(i);
-        let idx = if ins_code.is_empty() {
-            cat.map_hosp_code(lines.medins_list_codg.get(i))
-        } else {
-            let found = cat.lookup(ins_code);
-            if found == NO_ITEM {
-                return Err(EngineError::line(
-                    i,
-                    "med_list_codg",
-                    format!("unknown code {ins_code}"),
-                ));
-            }
-            found
-        };
+        if idx == UNKNOWN_CODE {
+            let code = lines.med_list_codg.get(i);
+            return Err(EngineError::line(
+                i,
+                "med_list_codg",
+                format!("unknown code {code}"),
+            ));
+        }
         let (lv, fee_cat, parts, fl) = if idx == NO_ITEM {
             (0u8, 0u8, [amount, amount, 0, 0, 0], flags::UNMAPPED)
         } else {
             let j = idx as usize;
+            let it = cat.hot(j);
             let mut fl = 0u16;
-            let lv = items.chrgitm_lv[j];
-            if lv == 3 {
+            if it.chrgitm_lv == 3 {
                 fl |= flags::CLASS_C;
             }
-            if items.inpatient_only[j] && ctx.treatment != TREATMENT_INPATIENT {
+            if it.inpatient_only && ctx.treatment != TREATMENT_INPATIENT {
                 fl |= flags::RESTRICT_INPATIENT;
             }
-            if items.sex[j] != 0 && items.sex[j] != ctx.sex {
+            if it.sex != 0 && it.sex != ctx.sex {
                 fl |= flags::RESTRICT_SEX;
             }
-            if ctx.age < u32::from(items.age_min[j]) || ctx.age > u32::from(items.age_max[j]) {
+            if ctx.age < u32::from(it.age_min) || ctx.age > u32::from(it.age_max) {
                 fl |= flags::RESTRICT_AGE;
             }
-            let diag = items.diagnoses.get(j);
-            if !diag.is_empty() && !diagnosis_allowed(diag, &ctx.diagnoses) {
+            if it.has_diagnoses && !diagnosis_allowed(cat.diagnoses(j), &ctx.diagnoses) {
                 fl |= if appr == 1 {
                     flags::APPROVED
                 } else {
@@ -253,18 +318,22 @@ pub fn preprocess(
             } else {
                 i64::from(ctx.date)
             };
-            let (from, to) = (i64::from(items.valid_from[j]), i64::from(items.valid_to[j]));
+            let (from, to) = (i64::from(it.valid_from), i64::from(it.valid_to));
             if (from != 0 && date < from) || (to != 0 && date > to) {
                 fl |= flags::OUTSIDE_VALIDITY;
             }
             if appr == 2 {
                 fl |= flags::HOSP_SELFPAY;
             }
-            let fee_cat = items.fee_category[j];
             if fl & flags::SELF_PAY != 0 {
-                (lv, fee_cat, [amount, amount, 0, 0, 0], fl)
+                (
+                    it.chrgitm_lv,
+                    it.fee_category,
+                    [amount, amount, 0, 0, 0],
+                    fl,
+                )
             } else {
-                let cap = items.price_cap[j];
+                let cap = it.price_cap;
                 let mut overlmt = 0i64;
                 if cap > 0 && pric > cap {
                     let allowed =
@@ -276,15 +345,20 @@ pub fn preprocess(
                     }
                 }
                 let capped = amount - overlmt;
-                let bp = i64::from(cat.selfpay_bp(j, slots[v]));
-                let pre = round_div(i128::from(capped) * i128::from(bp), BP.into(), mode) as i64;
+                let bp = i128::from(it.selfpay_bp[slots[v]]);
+                let pre = round_div(i128::from(capped) * bp, BP.into(), mode) as i64;
                 if pre > 0 {
                     fl |= flags::PRESELFPAY;
                 }
-                (lv, fee_cat, [amount, 0, overlmt, pre, capped - pre], fl)
+                (
+                    it.chrgitm_lv,
+                    it.fee_category,
+                    [amount, 0, overlmt, pre, capped - pre],
+                    fl,
+                )
             }
         };
-        sums[v].add(i, usize::from(fee_cat), parts)?;
+        sums.add(i, v, usize::from(fee_cat), parts)?;
         out.item
             .push(if idx == NO_ITEM { -1 } else { i64::from(idx) });
         out.chrgitm_lv.push(lv);
@@ -316,7 +390,7 @@ mod tests {
         cat: &Catalog,
         rows: &[(&str, &str, i64, i64, i64, i64)],
         ctx: VisitCtx,
-    ) -> Result<(LineResults, Vec<Summary>), EngineError> {
+    ) -> Result<(LineResults, Summary), EngineError> {
         let hosp = StrColumn::from_strs(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
         let ins = StrColumn::from_strs(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
         let cnt: Vec<i64> = rows.iter().map(|r| r.2).collect();
@@ -334,7 +408,7 @@ mod tests {
             fee_date: &dates,
             visit: &[],
         };
-        preprocess(cat, &lines, &[ctx], 1, RoundMode::HalfUp)
+        preprocess(cat, &lines, &[ctx], 1, RoundMode::HalfUp).map(|(r, s)| (r, s.get(0)))
     }
 
     fn ctx() -> VisitCtx {
@@ -369,10 +443,10 @@ mod tests {
         assert_eq!(r.flags[1], flags::CLASS_C);
         assert_eq!(r.flags[2], flags::UNMAPPED);
         assert_eq!(r.item[2], -1);
-        assert_eq!(s[0].medfee_sumamt, 4800);
-        assert_eq!(s[0].fulamt_ownpay_amt, 1200);
-        assert_eq!(s[0].by_category[9], [4100, 500, 600, 300, 2700]);
-        assert_eq!(s[0].by_category[0], [700, 700, 0, 0, 0]);
+        assert_eq!(s.medfee_sumamt, 4800);
+        assert_eq!(s.fulamt_ownpay_amt, 1200);
+        assert_eq!(s.by_category[9], [4100, 500, 600, 300, 2700]);
+        assert_eq!(s.by_category[0], [700, 700, 0, 0, 0]);
     }
 
     #[test]

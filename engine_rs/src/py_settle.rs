@@ -519,7 +519,7 @@ fn run_preprocess(
     policy: &PyPolicy,
     cols: &LineCols,
     visits: &[VisitCtx],
-) -> PyResult<(pre::LineResults, Vec<pre::Summary>)> {
+) -> PyResult<(pre::LineResults, pre::Summaries)> {
     let cat = catalog.inner.clone();
     let doc = &policy.inner.doc;
     let (tol, mode) = (doc.preprocess.line_tolerance_fen, doc.rounding.mode);
@@ -550,7 +550,7 @@ pub fn preprocess(
 ) -> PyResult<(PyLineResults, PySummary)> {
     let cols = line_cols(lines, false)?;
     let (r, sums) = run_preprocess(py, catalog, policy, &cols, std::slice::from_ref(&visit.0))?;
-    Ok((PyLineResults::new(py, r), PySummary(sums[0])))
+    Ok((PyLineResults::new(py, r), PySummary(sums.get(0))))
 }
 
 /// Preprocesses the lines of many visits (`lines["visit"]` indexes `visits`) in one call.
@@ -610,37 +610,20 @@ pub fn preprocess_batch<'py>(
     }
     let (r, sums) = run_preprocess(py, catalog, policy, &cols, &ctx)?;
     let out = PyDict::new(py);
-    let field = |f: fn(&pre::Summary) -> i64| sums.iter().map(f).collect::<Vec<i64>>();
-    out.set_item(
+    let names = [
         "medfee_sumamt",
-        PyArray1::from_vec(py, field(|s| s.medfee_sumamt)),
-    )?;
-    out.set_item(
         "fulamt_ownpay_amt",
-        PyArray1::from_vec(py, field(|s| s.fulamt_ownpay_amt)),
-    )?;
-    out.set_item(
         "overlmt_amt",
-        PyArray1::from_vec(py, field(|s| s.overlmt_amt)),
-    )?;
-    out.set_item(
         "preselfpay_amt",
-        PyArray1::from_vec(py, field(|s| s.preselfpay_amt)),
-    )?;
-    out.set_item(
         "inscp_scp_amt",
-        PyArray1::from_vec(py, field(|s| s.inscp_scp_amt)),
-    )?;
-    out.set_item(
         "line_count",
-        PyArray1::from_vec(py, field(|s| s.line_count)),
-    )?;
-    let flat: Vec<i64> = sums
-        .iter()
-        .flat_map(|s| s.by_category.iter().flatten().copied())
-        .collect();
-    let cube = PyArray1::from_vec(py, flat).reshape([n, N_CATEGORIES, 5])?;
-    let cube: Bound<'py, PyArray3<i64>> = cube;
+    ];
+    for (k, name) in names.iter().enumerate() {
+        let col: Vec<i64> = sums.totals.iter().map(|t| t[k]).collect();
+        out.set_item(*name, PyArray1::from_vec(py, col))?;
+    }
+    let cube: Bound<'py, PyArray3<i64>> =
+        PyArray1::from_vec(py, sums.by_category).reshape([n, N_CATEGORIES, 5])?;
     out.set_item("by_category", cube)?;
     Ok((PyLineResults::new(py, r), out))
 }

@@ -319,29 +319,28 @@ impl PyCatalog {
                 "item index out of range",
             ));
         }
-        let it = c.items();
+        let it = c.hot(index);
         let d = PyDict::new(py);
         d.set_item("code", c.code(index))?;
         d.set_item("name", c.name(index))?;
         d.set_item("spec", c.spec(index))?;
         d.set_item("dosage_form", c.dosage_form(index))?;
         d.set_item("manufacturer", c.manufacturer(index))?;
-        d.set_item("kind", it.kind[index])?;
-        d.set_item("chrgitm_lv", it.chrgitm_lv[index])?;
-        d.set_item("fee_category", it.fee_category[index])?;
-        d.set_item("price_cap", it.price_cap[index])?;
-        let slots = it.selfpay_slots;
+        d.set_item("kind", c.kind(index))?;
+        d.set_item("chrgitm_lv", it.chrgitm_lv)?;
+        d.set_item("fee_category", it.fee_category)?;
+        d.set_item("price_cap", it.price_cap)?;
         d.set_item(
             "selfpay_prop_bp",
-            it.selfpay_prop_bp[index * slots..(index + 1) * slots].to_vec(),
+            it.selfpay_bp[..c.selfpay_slots()].to_vec(),
         )?;
-        d.set_item("inpatient_only", it.inpatient_only[index])?;
-        d.set_item("sex", it.sex[index])?;
-        d.set_item("age_min", it.age_min[index])?;
-        d.set_item("age_max", it.age_max[index])?;
-        d.set_item("diagnoses", it.diagnoses.get(index))?;
-        d.set_item("valid_from", it.valid_from[index])?;
-        d.set_item("valid_to", it.valid_to[index])?;
+        d.set_item("inpatient_only", it.inpatient_only)?;
+        d.set_item("sex", it.sex)?;
+        d.set_item("age_min", it.age_min)?;
+        d.set_item("age_max", it.age_max)?;
+        d.set_item("diagnoses", c.diagnoses(index))?;
+        d.set_item("valid_from", it.valid_from)?;
+        d.set_item("valid_to", it.valid_to)?;
         Ok(d)
     }
 

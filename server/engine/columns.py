@@ -70,3 +70,23 @@ def unpack_strings(col: StrColumn) -> list[str]:
     data, offsets = col
     raw = data.tobytes()
     return [raw[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(len(offsets) - 1)]
+
+
+def take_strings(col: StrColumn, index: npt.NDArray[np.int64]) -> StrColumn:
+    """Rows `index` of a string column, gathered without leaving numpy."""
+    data, offsets = col
+    lengths = np.diff(offsets)[index]
+    new_offsets = np.zeros(len(index) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    starts = offsets[:-1][index]
+    within = np.arange(new_offsets[-1], dtype=np.int64) - np.repeat(new_offsets[:-1], lengths)
+    return data[np.repeat(starts, lengths) + within], new_offsets
+
+
+def numbered_codes(prefix: str, n: int, width: int = 8) -> StrColumn:
+    """`prefix` + a zero-padded number for 0..n-1, built in numpy (bulk test data)."""
+    head = np.frombuffer(prefix.encode("ascii"), dtype=np.uint8)
+    digits = np.arange(n, dtype=np.int64)[:, None] // (10 ** np.arange(width - 1, -1, -1)) % 10
+    rows = np.hstack([np.broadcast_to(head, (n, len(head))), (digits + ord("0")).astype(np.uint8)])
+    offsets = np.arange(n + 1, dtype=np.int64) * rows.shape[1]
+    return np.ascontiguousarray(rows).reshape(-1), offsets

@@ -144,8 +144,12 @@ def preprocess(
     visit: VisitContext,
     tolerance: int,
     rounding: str,
+    by_code: dict[str, int] | None = None,
 ) -> tuple[list[LineResult], Summary]:
-    by_code = {it.code: i for i, it in enumerate(items)}
+    """Preprocesses one visit's lines; `by_code` (code -> index) may be passed in when
+    calling many times with the same catalog."""
+    if by_code is None:
+        by_code = {it.code: i for i, it in enumerate(items)}
     slot = selfpay_psn_types.index(visit.psn_type) + 1 if visit.psn_type in selfpay_psn_types else 0
     results: list[LineResult] = []
     s = Summary()
