@@ -128,7 +128,7 @@ impl Catalog {
             if code.is_empty() {
                 return Err(EngineError::column("code", &format!("row {i} is empty")));
             }
-            let h = hasher.hash_one(code);
+            let h = hasher.hash_one(code.as_bytes());
             if by_code
                 .find(h, |e| items.code.at_span(e.off, e.len) == code)
                 .is_some()
@@ -145,7 +145,7 @@ impl Catalog {
                     len,
                     value: i as u32,
                 },
-                |e| hasher.hash_one(items.code.at_span(e.off, e.len)),
+                |e| hasher.hash_one(items.code.at_span(e.off, e.len).as_bytes()),
             );
         }
         let m = hosp_codes.len();
@@ -160,7 +160,7 @@ impl Catalog {
                     &format!("row {i} is empty"),
                 ));
             }
-            let h = hasher.hash_one(hc);
+            let h = hasher.hash_one(hc.as_bytes());
             if by_hosp_code
                 .find(h, |e| hosp_codes.at_span(e.off, e.len) == hc)
                 .is_some()
@@ -172,7 +172,7 @@ impl Catalog {
             }
             let ic = ins_codes.get(i);
             let target = by_code
-                .find(hasher.hash_one(ic), |e| {
+                .find(hasher.hash_one(ic.as_bytes()), |e| {
                     items.code.at_span(e.off, e.len) == ic
                 })
                 .map_or(NO_ITEM, |e| e.value);
@@ -186,7 +186,7 @@ impl Catalog {
                     len,
                     value: target,
                 },
-                |e| hasher.hash_one(hosp_codes.at_span(e.off, e.len)),
+                |e| hasher.hash_one(hosp_codes.at_span(e.off, e.len).as_bytes()),
             );
         }
         let slots = items.selfpay_slots;
@@ -264,18 +264,32 @@ impl Catalog {
     /// Item index of an insurance code, or `NO_ITEM`.
     #[inline]
     pub fn lookup(&self, code: &str) -> u32 {
+        self.lookup_bytes(code.as_bytes())
+    }
+
+    /// `lookup` for raw bytes (fee-line columns are not UTF-8-checked).
+    #[inline]
+    pub fn lookup_bytes(&self, code: &[u8]) -> u32 {
         let h = self.hasher.hash_one(code);
         self.by_code
-            .find(h, |e| self.code.at_span(e.off, e.len) == code)
+            .find(h, |e| self.code.at_span(e.off, e.len).as_bytes() == code)
             .map_or(NO_ITEM, |e| e.value)
     }
 
     /// Item index a hospital code maps to, or `NO_ITEM`.
     #[inline]
     pub fn map_hosp_code(&self, hosp_code: &str) -> u32 {
+        self.map_hosp_code_bytes(hosp_code.as_bytes())
+    }
+
+    /// `map_hosp_code` for raw bytes.
+    #[inline]
+    pub fn map_hosp_code_bytes(&self, hosp_code: &[u8]) -> u32 {
         let h = self.hasher.hash_one(hosp_code);
         self.by_hosp_code
-            .find(h, |e| self.hosp_codes.at_span(e.off, e.len) == hosp_code)
+            .find(h, |e| {
+                self.hosp_codes.at_span(e.off, e.len).as_bytes() == hosp_code
+            })
             .map_or(NO_ITEM, |e| e.value)
     }
 

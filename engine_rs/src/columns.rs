@@ -95,6 +95,81 @@ impl StrColumn {
     }
 }
 
+/// A borrowed string column (bytes + int64 offsets), validated for shape but not copied:
+/// fee lines arrive by the million and are only looked up, so their bytes are compared as
+/// they are, without a UTF-8 pass.
+#[derive(Debug, Clone, Copy)]
+pub struct StrView<'a> {
+    data: &'a [u8],
+    offsets: &'a [i64],
+}
+
+impl<'a> StrView<'a> {
+    pub fn new(field: &str, data: &'a [u8], offsets: &'a [i64]) -> Result<Self, EngineError> {
+        let bad = |reason: &str| EngineError::column(field, reason);
+        if offsets.is_empty() {
+            return Err(bad("offsets must have n+1 entries"));
+        }
+        if offsets[0] != 0 {
+            return Err(bad("offsets must start at 0"));
+        }
+        if offsets.windows(2).any(|w| w[1] < w[0]) {
+            return Err(bad("offsets must not decrease"));
+        }
+        if offsets[offsets.len() - 1] != data.len() as i64 {
+            return Err(bad("last offset must equal the data length"));
+        }
+        Ok(Self { data, offsets })
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The i-th value's bytes; `i` must be in range.
+    #[inline]
+    pub fn get(&self, i: usize) -> &'a [u8] {
+        &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// The i-th value for messages (invalid UTF-8 shown replaced).
+    pub fn display(&self, i: usize) -> String {
+        String::from_utf8_lossy(self.get(i)).into_owned()
+    }
+}
+
+/// Owned bytes and offsets for building views in tests and small callers.
+#[derive(Debug, Clone, Default)]
+pub struct OwnedStrs {
+    pub data: Vec<u8>,
+    pub offsets: Vec<i64>,
+}
+
+impl OwnedStrs {
+    pub fn from_strs<S: AsRef<str>>(values: &[S]) -> Self {
+        let mut out = Self {
+            data: Vec::new(),
+            offsets: vec![0],
+        };
+        for v in values {
+            out.data.extend_from_slice(v.as_ref().as_bytes());
+            out.offsets.push(out.data.len() as i64);
+        }
+        out
+    }
+
+    pub fn view(&self) -> StrView<'_> {
+        StrView {
+            data: &self.data,
+            offsets: &self.offsets,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

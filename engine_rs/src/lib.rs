@@ -20,3 +20,10 @@ mod py_matching;
 mod py_settle;
 #[cfg(feature = "python")]
 mod python;
+
+/// Batches allocate and free output columns of tens of megabytes per call; mimalloc keeps
+/// those pages mapped between calls where the system allocator returns them to the kernel
+/// and page-faults them back in on the next batch.
+#[cfg(feature = "python")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -4,12 +4,14 @@
 //! exactly for every line, by construction (`inscp` is what remains).
 
 use crate::catalog::{Catalog, NO_ITEM, N_CATEGORIES};
-use crate::columns::StrColumn;
+use crate::columns::StrView;
 use crate::error::EngineError;
-use crate::rounding::{round_div, RoundMode, BP};
+use crate::rounding::{round_bp, RoundMode};
 
 /// Quantities are in 1/10_000 units.
 pub const CNT_SCALE: i64 = 10_000;
+// Line products divide by CNT_SCALE with `round_bp`, which divides by BP: keep them equal.
+const _: () = assert!(CNT_SCALE == crate::rounding::BP);
 
 /// Why a line is (partly) not in scope; bit values are part of the Python API.
 pub mod flags {
@@ -39,9 +41,9 @@ pub const TREATMENT_INPATIENT: u8 = 2;
 
 /// The fee lines of one or many visits, as columns.
 pub struct Lines<'a> {
-    pub medins_list_codg: &'a StrColumn,
-    /// Insurance code sent by the HIS; empty = look up the hospital code's mapping.
-    pub med_list_codg: &'a StrColumn,
+    pub medins_list_codg: StrView<'a>,
+    /// Insurance code sent by the HIS; empty (or no column) = the hospital code's mapping.
+    pub med_list_codg: Option<StrView<'a>>,
     pub cnt: &'a [i64],
     pub pric: &'a [i64],
     pub det_item_fee_sumamt: &'a [i64],
@@ -170,11 +172,11 @@ const BLOCK: usize = 64;
 fn resolve_block(cat: &Catalog, lines: &Lines<'_>, start: usize, out: &mut [u32]) {
     for (k, slot) in out.iter_mut().enumerate() {
         let i = start + k;
-        let ins_code = lines.med_list_codg.get(i);
+        let ins_code = lines.med_list_codg.map_or(&[][..], |c| c.get(i));
         *slot = if ins_code.is_empty() {
-            cat.map_hosp_code(lines.medins_list_codg.get(i))
+            cat.map_hosp_code_bytes(lines.medins_list_codg.get(i))
         } else {
-            match cat.lookup(ins_code) {
+            match cat.lookup_bytes(ins_code) {
                 NO_ITEM => UNKNOWN_CODE,
                 found => found,
             }
@@ -189,69 +191,46 @@ fn resolve_block(cat: &Catalog, lines: &Lines<'_>, start: usize, out: &mut [u32]
     std::hint::black_box(touch);
 }
 
-/// Preprocesses every line; `visits[lines.visit[i]]` is line i's visit.
-/// Returns the per-line results and the sums of every visit. Nothing is partially returned:
-/// the first bad line fails the whole batch, naming the line and field.
-pub fn preprocess(
-    cat: &Catalog,
-    lines: &Lines<'_>,
-    visits: &[VisitCtx],
+/// One line's results while a block is in flight (kept small and on the stack).
+#[derive(Debug, Clone, Copy, Default)]
+struct LineOut {
+    item: i64,
+    /// total, fulamt, overlmt, preselfpay, inscp
+    parts: [i64; 5],
+    visit: u32,
+    flags: u16,
+    chrgitm_lv: u8,
+    fee_category: u8,
+}
+
+/// Per-call settings and lookups shared by every line.
+struct Ctx<'a> {
+    cat: &'a Catalog,
+    lines: &'a Lines<'a>,
+    visits: &'a [VisitCtx],
+    slots: &'a [usize],
+    tol: i128,
     tolerance_fen: i64,
     mode: RoundMode,
-) -> Result<(LineResults, Summaries), EngineError> {
-    let n = lines.medins_list_codg.len();
-    check_len("med_list_codg", lines.med_list_codg.len(), n)?;
-    check_len("cnt", lines.cnt.len(), n)?;
-    check_len("pric", lines.pric.len(), n)?;
-    check_len("det_item_fee_sumamt", lines.det_item_fee_sumamt.len(), n)?;
-    check_len("hosp_appr_flag", lines.hosp_appr_flag.len(), n)?;
-    check_len("fee_date", lines.fee_date.len(), n)?;
-    if !lines.visit.is_empty() {
-        check_len("visit", lines.visit.len(), n)?;
-    }
-    if visits.is_empty() {
-        return Err(EngineError::column(
-            "visits",
-            "at least one visit is needed",
-        ));
-    }
-    let slots: Vec<usize> = visits
-        .iter()
-        .map(|v| cat.selfpay_slot(v.psn_type))
-        .collect();
-    let mut block = [0u32; BLOCK];
-    let mut out = LineResults {
-        item: Vec::with_capacity(n),
-        chrgitm_lv: Vec::with_capacity(n),
-        fee_category: Vec::with_capacity(n),
-        fulamt_ownpay_amt: Vec::with_capacity(n),
-        overlmt_amt: Vec::with_capacity(n),
-        preselfpay_amt: Vec::with_capacity(n),
-        inscp_scp_amt: Vec::with_capacity(n),
-        flags: Vec::with_capacity(n),
-    };
-    let mut sums = Summaries::new(visits.len());
-    let tol = i128::from(tolerance_fen) * i128::from(CNT_SCALE);
-    for i in 0..n {
-        if i % BLOCK == 0 {
-            let len = BLOCK.min(n - i);
-            resolve_block(cat, lines, i, &mut block[..len]);
-        }
-        let idx = block[i % BLOCK];
+}
+
+impl Ctx<'_> {
+    /// Validates line `i` and splits it, given its resolved item `idx`.
+    #[inline]
+    fn line(&self, i: usize, idx: u32) -> Result<LineOut, EngineError> {
+        let lines = self.lines;
         let v = if lines.visit.is_empty() {
             0
         } else {
             lines.visit[i]
         };
-        if v < 0 || v as usize >= visits.len() {
+        if v < 0 || v as usize >= self.visits.len() {
             return Err(EngineError::line(
                 i,
                 "visit",
                 format!("{v} is not a visit of the batch"),
             ));
         }
-        let v = v as usize;
-        let ctx = &visits[v];
         let (cnt, pric, amount) = (lines.cnt[i], lines.pric[i], lines.det_item_fee_sumamt[i]);
         if cnt < 0 {
             return Err(EngineError::line(i, "cnt", "negative quantity"));
@@ -271,7 +250,8 @@ pub fn preprocess(
             return Err(EngineError::line(i, "hosp_appr_flag", "must be 0, 1 or 2"));
         }
         let expected = i128::from(pric) * i128::from(cnt);
-        if (expected - i128::from(amount) * i128::from(CNT_SCALE)).abs() > tol {
+        if (expected - i128::from(amount) * i128::from(CNT_SCALE)).abs() > self.tol {
+            let tolerance_fen = self.tolerance_fen;
             return Err(EngineError::line(
                 i,
                 "det_item_fee_sumamt",
@@ -281,93 +261,176 @@ pub fn preprocess(
             ));
         }
         if idx == UNKNOWN_CODE {
-            let code = lines.med_list_codg.get(i);
+            let code = lines
+                .med_list_codg
+                .map(|c| c.display(i))
+                .unwrap_or_default();
             return Err(EngineError::line(
                 i,
                 "med_list_codg",
                 format!("unknown code {code}"),
             ));
         }
-        let (lv, fee_cat, parts, fl) = if idx == NO_ITEM {
-            (0u8, 0u8, [amount, amount, 0, 0, 0], flags::UNMAPPED)
-        } else {
-            let j = idx as usize;
-            let it = cat.hot(j);
-            let mut fl = 0u16;
-            if it.chrgitm_lv == 3 {
-                fl |= flags::CLASS_C;
-            }
-            if it.inpatient_only && ctx.treatment != TREATMENT_INPATIENT {
-                fl |= flags::RESTRICT_INPATIENT;
-            }
-            if it.sex != 0 && it.sex != ctx.sex {
-                fl |= flags::RESTRICT_SEX;
-            }
-            if ctx.age < u32::from(it.age_min) || ctx.age > u32::from(it.age_max) {
-                fl |= flags::RESTRICT_AGE;
-            }
-            if it.has_diagnoses && !diagnosis_allowed(cat.diagnoses(j), &ctx.diagnoses) {
-                fl |= if appr == 1 {
-                    flags::APPROVED
-                } else {
-                    flags::RESTRICT_DIAGNOSIS
-                };
-            }
-            let date = if lines.fee_date[i] != 0 {
-                lines.fee_date[i]
-            } else {
-                i64::from(ctx.date)
-            };
-            let (from, to) = (i64::from(it.valid_from), i64::from(it.valid_to));
-            if (from != 0 && date < from) || (to != 0 && date > to) {
-                fl |= flags::OUTSIDE_VALIDITY;
-            }
-            if appr == 2 {
-                fl |= flags::HOSP_SELFPAY;
-            }
-            if fl & flags::SELF_PAY != 0 {
-                (
-                    it.chrgitm_lv,
-                    it.fee_category,
-                    [amount, amount, 0, 0, 0],
-                    fl,
-                )
-            } else {
-                let cap = it.price_cap;
-                let mut overlmt = 0i64;
-                if cap > 0 && pric > cap {
-                    let allowed =
-                        round_div(i128::from(cap) * i128::from(cnt), CNT_SCALE.into(), mode);
-                    // allowed < amount here or overlmt is 0; the difference fits in i64
-                    overlmt = (i128::from(amount) - allowed).max(0) as i64;
-                    if overlmt > 0 {
-                        fl |= flags::OVER_PRICE_CAP;
-                    }
-                }
-                let capped = amount - overlmt;
-                let bp = i128::from(it.selfpay_bp[slots[v]]);
-                let pre = round_div(i128::from(capped) * bp, BP.into(), mode) as i64;
-                if pre > 0 {
-                    fl |= flags::PRESELFPAY;
-                }
-                (
-                    it.chrgitm_lv,
-                    it.fee_category,
-                    [amount, 0, overlmt, pre, capped - pre],
-                    fl,
-                )
-            }
+        let v = v as usize;
+        let mut o = LineOut {
+            visit: v as u32,
+            item: -1,
+            ..LineOut::default()
         };
-        sums.add(i, v, usize::from(fee_cat), parts)?;
-        out.item
-            .push(if idx == NO_ITEM { -1 } else { i64::from(idx) });
-        out.chrgitm_lv.push(lv);
-        out.fee_category.push(fee_cat);
-        out.fulamt_ownpay_amt.push(parts[1]);
-        out.overlmt_amt.push(parts[2]);
-        out.preselfpay_amt.push(parts[3]);
-        out.inscp_scp_amt.push(parts[4]);
-        out.flags.push(fl);
+        if idx == NO_ITEM {
+            o.parts = [amount, amount, 0, 0, 0];
+            o.flags = flags::UNMAPPED;
+            return Ok(o);
+        }
+        let j = idx as usize;
+        let ctx = &self.visits[v];
+        let it = self.cat.hot(j);
+        let mut fl = 0u16;
+        if it.chrgitm_lv == 3 {
+            fl |= flags::CLASS_C;
+        }
+        if it.inpatient_only && ctx.treatment != TREATMENT_INPATIENT {
+            fl |= flags::RESTRICT_INPATIENT;
+        }
+        if it.sex != 0 && it.sex != ctx.sex {
+            fl |= flags::RESTRICT_SEX;
+        }
+        if ctx.age < u32::from(it.age_min) || ctx.age > u32::from(it.age_max) {
+            fl |= flags::RESTRICT_AGE;
+        }
+        if it.has_diagnoses && !diagnosis_allowed(self.cat.diagnoses(j), &ctx.diagnoses) {
+            fl |= if appr == 1 {
+                flags::APPROVED
+            } else {
+                flags::RESTRICT_DIAGNOSIS
+            };
+        }
+        let date = if lines.fee_date[i] != 0 {
+            lines.fee_date[i]
+        } else {
+            i64::from(ctx.date)
+        };
+        let (from, to) = (i64::from(it.valid_from), i64::from(it.valid_to));
+        if (from != 0 && date < from) || (to != 0 && date > to) {
+            fl |= flags::OUTSIDE_VALIDITY;
+        }
+        if appr == 2 {
+            fl |= flags::HOSP_SELFPAY;
+        }
+        o.item = i64::from(idx);
+        o.chrgitm_lv = it.chrgitm_lv;
+        o.fee_category = it.fee_category;
+        if fl & flags::SELF_PAY != 0 {
+            o.parts = [amount, amount, 0, 0, 0];
+            o.flags = fl;
+            return Ok(o);
+        }
+        let cap = it.price_cap;
+        let mut overlmt = 0i64;
+        if cap > 0 && pric > cap {
+            // divided by CNT_SCALE
+            let allowed = round_bp(i128::from(cap) * i128::from(cnt), self.mode);
+            // allowed < amount here or overlmt is 0; the difference fits in i64
+            overlmt = (i128::from(amount) - allowed).max(0) as i64;
+            if overlmt > 0 {
+                fl |= flags::OVER_PRICE_CAP;
+            }
+        }
+        let capped = amount - overlmt;
+        let bp = i128::from(it.selfpay_bp[self.slots[v]]);
+        let pre = round_bp(i128::from(capped) * bp, self.mode) as i64;
+        if pre > 0 {
+            fl |= flags::PRESELFPAY;
+        }
+        o.parts = [amount, 0, overlmt, pre, capped - pre];
+        o.flags = fl;
+        Ok(o)
+    }
+}
+
+/// Preprocesses every line; `visits[lines.visit[i]]` is line i's visit.
+/// Returns the per-line results and the sums of every visit. Nothing is partially returned:
+/// the first bad line fails the whole batch, naming the line and field.
+///
+/// Lines go through in blocks: resolve the block's items (their lookups overlap), split each
+/// line into a small stack buffer, then append the buffer to the output columns and sums in
+/// simple loops. Keeping the per-line loop free of eight growing vectors keeps it in registers.
+pub fn preprocess(
+    cat: &Catalog,
+    lines: &Lines<'_>,
+    visits: &[VisitCtx],
+    tolerance_fen: i64,
+    mode: RoundMode,
+) -> Result<(LineResults, Summaries), EngineError> {
+    let n = lines.medins_list_codg.len();
+    if let Some(c) = lines.med_list_codg {
+        check_len("med_list_codg", c.len(), n)?;
+    }
+    check_len("cnt", lines.cnt.len(), n)?;
+    check_len("pric", lines.pric.len(), n)?;
+    check_len("det_item_fee_sumamt", lines.det_item_fee_sumamt.len(), n)?;
+    check_len("hosp_appr_flag", lines.hosp_appr_flag.len(), n)?;
+    check_len("fee_date", lines.fee_date.len(), n)?;
+    if !lines.visit.is_empty() {
+        check_len("visit", lines.visit.len(), n)?;
+    }
+    if visits.is_empty() {
+        return Err(EngineError::column(
+            "visits",
+            "at least one visit is needed",
+        ));
+    }
+    let slots: Vec<usize> = visits
+        .iter()
+        .map(|v| cat.selfpay_slot(v.psn_type))
+        .collect();
+    let ctx = Ctx {
+        cat,
+        lines,
+        visits,
+        slots: &slots,
+        tol: i128::from(tolerance_fen) * i128::from(CNT_SCALE),
+        tolerance_fen,
+        mode,
+    };
+    let mut out = LineResults {
+        item: Vec::with_capacity(n),
+        chrgitm_lv: Vec::with_capacity(n),
+        fee_category: Vec::with_capacity(n),
+        fulamt_ownpay_amt: Vec::with_capacity(n),
+        overlmt_amt: Vec::with_capacity(n),
+        preselfpay_amt: Vec::with_capacity(n),
+        inscp_scp_amt: Vec::with_capacity(n),
+        flags: Vec::with_capacity(n),
+    };
+    let mut sums = Summaries::new(visits.len());
+    let mut idx = [0u32; BLOCK];
+    let mut buf = [LineOut::default(); BLOCK];
+    let mut start = 0;
+    while start < n {
+        let len = BLOCK.min(n - start);
+        resolve_block(cat, lines, start, &mut idx[..len]);
+        for k in 0..len {
+            buf[k] = ctx.line(start + k, idx[k])?;
+        }
+        let b = &buf[..len];
+        for (k, o) in b.iter().enumerate() {
+            sums.add(
+                start + k,
+                o.visit as usize,
+                usize::from(o.fee_category),
+                o.parts,
+            )?;
+        }
+        out.item.extend(b.iter().map(|o| o.item));
+        out.chrgitm_lv.extend(b.iter().map(|o| o.chrgitm_lv));
+        out.fee_category.extend(b.iter().map(|o| o.fee_category));
+        out.fulamt_ownpay_amt.extend(b.iter().map(|o| o.parts[1]));
+        out.overlmt_amt.extend(b.iter().map(|o| o.parts[2]));
+        out.preselfpay_amt.extend(b.iter().map(|o| o.parts[3]));
+        out.inscp_scp_amt.extend(b.iter().map(|o| o.parts[4]));
+        out.flags.extend(b.iter().map(|o| o.flags));
+        start += len;
     }
     Ok((out, sums))
 }
@@ -385,22 +448,23 @@ fn diagnosis_allowed(prefixes: &str, diagnoses: &[String]) -> bool {
 mod tests {
     use super::*;
     use crate::catalog::tests::small;
+    use crate::columns::OwnedStrs;
 
     fn run(
         cat: &Catalog,
         rows: &[(&str, &str, i64, i64, i64, i64)],
         ctx: VisitCtx,
     ) -> Result<(LineResults, Summary), EngineError> {
-        let hosp = StrColumn::from_strs(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
-        let ins = StrColumn::from_strs(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let hosp = OwnedStrs::from_strs(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
+        let ins = OwnedStrs::from_strs(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
         let cnt: Vec<i64> = rows.iter().map(|r| r.2).collect();
         let pric: Vec<i64> = rows.iter().map(|r| r.3).collect();
         let amt: Vec<i64> = rows.iter().map(|r| r.4).collect();
         let appr: Vec<i64> = rows.iter().map(|r| r.5).collect();
         let dates = vec![0; rows.len()];
         let lines = Lines {
-            medins_list_codg: &hosp,
-            med_list_codg: &ins,
+            medins_list_codg: hosp.view(),
+            med_list_codg: Some(ins.view()),
             cnt: &cnt,
             pric: &pric,
             det_item_fee_sumamt: &amt,

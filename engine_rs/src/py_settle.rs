@@ -4,17 +4,15 @@
 //! `Accumulators`, `Summary`); batch calls take dicts of numpy columns (int64 for every
 //! integer, bool for flags) and return dicts of numpy columns, with the GIL released.
 
-use numpy::{PyArray1, PyArray3, PyArrayMethods};
+use numpy::{PyArray1, PyArray3, PyArrayMethods, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::catalog::N_CATEGORIES;
-use crate::columns::StrColumn;
+use crate::columns::StrView;
 use crate::policy::{Policy, Selection};
 use crate::preprocess::{self as pre, Lines, VisitCtx};
-use crate::python::{
-    get_col, num_col, opt_col, str_col, str_col_or_empty, to_py, ColumnError, PyCatalog,
-};
+use crate::python::{get_col, num_col, opt_col, str_col_or_empty, to_py, ColumnError, PyCatalog};
 use crate::split::{self as sp, Accumulators, Person, SplitInput, Trace};
 
 /// A validated policy version.
@@ -469,15 +467,73 @@ pub struct PySplitResult {
     legs: Vec<Py<PyFundLeg>>,
 }
 
-struct LineCols {
-    hosp: StrColumn,
-    ins: StrColumn,
-    cnt: Vec<i64>,
-    pric: Vec<i64>,
-    amount: Vec<i64>,
-    appr: Vec<i64>,
-    fee_date: Vec<i64>,
-    visit: Vec<i64>,
+/// Fee-line columns borrowed from numpy for the length of one call (no copies: a batch can
+/// hold millions of lines). Callers must not write to these arrays while the call runs.
+struct LineCols<'py> {
+    hosp: (PyReadonlyArray1<'py, u8>, PyReadonlyArray1<'py, i64>),
+    ins: Option<(PyReadonlyArray1<'py, u8>, PyReadonlyArray1<'py, i64>)>,
+    cnt: PyReadonlyArray1<'py, i64>,
+    pric: PyReadonlyArray1<'py, i64>,
+    amount: PyReadonlyArray1<'py, i64>,
+    appr: Option<PyReadonlyArray1<'py, i64>>,
+    fee_date: Option<PyReadonlyArray1<'py, i64>>,
+    visit: Option<PyReadonlyArray1<'py, i64>>,
+}
+
+fn borrow_i64<'py>(v: &Bound<'py, PyAny>, key: &str) -> PyResult<PyReadonlyArray1<'py, i64>> {
+    let a: PyReadonlyArray1<'py, i64> = v.extract().map_err(|_| {
+        ColumnError::new_err(format!("column {key}: expected a 1-d numpy array of int64"))
+    })?;
+    if a.as_slice().is_err() {
+        return Err(ColumnError::new_err(format!(
+            "column {key}: array must be contiguous"
+        )));
+    }
+    Ok(a)
+}
+
+fn borrow_str<'py>(
+    v: &Bound<'py, PyAny>,
+    key: &str,
+) -> PyResult<(PyReadonlyArray1<'py, u8>, PyReadonlyArray1<'py, i64>)> {
+    let bad = || {
+        ColumnError::new_err(format!(
+            "column {key}: expected (uint8 data, int64 offsets)"
+        ))
+    };
+    let t = v.cast::<pyo3::types::PyTuple>().map_err(|_| bad())?;
+    if t.len() != 2 {
+        return Err(bad());
+    }
+    let data: PyReadonlyArray1<'py, u8> = t.get_item(0)?.extract().map_err(|_| bad())?;
+    let offs: PyReadonlyArray1<'py, i64> = t.get_item(1)?.extract().map_err(|_| bad())?;
+    if data.as_slice().is_err() || offs.as_slice().is_err() {
+        return Err(bad());
+    }
+    Ok((data, offs))
+}
+
+fn opt_i64<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<PyReadonlyArray1<'py, i64>>> {
+    opt_col(d, key)?.map(|v| borrow_i64(&v, key)).transpose()
+}
+
+fn line_cols<'py>(d: &Bound<'py, PyDict>, batch: bool) -> PyResult<LineCols<'py>> {
+    Ok(LineCols {
+        hosp: borrow_str(&get_col(d, "medins_list_codg")?, "medins_list_codg")?,
+        ins: opt_col(d, "med_list_codg")?
+            .map(|v| borrow_str(&v, "med_list_codg"))
+            .transpose()?,
+        cnt: borrow_i64(&get_col(d, "cnt")?, "cnt")?,
+        pric: borrow_i64(&get_col(d, "pric")?, "pric")?,
+        amount: borrow_i64(&get_col(d, "det_item_fee_sumamt")?, "det_item_fee_sumamt")?,
+        appr: opt_i64(d, "hosp_appr_flag")?,
+        fee_date: opt_i64(d, "fee_date")?,
+        visit: if batch {
+            Some(borrow_i64(&get_col(d, "visit")?, "visit")?)
+        } else {
+            None
+        },
+    })
 }
 
 fn int_col_or_zero(d: &Bound<'_, PyDict>, key: &str, n: usize) -> PyResult<Vec<i64>> {
@@ -494,49 +550,54 @@ fn bool_col_or_false(d: &Bound<'_, PyDict>, key: &str, n: usize) -> PyResult<Vec
     }
 }
 
-fn line_cols(d: &Bound<'_, PyDict>, batch: bool) -> PyResult<LineCols> {
-    let hosp = str_col(&get_col(d, "medins_list_codg")?, "medins_list_codg")?;
-    let n = hosp.len();
-    Ok(LineCols {
-        ins: str_col_or_empty(d, "med_list_codg", n)?,
-        cnt: num_col(&get_col(d, "cnt")?, "cnt")?,
-        pric: num_col(&get_col(d, "pric")?, "pric")?,
-        amount: num_col(&get_col(d, "det_item_fee_sumamt")?, "det_item_fee_sumamt")?,
-        appr: int_col_or_zero(d, "hosp_appr_flag", n)?,
-        fee_date: int_col_or_zero(d, "fee_date", n)?,
-        visit: if batch {
-            num_col(&get_col(d, "visit")?, "visit")?
-        } else {
-            Vec::new()
-        },
-        hosp,
-    })
-}
-
 fn run_preprocess(
     py: Python<'_>,
     catalog: &PyCatalog,
     policy: &PyPolicy,
-    cols: &LineCols,
+    cols: &LineCols<'_>,
     visits: &[VisitCtx],
 ) -> PyResult<(pre::LineResults, pre::Summaries)> {
     let cat = catalog.inner.clone();
     let doc = &policy.inner.doc;
     let (tol, mode) = (doc.preprocess.line_tolerance_fen, doc.rounding.mode);
-    py.detach(|| {
-        let lines = Lines {
-            medins_list_codg: &cols.hosp,
-            med_list_codg: &cols.ins,
-            cnt: &cols.cnt,
-            pric: &cols.pric,
-            det_item_fee_sumamt: &cols.amount,
-            hosp_appr_flag: &cols.appr,
-            fee_date: &cols.fee_date,
-            visit: &cols.visit,
-        };
-        pre::preprocess(&cat, &lines, visits, tol, mode)
-    })
-    .map_err(|e| to_py(py, e))
+    // Every slice below was checked contiguous when borrowed.
+    let hosp = StrView::new(
+        "medins_list_codg",
+        cols.hosp.0.as_slice()?,
+        cols.hosp.1.as_slice()?,
+    )
+    .map_err(|e| to_py(py, e))?;
+    let ins = match &cols.ins {
+        Some((d, o)) => Some(
+            StrView::new("med_list_codg", d.as_slice()?, o.as_slice()?)
+                .map_err(|e| to_py(py, e))?,
+        ),
+        None => None,
+    };
+    let n = hosp.len();
+    let zeros;
+    let (appr, fee_date) = match (&cols.appr, &cols.fee_date) {
+        (Some(a), Some(f)) => (a.as_slice()?, f.as_slice()?),
+        (a, f) => {
+            zeros = vec![0i64; n];
+            (
+                a.as_ref().map_or(Ok(&zeros[..]), |a| a.as_slice())?,
+                f.as_ref().map_or(Ok(&zeros[..]), |f| f.as_slice())?,
+            )
+        }
+    };
+    let lines = Lines {
+        medins_list_codg: hosp,
+        med_list_codg: ins,
+        cnt: cols.cnt.as_slice()?,
+        pric: cols.pric.as_slice()?,
+        det_item_fee_sumamt: cols.amount.as_slice()?,
+        hosp_appr_flag: appr,
+        fee_date,
+        visit: cols.visit.as_ref().map_or(Ok(&[][..]), |v| v.as_slice())?,
+    };
+    py.detach(|| pre::preprocess(&cat, &lines, visits, tol, mode))
+        .map_err(|e| to_py(py, e))
 }
 
 /// Preprocesses the fee lines of one visit.

@@ -23,6 +23,10 @@ pub enum RoundMode {
 #[inline]
 pub fn round_div(num: i128, den: i128, mode: RoundMode) -> i128 {
     debug_assert!(num >= 0 && den > 0);
+    // 128-bit division is a library call; nearly every product fits in 64 bits.
+    if let (Ok(n), Ok(d)) = (i64::try_from(num), i64::try_from(den)) {
+        return i128::from(round_div64(n, d, mode));
+    }
     let q = num / den;
     let r = num % den;
     if r == 0 {
@@ -48,10 +52,48 @@ pub fn round_div(num: i128, den: i128, mode: RoundMode) -> i128 {
     }
 }
 
+/// `num / 10_000` rounded: the divisor of every ratio and quantity product. A constant
+/// divisor compiles to a multiply, where a runtime one costs a hardware division per line.
+#[inline]
+pub fn round_bp(num: i128, mode: RoundMode) -> i128 {
+    match i64::try_from(num) {
+        Ok(n) => i128::from(round_div64(n, BP, mode)),
+        Err(_) => round_div(num, i128::from(BP), mode),
+    }
+}
+
+/// `round_div` in 64 bits.
+#[inline(always)]
+fn round_div64(num: i64, den: i64, mode: RoundMode) -> i64 {
+    let q = num / den;
+    let r = num % den;
+    if r == 0 {
+        return q;
+    }
+    match mode {
+        RoundMode::Down => q,
+        RoundMode::Up => q + 1,
+        RoundMode::HalfUp => {
+            if r >= den - r {
+                q + 1
+            } else {
+                q
+            }
+        }
+        RoundMode::HalfEven => {
+            if r > den - r || (r == den - r && q % 2 == 1) {
+                q + 1
+            } else {
+                q
+            }
+        }
+    }
+}
+
 /// `amount * bp / 10_000` rounded; `amount >= 0`, `0 <= bp <= 10_000`, so the result fits.
 #[inline]
 pub fn apply_bp(amount: i64, bp: i64, mode: RoundMode) -> i64 {
-    round_div(i128::from(amount) * i128::from(bp), i128::from(BP), mode) as i64
+    round_bp(i128::from(amount) * i128::from(bp), mode) as i64
 }
 
 #[cfg(test)]
@@ -68,5 +110,29 @@ mod tests {
         assert_eq!(round_div(30, 10, RoundMode::Up), 3);
         assert_eq!(apply_bp(1, 5000, RoundMode::HalfUp), 1);
         assert_eq!(apply_bp(i64::MAX, 10_000, RoundMode::HalfUp), i64::MAX);
+        // the 64-bit path and the 128-bit path agree around every rounding edge
+        for mode in [
+            RoundMode::HalfUp,
+            RoundMode::HalfEven,
+            RoundMode::Down,
+            RoundMode::Up,
+        ] {
+            for num in [0i64, 1, 4999, 5000, 5001, 14_999, 15_000, 15_001, i64::MAX] {
+                let wide = (i128::from(num) << 64) / (1i128 << 64); // same value, forced wide
+                let expect = {
+                    let (q, r) = (wide / 10_000, wide % 10_000);
+                    match mode {
+                        RoundMode::Down => q,
+                        RoundMode::Up => q + i128::from(r > 0),
+                        RoundMode::HalfUp => q + i128::from(2 * r >= 10_000),
+                        RoundMode::HalfEven => {
+                            q + i128::from(2 * r > 10_000 || (2 * r == 10_000 && q % 2 == 1))
+                        }
+                    }
+                };
+                assert_eq!(round_div(wide, 10_000, mode), expect, "{num} {mode:?}");
+                assert_eq!(round_bp(wide, mode), expect, "{num} {mode:?}");
+            }
+        }
     }
 }

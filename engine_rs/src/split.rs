@@ -16,7 +16,7 @@ use crate::policy::{
     LegRounding, Policy, Rule, Selection,
 };
 use crate::preprocess::TREATMENT_INPATIENT;
-use crate::rounding::{round_div, RoundMode, BP};
+use crate::rounding::{round_bp, RoundMode, BP};
 
 /// The four preprocessing sums of a settlement (their total is `medfee_sumamt`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -180,14 +180,14 @@ fn leg(parts: &[(i64, i64)], mode: RoundMode, per_band: bool) -> i64 {
     if per_band {
         parts
             .iter()
-            .map(|&(a, r)| round_div(i128::from(a) * i128::from(r), BP.into(), mode) as i64)
+            .map(|&(a, r)| round_bp(i128::from(a) * i128::from(r), mode) as i64)
             .sum()
     } else {
         let num: i128 = parts
             .iter()
             .map(|&(a, r)| i128::from(a) * i128::from(r))
             .sum();
-        round_div(num, BP.into(), mode) as i64
+        round_bp(num, mode) as i64
     }
 }
 
@@ -425,7 +425,7 @@ pub fn split_rule(
         if ma.include_preselfpay {
             base += burden[3];
         }
-        let raw = round_div(i128::from(base) * i128::from(ma.share_bp), BP.into(), mode) as i64;
+        let raw = round_bp(i128::from(base) * i128::from(ma.share_bp), mode) as i64;
         maf = raw.min(room(ma.annual_cap_fen, acc.maf_paid));
         new.maf_paid = add(row, "maf_paid", acc.maf_paid, maf)?;
         consume(&mut burden, maf);
