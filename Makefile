@@ -34,8 +34,11 @@ lint: build
 test-py: build
 	$(VENV)/bin/pytest
 
+# Full-size figures for bench/RESULTS.md (minutes), then the pytest-benchmark suites.
 bench: build
-	$(PY) -m bench.run_all
+	$(PY) -m bench.bench_engine
+	$(PY) -m bench.bench_matching
+	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-columns=min,median,mean,ops -q
 
 demo:
 	@echo "make demo arrives with the gRPC front-end (next issue)." >&2
