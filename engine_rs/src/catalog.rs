@@ -121,74 +121,18 @@ impl Catalog {
             ));
         }
         let hasher = foldhash::fast::FixedState::with_seed(0x6d65_6473_6574_746c);
-        let mut by_code: HashTable<KeyEntry> = HashTable::with_capacity(n);
-        for i in 0..n {
-            let (off, len) = items.code.span(i);
-            let code = items.code.at_span(off, len);
-            if code.is_empty() {
-                return Err(EngineError::column("code", &format!("row {i} is empty")));
-            }
-            let h = hasher.hash_one(code.as_bytes());
-            if by_code
-                .find(h, |e| items.code.at_span(e.off, e.len) == code)
-                .is_some()
-            {
-                return Err(EngineError::column(
-                    "code",
-                    &format!("row {i}: duplicate {code}"),
-                ));
-            }
-            by_code.insert_unique(
-                h,
-                KeyEntry {
-                    off,
-                    len,
-                    value: i as u32,
-                },
-                |e| hasher.hash_one(items.code.at_span(e.off, e.len).as_bytes()),
-            );
-        }
-        let m = hosp_codes.len();
-        let mut by_hosp_code: HashTable<KeyEntry> = HashTable::with_capacity(m);
+        let by_code = index_keys("code", &items.code, &hasher, |i| Ok(i as u32))?;
         let mut stale_mappings = 0;
-        for i in 0..m {
-            let (off, len) = hosp_codes.span(i);
-            let hc = hosp_codes.at_span(off, len);
-            if hc.is_empty() {
-                return Err(EngineError::column(
-                    "hosp_code",
-                    &format!("row {i} is empty"),
-                ));
-            }
-            let h = hasher.hash_one(hc.as_bytes());
-            if by_hosp_code
-                .find(h, |e| hosp_codes.at_span(e.off, e.len) == hc)
-                .is_some()
-            {
-                return Err(EngineError::column(
-                    "hosp_code",
-                    &format!("row {i}: duplicate {hc}"),
-                ));
-            }
-            let ic = ins_codes.get(i);
+        let by_hosp_code = index_keys("hosp_code", &hosp_codes, &hasher, |i| {
+            let ic = ins_codes.get(i).as_bytes();
             let target = by_code
-                .find(hasher.hash_one(ic.as_bytes()), |e| {
-                    items.code.at_span(e.off, e.len) == ic
+                .find(hasher.hash_one(ic), |e| {
+                    items.code.at_span(e.off, e.len).as_bytes() == ic
                 })
                 .map_or(NO_ITEM, |e| e.value);
-            if target == NO_ITEM {
-                stale_mappings += 1;
-            }
-            by_hosp_code.insert_unique(
-                h,
-                KeyEntry {
-                    off,
-                    len,
-                    value: target,
-                },
-                |e| hasher.hash_one(hosp_codes.at_span(e.off, e.len).as_bytes()),
-            );
-        }
+            stale_mappings += usize::from(target == NO_ITEM);
+            Ok(target)
+        })?;
         let slots = items.selfpay_slots;
         let hot = (0..n)
             .map(|i| {
@@ -363,6 +307,44 @@ impl Catalog {
             + self.hot.len() * std::mem::size_of::<ItemHot>()
             + (self.by_code.capacity() + self.by_hosp_code.capacity()) * entry
     }
+}
+
+/// A hash index over a string column's non-empty, unique keys; `value(row)` is stored with
+/// each key.
+fn index_keys(
+    field: &str,
+    col: &StrColumn,
+    hasher: &foldhash::fast::FixedState,
+    mut value: impl FnMut(usize) -> Result<u32, EngineError>,
+) -> Result<HashTable<KeyEntry>, EngineError> {
+    let mut table: HashTable<KeyEntry> = HashTable::with_capacity(col.len());
+    for i in 0..col.len() {
+        let (off, len) = col.span(i);
+        let key = col.at_span(off, len).as_bytes();
+        if key.is_empty() {
+            return Err(EngineError::column(field, &format!("row {i} is empty")));
+        }
+        let h = hasher.hash_one(key);
+        if table
+            .find(h, |e| col.at_span(e.off, e.len).as_bytes() == key)
+            .is_some()
+        {
+            let shown = col.at_span(off, len);
+            return Err(EngineError::column(
+                field,
+                &format!("row {i}: duplicate {shown}"),
+            ));
+        }
+        let entry = KeyEntry {
+            off,
+            len,
+            value: value(i)?,
+        };
+        table.insert_unique(h, entry, |e| {
+            hasher.hash_one(col.at_span(e.off, e.len).as_bytes())
+        });
+    }
+    Ok(table)
 }
 
 fn check_items(it: &ItemColumns, n: usize, n_psn_types: usize) -> Result<(), EngineError> {

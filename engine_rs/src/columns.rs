@@ -5,6 +5,20 @@
 
 use crate::error::EngineError;
 
+/// Checks Arrow-style offsets: n+1 entries from 0, never decreasing, ending at the data length.
+fn check_offsets(field: &str, data: &[u8], offsets: &[i64]) -> Result<(), EngineError> {
+    let bad = |reason: &str| Err(EngineError::column(field, reason));
+    match (offsets.first(), offsets.last()) {
+        (None, _) | (_, None) => bad("offsets must have n+1 entries"),
+        (Some(&first), _) if first != 0 => bad("offsets must start at 0"),
+        (_, Some(&last)) if last != data.len() as i64 => {
+            bad("last offset must equal the data length")
+        }
+        _ if offsets.windows(2).any(|w| w[1] < w[0]) => bad("offsets must not decrease"),
+        _ => Ok(()),
+    }
+}
+
 /// An immutable column of strings.
 #[derive(Debug, Clone, Default)]
 pub struct StrColumn {
@@ -16,20 +30,8 @@ impl StrColumn {
     /// Builds a column from raw bytes and n+1 offsets, validating both.
     pub fn from_parts(field: &str, data: &[u8], offsets: &[i64]) -> Result<Self, EngineError> {
         let bad = |reason: &str| EngineError::column(field, reason);
-        if offsets.is_empty() {
-            return Err(bad("offsets must have n+1 entries"));
-        }
-        if offsets[0] != 0 {
-            return Err(bad("offsets must start at 0"));
-        }
-        if offsets.windows(2).any(|w| w[1] < w[0]) {
-            return Err(bad("offsets must not decrease"));
-        }
-        let end = offsets[offsets.len() - 1];
-        if end != data.len() as i64 {
-            return Err(bad("last offset must equal the data length"));
-        }
-        if end > u32::MAX as i64 {
+        check_offsets(field, data, offsets)?;
+        if data.len() > u32::MAX as usize {
             return Err(bad("column data exceeds 4 GiB"));
         }
         let text = std::str::from_utf8(data).map_err(|_| bad("data is not valid UTF-8"))?;
@@ -106,19 +108,7 @@ pub struct StrView<'a> {
 
 impl<'a> StrView<'a> {
     pub fn new(field: &str, data: &'a [u8], offsets: &'a [i64]) -> Result<Self, EngineError> {
-        let bad = |reason: &str| EngineError::column(field, reason);
-        if offsets.is_empty() {
-            return Err(bad("offsets must have n+1 entries"));
-        }
-        if offsets[0] != 0 {
-            return Err(bad("offsets must start at 0"));
-        }
-        if offsets.windows(2).any(|w| w[1] < w[0]) {
-            return Err(bad("offsets must not decrease"));
-        }
-        if offsets[offsets.len() - 1] != data.len() as i64 {
-            return Err(bad("last offset must equal the data length"));
-        }
+        check_offsets(field, data, offsets)?;
         Ok(Self { data, offsets })
     }
 

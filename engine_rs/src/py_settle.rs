@@ -70,7 +70,7 @@ impl PyPolicy {
 
     /// Index of the first rule matching `selection`, or None.
     fn select(&self, selection: &PySelection) -> Option<usize> {
-        self.inner.select(&selection.0)
+        self.inner.select(&selection.core())
     }
 
     /// The id of rule `index`.
@@ -95,8 +95,15 @@ impl PyPolicy {
 }
 
 /// What preprocessing needs to know about a visit.
-#[pyclass(name = "Visit", module = "engine_rs", frozen)]
-pub struct PyVisit(VisitCtx);
+#[pyclass(name = "Visit", module = "engine_rs", frozen, get_all)]
+pub struct PyVisit {
+    treatment: u8,
+    date: i32,
+    psn_type: u32,
+    sex: u8,
+    age: u32,
+    diagnoses: Vec<String>,
+}
 
 #[pymethods]
 impl PyVisit {
@@ -110,44 +117,49 @@ impl PyVisit {
         age: u32,
         diagnoses: Vec<String>,
     ) -> Self {
-        Self(VisitCtx {
+        Self {
+            treatment,
+            date,
+            psn_type,
+            sex,
+            age,
+            diagnoses,
+        }
+    }
+}
+
+impl PyVisit {
+    fn core(&self) -> VisitCtx {
+        let Self {
+            treatment,
+            date,
+            psn_type,
+            sex,
+            age,
+            ref diagnoses,
+        } = *self;
+        VisitCtx {
             treatment,
             psn_type,
             sex,
             age,
             date,
-            diagnoses,
-        })
-    }
-    #[getter]
-    fn treatment(&self) -> u8 {
-        self.0.treatment
-    }
-    #[getter]
-    fn date(&self) -> i32 {
-        self.0.date
-    }
-    #[getter]
-    fn psn_type(&self) -> u32 {
-        self.0.psn_type
-    }
-    #[getter]
-    fn sex(&self) -> u8 {
-        self.0.sex
-    }
-    #[getter]
-    fn age(&self) -> u32 {
-        self.0.age
-    }
-    #[getter]
-    fn diagnoses(&self) -> Vec<String> {
-        self.0.diagnoses.clone()
+            diagnoses: diagnoses.clone(),
+        }
     }
 }
 
 /// What selects the policy rule of a settlement.
-#[pyclass(name = "Selection", module = "engine_rs", frozen)]
-pub struct PySelection(pub(crate) Selection);
+#[pyclass(name = "Selection", module = "engine_rs", frozen, get_all)]
+pub struct PySelection {
+    treatment: u8,
+    date: i32,
+    region: u32,
+    insutype: u32,
+    psn_type: u32,
+    hosp_lv: u32,
+    admission_no: u32,
+}
 
 #[pymethods]
 impl PySelection {
@@ -162,7 +174,30 @@ impl PySelection {
         hosp_lv: u32,
         admission_no: u32,
     ) -> Self {
-        Self(Selection {
+        Self {
+            treatment,
+            date,
+            region,
+            insutype,
+            psn_type,
+            hosp_lv,
+            admission_no,
+        }
+    }
+}
+
+impl PySelection {
+    pub(crate) fn core(&self) -> Selection {
+        let Self {
+            treatment,
+            date,
+            region,
+            insutype,
+            psn_type,
+            hosp_lv,
+            admission_no,
+        } = *self;
+        Selection {
             region,
             insutype,
             psn_type,
@@ -170,41 +205,21 @@ impl PySelection {
             hosp_lv,
             date,
             admission_no,
-        })
-    }
-    #[getter]
-    fn treatment(&self) -> u8 {
-        self.0.treatment
-    }
-    #[getter]
-    fn date(&self) -> i32 {
-        self.0.date
-    }
-    #[getter]
-    fn region(&self) -> u32 {
-        self.0.region
-    }
-    #[getter]
-    fn insutype(&self) -> u32 {
-        self.0.insutype
-    }
-    #[getter]
-    fn psn_type(&self) -> u32 {
-        self.0.psn_type
-    }
-    #[getter]
-    fn hosp_lv(&self) -> u32 {
-        self.0.hosp_lv
-    }
-    #[getter]
-    fn admission_no(&self) -> u32 {
-        self.0.admission_no
+        }
     }
 }
 
 /// The person facts a split depends on.
-#[pyclass(name = "Person", module = "engine_rs", frozen)]
-pub struct PyPerson(Person);
+#[pyclass(name = "Person", module = "engine_rs", frozen, get_all)]
+pub struct PyPerson {
+    age: u32,
+    retired: bool,
+    civil_servant: bool,
+    cross_region: u8,
+    assistance: bool,
+    acct_used: bool,
+    acct_balance: i64,
+}
 
 #[pymethods]
 impl PyPerson {
@@ -219,7 +234,7 @@ impl PyPerson {
         acct_used: bool,
         acct_balance: i64,
     ) -> Self {
-        Self(Person {
+        Self {
             age,
             retired,
             civil_servant,
@@ -227,42 +242,46 @@ impl PyPerson {
             assistance,
             acct_used,
             acct_balance,
-        })
+        }
     }
-    #[getter]
-    fn age(&self) -> u32 {
-        self.0.age
-    }
-    #[getter]
-    fn retired(&self) -> bool {
-        self.0.retired
-    }
-    #[getter]
-    fn civil_servant(&self) -> bool {
-        self.0.civil_servant
-    }
-    #[getter]
-    fn cross_region(&self) -> u8 {
-        self.0.cross_region
-    }
-    #[getter]
-    fn assistance(&self) -> bool {
-        self.0.assistance
-    }
-    #[getter]
-    fn acct_used(&self) -> bool {
-        self.0.acct_used
-    }
-    #[getter]
-    fn acct_balance(&self) -> i64 {
-        self.0.acct_balance
+}
+
+impl PyPerson {
+    fn core(&self) -> Person {
+        let Self {
+            age,
+            retired,
+            civil_servant,
+            cross_region,
+            assistance,
+            acct_used,
+            acct_balance,
+        } = *self;
+        Person {
+            age,
+            retired,
+            civil_servant,
+            cross_region,
+            assistance,
+            acct_used,
+            acct_balance,
+        }
     }
 }
 
 /// A person's yearly accumulators for one pool.
-#[pyclass(name = "Accumulators", module = "engine_rs", frozen, eq)]
+#[pyclass(name = "Accumulators", module = "engine_rs", frozen, eq, get_all)]
 #[derive(PartialEq)]
-pub struct PyAccumulators(pub(crate) Accumulators);
+pub struct PyAccumulators {
+    inpatient_count: i64,
+    dedc_paid: i64,
+    hifp_paid: i64,
+    hifp_base: i64,
+    critical_base: i64,
+    critical_paid: i64,
+    cvlserv_paid: i64,
+    maf_paid: i64,
+}
 
 #[pymethods]
 impl PyAccumulators {
@@ -279,7 +298,7 @@ impl PyAccumulators {
         cvlserv_paid: i64,
         maf_paid: i64,
     ) -> Self {
-        Self(Accumulators {
+        Self {
             inpatient_count,
             dedc_paid,
             hifp_paid,
@@ -288,50 +307,66 @@ impl PyAccumulators {
             critical_paid,
             cvlserv_paid,
             maf_paid,
-        })
+        }
     }
     /// The accumulators as a dict keyed by field name.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, v) in Accumulators::FIELDS.iter().zip(self.0.values()) {
+        for (k, v) in Accumulators::FIELDS.iter().zip(self.core().values()) {
             d.set_item(*k, v)?;
         }
         Ok(d)
     }
     fn __repr__(&self) -> String {
-        format!("{:?}", self.0)
+        format!("{:?}", self.core())
     }
-    #[getter]
-    fn inpatient_count(&self) -> i64 {
-        self.0.inpatient_count
+}
+
+impl PyAccumulators {
+    pub(crate) fn core(&self) -> Accumulators {
+        let &Self {
+            inpatient_count,
+            dedc_paid,
+            hifp_paid,
+            hifp_base,
+            critical_base,
+            critical_paid,
+            cvlserv_paid,
+            maf_paid,
+        } = self;
+        Accumulators {
+            inpatient_count,
+            dedc_paid,
+            hifp_paid,
+            hifp_base,
+            critical_base,
+            critical_paid,
+            cvlserv_paid,
+            maf_paid,
+        }
     }
-    #[getter]
-    fn dedc_paid(&self) -> i64 {
-        self.0.dedc_paid
-    }
-    #[getter]
-    fn hifp_paid(&self) -> i64 {
-        self.0.hifp_paid
-    }
-    #[getter]
-    fn hifp_base(&self) -> i64 {
-        self.0.hifp_base
-    }
-    #[getter]
-    fn critical_base(&self) -> i64 {
-        self.0.critical_base
-    }
-    #[getter]
-    fn critical_paid(&self) -> i64 {
-        self.0.critical_paid
-    }
-    #[getter]
-    fn cvlserv_paid(&self) -> i64 {
-        self.0.cvlserv_paid
-    }
-    #[getter]
-    fn maf_paid(&self) -> i64 {
-        self.0.maf_paid
+
+    fn from_core(a: Accumulators) -> Self {
+        let Accumulators {
+            inpatient_count,
+            dedc_paid,
+            hifp_paid,
+            hifp_base,
+            critical_base,
+            critical_paid,
+            cvlserv_paid,
+            maf_paid,
+        } = a;
+        Self {
+            inpatient_count,
+            dedc_paid,
+            hifp_paid,
+            hifp_base,
+            critical_base,
+            critical_paid,
+            cvlserv_paid,
+            maf_paid,
+        }
     }
 }
 
@@ -610,7 +645,13 @@ pub fn preprocess(
     visit: &PyVisit,
 ) -> PyResult<(PyLineResults, PySummary)> {
     let cols = line_cols(lines, false)?;
-    let (r, sums) = run_preprocess(py, catalog, policy, &cols, std::slice::from_ref(&visit.0))?;
+    let (r, sums) = run_preprocess(
+        py,
+        catalog,
+        policy,
+        &cols,
+        std::slice::from_ref(&visit.core()),
+    )?;
     Ok((PyLineResults::new(py, r), PySummary(sums.get(0))))
 }
 
@@ -716,15 +757,15 @@ pub fn split(
         0,
         p,
         &split_input(&summary.0),
-        &selection.0,
-        &person.0,
-        &accumulators.0,
+        &selection.core(),
+        &person.core(),
+        &accumulators.core(),
         &mut scratch,
         Some(&mut trace),
     )
     .map_err(|e| to_py(py, e))?;
     let rule = p.rule(r.rule as usize);
-    let legs = sp::legs(p, &r, &trace, &selection.0)
+    let legs = sp::legs(p, &r, &trace, &selection.core())
         .into_iter()
         .map(|l| {
             Py::new(
@@ -757,7 +798,7 @@ pub fn split(
         acct_pay: r.acct_pay,
         psn_cash_pay: r.psn_cash_pay,
         balc: r.balc,
-        accumulators: Py::new(py, PyAccumulators(r.acc))?,
+        accumulators: Py::new(py, PyAccumulators::from_core(r.acc))?,
         legs,
     })
 }

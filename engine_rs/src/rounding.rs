@@ -19,6 +19,17 @@ pub enum RoundMode {
     Up,
 }
 
+/// Whether a quotient `q` with remainder `r > 0` of a division by `den` rounds up.
+#[inline(always)]
+fn rounds_up(q_odd: bool, r: i128, den: i128, mode: RoundMode) -> bool {
+    match mode {
+        RoundMode::Down => false,
+        RoundMode::Up => true,
+        RoundMode::HalfUp => r >= den - r,
+        RoundMode::HalfEven => r > den - r || (r == den - r && q_odd),
+    }
+}
+
 /// `num / den` for `num >= 0`, `den > 0`, rounded by `mode`.
 #[inline]
 pub fn round_div(num: i128, den: i128, mode: RoundMode) -> i128 {
@@ -27,29 +38,8 @@ pub fn round_div(num: i128, den: i128, mode: RoundMode) -> i128 {
     if let (Ok(n), Ok(d)) = (i64::try_from(num), i64::try_from(den)) {
         return i128::from(round_div64(n, d, mode));
     }
-    let q = num / den;
-    let r = num % den;
-    if r == 0 {
-        return q;
-    }
-    match mode {
-        RoundMode::Down => q,
-        RoundMode::Up => q + 1,
-        RoundMode::HalfUp => {
-            if 2 * r >= den {
-                q + 1
-            } else {
-                q
-            }
-        }
-        RoundMode::HalfEven => {
-            if 2 * r > den || (2 * r == den && q % 2 == 1) {
-                q + 1
-            } else {
-                q
-            }
-        }
-    }
+    let (q, r) = (num / den, num % den);
+    q + i128::from(r != 0 && rounds_up(q % 2 == 1, r, den, mode))
 }
 
 /// `num / 10_000` rounded: the divisor of every ratio and quantity product. A constant
@@ -65,29 +55,8 @@ pub fn round_bp(num: i128, mode: RoundMode) -> i128 {
 /// `round_div` in 64 bits.
 #[inline(always)]
 fn round_div64(num: i64, den: i64, mode: RoundMode) -> i64 {
-    let q = num / den;
-    let r = num % den;
-    if r == 0 {
-        return q;
-    }
-    match mode {
-        RoundMode::Down => q,
-        RoundMode::Up => q + 1,
-        RoundMode::HalfUp => {
-            if r >= den - r {
-                q + 1
-            } else {
-                q
-            }
-        }
-        RoundMode::HalfEven => {
-            if r > den - r || (r == den - r && q % 2 == 1) {
-                q + 1
-            } else {
-                q
-            }
-        }
-    }
+    let (q, r) = (num / den, num % den);
+    q + i64::from(r != 0 && rounds_up(q % 2 == 1, r.into(), den.into(), mode))
 }
 
 /// `amount * bp / 10_000` rounded; `amount >= 0`, `0 <= bp <= 10_000`, so the result fits.
