@@ -410,18 +410,19 @@ pub fn preprocess(
     while start < n {
         let len = BLOCK.min(n - start);
         resolve_block(cat, lines, start, &mut idx[..len]);
+        // Sums are added line by line so an overflowing total is reported at its own line,
+        // before any error of a later line of the block.
         for k in 0..len {
-            buf[k] = ctx.line(start + k, idx[k])?;
-        }
-        let b = &buf[..len];
-        for (k, o) in b.iter().enumerate() {
+            let o = ctx.line(start + k, idx[k])?;
             sums.add(
                 start + k,
                 o.visit as usize,
                 usize::from(o.fee_category),
                 o.parts,
             )?;
+            buf[k] = o;
         }
+        let b = &buf[..len];
         out.item.extend(b.iter().map(|o| o.item));
         out.chrgitm_lv.extend(b.iter().map(|o| o.chrgitm_lv));
         out.fee_category.extend(b.iter().map(|o| o.fee_category));

@@ -571,16 +571,29 @@ fn line_cols<'py>(d: &Bound<'py, PyDict>, batch: bool) -> PyResult<LineCols<'py>
     })
 }
 
+/// An optional int64 column of `n` rows (absent = zeros); a wrong length is a ColumnError.
 fn int_col_or_zero(d: &Bound<'_, PyDict>, key: &str, n: usize) -> PyResult<Vec<i64>> {
     match opt_col(d, key)? {
-        Some(v) => num_col::<i64>(&v, key),
+        Some(v) => sized(num_col::<i64>(&v, key)?, key, n),
         None => Ok(vec![0; n]),
+    }
+}
+
+/// `col` if it has `n` rows, else a ColumnError naming it.
+fn sized<T>(col: Vec<T>, key: &str, n: usize) -> PyResult<Vec<T>> {
+    if col.len() == n {
+        Ok(col)
+    } else {
+        Err(ColumnError::new_err(format!(
+            "column {key}: has {} rows, expected {n}",
+            col.len()
+        )))
     }
 }
 
 fn bool_col_or_false(d: &Bound<'_, PyDict>, key: &str, n: usize) -> PyResult<Vec<bool>> {
     match opt_col(d, key)? {
-        Some(v) => num_col::<bool>(&v, key),
+        Some(v) => sized(num_col::<bool>(&v, key)?, key, n),
         None => Ok(vec![false; n]),
     }
 }
@@ -672,13 +685,7 @@ pub fn preprocess_batch<'py>(
     let sex = int_col_or_zero(visits, "sex", n)?;
     let age = int_col_or_zero(visits, "age", n)?;
     let diagnoses = str_col_or_empty(visits, "diagnoses", n)?;
-    for (k, len) in [
-        ("date", date.len()),
-        ("psn_type", psn_type.len()),
-        ("sex", sex.len()),
-        ("age", age.len()),
-        ("diagnoses", diagnoses.len()),
-    ] {
+    for (k, len) in [("date", date.len()), ("diagnoses", diagnoses.len())] {
         if len != n {
             return Err(ColumnError::new_err(format!(
                 "column {k}: has {len} rows, treatment has {n}"
@@ -856,20 +863,6 @@ pub fn split_batch<'py>(
         .iter()
         .map(|k| int(k))
         .collect::<PyResult<_>>()?;
-    let all_len: [(&str, usize); 5] = [
-        ("fulamt_ownpay_amt", fulamt.len()),
-        ("treatment", treatment.len()),
-        ("age", age.len()),
-        ("retired", retired.len()),
-        ("dedc_paid", accs[1].len()),
-    ];
-    for (k, len) in all_len {
-        if len != n {
-            return Err(ColumnError::new_err(format!(
-                "column {k}: has {len} rows, medfee_sumamt has {n}"
-            )));
-        }
-    }
     let p = &policy.inner;
     let result = py.detach(|| -> Result<Vec<Vec<i64>>, crate::error::EngineError> {
         let mut out: Vec<Vec<i64>> = (0..SPLIT_OUT.len() + 8)
