@@ -38,9 +38,25 @@ Fee lines (`Catalog.preprocess` / `preprocess_batch`):
 | cnt                 | int64      | quantity in 1/10_000 units                            |
 | pric                | int64      | unit price in fen                                     |
 | det_item_fee_sumamt | int64      | line amount in fen                                    |
-| hosp_appr_flag      | uint8      | 0 none, 1 approved (waives diagnosis limits), 2 self-pay |
-| fee_date            | int32      | yyyymmdd, 0 = the visit date                          |
+| hosp_appr_flag      | int64      | opt.; 0 none, 1 approved (lifts diagnosis limits), 2 self-pay |
+| fee_date            | int64      | optional; yyyymmdd, 0 = the visit date                |
 | visit               | int64      | (batch only) index of the line's visit                |
+
+Line columns are borrowed, not copied, for the length of the call: do not write to them from
+another thread while it runs.
+
+Visits (`preprocess_batch`): `treatment` (1 outpatient, 2 inpatient, 3 special outpatient)
+and `date` (yyyymmdd) int64, optional `psn_type`, `sex`, `age` int64 and `diagnoses` (str
+column of comma-separated ICD-10 codes).
+
+Settlements (`split_batch`): the five sums `medfee_sumamt`, `fulamt_ownpay_amt`,
+`overlmt_amt`, `preselfpay_amt`, `inscp_scp_amt`; the selection `region`, `insutype`,
+`psn_type`, `treatment`, `hosp_lv`, `date`, `admission_no`; the person `age`, `cross_region`,
+`acct_balance` (int64) and `retired`, `civil_servant`, `assistance`, `acct_used` (bool); and
+the accumulators `inpatient_count`, `dedc_paid`, `hifp_paid`, `hifp_base`, `critical_base`,
+`critical_paid`, `cvlserv_paid`, `maf_paid`. Absent columns are zero / False. The result has
+`rule`, `act_pay_dedc`, each fund, `fund_pay_sumamt`, `psn_part_amt`, `acct_pay`,
+`psn_cash_pay`, `balc` and `new_<accumulator>` columns.
 """
 
 from __future__ import annotations
