@@ -1,1 +1,0 @@
-//! Catalog matching: proposes insurance items for a hospital item (owned by the matching work).
