@@ -407,3 +407,8 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     crate::py_matching::register(m)?;
     Ok(())
 }
+
+/// An owned int64 column handed to numpy without a copy.
+pub(crate) fn i64_array(py: Python<'_>, v: Vec<i64>) -> Bound<'_, numpy::PyArray1<i64>> {
+    numpy::PyArray1::from_vec(py, v)
+}
