@@ -132,6 +132,20 @@ impl Summaries {
         Ok(())
     }
 
+    /// `add` for a batch whose grand total is known to fit in i64.
+    #[inline]
+    fn add_within_bounds(&mut self, v: usize, cat: usize, parts: [i64; 5]) {
+        let t = &mut self.totals[v];
+        for k in 0..5 {
+            t[k] += parts[k];
+        }
+        t[5] += 1;
+        let row = &mut self.by_category[(v * N_CATEGORIES + cat) * 5..][..5];
+        for (s, p) in row.iter_mut().zip(parts) {
+            *s += p;
+        }
+    }
+
     /// The sums of visit `v`.
     pub fn get(&self, v: usize) -> Summary {
         let t = self.totals[v];
@@ -215,15 +229,59 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Validates line `i` and splits it, given its resolved item `idx`.
+    /// Validates line `i` and splits it, given its resolved item `idx`. With `CHECKED` false
+    /// the caller has proven (see `plain_batch`) that every sign, range and visit index is
+    /// valid, so only the checks that depend on the catalog and the tolerance remain.
     #[inline]
-    fn line(&self, i: usize, idx: u32) -> Result<LineOut, EngineError> {
+    fn line<const CHECKED: bool>(&self, i: usize, idx: u32) -> Result<LineOut, EngineError> {
         let lines = self.lines;
         let v = if lines.visit.is_empty() {
             0
         } else {
             lines.visit[i]
         };
+        let (cnt, pric, amount) = (lines.cnt[i], lines.pric[i], lines.det_item_fee_sumamt[i]);
+        let appr = lines.hosp_appr_flag[i];
+        if CHECKED {
+            self.check_signs(i, v, cnt, pric, amount, appr)?;
+        }
+        if !self.within_tolerance(cnt, pric, amount) {
+            return Err(self.tolerance_error(i, amount));
+        }
+        self.split_line(i, idx, v as usize, cnt, pric, amount, appr)
+    }
+
+    #[inline]
+    fn within_tolerance(&self, cnt: i64, pric: i64, amount: i64) -> bool {
+        // both products are non-negative here, so their difference cannot overflow
+        match (pric.checked_mul(cnt), amount.checked_mul(CNT_SCALE)) {
+            (Some(a), Some(b)) => i128::from((a - b).abs()) <= self.tol,
+            _ => {
+                let expected = i128::from(pric) * i128::from(cnt);
+                (expected - i128::from(amount) * i128::from(CNT_SCALE)).abs() <= self.tol
+            }
+        }
+    }
+
+    #[cold]
+    fn tolerance_error(&self, i: usize, amount: i64) -> EngineError {
+        let tolerance_fen = self.tolerance_fen;
+        EngineError::line(
+            i,
+            "det_item_fee_sumamt",
+            format!("{amount} differs from pric x cnt beyond the tolerance of {tolerance_fen} fen"),
+        )
+    }
+
+    fn check_signs(
+        &self,
+        i: usize,
+        v: i64,
+        cnt: i64,
+        pric: i64,
+        amount: i64,
+        appr: i64,
+    ) -> Result<(), EngineError> {
         if v < 0 || v as usize >= self.visits.len() {
             return Err(EngineError::line(
                 i,
@@ -231,7 +289,6 @@ impl Ctx<'_> {
                 format!("{v} is not a visit of the batch"),
             ));
         }
-        let (cnt, pric, amount) = (lines.cnt[i], lines.pric[i], lines.det_item_fee_sumamt[i]);
         if cnt < 0 {
             return Err(EngineError::line(i, "cnt", "negative quantity"));
         }
@@ -245,21 +302,26 @@ impl Ctx<'_> {
                 "negative amount",
             ));
         }
-        let appr = lines.hosp_appr_flag[i];
         if !(0..=2).contains(&appr) {
             return Err(EngineError::line(i, "hosp_appr_flag", "must be 0, 1 or 2"));
         }
-        let expected = i128::from(pric) * i128::from(cnt);
-        if (expected - i128::from(amount) * i128::from(CNT_SCALE)).abs() > self.tol {
-            let tolerance_fen = self.tolerance_fen;
-            return Err(EngineError::line(
-                i,
-                "det_item_fee_sumamt",
-                format!(
-                    "{amount} differs from pric x cnt beyond the tolerance of {tolerance_fen} fen"
-                ),
-            ));
-        }
+        Ok(())
+    }
+
+    /// Splits a validated line into its parts.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn split_line(
+        &self,
+        i: usize,
+        idx: u32,
+        v: usize,
+        cnt: i64,
+        pric: i64,
+        amount: i64,
+        appr: i64,
+    ) -> Result<LineOut, EngineError> {
+        let lines = self.lines;
         if idx == UNKNOWN_CODE {
             let code = lines
                 .med_list_codg
@@ -271,7 +333,6 @@ impl Ctx<'_> {
                 format!("unknown code {code}"),
             ));
         }
-        let v = v as usize;
         let mut o = LineOut {
             visit: v as u32,
             item: -1,
@@ -351,10 +412,6 @@ impl Ctx<'_> {
 /// Preprocesses every line; `visits[lines.visit[i]]` is line i's visit.
 /// Returns the per-line results and the sums of every visit. Nothing is partially returned:
 /// the first bad line fails the whole batch, naming the line and field.
-///
-/// Lines go through in blocks: resolve the block's items (their lookups overlap), split each
-/// line into a small stack buffer, then append the buffer to the output columns and sums in
-/// simple loops. Keeping the per-line loop free of eight growing vectors keeps it in registers.
 pub fn preprocess(
     cat: &Catalog,
     lines: &Lines<'_>,
@@ -404,22 +461,61 @@ pub fn preprocess(
         flags: Vec::with_capacity(n),
     };
     let mut sums = Summaries::new(visits.len());
+    if plain_batch(lines, visits.len()) {
+        run_blocks::<false>(&ctx, n, &mut out, &mut sums)?;
+    } else {
+        run_blocks::<true>(&ctx, n, &mut out, &mut sums)?;
+    }
+    Ok((out, sums))
+}
+
+/// One pass over the numeric columns, simple enough to vectorise: true when no line has a
+/// negative quantity, price or amount, an approval flag outside 0..=2 or a visit index out of
+/// range, and the amounts of the whole batch sum within i64 (so no visit total can overflow).
+/// Such a batch skips those per-line checks; any other batch takes the checked path, which
+/// reports the first bad line exactly.
+fn plain_batch(lines: &Lines<'_>, n_visits: usize) -> bool {
+    let nonneg = |c: &[i64]| c.iter().fold(0i64, |m, &x| m | x) >= 0;
+    let total: i128 = lines
+        .det_item_fee_sumamt
+        .iter()
+        .map(|&a| i128::from(a))
+        .sum();
+    nonneg(lines.cnt)
+        && nonneg(lines.pric)
+        && nonneg(lines.det_item_fee_sumamt)
+        && lines.hosp_appr_flag.iter().all(|&f| (0..=2).contains(&f))
+        && lines
+            .visit
+            .iter()
+            .all(|&v| v >= 0 && (v as usize) < n_visits)
+        && total <= i128::from(i64::MAX)
+}
+
+/// Runs every line in blocks: resolve the block's items (their lookups overlap), split each
+/// line into a small stack buffer, then append the buffer to the output columns.
+fn run_blocks<const CHECKED: bool>(
+    ctx: &Ctx<'_>,
+    n: usize,
+    out: &mut LineResults,
+    sums: &mut Summaries,
+) -> Result<(), EngineError> {
     let mut idx = [0u32; BLOCK];
     let mut buf = [LineOut::default(); BLOCK];
     let mut start = 0;
     while start < n {
         let len = BLOCK.min(n - start);
-        resolve_block(cat, lines, start, &mut idx[..len]);
+        resolve_block(ctx.cat, ctx.lines, start, &mut idx[..len]);
         // Sums are added line by line so an overflowing total is reported at its own line,
         // before any error of a later line of the block.
         for k in 0..len {
-            let o = ctx.line(start + k, idx[k])?;
-            sums.add(
-                start + k,
-                o.visit as usize,
-                usize::from(o.fee_category),
-                o.parts,
-            )?;
+            let o = ctx.line::<CHECKED>(start + k, idx[k])?;
+            let (v, cat) = (o.visit as usize, usize::from(o.fee_category));
+            if CHECKED {
+                sums.add(start + k, v, cat, o.parts)?;
+            } else {
+                sums.add_within_bounds(v, cat, o.parts);
+            }
             buf[k] = o;
         }
         let b = &buf[..len];
@@ -433,7 +529,7 @@ pub fn preprocess(
         out.flags.extend(b.iter().map(|o| o.flags));
         start += len;
     }
-    Ok((out, sums))
+    Ok(())
 }
 
 /// True when one of the visit's diagnoses starts with one of the item's allowed prefixes.
