@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 
-use crate::columns::StrColumn;
+use crate::columns::{DictColumn, StrColumn};
 use crate::error::EngineError;
 
 /// No item: an unmapped hospital code, or a mapping whose insurance code is not in the catalog.
@@ -78,11 +78,11 @@ struct KeyEntry {
 pub struct Catalog {
     pub version: i64,
     code: StrColumn,
-    name: StrColumn,
-    spec: StrColumn,
-    dosage_form: StrColumn,
-    manufacturer: StrColumn,
-    diagnoses: StrColumn,
+    name: DictColumn,
+    spec: DictColumn,
+    dosage_form: DictColumn,
+    manufacturer: DictColumn,
+    diagnoses: DictColumn,
     kind: Box<[u8]>,
     hot: Box<[ItemHot]>,
     selfpay_slots: usize,
@@ -154,7 +154,12 @@ impl Catalog {
                     age_min: items.age_min[i],
                     age_max: items.age_max[i],
                     inpatient_only: items.inpatient_only[i],
-                    has_diagnoses: !items.diagnoses.get(i).is_empty(),
+                    // separators alone ("," or " ") name no diagnosis: no limit
+                    has_diagnoses: items
+                        .diagnoses
+                        .get(i)
+                        .split(',')
+                        .any(|p| !p.trim().is_empty()),
                 }
             })
             .collect();
@@ -171,11 +176,11 @@ impl Catalog {
         Ok(Self {
             version,
             code,
-            name,
-            spec,
-            dosage_form,
-            manufacturer,
-            diagnoses,
+            name: DictColumn::encode(&name),
+            spec: DictColumn::encode(&spec),
+            dosage_form: DictColumn::encode(&dosage_form),
+            manufacturer: DictColumn::encode(&manufacturer),
+            diagnoses: DictColumn::encode(&diagnoses),
             kind: kind.into_boxed_slice(),
             hot,
             selfpay_slots: slots,
@@ -290,18 +295,16 @@ impl Catalog {
 
     /// Approximate bytes held by the index, for memory reports.
     pub fn heap_bytes(&self) -> usize {
-        let strs = [
-            &self.code,
+        let texts = [
             &self.name,
             &self.spec,
             &self.dosage_form,
             &self.manufacturer,
             &self.diagnoses,
-            &self.hosp_codes,
-        ]
-        .iter()
-        .map(|c| c.heap_bytes())
-        .sum::<usize>();
+        ];
+        let strs = self.code.heap_bytes()
+            + self.hosp_codes.heap_bytes()
+            + texts.iter().map(|c| c.heap_bytes()).sum::<usize>();
         let entry = std::mem::size_of::<KeyEntry>() + 1;
         strs + self.kind.len()
             + self.hot.len() * std::mem::size_of::<ItemHot>()

@@ -97,6 +97,70 @@ impl StrColumn {
     }
 }
 
+/// A string column stored as its distinct values plus one index per row. Catalog names,
+/// forms, makers and specs repeat across thousands of items (one drug in many packs from
+/// many makers), so a million-item catalog keeps each distinct text once.
+#[derive(Debug, Clone, Default)]
+pub struct DictColumn {
+    values: StrColumn,
+    index: Box<[u32]>,
+}
+
+impl DictColumn {
+    /// Dictionary-encodes `col`; values keep the order of their first appearance.
+    pub fn encode(col: &StrColumn) -> Self {
+        use std::hash::BuildHasher;
+        let hasher = foldhash::fast::FixedState::with_seed(7);
+        let mut seen: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
+        let mut firsts: Vec<u32> = Vec::new();
+        let mut index = Vec::with_capacity(col.len());
+        for i in 0..col.len() {
+            let v = col.get(i);
+            let h = hasher.hash_one(v);
+            let id = match seen.find(h, |&d| col.get(firsts[d as usize] as usize) == v) {
+                Some(&d) => d,
+                None => {
+                    let d = firsts.len() as u32;
+                    firsts.push(i as u32);
+                    seen.insert_unique(h, d, |&d| {
+                        hasher.hash_one(col.get(firsts[d as usize] as usize))
+                    });
+                    d
+                }
+            };
+            index.push(id);
+        }
+        let distinct: Vec<&str> = firsts.iter().map(|&i| col.get(i as usize)).collect();
+        Self {
+            values: StrColumn::from_strs(&distinct),
+            index: index.into_boxed_slice(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The i-th row's value.
+    #[inline]
+    pub fn get(&self, i: usize) -> &str {
+        self.values.get(self.index[i] as usize)
+    }
+
+    /// Distinct values held.
+    pub fn distinct(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.values.heap_bytes() + self.index.len() * 4
+    }
+}
+
 /// A borrowed string column (bytes + int64 offsets), validated for shape but not copied:
 /// fee lines arrive by the million and are only looked up, so their bytes are compared as
 /// they are, without a UTF-8 pass.
@@ -171,6 +235,14 @@ mod tests {
         assert_eq!(c.get(0), "阿莫西林");
         assert_eq!(c.get(1), "");
         assert_eq!(c.get(2), "0.25g");
+    }
+
+    #[test]
+    fn dictionary_encoding_keeps_every_row() {
+        let rows = ["片", "胶囊", "片", "", "胶囊", "片"];
+        let d = DictColumn::encode(&StrColumn::from_strs(&rows));
+        assert_eq!(d.distinct(), 3);
+        assert_eq!((0..rows.len()).map(|i| d.get(i)).collect::<Vec<_>>(), rows);
     }
 
     #[test]

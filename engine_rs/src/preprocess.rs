@@ -437,6 +437,9 @@ pub fn preprocess(
             "at least one visit is needed",
         ));
     }
+    if let Some(v) = visits.iter().position(|v| !(1..=3).contains(&v.treatment)) {
+        return Err(EngineError::input(v, "treatment", "must be 1, 2 or 3"));
+    }
     let slots: Vec<usize> = visits
         .iter()
         .map(|v| cat.selfpay_slot(v.psn_type))

@@ -117,6 +117,8 @@ impl PyVisit {
         age: u32,
         diagnoses: Vec<String>,
     ) -> Self {
+        // trimmed like the comma-separated diagnoses of batch visits
+        let diagnoses = diagnoses.iter().map(|d| d.trim().to_owned()).collect();
         Self {
             treatment,
             date,
@@ -695,7 +697,8 @@ pub fn preprocess_batch<'py>(
     let mut ctx = Vec::with_capacity(n);
     for i in 0..n {
         let small = |v: i64, f: &str, max: i64| -> PyResult<i64> {
-            if (0..=max).contains(&v) {
+            let min = i64::from(f == "treatment"); // treatments are 1, 2, 3
+            if (min..=max).contains(&v) {
                 Ok(v)
             } else {
                 Err(ColumnError::new_err(format!(

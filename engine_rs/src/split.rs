@@ -479,6 +479,9 @@ pub fn split(
     trace: Option<&mut Trace>,
 ) -> Result<SplitResult, EngineError> {
     check_inputs(row, s, p, acc)?;
+    if !(1..=3).contains(&sel.treatment) {
+        return Err(EngineError::input(row, "treatment", "must be 1, 2 or 3"));
+    }
     let ri = policy.select(sel).ok_or_else(|| EngineError::NoRule {
         row,
         selection: format!(

@@ -150,6 +150,8 @@ def preprocess(
     calling many times with the same catalog."""
     if by_code is None:
         by_code = {it.code: i for i, it in enumerate(items)}
+    if visit.treatment not in (1, 2, 3):
+        raise TwinError(-1, "treatment", "must be 1, 2 or 3")
     slot = selfpay_psn_types.index(visit.psn_type) + 1 if visit.psn_type in selfpay_psn_types else 0
     results: list[LineResult] = []
     s = Summary()
@@ -396,6 +398,8 @@ def split(
             preselfpay_amt=s["preselfpay_amt"],
             inscp_scp_amt=s["inscp_scp_amt"],
         )
+    if sel.treatment not in (1, 2, 3):
+        raise TwinError(-1, "treatment", "must be 1, 2 or 3")
     ri = select_rule(policy, sel)
     rule = policy["rules"][ri]
     mode = policy["rounding"]["mode"]
