@@ -13,7 +13,7 @@ import pytest
 
 import engine_rs
 from server.engine.columns import StrColumn, pack_strings
-from server.synth.catalog import make_catalog
+from server.synth.catalog import make_catalog, make_hospital_items
 from server.synth.match_eval import EvalRecord, fingerprint, load
 
 EVAL = Path(__file__).parent / "data" / "match_eval.jsonl"
@@ -238,3 +238,22 @@ def test_matcher_keeps_its_catalog_alive() -> None:
                          first["manufacturer"])
     assert hits[0][0] == first["code"]
     assert len(matcher) == 2_000
+
+
+def test_synthetic_catalog_is_deterministic_and_loadable() -> None:
+    a, b = make_catalog(3_000, seed=9), make_catalog(3_000, seed=9)
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint(make_catalog(3_000, seed=10))
+    assert a.items["selfpay_prop_bp"].shape == (3_000, 1 + len(a.selfpay_psn_types))
+    assert set(np.unique(a.items["kind"]).tolist()) == {1, 2, 3, 4, 5, 6}
+    # Near-duplicates: names repeat across specs and makers.
+    names = a.column("name")
+    assert len(set(names)) < len(names) / 3
+    hosp = make_hospital_items(a, 200, seed=1)
+    assert hosp.name == make_hospital_items(a, 200, seed=1).name
+    mappings = hosp.mappings(0.6, seed=2)
+    catalog = engine_rs.Catalog.load(a.items, mappings, selfpay_psn_types=a.selfpay_psn_types)
+    assert catalog.mapping_count == int(hosp.mapped(0.6, seed=2).sum())
+    assert catalog.stale_mappings == 0
+    first = int(np.flatnonzero(hosp.mapped(0.6, seed=2))[0])
+    assert catalog.map_hosp_code(hosp.hosp_code[first]) == hosp.true_index[first]

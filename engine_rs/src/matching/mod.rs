@@ -28,7 +28,6 @@ const W_FORM: f32 = 0.06;
 const W_MAKER: f32 = 0.12;
 /// Share of the name score that bracketed notes (`(乳胶)`, `(急诊)`) decide.
 const AUX_SHARE: f32 = 0.15;
-
 /// Name similarity factor when the salt differs (`盐酸` / `硫酸`) or one side has none.
 const SALT_OTHER: f32 = 0.85;
 const SALT_MISSING: f32 = 0.92;
