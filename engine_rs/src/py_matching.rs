@@ -70,12 +70,6 @@ impl PyMatcher {
         self.inner.len()
     }
 
-    /// Approximate bytes held by the index (not counting the catalog).
-    #[getter]
-    fn heap_bytes(&self) -> usize {
-        self.inner.heap_bytes()
-    }
-
     /// The best `k` catalog items for one hospital item: [(insurance code, score)], best first.
     #[pyo3(name = "match", signature = (name, spec="", dosage_form="", manufacturer="", k=5))]
     fn match_one(
@@ -163,14 +157,6 @@ impl PyMatcher {
         let idx = i64_array(py, idx).reshape([n, k])?;
         let scores = PyArray1::from_vec(py, scores).reshape([n, k])?;
         Ok((idx, scores))
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Matcher({} items, {} names)",
-            self.inner.len(),
-            self.inner.name_count()
-        )
     }
 }
 

@@ -132,7 +132,7 @@ def respell_spec(spec: str, rng: np.random.Generator) -> str:
     s = s.replace("×", sep) if "×" in s else s.replace("*", sep)
     if rng.random() < 0.3:
         s = s.replace("mg", "毫克").replace("ml", "毫升")
-        s = re.sub(r"(?<![a-z毫微])g(?![a-z])", "克", s)
+        s = re.sub(r"(?<![a-z毫微μ])g(?![a-z])", "克", s)
     elif rng.random() < 0.2:
         s = s.replace("ml", "mL").replace("mg", "MG")
     if rng.random() < 0.4:
@@ -153,7 +153,7 @@ def abbreviate_maker(maker: str, rng: np.random.Generator) -> str:
         if s.endswith(legal):
             s = s[: -len(legal)]
             break
-    if rng.random() < 0.4:
+    if rng.random() < 0.4 and not s.endswith("院"):  # a hospital needs its city
         for p in sorted(vocab.PROVINCES, key=len, reverse=True):
             if s.startswith(p) and len(s) > len(p) + 1:
                 s = s[len(p) :]
@@ -205,6 +205,10 @@ def render(item: dict[str, str], kind: int, mix: VariantMix, rng: np.random.Gene
     if pinyin:
         name = initials(name)
         name = name.upper() if rng.random() < 0.7 else name
+    if not pinyin and len(name) > 2 and hit(mix.spacing, Variant.SPACING):
+        at = int(rng.integers(1, len(name)))
+        name = name[:at] + str(rng.choice([" ", "  ", "·", "-", "　"])) + name[at:]
+        name = (" " + name) if rng.random() < 0.3 else name
     if spec and hit(mix.spec_in_name, Variant.SPEC_IN_NAME):
         if rng.random() < 0.6:
             name += str(rng.choice(["(", "（", "["])) + spec + str(rng.choice([")", "）", "]"]))
@@ -215,10 +219,6 @@ def render(item: dict[str, str], kind: int, mix: VariantMix, rng: np.random.Gene
         spec = ""
     if hit(mix.name_note, Variant.NAME_NOTE):
         name += str(rng.choice(_NOTES))
-    if not pinyin and len(name) > 2 and hit(mix.spacing, Variant.SPACING):
-        at = int(rng.integers(1, len(name)))
-        name = name[:at] + str(rng.choice([" ", "  ", "·", "-", "　"])) + name[at:]
-        name = (" " + name) if rng.random() < 0.3 else name
     if hit(mix.full_width, Variant.FULL_WIDTH):
         name = full_width(name, rng)
         spec = full_width(spec, rng)

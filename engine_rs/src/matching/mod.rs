@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use normalize::{
-    char_grams, dice, form_of_field, initial_grams, initials, looks_like_initials, maker_core,
-    split_form, split_name, Form, NO_FORM,
+    char_grams, dice, form_of_field, initial_grams, initials, looks_like_initials, maker_grams,
+    maker_name_key, split_form, split_name, split_salt, Form, NO_FORM,
 };
 
 /// Weights of the four fields in a score; a field the query leaves empty is left out, so a
@@ -28,6 +28,9 @@ const W_FORM: f32 = 0.06;
 const W_MAKER: f32 = 0.12;
 /// Share of the name score that bracketed notes (`(乳胶)`, `(急诊)`) decide.
 const AUX_SHARE: f32 = 0.15;
+/// Name similarity factor when the salt differs (`盐酸` / `硫酸`) or one side has none.
+const SALT_OTHER: f32 = 0.85;
+const SALT_MISSING: f32 = 0.92;
 /// Candidate names below this name similarity are not worth proposing.
 const MIN_NAME_SIM: f32 = 0.3;
 /// Grams whose postings would push a query past this many lookups are skipped for
@@ -103,6 +106,7 @@ pub struct Matcher {
     stem_grams: Csr<u64>,
     initial_grams: Csr<u64>,
     aux_grams: Csr<u64>,
+    name_salt: Vec<u8>,
     name_spec: Csr<u64>,
     // Per distinct spec and maker.
     spec_tokens: Csr<u64>,
@@ -117,7 +121,8 @@ pub struct Scratch {
     counts: Vec<u8>,
     touched: Vec<u32>,
     grams: Vec<u64>,
-    names: Vec<(f32, u32)>,
+    names: Vec<(f32, u32, f32)>,
+    cands: Vec<(u32, u32)>,
     tokens: Vec<u64>,
 }
 
@@ -125,9 +130,12 @@ pub struct Scratch {
 #[derive(Default)]
 struct Prepared {
     stem: Vec<u64>,
+    salt: u8,
     initials: Vec<u64>,
     aux: Vec<u64>,
     spec: Vec<u64>,
+    /// Each bracketed note as (grams, spec tokens), used only when `spec` is empty.
+    notes: Vec<(Vec<u64>, Vec<u64>)>,
     maker: Vec<u64>,
     form: Option<Form>,
 }
@@ -147,6 +155,7 @@ impl Matcher {
             stem_grams: Csr::new(),
             initial_grams: Csr::new(),
             aux_grams: Csr::new(),
+            name_salt: Vec::new(),
             name_spec: Csr::new(),
             spec_tokens: Csr::new(),
             maker_grams: Csr::new(),
@@ -165,10 +174,14 @@ impl Matcher {
             let name_id = *names.entry(name).or_insert_with(|| {
                 let parts = split_name(name);
                 let (stem, form) = split_form(&parts.core);
+                let (stem, salt) = split_salt(stem);
                 char_grams(stem, &mut m.stem_grams.data);
                 m.stem_grams.close();
+                m.name_salt.push(salt);
+                // Integrators type initials of the whole name, notes included.
                 scratch.clear();
                 scratch.push_str(&initials(&parts.core));
+                scratch.push_str(&initials(&parts.aux));
                 initial_grams(&scratch, &mut m.initial_grams.data);
                 m.initial_grams.close();
                 char_grams(&parts.aux, &mut m.aux_grams.data);
@@ -186,10 +199,7 @@ impl Matcher {
             });
             let next = makers.len() as u32;
             let maker_id = *makers.entry(catalog.manufacturer(i)).or_insert_with(|| {
-                char_grams(
-                    &maker_core(catalog.manufacturer(i)),
-                    &mut m.maker_grams.data,
-                );
+                maker_grams(catalog.manufacturer(i), &mut m.maker_grams.data);
                 m.maker_grams.close();
                 next
             });
@@ -311,6 +321,7 @@ impl Matcher {
             touched: Vec::new(),
             grams: Vec::new(),
             names: Vec::new(),
+            cands: Vec::new(),
             tokens: Vec::new(),
         }
     }
@@ -328,13 +339,21 @@ impl Matcher {
         }
         let Some(p) = prepare(q) else { return };
         self.candidate_names(&p, scratch);
+        // A note may name what the item's spec says (`黄芩(蜜炙)` for spec `蜜炙`): then
+        // the note agrees with that item even though the catalog name has no such note.
+        let note_spec = p.spec.is_empty() && p.notes.iter().any(|n| !n.1.is_empty());
         let w_total = W_NAME
             + if p.spec.is_empty() { 0.0 } else { W_SPEC }
             + if p.form.is_some() { W_FORM } else { 0.0 }
             + if p.maker.is_empty() { 0.0 } else { W_MAKER };
         let rest = w_total - W_NAME;
-        for &(name_sim, name_id) in &scratch.names {
-            let bound = (W_NAME * name_sim + rest) / w_total;
+        for &(name_sim, name_id, aux) in &scratch.names {
+            let note_gain = if note_spec {
+                AUX_SHARE * (1.0 - aux)
+            } else {
+                0.0
+            };
+            let bound = (W_NAME * (name_sim + note_gain) + rest) / w_total;
             if out.len() == k && bound < out[k - 1].score {
                 break;
             }
@@ -342,6 +361,26 @@ impl Matcher {
             for &item in self.name_items.get(name_id as usize) {
                 let it = item as usize;
                 let mut score = W_NAME * name_sim;
+                if note_spec {
+                    // Notes that name this item's spec are not notes the name lacks.
+                    let own = self.spec_tokens.get(self.item_spec[it] as usize);
+                    let named = |t: &[u64]| !t.is_empty() && normalize::common(t, own) == t.len();
+                    if p.notes.iter().any(|n| named(&n.1)) {
+                        scratch.tokens.clear();
+                        for n in p.notes.iter().filter(|n| !named(&n.1)) {
+                            scratch.tokens.extend_from_slice(&n.0);
+                        }
+                        scratch.tokens.sort_unstable();
+                        scratch.tokens.dedup();
+                        let own_aux = self.aux_grams.get(name_id as usize);
+                        let rest_aux = if p.initials.is_empty() {
+                            aux_similarity(&scratch.tokens, own_aux)
+                        } else {
+                            initials_aux(&scratch.tokens)
+                        };
+                        score += W_NAME * AUX_SHARE * (rest_aux - aux);
+                    }
+                }
                 if !p.spec.is_empty() {
                     let own = self.spec_tokens.get(self.item_spec[it] as usize);
                     let s = if name_spec.is_empty() {
@@ -385,7 +424,7 @@ impl Matcher {
         }
     }
 
-    /// Fills `scratch.names` with (name similarity, name id), best first.
+    /// Fills `scratch.names` with (name similarity, name id, note agreement), best first.
     fn candidate_names(&self, p: &Prepared, scratch: &mut Scratch) {
         scratch.names.clear();
         scratch.grams.clear();
@@ -414,7 +453,9 @@ impl Matcher {
                 *c += 1;
             }
         }
-        // Keep the names sharing the most grams, then rescore them exactly.
+        // Keep the names sharing the most grams, ranked by a Dice estimate from the shared
+        // count and the name's length (so a short query prefers short names), then rescore
+        // those exactly.
         let max = scratch
             .touched
             .iter()
@@ -422,14 +463,24 @@ impl Matcher {
             .max()
             .unwrap_or(0);
         let floor = max.div_ceil(2).max(1);
-        let mut cands: Vec<(u8, u32)> = scratch
-            .touched
-            .iter()
-            .map(|&id| (scratch.counts[id as usize], id))
-            .filter(|&(c, _)| c >= floor)
-            .collect();
+        let q_len = (p.stem.len() + p.initials.len()) as u32;
+        let cands = &mut scratch.cands;
+        cands.clear();
         for &id in &scratch.touched {
+            let c = scratch.counts[id as usize];
             scratch.counts[id as usize] = 0;
+            if c >= floor {
+                let i = id as usize;
+                let grams = if p.initials.is_empty() {
+                    &self.stem_grams
+                } else {
+                    &self.initial_grams
+                };
+                let len = grams.offs[i + 1] - grams.offs[i];
+                // Fixed-point 2c / (|q| + |name|), higher first.
+                let est = ((2 * c as u32) << 16) / (q_len + len).max(1);
+                cands.push((est, id));
+            }
         }
         scratch.touched.clear();
         if cands.len() > MAX_CANDIDATE_NAMES {
@@ -438,21 +489,23 @@ impl Matcher {
             });
             cands.truncate(MAX_CANDIDATE_NAMES);
         }
-        for &(_, id) in &cands {
+        for &(_, id) in cands.iter() {
             let i = id as usize;
-            let mut sim = dice(&p.stem, self.stem_grams.get(i));
-            if !p.initials.is_empty() {
+            let salt = match (p.salt, self.name_salt[i]) {
+                (a, b) if a == b => 1.0,
+                (0, _) | (_, 0) => SALT_MISSING,
+                _ => SALT_OTHER,
+            };
+            let mut sim = salt * dice(&p.stem, self.stem_grams.get(i));
+            let aux = if p.initials.is_empty() {
+                aux_similarity(&p.aux, self.aux_grams.get(i))
+            } else {
                 sim = sim.max(dice(&p.initials, self.initial_grams.get(i)));
-            }
-            let own_aux = self.aux_grams.get(i);
-            let aux = match (p.aux.is_empty(), own_aux.is_empty()) {
-                (true, true) => 1.0,
-                (false, false) => dice(&p.aux, own_aux),
-                _ => 0.5,
+                initials_aux(&p.aux)
             };
             let sim = (1.0 - AUX_SHARE) * sim + AUX_SHARE * aux;
             if sim >= MIN_NAME_SIM {
-                scratch.names.push((sim, id));
+                scratch.names.push((sim, id, aux));
             }
         }
         scratch
@@ -475,14 +528,24 @@ fn prepare(q: &Query<'_>) -> Option<Prepared> {
     } else {
         split_form(&parts.core)
     };
+    let (stem, salt) = split_salt(stem);
+    p.salt = salt;
     char_grams(stem, &mut p.stem);
     char_grams(&parts.aux, &mut p.aux);
+    if q.spec.trim().is_empty() {
+        for word in parts.aux.split(' ') {
+            let (mut grams, mut tokens) = (Vec::new(), Vec::new());
+            char_grams(word, &mut grams);
+            spec::tokens(word, &mut tokens);
+            p.notes.push((grams, tokens));
+        }
+    }
     spec::tokens(truncate(q.spec), &mut p.spec);
     spec::tokens(&parts.spec_text, &mut p.spec);
     p.spec.sort_unstable();
     p.spec.dedup();
     p.form = name_form.or_else(|| form_of_field(truncate(q.dosage_form)));
-    char_grams(&maker_core(truncate(q.manufacturer)), &mut p.maker);
+    maker_grams(truncate(q.manufacturer), &mut p.maker);
     Some(p)
 }
 
@@ -497,16 +560,44 @@ fn truncate(s: &str) -> &str {
     &s[..end]
 }
 
+/// How well the bracketed notes agree. A candidate's note the query lacks (`(儿童)`) counts
+/// against it more than a query note the candidate lacks, which is often noise (`(集采)`).
+fn aux_similarity(q: &[u64], item: &[u64]) -> f32 {
+    match (q.is_empty(), item.is_empty()) {
+        (true, true) => 1.0,
+        (false, true) => 0.6,
+        (true, false) => 0.3,
+        (false, false) => {
+            let c = normalize::common(q, item) as f32;
+            0.3 + 0.35 * (c / item.len() as f32 + c / q.len() as f32)
+        }
+    }
+}
+
+/// Note agreement for a query typed as initials: those cover the catalog's notes, so only
+/// the query's own notes (`AMXLJN(集采)`) count, as notes a candidate lacks.
+fn initials_aux(q: &[u64]) -> f32 {
+    if q.is_empty() {
+        1.0
+    } else {
+        0.6
+    }
+}
+
 /// Maker similarity: Dice, or how much of the query's core the item's maker contains (an
 /// abbreviation such as `华海` for `浙江华海`), a little discounted.
 #[inline]
 fn maker_similarity(q: &[u64], item: &[u64]) -> f32 {
-    if item.is_empty() {
+    let ((q, q_name), (item, item_name)) = (maker_name_key(q), maker_name_key(item));
+    if item.is_empty() || q.is_empty() {
         return 0.0;
     }
     let c = normalize::common(q, item) as f32;
     let dice = 2.0 * c / (q.len() + item.len()) as f32;
-    dice.max(0.9 * c / q.len() as f32)
+    let core = dice.max(0.9 * c / q.len() as f32);
+    // The same name up to the legal form settles makers that share a core.
+    let same_name = q_name.is_some() && q_name == item_name;
+    0.85 * core + if same_name { 0.15 } else { 0.0 }
 }
 
 /// Inserts into a best-first list of at most k hits (score desc, then item asc).

@@ -63,7 +63,6 @@ pub(crate) const NO_FORM: u8 = 0;
 const FORMS: &[(&str, u8, u8)] = &[
     ("片", 1, 1),
     ("片剂", 1, 1),
-    ("素片", 1, 1),
     ("薄膜衣片", 1, 1),
     ("肠溶片", 2, 1),
     ("肠溶片剂", 2, 1),
@@ -134,6 +133,10 @@ const FORMS: &[(&str, u8, u8)] = &[
     ("中药饮片", 100, 12),
 ];
 
+/// Field-only spellings: as name suffixes they would eat part of the name (`肝素片` is not
+/// `肝` + `素片`).
+const FIELD_FORMS: &[(&str, u8, u8)] = &[("素片", 1, 1)];
+
 /// The prefix form of powders for injection (注射用头孢曲松钠).
 const INJECTION_PREFIX: &str = "注射用";
 const POWDER: Form = Form { id: 31, family: 4 };
@@ -144,7 +147,7 @@ pub(crate) fn form_of_field(field: &str) -> Option<Form> {
     if f.is_empty() {
         return None;
     }
-    if let Some(&(_, id, family)) = FORMS.iter().find(|(s, _, _)| *s == f) {
+    if let Some(&(_, id, family)) = FORMS.iter().chain(FIELD_FORMS).find(|(s, _, _)| *s == f) {
         return Some(Form { id, family });
     }
     if f.starts_with(INJECTION_PREFIX) {
@@ -183,6 +186,46 @@ pub(crate) fn split_form(core: &str) -> (&str, Option<Form>) {
         Some((len, form)) => (&core[..core.len() - len], Some(form)),
         None => (core, None),
     }
+}
+
+// Salt and ester parts of generic names: hospitals often leave them out (二甲双胍片 for
+// 盐酸二甲双胍片), so they are compared apart from the rest of the stem. Longest first.
+const SALT_PREFIXES: &[&str] = &[
+    "葡萄糖酸",
+    "甲磺酸",
+    "苯磺酸",
+    "马来酸",
+    "富马酸",
+    "琥珀酸",
+    "枸橼酸",
+    "酒石酸",
+    "氢溴酸",
+    "盐酸",
+    "硫酸",
+    "磷酸",
+    "醋酸",
+    "乳酸",
+];
+const SALT_SUFFIXES: &[&str] = &["钠", "钾", "钙", "镁"];
+
+/// Splits a salt off a stem: (stem without it, salt id; 0 = none). A suffix salt is only
+/// taken from stems of four or more characters (`头孢曲松钠`, not `氯化钠`).
+pub(crate) fn split_salt(stem: &str) -> (&str, u8) {
+    for (i, salt) in SALT_PREFIXES.iter().enumerate() {
+        if let Some(rest) = stem.strip_prefix(salt) {
+            if rest.chars().count() >= 2 {
+                return (rest, i as u8 + 1);
+            }
+        }
+    }
+    for (i, salt) in SALT_SUFFIXES.iter().enumerate() {
+        if let Some(rest) = stem.strip_suffix(salt) {
+            if rest.chars().count() >= 3 {
+                return (rest, (SALT_PREFIXES.len() + i) as u8 + 1);
+            }
+        }
+    }
+    (stem, 0)
 }
 
 /// A name taken apart: the core (word characters only), spec-like text found in brackets or
@@ -229,14 +272,17 @@ pub(crate) fn split_name(name: &str) -> NameParts {
         take_bracket(&seg, &mut parts);
     }
     // A whitespace-separated segment starting with a digit begins the spec.
+    // So does one with a digit anywhere (`MT-10`); after pinyin initials (`AMXLJN 0.25g`,
+    // `HL 切段`) any further word does.
     let mut name_end = main.len();
-    let mut first = true;
-    for (pos, word) in word_spans(&main) {
-        if !first && word.starts_with(|c: char| c.is_ascii_digit()) {
+    let mut initials_first = false;
+    for (n, (pos, word)) in word_spans(&main).enumerate() {
+        if n == 0 {
+            initials_first = looks_like_initials(word);
+        } else if initials_first || word.contains(|c: char| c.is_ascii_digit()) {
             name_end = pos;
             break;
         }
-        first = false;
     }
     let (head, tail) = main.split_at(name_end);
     push_spec(&mut parts.spec_text, tail);
@@ -287,6 +333,10 @@ fn take_bracket(seg: &str, parts: &mut NameParts) {
     if seg.chars().any(|c| c.is_ascii_digit()) {
         push_spec(&mut parts.spec_text, seg);
     } else {
+        // Notes stay apart (`加收 每小时`) so no gram spans two of them.
+        if !parts.aux.is_empty() {
+            parts.aux.push(' ');
+        }
         parts.aux.extend(seg.chars().filter(|&c| is_word_char(c)));
     }
 }
@@ -403,28 +453,85 @@ pub(crate) fn maker_core(maker: &str) -> String {
     }
 }
 
+// Legal forms only: what is left still tells `普正药业` from `普正制药厂`.
+const LEGAL_SUFFIXES: &[&str] = &[
+    "股份有限公司",
+    "有限责任公司",
+    "有限公司",
+    "集团公司",
+    "公司",
+    "集团",
+    "股份",
+];
+
+/// Grams of a manufacturer for matching: the bigrams of its `maker_core`, then one key for
+/// its name without the legal form (`普正药业` for `普正药业集团股份有限公司`), which sorts
+/// last (see `maker_name_key`).
+pub(crate) fn maker_grams(maker: &str, out: &mut Vec<u64>) {
+    let start = out.len();
+    char_grams(&maker_core(maker), out);
+    if out.len() == start {
+        return;
+    }
+    let mut s: String = fold(maker).chars().filter(|&c| is_word_char(c)).collect();
+    loop {
+        let before = s.len();
+        for suf in LEGAL_SUFFIXES {
+            if s.ends_with(suf) && s.len() > suf.len() {
+                s.truncate(s.len() - suf.len());
+                break;
+            }
+        }
+        if s.len() == before {
+            break;
+        }
+    }
+    let s = s.replace("集团", "").replace("股份", "");
+    // FNV-1a: stable, and only compared for equality.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    out.push(SPACE_MAKER_NAME | (h & ((1 << 56) - 1)));
+}
+
+/// The trailing name key of `maker_grams` output, split from the core grams.
+#[inline]
+pub(crate) fn maker_name_key(grams: &[u64]) -> (&[u64], Option<u64>) {
+    match grams.split_last() {
+        Some((&last, rest)) if last >> 56 == SPACE_MAKER_NAME >> 56 => (rest, Some(last)),
+        _ => (grams, None),
+    }
+}
+
 // Gram keys: the top byte says which space a gram lives in, so one hash map holds them all.
 const SPACE_BIGRAM: u64 = 1 << 56;
 const SPACE_UNIGRAM: u64 = 2 << 56;
 const SPACE_INITIALS: u64 = 3 << 56;
+const SPACE_MAKER_NAME: u64 = 4 << 56;
 
-/// Character bigrams of `s` (a single character gives its unigram), sorted and deduplicated,
-/// appended to `out`.
+/// Character bigrams of the words of `s` (a one-character word gives its unigram), sorted
+/// and deduplicated, appended to `out`.
 pub(crate) fn char_grams(s: &str, out: &mut Vec<u64>) {
     let start = out.len();
     let mut prev: Option<char> = None;
     let mut n = 0usize;
-    for c in s.chars() {
+    // Spaces separate words: no gram spans one, and a one-character word is a unigram.
+    for c in s.chars().chain(std::iter::once(' ')) {
+        if c == ' ' {
+            if let (Some(p), 1) = (prev, n) {
+                out.push(SPACE_UNIGRAM | p as u64);
+            }
+            prev = None;
+            n = 0;
+            continue;
+        }
         if let Some(p) = prev {
             out.push(SPACE_BIGRAM | (p as u64) << 21 | c as u64);
         }
         prev = Some(c);
         n += 1;
-    }
-    if n == 1 {
-        if let Some(p) = prev {
-            out.push(SPACE_UNIGRAM | p as u64);
-        }
     }
     out[start..].sort_unstable();
     dedup_tail(out, start);
@@ -517,6 +624,15 @@ mod tests {
         );
         let p = split_name("维生素B12片（集采）");
         assert_eq!((p.core.as_str(), p.aux.as_str()), ("维生素b12片", "集采"));
+        let p = split_name("人工晶状体(普通型) MT-10");
+        assert_eq!(
+            (p.core.as_str(), p.spec_text.as_str()),
+            ("人工晶状体", "mt-10")
+        );
+        let p = split_name("HL 切段");
+        assert_eq!((p.core.as_str(), p.spec_text.as_str()), ("hl", "切段"));
+        let p = split_name("胸部CT(加收)[每小时]");
+        assert_eq!(p.aux, "加收 每小时");
         let p = split_name(" 板杜健  脾片");
         assert_eq!(p.core, "板杜健脾片");
         let p = split_name("(0.25g)");
@@ -530,9 +646,19 @@ mod tests {
         assert_eq!(split_form("注射用头孢曲松钠"), ("头孢曲松钠", Some(POWDER)));
         assert_ne!(split_form("阿司匹林肠溶片").1, split_form("阿司匹林片").1);
         assert_eq!(split_form("缝合针").1, None);
+        assert_eq!(split_form("马来酸肝素片").0, "马来酸肝素");
+        assert_eq!(form_of_field("素片"), form_of_field("片剂"));
         assert_eq!(form_of_field("片剂"), split_form("二甲双胍片").1);
         assert_eq!(form_of_field("针剂").map(|f| f.family), Some(4));
         assert_eq!(form_of_field(""), None);
+    }
+
+    #[test]
+    fn salts() {
+        assert_eq!(split_salt("盐酸二甲双胍"), ("二甲双胍", 1 + 9));
+        assert_eq!(split_salt("头孢曲松钠").0, "头孢曲松");
+        assert_eq!(split_salt("氯化钠"), ("氯化钠", 0));
+        assert_eq!(split_salt("盐酸").1, 0);
     }
 
     #[test]
@@ -542,6 +668,24 @@ mod tests {
         assert_eq!(maker_core("石药集团欧意药业有限公司"), "石药欧意");
         assert_eq!(maker_core("正中制药厂(山东)有限公司"), "正中");
         assert_eq!(maker_core("制药厂"), "制药");
+    }
+
+    #[test]
+    fn manufacturer_grams() {
+        let g = |s: &str| {
+            let mut v = Vec::new();
+            maker_grams(s, &mut v);
+            v
+        };
+        let (full, short, other) = (
+            g("普正药业集团股份有限公司"),
+            g("普正药业"),
+            g("普正制药厂"),
+        );
+        assert_eq!(full, short);
+        assert_eq!(maker_name_key(&full).0, maker_name_key(&other).0);
+        assert_ne!(maker_name_key(&full).1, maker_name_key(&other).1);
+        assert!(g("").is_empty());
     }
 
     #[test]
@@ -563,6 +707,9 @@ mod tests {
         b.clear();
         char_grams("参", &mut b);
         assert_eq!(b.len(), 1);
+        let mut w = Vec::new();
+        char_grams("加收 每小时 参", &mut w);
+        assert_eq!(w.len(), 4);
         assert_eq!(dice(&a, &b), 0.0);
         let mut c = Vec::new();
         initial_grams("amxljn", &mut c);

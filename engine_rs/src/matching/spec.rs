@@ -87,6 +87,9 @@ pub(crate) fn tokens(spec: &str, out: &mut Vec<u64>) {
     let n = chars.len();
     let mut i = 0;
     let mut times = false; // a multiplication sign was seen: a bare number is a count
+    let mut after_number = false; // an `x` here is a multiplication sign (`0.25g x24`)
+                                  // Without numbers, piece words are the spec itself (`次`, `每人次` for services).
+    let numeric = chars.iter().any(|c| c.is_ascii_digit());
     while i < n {
         let c = chars[i];
         if c.is_ascii_digit() || (c == '.' && i + 1 < n && chars[i + 1].is_ascii_digit()) {
@@ -115,7 +118,7 @@ pub(crate) fn tokens(spec: &str, out: &mut Vec<u64>) {
             } else if j < n && chars[j] == '号' {
                 out.push(opaque("号", value, 0.0));
                 i = j + 1;
-            } else if j < n && chars[j].is_ascii_alphabetic() && !is_times(&chars, j) {
+            } else if j < n && chars[j].is_ascii_alphabetic() && !is_times_at(&chars, j) {
                 // An unknown unit (`18aa`): number and letters together.
                 let end = (j..n)
                     .find(|&k| !chars[k].is_ascii_alphabetic())
@@ -128,8 +131,12 @@ pub(crate) fn tokens(spec: &str, out: &mut Vec<u64>) {
                 i = j.max(i);
             }
             times = false;
-        } else if c == '*' || is_times(&chars, i) {
+            after_number = true;
+        } else if c == '*' || (after_number && is_times_at(&chars, i)) {
             times = true;
+            after_number = false;
+            i += 1;
+        } else if c == ' ' {
             i += 1;
         } else if c.is_ascii_alphabetic() {
             let end = (i..n)
@@ -152,18 +159,21 @@ pub(crate) fn tokens(spec: &str, out: &mut Vec<u64>) {
                 i = end;
             }
             times = false;
+            after_number = false;
         } else if is_cjk(c) {
             let end = (i..n).find(|&k| !is_cjk(chars[k])).unwrap_or(n);
             let word: String = chars[i..end]
                 .iter()
-                .filter(|&&c| !FILLER.contains(c) && !PIECES.contains(c))
+                .filter(|&&c| !numeric || (!FILLER.contains(c) && !PIECES.contains(c)))
                 .collect();
             if !word.is_empty() {
                 out.push(text(&chars[i..end].iter().collect::<String>()));
             }
             i = end;
+            after_number = false;
         } else {
             i += 1;
+            after_number = false;
         }
     }
     out[start..].sort_unstable();
@@ -175,26 +185,6 @@ pub(crate) fn tokens(spec: &str, out: &mut Vec<u64>) {
         }
     }
     out.truncate(w);
-}
-
-/// `x` between a unit or number and a digit is a multiplication sign (`0.25gx24`).
-fn is_times(chars: &[char], i: usize) -> bool {
-    chars[i] == 'x'
-        && chars
-            .get(i + 1)
-            .is_some_and(|c| c.is_ascii_digit() || *c == ' ')
-        && (i == 0 || !chars[i - 1].is_ascii_alphabetic() || unit_before(chars, i))
-}
-
-/// Whether a known unit ends right before position i (`g` in `0.25gx24`).
-fn unit_before(chars: &[char], i: usize) -> bool {
-    let mut k = i;
-    while k > 0 && chars[k - 1].is_ascii_alphabetic() {
-        k -= 1;
-    }
-    k > 0
-        && chars[k - 1].is_ascii_digit()
-        && unit_at(chars, k).is_some_and(|(len, _, _)| k + len == i)
 }
 
 fn skip_spaces(chars: &[char], mut i: usize) -> usize {
@@ -251,6 +241,7 @@ fn unit_at(chars: &[char], i: usize) -> Option<(usize, Dim, f64)> {
     best
 }
 
+/// An `x` followed by a digit or space: a multiplication sign where a number precedes it.
 fn is_times_at(chars: &[char], i: usize) -> bool {
     chars.get(i) == Some(&'x')
         && chars
@@ -354,9 +345,12 @@ mod tests {
         assert_eq!(toks("KD-12"), toks("kd12"));
         assert_ne!(toks("4-0 75cm"), toks("3-0 75cm"));
         assert_eq!(toks("蜜炙").len(), 1);
-        assert!(toks("/盒").is_empty());
+        assert_eq!(toks("0.25g/盒"), toks("0.25g"));
         assert_eq!(toks("每丸重0.2g×20丸"), toks("0.2g*20"));
         assert_eq!(toks("18G"), toks("18g"));
+        assert_eq!(toks("2 gx9袋/盒"), toks("2g*9袋"));
+        assert_eq!(toks("次").len(), 1);
+        assert_ne!(toks("每人次"), toks("次"));
     }
 
     #[test]
