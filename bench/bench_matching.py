@@ -77,9 +77,11 @@ def eval_set_recall() -> tuple[float, float, int]:
     from server.engine.columns import pack_strings
 
     idx, _ = m.match_many(
-        pack_strings([r.name for r in records]), pack_strings([r.spec for r in records]),
+        pack_strings([r.name for r in records]),
+        pack_strings([r.spec for r in records]),
         pack_strings([r.dosage_form for r in records]),
-        pack_strings([r.manufacturer for r in records]), k=5,
+        pack_strings([r.manufacturer for r in records]),
+        k=5,
     )
     truth = np.array([catalog.lookup(r.code) for r in records], dtype=np.int64)
     r1, r5 = recall(idx, truth)
@@ -101,10 +103,12 @@ def rapidfuzz_run(
     found = np.full((n, 5), -1, dtype=np.int64)
     t = time.perf_counter()
     for i in range(n):
-        q = " ".join((queries.name[i], queries.spec[i], queries.dosage_form[i],
-                      queries.manufacturer[i]))
-        hits = process.extract(q, choices, scorer=fuzz.WRatio, processor=utils.default_process,
-                               limit=5)
+        q = " ".join(
+            (queries.name[i], queries.spec[i], queries.dosage_form[i], queries.manufacturer[i])
+        )
+        hits = process.extract(
+            q, choices, scorer=fuzz.WRatio, processor=utils.default_process, limit=5
+        )
         for j, (_, _, index) in enumerate(hits):
             found[i, j] = index
     per_query = (time.perf_counter() - t) / max(n, 1)
@@ -139,8 +143,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["rss_index_mb"], out["peak_mb"] = rss_mb()
 
     t = time.perf_counter()
-    idx, _ = matcher.match_many(qcols["name"], qcols["spec"], qcols["dosage_form"],
-                                qcols["manufacturer"], k=5)
+    idx, _ = matcher.match_many(
+        qcols["name"], qcols["spec"], qcols["dosage_form"], qcols["manufacturer"], k=5
+    )
     out["match_s"] = time.perf_counter() - t
     out["qps"] = args.queries / out["match_s"]
     out["r1"], out["r5"] = recall(idx, queries.true_index)
@@ -214,8 +219,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Catalog matching benchmark")
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=10_000)
-    ap.add_argument("--mapped-items", type=int, default=50_000,
-                    help="hospital items behind the mappings (80%% of them mapped)")
+    ap.add_argument(
+        "--mapped-items",
+        type=int,
+        default=50_000,
+        help="hospital items behind the mappings (80%% of them mapped)",
+    )
     ap.add_argument("--rapidfuzz-queries", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)

@@ -97,8 +97,16 @@ def test_recall_on_eval_set(
         for v in r.variants:
             seen[v] += 1
             found[v] += int(truth[i] in idx[i])
-    for v in ("full_width", "unit_spelling", "spec_in_name", "form_synonym", "pinyin",
-              "mfr_abbrev", "salt_dropped", "spacing"):
+    for v in (
+        "full_width",
+        "unit_spelling",
+        "spec_in_name",
+        "form_synonym",
+        "pinyin",
+        "mfr_abbrev",
+        "salt_dropped",
+        "spacing",
+    ):
         assert seen[v] >= 10, v
         assert found[v] / seen[v] >= 0.9, (v, found[v], seen[v])
 
@@ -126,8 +134,9 @@ def test_recall_on_eval_set(
         (("  血 常规 ", "", "", ""), "S01"),  # spacing
     ],
 )
-def test_normalisation(small: engine_rs.Matcher, query: tuple[str, str, str, str],
-                       code: str) -> None:
+def test_normalisation(
+    small: engine_rs.Matcher, query: tuple[str, str, str, str], code: str
+) -> None:
     assert best(small, *query) == code
 
 
@@ -217,8 +226,7 @@ def test_concurrent_queries_agree(
     results: dict[int, list[list[tuple[str, float]]]] = {}
 
     def run(t: int) -> None:
-        results[t] = [matcher.match(r.name, r.spec, r.dosage_form, r.manufacturer)
-                      for r in sample]
+        results[t] = [matcher.match(r.name, r.spec, r.dosage_form, r.manufacturer) for r in sample]
 
     threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
     for th in threads:
@@ -234,8 +242,7 @@ def test_matcher_keeps_its_catalog_alive() -> None:
     matcher = engine_rs.Matcher(catalog)
     first = cat.item(0)
     del catalog
-    hits = matcher.match(first["name"], first["spec"], first["dosage_form"],
-                         first["manufacturer"])
+    hits = matcher.match(first["name"], first["spec"], first["dosage_form"], first["manufacturer"])
     assert hits[0][0] == first["code"]
     assert len(matcher) == 2_000
 

@@ -196,6 +196,15 @@ fn num_col_or<T: numpy::Element + Copy>(
     }
 }
 
+/// Returns memory the allocator holds but no longer uses to the system. A catalog build
+/// frees hundreds of megabytes of copies at once; mimalloc would otherwise keep those pages
+/// resident (it keeps freed pages for reuse, which is what batch calls want).
+fn release_free_memory() {
+    // SAFETY: mi_collect only walks and releases the allocator's own free pages; it takes no
+    // pointers and may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 /// One catalog version and its mappings, immutable once loaded.
 #[pyclass(name = "Catalog", module = "engine_rs", frozen)]
 pub struct PyCatalog {
@@ -269,7 +278,11 @@ impl PyCatalog {
             ),
             None => (StrColumn::default(), StrColumn::default()),
         };
-        let built = py.detach(|| Catalog::build(version, cols, selfpay_psn_types, hosp, ins));
+        let built = py.detach(|| {
+            let built = Catalog::build(version, cols, selfpay_psn_types, hosp, ins);
+            release_free_memory();
+            built
+        });
         Ok(Self {
             inner: Arc::new(built.map_err(|e| to_py(py, e))?),
         })

@@ -34,17 +34,29 @@ KIND_SHARES: tuple[float, ...] = (0.42, 0.16, 0.04, 0.02, 0.06, 0.30)
 _MEAN_FAMILY: tuple[float, ...] = (10.0, 8.0, 12.0, 2.0, 1.5, 12.0)
 # Class A/B/C shares by kind.
 _CLASS_P: tuple[tuple[float, float, float], ...] = (
-    (0.30, 0.60, 0.10), (0.25, 0.65, 0.10), (0.20, 0.70, 0.10),
-    (0.00, 0.70, 0.30), (0.60, 0.30, 0.10), (0.10, 0.70, 0.20),
+    (0.30, 0.60, 0.10),
+    (0.25, 0.65, 0.10),
+    (0.20, 0.70, 0.10),
+    (0.00, 0.70, 0.30),
+    (0.60, 0.30, 0.10),
+    (0.10, 0.70, 0.20),
 )
 # Median price cap in fen by kind, and the share of items with a cap.
 _PRICE_MEDIAN: tuple[int, ...] = (3_000, 4_000, 60, 1_500, 8_000, 20_000)
 _PRICE_SHARE: tuple[float, ...] = (0.6, 0.6, 0.9, 0.5, 1.0, 0.5)
 # Diagnosis limits (ICD-10 prefixes) some class B drugs carry, by ATC prefix.
 _DIAGNOSES: tuple[tuple[str, str], ...] = (
-    ("A02B", "K21,K25,K26,K27"), ("A10", "E10,E11"), ("C07", "I10,I11,I20"),
-    ("C08", "I10,I11"), ("C09", "I10,I11,I50"), ("C10", "E78,I25"), ("J02", "B37,B44"),
-    ("L01", "C16,C34,C50,C92"), ("N05", "F20,F31,G47"), ("N06", "F32,F33"), ("B01", "I21,I63"),
+    ("A02B", "K21,K25,K26,K27"),
+    ("A10", "E10,E11"),
+    ("C07", "I10,I11,I20"),
+    ("C08", "I10,I11"),
+    ("C09", "I10,I11,I50"),
+    ("C10", "E78,I25"),
+    ("J02", "B37,B44"),
+    ("L01", "C16,C34,C50,C92"),
+    ("N05", "F20,F31,G47"),
+    ("N06", "F32,F33"),
+    ("B01", "I21,I63"),
 )
 SELFPAY_PSN_TYPES: list[int] = [11, 12]  # 在职职工, 退休人员: column 2 gets a lower ratio
 
@@ -149,8 +161,16 @@ def _western(rng: np.random.Generator, want: int) -> _Families:
         return out
 
     fams = _unique_names(rng, want, draw)
-    f = _Families(1, [t[0] for t in fams], [t[1] for t in fams], [t[2] for t in fams],
-                  "drug", [], [9] * len(fams), atc=[t[3] for t in fams])
+    f = _Families(
+        1,
+        [t[0] for t in fams],
+        [t[1] for t in fams],
+        [t[2] for t in fams],
+        "drug",
+        [],
+        [9] * len(fams),
+        atc=[t[3] for t in fams],
+    )
     form_no = {s: i for i, s in enumerate(sorted({t[1] for t in fams}))}
     f.code_heads = [f"X{t[3]}A{form_no[t[1]]:03d}" for t in fams]
     for name, _, group, atc in fams:
@@ -178,8 +198,12 @@ def _patent(rng: np.random.Generator, want: int) -> _Families:
             if real[j]:
                 stem = stems[si[j]]
             else:
-                stem = (vocab.CPM_MODIFIERS[mi[j]] + herbs[h1[j]][0] + herbs[h2[j]][0]
-                        + vocab.CPM_FUNCTIONS[fn[j]])
+                stem = (
+                    vocab.CPM_MODIFIERS[mi[j]]
+                    + herbs[h1[j]][0]
+                    + herbs[h2[j]][0]
+                    + vocab.CPM_FUNCTIONS[fn[j]]
+                )
             suffix, form, group = vocab.CPM_FORMS[fi[j]]
             out.append((stem + suffix, form, group))
         return out
@@ -188,9 +212,15 @@ def _patent(rng: np.random.Generator, want: int) -> _Families:
     cls = rng.integers(0, 26, (len(fams), 2))
     heads = [f"ZA{c[0] % 20 + 1:02d}{chr(65 + c[1] % 26)}{chr(65 + c[0] % 26)}B" for c in cls]
     form_no = {s: i for i, s in enumerate(sorted({t[1] for t in fams}))}
-    f = _Families(2, [t[0] for t in fams], [t[1] for t in fams], [t[2] for t in fams], "drug",
-                  [h + f"{form_no[t[1]]:03d}" for h, t in zip(heads, fams, strict=True)],
-                  [11] * len(fams))
+    f = _Families(
+        2,
+        [t[0] for t in fams],
+        [t[1] for t in fams],
+        [t[2] for t in fams],
+        "drug",
+        [h + f"{form_no[t[1]]:03d}" for h, t in zip(heads, fams, strict=True)],
+        [11] * len(fams),
+    )
     for name, _, _ in fams:
         f.sex.append(2 if any(w in name for w in ("妇科", "乌鸡白凤", "益母草")) else 0)
         f.age_min.append(0)
@@ -204,20 +234,31 @@ def _herbal(rng: np.random.Generator, want: int) -> _Families:
     order = rng.permutation(len(names))[: max(1, min(want, len(names)))]
     chosen = [names[i] for i in sorted(order)]
     n = len(chosen)
-    f = _Families(3, chosen, ["饮片"] * n, ["herbal"] * n, "herbal",
-                  [f"T{i:05d}" for i in range(n)], [10] * n)
+    f = _Families(
+        3, chosen, ["饮片"] * n, ["herbal"] * n, "herbal", [f"T{i:05d}" for i in range(n)], [10] * n
+    )
     f.sex, f.age_min, f.age_max, f.inpatient = [0] * n, [0] * n, [255] * n, [False] * n
     return f
 
 
 def _hospital_prep(rng: np.random.Generator, want: int) -> _Families:
-    combos = [(s + fs, fm, g) for s in vocab.HOSPITAL_PREP_STEMS
-              for fs, fm, g in vocab.HOSPITAL_PREP_FORMS]
+    combos = [
+        (s + fs, fm, g)
+        for s in vocab.HOSPITAL_PREP_STEMS
+        for fs, fm, g in vocab.HOSPITAL_PREP_FORMS
+    ]
     order = sorted(rng.permutation(len(combos))[: max(1, min(want, len(combos)))])
     fams = [combos[i] for i in order]
     n = len(fams)
-    f = _Families(4, [t[0] for t in fams], [t[1] for t in fams], [t[2] for t in fams],
-                  "hospital", [f"H{rng.integers(110000, 660000)}" for _ in range(n)], [9] * n)
+    f = _Families(
+        4,
+        [t[0] for t in fams],
+        [t[1] for t in fams],
+        [t[2] for t in fams],
+        "hospital",
+        [f"H{rng.integers(110000, 660000)}" for _ in range(n)],
+        [9] * n,
+    )
     f.sex, f.age_min, f.age_max, f.inpatient = [0] * n, [0] * n, [255] * n, [False] * n
     return f
 
@@ -239,8 +280,15 @@ def _service(rng: np.random.Generator, want: int) -> _Families:
     order = sorted(rng.permutation(len(combos))[: max(1, min(want, len(combos)))])
     fams = [combos[i] for i in order]
     n = len(fams)
-    f = _Families(5, [t[0] for t in fams], [""] * n, ["service"] * n, "none",
-                  [f"00{t[1]:02d}" for t in fams], [t[1] for t in fams])
+    f = _Families(
+        5,
+        [t[0] for t in fams],
+        [""] * n,
+        ["service"] * n,
+        "none",
+        [f"00{t[1]:02d}" for t in fams],
+        [t[1] for t in fams],
+    )
     for name, _ in fams:
         f.sex.append(1 if "前列腺" in name else 2 if ("剖宫产" in name or "子宫" in name) else 0)
         f.age_min.append(0)
@@ -256,17 +304,28 @@ def _material(rng: np.random.Generator, want: int) -> _Families:
         nn = r.integers(0, len(vocab.MATERIAL_NOUNS), size)
         ty = r.integers(0, len(vocab.MATERIAL_TYPES), size)
         return [
-            (vocab.MATERIAL_PREFIXES[p[j]] + vocab.MATERIAL_FEATURES[ft[j]]
-             + vocab.MATERIAL_NOUNS[nn[j]] + vocab.MATERIAL_TYPES[ty[j]], str(nn[j]))
+            (
+                vocab.MATERIAL_PREFIXES[p[j]]
+                + vocab.MATERIAL_FEATURES[ft[j]]
+                + vocab.MATERIAL_NOUNS[nn[j]]
+                + vocab.MATERIAL_TYPES[ty[j]],
+                str(nn[j]),
+            )
             for j in range(size)
         ]
 
     fams = _unique_names(rng, want, draw)
     n = len(fams)
     nouns = [vocab.MATERIAL_NOUNS[int(t[1])] for t in fams]
-    f = _Families(6, [t[0] for t in fams], [""] * n,
-                  [specs.material_spec_group(x) for x in nouns], "material",
-                  [f"C{int(t[1]) // 10 + 1:02d}{int(t[1]) % 10 + 1:02d}01" for t in fams], [8] * n)
+    f = _Families(
+        6,
+        [t[0] for t in fams],
+        [""] * n,
+        [specs.material_spec_group(x) for x in nouns],
+        "material",
+        [f"C{int(t[1]) // 10 + 1:02d}{int(t[1]) % 10 + 1:02d}01" for t in fams],
+        [8] * n,
+    )
     implants = ("支架", "假体", "起搏器", "髓内钉", "接骨板", "螺钉", "人工晶状体", "骨水泥")
     f.sex, f.age_min, f.age_max = [0] * n, [0] * n, [255] * n
     f.inpatient = [any(w in x for w in implants) for x in nouns]
@@ -386,9 +445,24 @@ def make_catalog(n: int, seed: int = 0) -> SynthCatalog:
     name_table: list[str] = []
     form_table: list[str] = []
     diag_table: list[str] = [""] + [d for _, d in _DIAGNOSES]
-    cols: dict[str, list[npt.NDArray[Any]]] = {k: [] for k in (
-        "name_id", "form_id", "spec_id", "mfr_id", "kind", "lv", "fee", "sex", "age_min",
-        "age_max", "inpatient", "diag", "fam")}
+    cols: dict[str, list[npt.NDArray[Any]]] = {
+        k: []
+        for k in (
+            "name_id",
+            "form_id",
+            "spec_id",
+            "mfr_id",
+            "kind",
+            "lv",
+            "fee",
+            "sex",
+            "age_min",
+            "age_max",
+            "inpatient",
+            "diag",
+            "fam",
+        )
+    }
     code_parts: list[tuple[npt.NDArray[np.uint8], int, int]] = []
     fam_base = 0
     for k, want in enumerate(per_kind):
@@ -464,8 +538,9 @@ def make_catalog(n: int, seed: int = 0) -> SynthCatalog:
     # Codes: concatenated fixed-width blocks (each kind has its own width).
     code_data = np.concatenate([c[0] for c in code_parts])
     code_offs = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.concatenate([np.full(c[2], c[1], dtype=np.int64) for c in code_parts]),
-              out=code_offs[1:])
+    np.cumsum(
+        np.concatenate([np.full(c[2], c[1], dtype=np.int64) for c in code_parts]), out=code_offs[1:]
+    )
 
     # Price caps: lognormal around the kind's median, some items without a cap.
     kidx = kind.astype(np.int64) - 1
@@ -489,8 +564,9 @@ def make_catalog(n: int, seed: int = 0) -> SynthCatalog:
     valid_from = (year * 10_000 + rng.integers(1, 13, n) * 100 + 1).astype(np.int32)
     valid_to = np.zeros(n, dtype=np.int32)
     gone = rng.random(n) < 0.03
-    valid_to[gone] = ((year[gone] + 1 + rng.integers(0, 3, int(gone.sum()))) * 10_000
-                      + 1231).astype(np.int32)
+    valid_to[gone] = (
+        (year[gone] + 1 + rng.integers(0, 3, int(gone.sum()))) * 10_000 + 1231
+    ).astype(np.int32)
 
     spec_col = pack_strings(spec_table)
     items: dict[str, Any] = {

@@ -46,7 +46,9 @@ def fingerprint(cat: SynthCatalog) -> str:
 
 
 def build(
-    n_items: int = CATALOG_ITEMS, seed: int = CATALOG_SEED, queries: int = QUERIES,
+    n_items: int = CATALOG_ITEMS,
+    seed: int = CATALOG_SEED,
+    queries: int = QUERIES,
     query_seed: int = QUERY_SEED,
 ) -> tuple[dict[str, Any], list[EvalRecord]]:
     """The header and records of an evaluation set."""
@@ -58,8 +60,14 @@ def build(
         "fingerprint": fingerprint(cat),
     }
     records = [
-        EvalRecord(hosp.name[i], hosp.spec[i], hosp.dosage_form[i], hosp.manufacturer[i],
-                   hosp.true_code[i], tuple(sorted(str(v) for v in hosp.variants[i])))
+        EvalRecord(
+            hosp.name[i],
+            hosp.spec[i],
+            hosp.dosage_form[i],
+            hosp.manufacturer[i],
+            hosp.true_code[i],
+            tuple(sorted(str(v) for v in hosp.variants[i])),
+        )
         for i in range(len(hosp))
     ]
     return header, records

@@ -16,7 +16,20 @@ from server.synth import vocab
 
 # Strength ladders in mg.
 _ORAL_MG: Final[tuple[float, ...]] = (
-    5, 10, 20, 25, 40, 50, 100, 125, 150, 200, 250, 300, 500, 1000,
+    5,
+    10,
+    20,
+    25,
+    40,
+    50,
+    100,
+    125,
+    150,
+    200,
+    250,
+    300,
+    500,
+    1000,
 )
 _INJ_MG: Final[tuple[float, ...]] = (2, 5, 10, 20, 40, 50, 100, 200, 250, 500, 1000)
 _TABLET_COUNTS: Final[tuple[int, ...]] = (6, 7, 10, 12, 14, 20, 24, 28, 30, 36, 48, 60, 100)
@@ -84,8 +97,18 @@ def _build() -> dict[str, list[list[str]]]:
         ],
     )
     powders = (
-        "40mg", "80mg", "0.25g", "0.5g", "0.75g", "1.0g", "1.5g", "2.0g", "3.0g",
-        "80万单位", "160万单位", "400万单位",
+        "40mg",
+        "80mg",
+        "0.25g",
+        "0.5g",
+        "0.75g",
+        "1.0g",
+        "1.5g",
+        "2.0g",
+        "3.0g",
+        "80万单位",
+        "160万单位",
+        "400万单位",
     )
     pools["powder"] = _grid(
         [powders, (1, 10)],
@@ -124,15 +147,31 @@ def _build() -> dict[str, list[list[str]]]:
         [f"{g}G" for g in (14, 16, 18, 20, 22, 24, 26)] + [f"F{f}" for f in range(6, 26, 2)]
     ]
     pools["material_stent"] = [
-        [f"φ{fmt_num(d)}mm×{ln}mm" for d in (2.25, 2.5, 2.75, 3.0, 3.5, 4.0)
-         for ln in (8, 13, 18, 23, 28, 33, 38)]
+        [
+            f"φ{fmt_num(d)}mm×{ln}mm"
+            for d in (2.25, 2.5, 2.75, 3.0, 3.5, 4.0)
+            for ln in (8, 13, 18, 23, 28, 33, 38)
+        ]
     ]
     pools["material_suture"] = [
         [f"{s}-0 {ln}cm" for s in (6, 5, 4, 3, 2, 1) for ln in (45, 75, 90)]
     ]
     pools["material_area"] = [
-        [f"{a}cm×{b}cm" for a, b in ((5, 5), (5, 7), (6, 8), (7.5, 7.5), (8, 10), (10, 10),
-                                      (10, 12), (10, 20), (15, 20), (20, 30))]
+        [
+            f"{a}cm×{b}cm"
+            for a, b in (
+                (5, 5),
+                (5, 7),
+                (6, 8),
+                (7.5, 7.5),
+                (8, 10),
+                (10, 10),
+                (10, 12),
+                (10, 20),
+                (15, 20),
+                (20, 30),
+            )
+        ]
     ]
     pools["material_model"] = [
         [f"{p}-{n}" for p in ("KD", "WG", "MT", "HD", "YX", "BL") for n in (1, 2, 3, 5, 8, 10, 12)]
@@ -150,14 +189,30 @@ SPEC_POOLS: Final[dict[str, list[list[str]]]] = _build()
 
 # Which sizing a material noun is sold in (by a word in its name), default: models.
 MATERIAL_SPEC_GROUP: Final[tuple[tuple[str, str], ...]] = (
-    ("注射器", "material_ml"), ("采血管", "material_ml"), ("引流袋", "material_ml"),
-    ("留置针", "material_gauge"), ("采血针", "material_gauge"), ("导尿管", "material_gauge"),
-    ("胃管", "material_gauge"), ("吸痰管", "material_gauge"), ("插管", "material_gauge"),
-    ("导管", "material_gauge"), ("引流管", "material_gauge"), ("针头", "material_gauge"),
-    ("支架", "material_stent"), ("球囊", "material_stent"), ("缝合线", "material_suture"),
-    ("缝合针", "material_suture"), ("纱布", "material_area"), ("敷贴", "material_area"),
-    ("敷料", "material_area"), ("绷带", "material_area"), ("补片", "material_area"),
-    ("口罩", "material_size"), ("手套", "material_size"), ("手术衣", "material_size"),
+    ("注射器", "material_ml"),
+    ("采血管", "material_ml"),
+    ("引流袋", "material_ml"),
+    ("留置针", "material_gauge"),
+    ("采血针", "material_gauge"),
+    ("导尿管", "material_gauge"),
+    ("胃管", "material_gauge"),
+    ("吸痰管", "material_gauge"),
+    ("插管", "material_gauge"),
+    ("导管", "material_gauge"),
+    ("引流管", "material_gauge"),
+    ("针头", "material_gauge"),
+    ("支架", "material_stent"),
+    ("球囊", "material_stent"),
+    ("缝合线", "material_suture"),
+    ("缝合针", "material_suture"),
+    ("纱布", "material_area"),
+    ("敷贴", "material_area"),
+    ("敷料", "material_area"),
+    ("绷带", "material_area"),
+    ("补片", "material_area"),
+    ("口罩", "material_size"),
+    ("手套", "material_size"),
+    ("手术衣", "material_size"),
 )
 
 

@@ -51,9 +51,7 @@ SALT_PREFIXES: Final[tuple[str, ...]] = _words(
     "盐酸 硫酸 马来酸 富马酸 琥珀酸 枸橼酸 甲磺酸 苯磺酸 磷酸 醋酸"
 )
 
-SALT_SUFFIXES: Final[tuple[str, ...]] = _words(
-    "钠 钾 钙"
-)
+SALT_SUFFIXES: Final[tuple[str, ...]] = _words("钠 钾 钙")
 
 # Syllables that start western generic names, and class endings with their ATC group.
 SYLLABLES: Final[str] = (
@@ -88,9 +86,7 @@ CPM_STEMS: Final[tuple[str, ...]] = _words(
     "金水宝 雷公藤多苷 正清风痛宁 独一味 腰痛宁 丹七 复方血栓通"
 )
 
-CPM_MODIFIERS: Final[tuple[str, ...]] = _words(
-    "- - - 复方 加味 强力 小儿 妇科"
-)
+CPM_MODIFIERS: Final[tuple[str, ...]] = _words("- - - 复方 加味 强力 小儿 妇科")
 
 CPM_FUNCTIONS: Final[tuple[str, ...]] = _words(
     "清热 解毒 止咳 养血 安神 活血 通络 健脾 补肾 益气 舒肝 和胃 消炎 止痛 祛风 化痰 平喘 "
@@ -118,9 +114,7 @@ HERBS: Final[tuple[str, ...]] = _words(
     "水牛角 青蒿 地骨皮 银柴胡 胡黄连 秦艽 威灵仙 木瓜"
 )
 
-HERB_ORIGINS: Final[tuple[str, ...]] = _words(
-    "- - - - 川 云 怀 杭 宁夏 关"
-)
+HERB_ORIGINS: Final[tuple[str, ...]] = _words("- - - - 川 云 怀 杭 宁夏 关")
 
 HERB_PROCESSING: Final[tuple[str, ...]] = _words(
     "净制 切片 切段 炒 麸炒 蜜炙 酒炙 醋炙 盐炙 炒炭 生用 粉"
@@ -143,13 +137,9 @@ BODY_PARTS: Final[tuple[str, ...]] = _words(
     "肺部 纵隔 冠状动脉 颅脑血管 下肢血管 上肢血管 脊髓 骶髂关节 跟骨 手部 足部"
 )
 
-MODALITIES: Final[tuple[str, ...]] = _words(
-    "CT 磁共振 X线摄影 彩色多普勒超声 DR摄影 B超"
-)
+MODALITIES: Final[tuple[str, ...]] = _words("CT 磁共振 X线摄影 彩色多普勒超声 DR摄影 B超")
 
-TECHNIQUES: Final[tuple[str, ...]] = _words(
-    "平扫 增强扫描 平扫加增强 三维重建 血管成像 检查"
-)
+TECHNIQUES: Final[tuple[str, ...]] = _words("平扫 增强扫描 平扫加增强 三维重建 血管成像 检查")
 
 LAB_TESTS: Final[tuple[str, ...]] = _words(
     "血常规 尿常规 粪便常规 肝功能 肾功能 血糖 糖化血红蛋白 总胆固醇 甘油三酯 "
@@ -174,18 +164,12 @@ PROCEDURES: Final[tuple[str, ...]] = _words(
     "重症监护 院内会诊 普通门诊诊察费"
 )
 
-SERVICE_QUALIFIERS: Final[tuple[str, ...]] = _words(
-    "- - (床旁) (急诊) (术中) (儿童) (加收)"
-)
+SERVICE_QUALIFIERS: Final[tuple[str, ...]] = _words("- - (床旁) (急诊) (术中) (儿童) (加收)")
 
-SERVICE_SPECS: Final[tuple[str, ...]] = _words(
-    "- 次 每部位 每项 每人次 每小时 每日"
-)
+SERVICE_SPECS: Final[tuple[str, ...]] = _words("- 次 每部位 每项 每人次 每小时 每日")
 
 # Medical materials: prefixes, product nouns, type qualifiers.
-MATERIAL_PREFIXES: Final[tuple[str, ...]] = _words(
-    "- 一次性使用 一次性使用无菌 医用 无菌"
-)
+MATERIAL_PREFIXES: Final[tuple[str, ...]] = _words("- 一次性使用 一次性使用无菌 医用 无菌")
 
 MATERIAL_NOUNS: Final[tuple[str, ...]] = _words(
     "注射器 输液器 输血器 静脉留置针 采血针 真空采血管 导尿管 胃管 吸痰管 气管插管 "
@@ -198,13 +182,10 @@ MATERIAL_NOUNS: Final[tuple[str, ...]] = _words(
 )
 
 MATERIAL_FEATURES: Final[tuple[str, ...]] = _words(
-    "- - - 带针 螺口 自毁式 防针刺 钛合金 聚丙烯 硅橡胶 PVC 聚氨酯 高分子 可吸收 药物洗脱 "
-    "抗反流"
+    "- - - 带针 螺口 自毁式 防针刺 钛合金 聚丙烯 硅橡胶 PVC 聚氨酯 高分子 可吸收 药物洗脱 抗反流"
 )
 
-SPECIMENS: Final[tuple[str, ...]] = _words(
-    "- - 血清 尿液 脑脊液 胸腹水"
-)
+SPECIMENS: Final[tuple[str, ...]] = _words("- - 血清 尿液 脑脊液 胸腹水")
 
 MATERIAL_TYPES: Final[tuple[str, ...]] = _words(
     "- - - (普通型) (加强型) (儿童型) (抗菌型) (硅胶) (乳胶) (带囊)"
@@ -219,17 +200,11 @@ PROVINCES: Final[tuple[str, ...]] = _words(
 
 BRAND_CHARS: Final[str] = "华康恒瑞达信泰安德百天福正新东方中科海立仁济生美普利欣宏源益星辰博远金鹏"
 
-DRUG_TRADES: Final[tuple[str, ...]] = _words(
-    "制药 药业 医药 生物制药 制药厂 药业集团"
-)
+DRUG_TRADES: Final[tuple[str, ...]] = _words("制药 药业 医药 生物制药 制药厂 药业集团")
 
-HERB_TRADES: Final[tuple[str, ...]] = _words(
-    "中药饮片 饮片 中药 药材"
-)
+HERB_TRADES: Final[tuple[str, ...]] = _words("中药饮片 饮片 中药 药材")
 
-MATERIAL_TRADES: Final[tuple[str, ...]] = _words(
-    "医疗器械 医疗用品 医用材料 生物医学工程 医疗科技"
-)
+MATERIAL_TRADES: Final[tuple[str, ...]] = _words("医疗器械 医疗用品 医用材料 生物医学工程 医疗科技")
 
 LEGAL_FORMS: Final[tuple[str, ...]] = _words(
     "有限公司 有限公司 股份有限公司 有限责任公司 集团有限公司 集团股份有限公司"
