@@ -4,7 +4,6 @@
 //! Built once from bulk columns and then immutable, so a front-end can build the next version
 //! beside the current one and swap the whole index (see `CatalogSlot`) while calls are in flight.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -87,7 +86,6 @@ pub struct Catalog {
     hot: Box<[ItemHot]>,
     selfpay_slots: usize,
     selfpay_psn_types: Box<[u32]>,
-    hasher: foldhash::fast::FixedState,
     by_code: HashTable<KeyEntry>,
     hosp_codes: StrColumn,
     by_hosp_code: HashTable<KeyEntry>,
@@ -120,14 +118,13 @@ impl Catalog {
                 &format!("at most {} person types", MAX_SELFPAY_SLOTS - 1),
             ));
         }
-        let hasher = foldhash::fast::FixedState::with_seed(0x6d65_6473_6574_746c);
-        let by_code = index_keys("code", &items.code, &hasher, |i| Ok(i as u32))?;
+        let by_code = index_keys("code", &items.code, |i| Ok(i as u32))?;
         let mut stale_mappings = 0;
-        let by_hosp_code = index_keys("hosp_code", &hosp_codes, &hasher, |i| {
+        let by_hosp_code = index_keys("hosp_code", &hosp_codes, |i| {
             let ic = ins_codes.get(i).as_bytes();
             let target = by_code
-                .find(hasher.hash_one(ic), |e| {
-                    items.code.at_span(e.off, e.len).as_bytes() == ic
+                .find(key_hash(ic), |e| {
+                    same_key(items.code.at_span(e.off, e.len).as_bytes(), ic)
                 })
                 .map_or(NO_ITEM, |e| e.value);
             stale_mappings += usize::from(target == NO_ITEM);
@@ -185,7 +182,6 @@ impl Catalog {
             hot,
             selfpay_slots: slots,
             selfpay_psn_types: selfpay_psn_types.into_boxed_slice(),
-            hasher,
             by_code,
             hosp_codes,
             by_hosp_code,
@@ -219,9 +215,11 @@ impl Catalog {
     /// `lookup` for raw bytes (fee-line columns are not UTF-8-checked).
     #[inline]
     pub fn lookup_bytes(&self, code: &[u8]) -> u32 {
-        let h = self.hasher.hash_one(code);
+        let h = key_hash(code);
         self.by_code
-            .find(h, |e| self.code.at_span(e.off, e.len).as_bytes() == code)
+            .find(h, |e| {
+                same_key(self.code.at_span(e.off, e.len).as_bytes(), code)
+            })
             .map_or(NO_ITEM, |e| e.value)
     }
 
@@ -234,10 +232,10 @@ impl Catalog {
     /// `map_hosp_code` for raw bytes.
     #[inline]
     pub fn map_hosp_code_bytes(&self, hosp_code: &[u8]) -> u32 {
-        let h = self.hasher.hash_one(hosp_code);
+        let h = key_hash(hosp_code);
         self.by_hosp_code
             .find(h, |e| {
-                self.hosp_codes.at_span(e.off, e.len).as_bytes() == hosp_code
+                same_key(self.hosp_codes.at_span(e.off, e.len).as_bytes(), hosp_code)
             })
             .map_or(NO_ITEM, |e| e.value)
     }
@@ -312,12 +310,34 @@ impl Catalog {
     }
 }
 
+/// Hash of a code for the catalog's tables (fixed seed: the same on every machine).
+#[inline]
+pub fn key_hash(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x6d65_6473_6574_746c).hash_one(key)
+}
+
+/// Key equality without a library call for the usual short codes.
+#[inline]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let n = a.len();
+    if (8..=16).contains(&n) {
+        // two overlapping 8-byte words cover the whole key
+        let w =
+            |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+        return w(a, 0) == w(b, 0) && w(a, n - 8) == w(b, n - 8);
+    }
+    a == b
+}
+
 /// A hash index over a string column's non-empty, unique keys; `value(row)` is stored with
 /// each key.
 fn index_keys(
     field: &str,
     col: &StrColumn,
-    hasher: &foldhash::fast::FixedState,
     mut value: impl FnMut(usize) -> Result<u32, EngineError>,
 ) -> Result<HashTable<KeyEntry>, EngineError> {
     let mut table: HashTable<KeyEntry> = HashTable::with_capacity(col.len());
@@ -327,9 +347,9 @@ fn index_keys(
         if key.is_empty() {
             return Err(EngineError::column(field, &format!("row {i} is empty")));
         }
-        let h = hasher.hash_one(key);
+        let h = key_hash(key);
         if table
-            .find(h, |e| col.at_span(e.off, e.len).as_bytes() == key)
+            .find(h, |e| same_key(col.at_span(e.off, e.len).as_bytes(), key))
             .is_some()
         {
             let shown = col.at_span(off, len);
@@ -343,9 +363,7 @@ fn index_keys(
             len,
             value: value(i)?,
         };
-        table.insert_unique(h, entry, |e| {
-            hasher.hash_one(col.at_span(e.off, e.len).as_bytes())
-        });
+        table.insert_unique(h, entry, |e| key_hash(col.at_span(e.off, e.len).as_bytes()));
     }
     Ok(table)
 }
