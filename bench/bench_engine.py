@@ -32,7 +32,8 @@ from server.engine.columns import numbered_codes, take_strings, unpack_strings
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "server" / "data" / "demo_city_policy.toml"
-LINES_PER_VISIT = 10
+# Outpatient-sized visits and inpatient-sized stays.
+VISIT_SHAPES = (10, 1_000)
 
 
 def best_of(runs: int, fn: Callable[[], Any]) -> float:
@@ -72,9 +73,9 @@ def build_catalog(n_items: int, seed: int) -> tuple[engine_rs.Catalog, dict[str,
 
 
 def make_lines(
-    cat: engine_rs.Catalog, ctx: dict[str, Any], n_lines: int, seed: int
+    cat: engine_rs.Catalog, ctx: dict[str, Any], n_lines: int, seed: int, per_visit: int = 10
 ) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
-    """Fee lines over n_lines/10 visits; 3 % of hospital codes are unmapped."""
+    """Fee lines over n_lines/per_visit visits; 5 % of the catalog has no mapping."""
     rng = np.random.default_rng(seed + 1)
     n_items = len(cat)
     pick = rng.integers(0, n_items, n_lines)
@@ -84,7 +85,7 @@ def make_lines(
     pric = np.where(rng.random(n_lines) < 0.2, base + base // 5, base).astype(np.int64)
     cnt = rng.integers(1, 40, n_lines).astype(np.int64) * 5_000  # half units
     amount = (pric * cnt) // 10_000
-    n_visits = max(1, n_lines // LINES_PER_VISIT)
+    n_visits = max(1, n_lines // per_visit)
     lines = {
         "medins_list_codg": take_strings(ctx["hosp"], pick),
         "cnt": cnt,
@@ -103,12 +104,12 @@ def make_lines(
     return lines, visits
 
 
-def bench_preprocess(args: argparse.Namespace, out: dict[str, Any]) -> None:
+def bench_preprocess(args: argparse.Namespace, out: dict[str, Any], per_visit: int) -> None:
     t0 = time.perf_counter()
     cat, ctx = build_catalog(args.items, args.seed)
     out["preprocess_catalog_build_s"] = time.perf_counter() - t0
     policy = engine_rs.Policy.from_toml(POLICY.read_text(encoding="utf-8"))
-    lines, visits = make_lines(cat, ctx, args.lines, args.seed)
+    lines, visits = make_lines(cat, ctx, args.lines, args.seed, per_visit)
     dt = best_of(3, lambda: engine_rs.preprocess_batch(cat, policy, lines, visits))
     out["preprocess_lines"] = args.lines
     out["preprocess_items"] = args.items
@@ -116,7 +117,7 @@ def bench_preprocess(args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["preprocess_lines_per_s"] = args.lines / dt
 
     # The twin on the first visits' lines, through the same inputs.
-    sample = int(np.searchsorted(lines["visit"], args.lines // LINES_PER_VISIT // 50))
+    sample = int(np.searchsorted(lines["visit"], args.lines // per_visit // 50))
     sample = max(sample, min(args.lines, 2_000))
     synth = ctx["synth"].items
     codes = unpack_strings(synth["code"])
@@ -153,9 +154,9 @@ def bench_preprocess(args: argparse.Namespace, out: dict[str, Any]) -> None:
         line_codes = unpack_strings(take_strings(lines["medins_list_codg"], head))
         cols = [lines[k][:sample].tolist() for k in ("cnt", "pric", "det_item_fee_sumamt")]
         appr, vis = lines["hosp_appr_flag"][:sample].tolist(), lines["visit"][:sample].tolist()
-        per_visit: dict[int, list[twin.Line]] = {}
+        by_visit: dict[int, list[twin.Line]] = {}
         for i in range(sample):
-            per_visit.setdefault(vis[i], []).append(
+            by_visit.setdefault(vis[i], []).append(
                 twin.Line(line_codes[i], cols[0][i], cols[1][i], cols[2][i], hosp_appr_flag=appr[i])
             )
         ctxs = {
@@ -166,15 +167,15 @@ def bench_preprocess(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 age=int(visits["age"][v]),
                 date=int(visits["date"][v]),
             )
-            for v in per_visit
+            for v in by_visit
         }
-        return per_visit, ctxs
+        return by_visit, ctxs
 
-    per_visit, ctxs = twin_inputs()
+    by_visit, ctxs = twin_inputs()
 
     def run_twin() -> list[twin.LineResult]:
         results: list[twin.LineResult] = []
-        for v, ls in per_visit.items():
+        for v, ls in by_visit.items():
             results += twin.preprocess(
                 items, psn_types, mappings, ls, ctxs[v], 1, "half_up", by_code
             )[0]
@@ -182,8 +183,8 @@ def bench_preprocess(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
     def run_twin_columnar() -> None:
         """The same job as the Rust call: columns in, columns out."""
-        nonlocal per_visit, ctxs
-        per_visit, ctxs = twin_inputs()
+        nonlocal by_visit, ctxs
+        by_visit, ctxs = twin_inputs()
         res = run_twin()
         for f in ("item", "fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt", "inscp_scp_amt"):
             np.array([getattr(r, f) for r in res], dtype=np.int64)
@@ -373,7 +374,10 @@ def main() -> None:
         args.lines, args.items, args.settlements, args.load_items = 50_000, 10_000, 50_000, 20_000
     py = platform.python_version()
     out: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {py}"}
-    bench_preprocess(args, out)
+    for per_visit in VISIT_SHAPES:
+        shape: dict[str, Any] = {}
+        bench_preprocess(args, shape, per_visit)
+        out[f"preprocess_{per_visit}_per_visit"] = shape
     bench_split(args, out)
     bench_load(args, out)
     out["bench_process_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -384,30 +388,42 @@ def main() -> None:
 
 def render(o: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
-    rows = [
-        (
-            "Preprocess batch",
-            f"{o['preprocess_lines']:,} lines, {o['preprocess_items']:,}-item catalog",
-            f"{o['preprocess_lines_per_s'] / 1e6:.1f} M lines/s ({o['preprocess_s'] * 1e3:.0f} ms)",
-        ),
-        (
-            "Twin preprocess, loop only",
-            f"{o['twin_sample_lines']:,}-line sample, inputs prebuilt as Python objects",
-            f"{o['twin_lines_per_s'] / 1e3:.0f} k lines/s: "
-            f"Rust is {o['preprocess_speedup_vs_twin']:.0f}x",
-        ),
-        (
-            "Twin preprocess, same job",
-            f"{o['twin_sample_lines']:,}-line sample, columns in, columns out",
-            f"{o['twin_columnar_lines_per_s'] / 1e3:.0f} k lines/s: "
-            f"Rust is {o['preprocess_speedup_vs_twin_columnar']:.0f}x",
-        ),
+    rows = []
+    for per_visit in VISIT_SHAPES:
+        p = o[f"preprocess_{per_visit}_per_visit"]
+        shape = f"{per_visit:,} lines per visit"
+        rows += [
+            (
+                "Preprocess batch",
+                f"{p['preprocess_lines']:,} lines, {shape}, {p['preprocess_items']:,}-item catalog",
+                f"{p['preprocess_lines_per_s'] / 1e6:.1f} M lines/s "
+                f"({p['preprocess_s'] * 1e3:.0f} ms)",
+            ),
+            (
+                "Twin preprocess, loop only",
+                f"{p['twin_sample_lines']:,}-line sample, {shape}, inputs as Python objects",
+                f"{p['twin_lines_per_s'] / 1e3:.0f} k lines/s: "
+                f"Rust is {p['preprocess_speedup_vs_twin']:.0f}x",
+            ),
+            (
+                "Twin preprocess, same job",
+                f"{p['twin_sample_lines']:,}-line sample, {shape}, columns in and out",
+                f"{p['twin_columnar_lines_per_s'] / 1e3:.0f} k lines/s: "
+                f"Rust is {p['preprocess_speedup_vs_twin_columnar']:.0f}x",
+            ),
+        ]
+    rows += [
         (
             "Fund split batch",
             f"{o['split_settlements']:,} settlements, demo policy",
             f"{o['split_per_s'] / 1e6:.2f} M settlements/s ({o['split_s'] * 1e3:.0f} ms)",
         ),
-        ("Twin fund split", "20,000 settlements", f"{o['twin_split_per_s'] / 1e3:.0f} k/s"),
+        (
+            "Twin fund split",
+            "20,000 settlements",
+            f"{o['twin_split_per_s'] / 1e3:.0f} k/s: Rust is "
+            f"{o['split_per_s'] / o['twin_split_per_s']:.0f}x",
+        ),
         (
             "Catalog load",
             f"{o['load_items']:,} items + {o['load_mappings']:,} mappings",
