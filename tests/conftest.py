@@ -78,3 +78,13 @@ def lines_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "hosp_appr_flag": np.array([r.get("hosp_appr_flag", 0) for r in rows], dtype=np.int64),
         "fee_date": np.array([r.get("fee_date", 0) for r in rows], dtype=np.int64),
     }
+
+
+def dense_by_category(sums: dict[str, Any], visit: int) -> list[list[int]]:
+    """One visit's category sums from `preprocess_batch`'s long form, as `Summary.by_category`
+    lays them out (15 categories x [total, fulamt, overlmt, preselfpay, inscp])."""
+    dense = [[0] * 5 for _ in range(15)]
+    rows = np.flatnonzero(sums["category_visit"] == visit)
+    for r in rows:
+        dense[int(sums["category"][r])] = [int(x) for x in sums["category_sums"][r]]
+    return dense

@@ -24,6 +24,7 @@ import engine_rs
 from server.engine import twin
 from server.engine.columns import pack_strings
 from tests import strategies as S
+from tests.conftest import dense_by_category
 from tests.strategies import (
     ACC_FIELDS,
     I64_MAX,
@@ -219,7 +220,10 @@ def test_preprocess_batch_equals_single_visits(case: PreCase, mode: str) -> None
         cat, policy, S.line_columns(case.lines, case.visit_of), S.visit_columns(case.visits)
     )
     n_visits = len(case.visits)
-    assert sums["by_category"].shape == (n_visits, twin.N_CATEGORIES, 5)
+    assert sums["category_sums"].shape == (len(sums["category"]), 5)
+    keys = list(zip(sums["category_visit"].tolist(), sums["category"].tolist(), strict=True))
+    assert keys == sorted(set(keys)), "one row per visit and category, in order"
+    assert all(0 <= v < n_visits for v, _ in keys)
     batch = line_table(res)
     for v, visit in enumerate(case.visits):
         mine = [k for k, w in enumerate(case.visit_of) if w == v]
@@ -230,7 +234,7 @@ def test_preprocess_batch_equals_single_visits(case: PreCase, mode: str) -> None
             assert [batch[f][k] for k in mine] == single[f], (v, f)
         for f in (*TOTALS, "line_count"):
             assert int(sums[f][v]) == getattr(s, f), (v, f)
-        assert sums["by_category"][v].tolist() == s.by_category
+        assert dense_by_category(sums, v) == s.by_category
         _, osum = twin_preprocess(case.catalog, lines, visit, case.tolerance, mode)
         assert_summary_equal(s, osum, len(lines))
 

@@ -94,20 +94,39 @@ pub struct Summary {
 }
 
 /// The sums of every visit of a batch, laid out for handing to numpy without copies.
-#[derive(Debug, Default, Clone)]
+///
+/// Category sums are kept in long form, one row per visit and fee category that has lines
+/// (ordered by visit, then category): a batch of 100,000 outpatient visits touches a few
+/// categories each, where a dense visits x 15 x 5 cube would write 60 MB of mostly zeros.
+#[derive(Debug, Clone)]
 pub struct Summaries {
     /// Per visit: medfee_sumamt, fulamt_ownpay_amt, overlmt_amt, preselfpay_amt,
     /// inscp_scp_amt, line_count.
     pub totals: Vec<[i64; 6]>,
-    /// Row-major `visits x N_CATEGORIES x 5`.
-    pub by_category: Vec<i64>,
+    pub category_visit: Vec<i64>,
+    pub category: Vec<i64>,
+    /// total, fulamt, overlmt, preselfpay, inscp of the row's visit and category.
+    pub category_sums: Vec<[i64; 5]>,
+    open: usize,
+    scratch: [[i64; 5]; N_CATEGORIES],
+    touched: u16,
+    unsorted: bool,
 }
+
+/// No visit is being accumulated.
+const NONE_OPEN: usize = usize::MAX;
 
 impl Summaries {
     fn new(visits: usize) -> Self {
         Self {
             totals: vec![[0; 6]; visits],
-            by_category: vec![0; visits * N_CATEGORIES * 5],
+            category_visit: Vec::new(),
+            category: Vec::new(),
+            category_sums: Vec::new(),
+            open: NONE_OPEN,
+            scratch: [[0; 5]; N_CATEGORIES],
+            touched: 0,
+            unsorted: false,
         }
     }
 
@@ -125,10 +144,7 @@ impl Summaries {
             })?;
         }
         t[5] += 1;
-        let row = &mut self.by_category[(v * N_CATEGORIES + cat) * 5..][..5];
-        for (s, p) in row.iter_mut().zip(parts) {
-            *s += p; // bounded by the visit totals just checked
-        }
+        self.add_category(v, cat, parts);
         Ok(())
     }
 
@@ -140,18 +156,73 @@ impl Summaries {
             t[k] += parts[k];
         }
         t[5] += 1;
-        let row = &mut self.by_category[(v * N_CATEGORIES + cat) * 5..][..5];
-        for (s, p) in row.iter_mut().zip(parts) {
+        self.add_category(v, cat, parts);
+    }
+
+    /// Category sums are bounded by the visit totals, which the callers have checked.
+    #[inline]
+    fn add_category(&mut self, v: usize, cat: usize, parts: [i64; 5]) {
+        if v != self.open {
+            self.flush();
+            self.unsorted |= self.open != NONE_OPEN && v < self.open;
+            self.open = v;
+        }
+        for (s, p) in self.scratch[cat].iter_mut().zip(parts) {
             *s += p;
+        }
+        self.touched |= 1 << cat;
+    }
+
+    /// Emits the open visit's categories as rows.
+    fn flush(&mut self) {
+        while self.touched != 0 {
+            let c = self.touched.trailing_zeros() as usize;
+            self.touched &= self.touched - 1;
+            self.category_visit.push(self.open as i64);
+            self.category.push(c as i64);
+            self.category_sums
+                .push(std::mem::take(&mut self.scratch[c]));
         }
     }
 
-    /// The sums of visit `v`.
+    /// Closes the batch; lines that were not grouped by visit leave several rows for one
+    /// visit and category, merged here.
+    fn finish(&mut self) {
+        self.flush();
+        self.open = NONE_OPEN;
+        if !self.unsorted {
+            return;
+        }
+        let mut order: Vec<usize> = (0..self.category.len()).collect();
+        order.sort_by_key(|&r| (self.category_visit[r], self.category[r]));
+        let (mut visit, mut cat, mut sums) = (Vec::new(), Vec::new(), Vec::<[i64; 5]>::new());
+        for r in order {
+            let key = (self.category_visit[r], self.category[r]);
+            if visit.last().copied().zip(cat.last().copied()) == Some(key) {
+                let last = sums.last_mut().expect("a row for this key");
+                for (s, p) in last.iter_mut().zip(self.category_sums[r]) {
+                    *s += p;
+                }
+            } else {
+                visit.push(key.0);
+                cat.push(key.1);
+                sums.push(self.category_sums[r]);
+            }
+        }
+        (self.category_visit, self.category, self.category_sums) = (visit, cat, sums);
+        self.unsorted = false;
+    }
+
+    /// The sums of visit `v`, categories dense.
     pub fn get(&self, v: usize) -> Summary {
         let t = self.totals[v];
         let mut by_category = [[0; 5]; N_CATEGORIES];
-        for (c, row) in by_category.iter_mut().enumerate() {
-            row.copy_from_slice(&self.by_category[(v * N_CATEGORIES + c) * 5..][..5]);
+        let first = self.category_visit.partition_point(|&x| x < v as i64);
+        for r in first..self.category_visit.len() {
+            if self.category_visit[r] != v as i64 {
+                break;
+            }
+            by_category[self.category[r] as usize] = self.category_sums[r];
         }
         Summary {
             medfee_sumamt: t[0],
@@ -469,6 +540,7 @@ pub fn preprocess(
     } else {
         run_blocks::<true>(&ctx, n, &mut out, &mut sums)?;
     }
+    sums.finish();
     Ok((out, sums))
 }
 
@@ -619,6 +691,32 @@ mod tests {
         let cat = small(&[("M1", 2, 8, 0, 2000)]);
         let (r, _) = run(&cat, &[("", "M1", CNT_SCALE, 300_000, 300_000, 0)], ctx()).unwrap();
         assert_eq!((r.preselfpay_amt[0], r.inscp_scp_amt[0]), (60_000, 240_000));
+    }
+
+    #[test]
+    fn category_rows_merge_when_lines_are_not_grouped_by_visit() {
+        let cat = small(&[("A1", 1, 9, 0, 0), ("B1", 1, 3, 0, 0)]);
+        let hosp = OwnedStrs::from_strs(&["H-A1", "H-B1", "H-A1", "H-A1"]);
+        let (cnt, pric) = (vec![CNT_SCALE; 4], vec![100, 200, 300, 400]);
+        let (appr, dates) = (vec![0; 4], vec![0; 4]);
+        let lines = Lines {
+            medins_list_codg: hosp.view(),
+            med_list_codg: None,
+            cnt: &cnt,
+            pric: &pric,
+            det_item_fee_sumamt: &pric,
+            hosp_appr_flag: &appr,
+            fee_date: &dates,
+            visit: &[1, 0, 1, 0],
+        };
+        let visits = vec![ctx(), ctx()];
+        let (_, s) = preprocess(&cat, &lines, &visits, 1, RoundMode::HalfUp).unwrap();
+        assert_eq!(s.category_visit, vec![0, 0, 1]);
+        assert_eq!(s.category, vec![3, 9, 9]);
+        assert_eq!(s.category_sums[1][0], 400);
+        assert_eq!(s.category_sums[2][0], 400);
+        assert_eq!(s.get(0).by_category[3][0], 200);
+        assert_eq!(s.get(1).medfee_sumamt, 400);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `Accumulators`, `Summary`); batch calls take dicts of numpy columns (int64 for every
 //! integer, bool for flags) and return dicts of numpy columns, with the GIL released.
 
-use numpy::{PyArray1, PyArray3, PyArrayMethods, PyReadonlyArray1};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -734,9 +734,15 @@ pub fn preprocess_batch<'py>(
         let col: Vec<i64> = sums.totals.iter().map(|t| t[k]).collect();
         out.set_item(*name, PyArray1::from_vec(py, col))?;
     }
-    let cube: Bound<'py, PyArray3<i64>> =
-        PyArray1::from_vec(py, sums.by_category).reshape([n, N_CATEGORIES, 5])?;
-    out.set_item("by_category", cube)?;
+    let rows = sums.category_sums.len();
+    let flat: Vec<i64> = sums.category_sums.iter().flatten().copied().collect();
+    let cat_sums: Bound<'py, PyArray2<i64>> = PyArray1::from_vec(py, flat).reshape([rows, 5])?;
+    out.set_item(
+        "category_visit",
+        PyArray1::from_vec(py, sums.category_visit),
+    )?;
+    out.set_item("category", PyArray1::from_vec(py, sums.category))?;
+    out.set_item("category_sums", cat_sums)?;
     Ok((PyLineResults::new(py, r), out))
 }
 

@@ -49,6 +49,12 @@ Visits (`preprocess_batch`): `treatment` (1 outpatient, 2 inpatient, 3 special o
 and `date` (yyyymmdd) int64, optional `psn_type`, `sex`, `age` int64 and `diagnoses` (str
 column of comma-separated ICD-10 codes).
 
+`preprocess_batch` returns per-visit int64 columns `medfee_sumamt`, `fulamt_ownpay_amt`,
+`overlmt_amt`, `preselfpay_amt`, `inscp_scp_amt`, `line_count`, and the fee-category sums in
+long form: `category_visit`, `category` (one row per visit and category that has lines,
+ordered by visit then category) and `category_sums` (rows x [total, fulamt, overlmt,
+preselfpay, inscp]).
+
 Settlements (`split_batch`): the five sums `medfee_sumamt`, `fulamt_ownpay_amt`,
 `overlmt_amt`, `preselfpay_amt`, `inscp_scp_amt`; the selection `region`, `insutype`,
 `psn_type`, `treatment`, `hosp_lv`, `date`, `admission_no`; the person `age`, `cross_region`,
