@@ -105,8 +105,8 @@ pub struct Summaries {
     pub totals: Vec<[i64; 6]>,
     pub category_visit: Vec<i64>,
     pub category: Vec<i64>,
-    /// total, fulamt, overlmt, preselfpay, inscp of the row's visit and category.
-    pub category_sums: Vec<[i64; 5]>,
+    /// Row-major rows x [total, fulamt, overlmt, preselfpay, inscp].
+    pub category_sums: Vec<i64>,
     open: usize,
     scratch: [[i64; 5]; N_CATEGORIES],
     touched: u16,
@@ -117,12 +117,14 @@ pub struct Summaries {
 const NONE_OPEN: usize = usize::MAX;
 
 impl Summaries {
-    fn new(visits: usize) -> Self {
+    fn new(visits: usize, lines: usize) -> Self {
+        // at most one row per line, and at most one per visit and category
+        let rows = lines.min(visits.saturating_mul(N_CATEGORIES));
         Self {
             totals: vec![[0; 6]; visits],
-            category_visit: Vec::new(),
-            category: Vec::new(),
-            category_sums: Vec::new(),
+            category_visit: Vec::with_capacity(rows),
+            category: Vec::with_capacity(rows),
+            category_sums: Vec::with_capacity(rows * 5),
             open: NONE_OPEN,
             scratch: [[0; 5]; N_CATEGORIES],
             touched: 0,
@@ -181,7 +183,7 @@ impl Summaries {
             self.category_visit.push(self.open as i64);
             self.category.push(c as i64);
             self.category_sums
-                .push(std::mem::take(&mut self.scratch[c]));
+                .extend(std::mem::take(&mut self.scratch[c]));
         }
     }
 
@@ -195,18 +197,19 @@ impl Summaries {
         }
         let mut order: Vec<usize> = (0..self.category.len()).collect();
         order.sort_by_key(|&r| (self.category_visit[r], self.category[r]));
-        let (mut visit, mut cat, mut sums) = (Vec::new(), Vec::new(), Vec::<[i64; 5]>::new());
+        let (mut visit, mut cat, mut sums) = (Vec::new(), Vec::new(), Vec::<i64>::new());
         for r in order {
             let key = (self.category_visit[r], self.category[r]);
+            let row = &self.category_sums[r * 5..r * 5 + 5];
             if visit.last().copied().zip(cat.last().copied()) == Some(key) {
-                let last = sums.last_mut().expect("a row for this key");
-                for (s, p) in last.iter_mut().zip(self.category_sums[r]) {
+                let at = sums.len() - 5;
+                for (s, p) in sums[at..].iter_mut().zip(row) {
                     *s += p;
                 }
             } else {
                 visit.push(key.0);
                 cat.push(key.1);
-                sums.push(self.category_sums[r]);
+                sums.extend_from_slice(row);
             }
         }
         (self.category_visit, self.category, self.category_sums) = (visit, cat, sums);
@@ -222,7 +225,8 @@ impl Summaries {
             if self.category_visit[r] != v as i64 {
                 break;
             }
-            by_category[self.category[r] as usize] = self.category_sums[r];
+            by_category[self.category[r] as usize]
+                .copy_from_slice(&self.category_sums[r * 5..r * 5 + 5]);
         }
         Summary {
             medfee_sumamt: t[0],
@@ -534,7 +538,7 @@ pub fn preprocess(
         inscp_scp_amt: Vec::with_capacity(n),
         flags: Vec::with_capacity(n),
     };
-    let mut sums = Summaries::new(visits.len());
+    let mut sums = Summaries::new(visits.len(), n);
     if plain_batch(lines, visits.len()) {
         run_blocks::<false>(&ctx, n, &mut out, &mut sums)?;
     } else {
@@ -550,12 +554,19 @@ pub fn preprocess(
 /// Such a batch skips those per-line checks; any other batch takes the checked path, which
 /// reports the first bad line exactly.
 fn plain_batch(lines: &Lines<'_>, n_visits: usize) -> bool {
+    // OR of all values is negative exactly when one of them is
     let nonneg = |c: &[i64]| c.iter().fold(0i64, |m, &x| m | x) >= 0;
-    let total: i128 = lines
-        .det_item_fee_sumamt
-        .iter()
-        .map(|&a| i128::from(a))
-        .sum();
+    // amounts are non-negative (checked first); a 64-bit sum with a carry count is exact
+    // and cheaper than a 128-bit one
+    let total_fits = || {
+        let (mut lo, mut hi) = (0u64, 0u64);
+        for &a in lines.det_item_fee_sumamt {
+            let (sum, carry) = lo.overflowing_add(a as u64);
+            lo = sum;
+            hi += u64::from(carry);
+        }
+        hi == 0 && lo <= i64::MAX as u64
+    };
     nonneg(lines.cnt)
         && nonneg(lines.pric)
         && nonneg(lines.det_item_fee_sumamt)
@@ -564,7 +575,7 @@ fn plain_batch(lines: &Lines<'_>, n_visits: usize) -> bool {
             .visit
             .iter()
             .all(|&v| v >= 0 && (v as usize) < n_visits)
-        && total <= i128::from(i64::MAX)
+        && total_fits()
 }
 
 /// Runs every line in blocks: resolve the block's items (their lookups overlap), split each
@@ -713,8 +724,8 @@ mod tests {
         let (_, s) = preprocess(&cat, &lines, &visits, 1, RoundMode::HalfUp).unwrap();
         assert_eq!(s.category_visit, vec![0, 0, 1]);
         assert_eq!(s.category, vec![3, 9, 9]);
-        assert_eq!(s.category_sums[1][0], 400);
-        assert_eq!(s.category_sums[2][0], 400);
+        assert_eq!(s.category_sums[5], 400);
+        assert_eq!(s.category_sums[10], 400);
         assert_eq!(s.get(0).by_category[3][0], 200);
         assert_eq!(s.get(1).medfee_sumamt, 400);
     }

@@ -734,9 +734,9 @@ pub fn preprocess_batch<'py>(
         let col: Vec<i64> = sums.totals.iter().map(|t| t[k]).collect();
         out.set_item(*name, PyArray1::from_vec(py, col))?;
     }
-    let rows = sums.category_sums.len();
-    let flat: Vec<i64> = sums.category_sums.iter().flatten().copied().collect();
-    let cat_sums: Bound<'py, PyArray2<i64>> = PyArray1::from_vec(py, flat).reshape([rows, 5])?;
+    let rows = sums.category.len();
+    let cat_sums: Bound<'py, PyArray2<i64>> =
+        PyArray1::from_vec(py, sums.category_sums).reshape([rows, 5])?;
     out.set_item(
         "category_visit",
         PyArray1::from_vec(py, sums.category_visit),
