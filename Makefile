@@ -36,8 +36,8 @@ test-py: build
 
 # Full-size figures for bench/RESULTS.md (minutes), then the pytest-benchmark suites.
 bench: build
-	$(PY) -m bench.bench_engine
-	$(PY) -m bench.bench_matching
+	$(PY) -m bench.bench_engine --json bench/engine_figures.json
+	$(PY) -m bench.bench_matching --rapidfuzz-queries 20
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-columns=min,median,mean,ops -q
 
 demo:
