@@ -285,6 +285,7 @@ impl Catalog {
         self.kind[i]
     }
     /// Comma-separated ICD-10 prefixes the item is limited to ("" = none).
+    #[inline]
     pub fn diagnoses(&self, i: usize) -> &str {
         self.diagnoses.get(i)
     }

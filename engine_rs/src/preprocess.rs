@@ -554,28 +554,31 @@ pub fn preprocess(
 /// Such a batch skips those per-line checks; any other batch takes the checked path, which
 /// reports the first bad line exactly.
 fn plain_batch(lines: &Lines<'_>, n_visits: usize) -> bool {
-    // OR of all values is negative exactly when one of them is
-    let nonneg = |c: &[i64]| c.iter().fold(0i64, |m, &x| m | x) >= 0;
-    // amounts are non-negative (checked first); a 64-bit sum with a carry count is exact
-    // and cheaper than a 128-bit one
-    let total_fits = || {
-        let (mut lo, mut hi) = (0u64, 0u64);
-        for &a in lines.det_item_fee_sumamt {
-            let (sum, carry) = lo.overflowing_add(a as u64);
-            lo = sum;
-            hi += u64::from(carry);
-        }
-        hi == 0 && lo <= i64::MAX as u64
-    };
-    nonneg(lines.cnt)
-        && nonneg(lines.pric)
-        && nonneg(lines.det_item_fee_sumamt)
-        && lines.hosp_appr_flag.iter().all(|&f| (0..=2).contains(&f))
-        && lines
-            .visit
-            .iter()
-            .all(|&v| v >= 0 && (v as usize) < n_visits)
-        && total_fits()
+    let (cnt, pric, amount) = (lines.cnt, lines.pric, lines.det_item_fee_sumamt);
+    // OR of values is negative exactly when one of them is; flags and visit indexes are
+    // compared unsigned, so a negative one is out of range too. No early exit: the loop
+    // stays branch-free.
+    let mut signs = 0i64;
+    let mut bad_flag = false;
+    for i in 0..cnt.len() {
+        signs |= cnt[i] | pric[i] | amount[i];
+        bad_flag |= lines.hosp_appr_flag[i] as u64 > 2;
+    }
+    let bad_visit = lines
+        .visit
+        .iter()
+        .fold(false, |b, &v| b | (v as u64 >= n_visits as u64));
+    if signs < 0 || bad_flag || bad_visit {
+        return false;
+    }
+    // the amounts are non-negative here; a 64-bit sum with a carry count is exact
+    let (mut lo, mut hi) = (0u64, 0u64);
+    for &a in amount {
+        let (sum, carry) = lo.overflowing_add(a as u64);
+        lo = sum;
+        hi += u64::from(carry);
+    }
+    hi == 0 && lo <= i64::MAX as u64
 }
 
 /// Runs every line in blocks: resolve the block's items (their lookups overlap), split each
