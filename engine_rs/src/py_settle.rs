@@ -373,8 +373,17 @@ impl PyAccumulators {
 }
 
 /// The preprocessing sums of one visit (what center mode sends to the center).
-#[pyclass(name = "Summary", module = "engine_rs", frozen)]
-pub struct PySummary(pub(crate) pre::Summary);
+#[pyclass(name = "Summary", module = "engine_rs", frozen, get_all)]
+pub struct PySummary {
+    medfee_sumamt: i64,
+    fulamt_ownpay_amt: i64,
+    overlmt_amt: i64,
+    preselfpay_amt: i64,
+    inscp_scp_amt: i64,
+    line_count: i64,
+    /// `[category][total, fulamt, overlmt, preselfpay, inscp]`, category 0 = no item.
+    by_category: Vec<Vec<i64>>,
+}
 
 #[pymethods]
 impl PySummary {
@@ -388,44 +397,29 @@ impl PySummary {
         inscp_scp_amt: i64,
         line_count: i64,
     ) -> Self {
-        Self(pre::Summary {
+        Self {
             medfee_sumamt,
             fulamt_ownpay_amt,
             overlmt_amt,
             preselfpay_amt,
             inscp_scp_amt,
             line_count,
-            by_category: [[0; 5]; N_CATEGORIES],
-        })
+            by_category: vec![vec![0; 5]; N_CATEGORIES],
+        }
     }
-    #[getter]
-    fn medfee_sumamt(&self) -> i64 {
-        self.0.medfee_sumamt
-    }
-    #[getter]
-    fn fulamt_ownpay_amt(&self) -> i64 {
-        self.0.fulamt_ownpay_amt
-    }
-    #[getter]
-    fn overlmt_amt(&self) -> i64 {
-        self.0.overlmt_amt
-    }
-    #[getter]
-    fn preselfpay_amt(&self) -> i64 {
-        self.0.preselfpay_amt
-    }
-    #[getter]
-    fn inscp_scp_amt(&self) -> i64 {
-        self.0.inscp_scp_amt
-    }
-    #[getter]
-    fn line_count(&self) -> i64 {
-        self.0.line_count
-    }
-    /// `[category][total, fulamt, overlmt, preselfpay, inscp]`, category 0 = no item.
-    #[getter]
-    fn by_category(&self) -> Vec<Vec<i64>> {
-        self.0.by_category.iter().map(|r| r.to_vec()).collect()
+}
+
+impl PySummary {
+    fn from_core(s: &pre::Summary) -> Self {
+        Self {
+            medfee_sumamt: s.medfee_sumamt,
+            fulamt_ownpay_amt: s.fulamt_ownpay_amt,
+            overlmt_amt: s.overlmt_amt,
+            preselfpay_amt: s.preselfpay_amt,
+            inscp_scp_amt: s.inscp_scp_amt,
+            line_count: s.line_count,
+            by_category: s.by_category.iter().map(|r| r.to_vec()).collect(),
+        }
     }
 }
 
@@ -667,7 +661,10 @@ pub fn preprocess(
         &cols,
         std::slice::from_ref(&visit.core()),
     )?;
-    Ok((PyLineResults::new(py, r), PySummary(sums.get(0))))
+    Ok((
+        PyLineResults::new(py, r),
+        PySummary::from_core(&sums.get(0)),
+    ))
 }
 
 /// Preprocesses the lines of many visits (`lines["visit"]` indexes `visits`) in one call.
@@ -746,7 +743,7 @@ pub fn preprocess_batch<'py>(
     Ok((PyLineResults::new(py, r), out))
 }
 
-fn split_input(s: &pre::Summary) -> SplitInput {
+fn split_input(s: &PySummary) -> SplitInput {
     SplitInput {
         medfee_sumamt: s.medfee_sumamt,
         fulamt_ownpay_amt: s.fulamt_ownpay_amt,
@@ -772,7 +769,7 @@ pub fn split(
     let r = sp::split(
         0,
         p,
-        &split_input(&summary.0),
+        &split_input(summary),
         &selection.core(),
         &person.core(),
         &accumulators.core(),
