@@ -13,9 +13,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# Installs the project with its dev extras; maturin builds the Rust extension (release).
+# Installs the project with its dev extras; maturin builds the Rust extension (release);
+# the Python stubs are generated from proto/ into clients/pb/.
 build: $(PY)
 	$(PIP) install --quiet -e '.[dev]'
+	$(PY) -m clients.protogen
 
 test: build test-rust lint test-py
 
@@ -40,9 +42,9 @@ bench: build
 	$(PY) -m bench.bench_matching --rapidfuzz-queries 20
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-columns=min,median,mean,ops -q
 
-demo:
-	@echo "make demo arrives with the gRPC front-end (next issue)." >&2
-	@exit 2
+# A front-end on a fresh SQLite file, a scripted HIS visit over gRPC, the slip, stop.
+demo: build
+	$(PY) -m clients.cli demo
 
 clean:
-	rm -rf $(VENV) target .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf $(VENV) target clients/pb .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

@@ -1,0 +1,119 @@
+"""The `medsettle` command line: `serve` runs a server; `demo` runs the scripted HIS visit
+against a fresh front-end; `slip` prints a stored settlement; `reconcile` prints a day's
+totals for an institution."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from clients.sdk import MedsettleClient, MedsettleError
+from clients.slip import render, yuan
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server import app, config
+
+    flags = {
+        "role": args.role,
+        "mode": args.mode,
+        "db": args.db,
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "demo": True if args.demo else None,
+    }
+    try:
+        cfg = config.load(args.config, flags)
+    except (ValueError, OSError) as exc:
+        print(f"medsettle serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return app.serve(cfg)
+
+
+def _client(args: argparse.Namespace) -> MedsettleClient:
+    c = MedsettleClient(args.target, fixmedins_code=args.institution, opter=args.opter)
+    c.sign_in()
+    return c
+
+
+def _slip(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        print(render(c.get_settlement(args.setl_id).setlinfo))
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    day = args.date or int(time.strftime("%Y%m%d"))
+    with _client(args) as c:
+        resp = c.totals(day, day)
+    print(f"对总账 totals for {args.institution} on {day}")
+    print(
+        "  date      insutype clr  settled cancelled   medfee_sumamt  fund_pay_sumamt    acct_pay  psn_cash_pay"
+    )
+    for r in resp.rows:
+        print(
+            f"  {r.setl_date} {r.insutype:>8} {r.clr_type:>4} {r.setl_count:>8} {r.cancel_count:>9}"
+            f" {yuan(r.medfee_sumamt):>15} {yuan(r.fund_pay_sumamt):>16} {yuan(r.acct_pay):>11}"
+            f" {yuan(r.psn_cash_pay):>13}"
+        )
+        for f in r.funds:
+            print(f"      fund {f.fund_pay_type}: {yuan(f.fund_payamt)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from clients import demo
+
+    return demo.main(keep_db=args.keep_db, port=args.port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="medsettle", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run a server")
+    s.add_argument("--role", choices=["frontend", "center"])
+    s.add_argument("--mode", choices=["local", "center"])
+    s.add_argument("--db", help="SQLite file (front-end)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    s.add_argument("--config", help="TOML file with a [server] table (MEDSETTLE_* env overrides)")
+    s.add_argument("--demo", action="store_true", help="load the demo data set into an empty db")
+    s.set_defaults(fn=_serve)
+
+    d = sub.add_parser("demo", help="scripted HIS visit against a fresh demo front-end")
+    d.add_argument("--keep-db", help="keep the SQLite file at this path")
+    d.add_argument("--port", type=int, default=0, help="0 = a free port")
+    d.set_defaults(fn=_demo)
+
+    for name, fn, helptext in (
+        ("slip", _slip, "print a stored settlement's slip"),
+        ("reconcile", _reconcile, "print a day's totals (3201) for an institution"),
+    ):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("--target", default="127.0.0.1:50051")
+        c.add_argument("--institution", required=True, help="fixmedins_code")
+        c.add_argument("--opter", default="clerk")
+        if name == "slip":
+            c.add_argument("setl_id")
+        else:
+            c.add_argument("--date", type=int, help="yyyymmdd, default today")
+        c.set_defaults(fn=fn)
+
+    args = p.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except MedsettleError as exc:
+        print(f"medsettle {args.cmd}: {exc}", file=sys.stderr)
+        for field, reason in exc.violations:
+            print(f"  {field}: {reason}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

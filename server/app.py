@@ -1,0 +1,160 @@
+"""Assembles and runs the gRPC server: services, health, reflection, worker processes.
+
+One worker serves in-process. Several workers are separate processes started with `spawn`
+(gRPC must not be forked once initialised), each with its own grpc.aio server bound to the
+same port with SO_REUSEPORT, its own store writer and reader threads over the same SQLite
+file. The parent creates or upgrades the schema (and seeds the demo data) before any worker
+starts, forwards SIGTERM/SIGINT to the workers and waits for them: each stops taking calls,
+lets in-flight calls finish within `grace_s`, flushes its store and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from clients.pb.medsettle.v1 import (
+    catalog_pb2,
+    common_pb2,
+    reconciliation_pb2,
+    settlement_pb2,
+)
+from server import demo_data
+from server.config import Config
+from server.domain.common import Env
+from server.refdata import RefData
+from server.services.base import generic_handler
+from server.services.catalog import CatalogService
+from server.services.reconciliation import ReconciliationService
+from server.services.settlement import Calls, SettlementService
+from server.store.sqlite import Store, init_db
+
+log = logging.getLogger("medsettle")
+
+SERVICES = {
+    "medsettle.v1.Settlement": settlement_pb2.DESCRIPTOR.services_by_name["Settlement"],
+    "medsettle.v1.Catalog": catalog_pb2.DESCRIPTOR.services_by_name["Catalog"],
+    "medsettle.v1.Reconciliation": reconciliation_pb2.DESCRIPTOR.services_by_name["Reconciliation"],
+}
+
+
+def make_env(cfg: Config) -> Env:
+    return Env(
+        refdata=RefData(),
+        node_id=cfg.node_id,
+        sign_ttl_s=cfg.sign_ttl_s,
+        tz_offset_min=cfg.tz_offset_min,
+        mode=common_pb2.LOCAL if cfg.mode == "local" else common_pb2.CENTER,
+        max_lines_per_call=cfg.max_lines_per_call,
+        max_lines_per_visit=cfg.max_lines_per_visit,
+    )
+
+
+def prepare(cfg: Config) -> None:
+    """Schema migrations and the demo data, once, before any worker serves."""
+    init_db(cfg.db)
+    if cfg.demo:
+        store = Store(cfg.db, readers=1)
+        try:
+            if demo_data.seed(store):
+                log.info("demo data set loaded into %s", cfg.db)
+        finally:
+            store.close()
+
+
+async def serve_worker(cfg: Config) -> None:
+    """Run one server until SIGTERM/SIGINT, then drain and stop."""
+    store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
+    env = make_env(cfg)
+    calls = Calls(store, env)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ]
+    )
+    server.add_generic_rpc_handlers(
+        [
+            generic_handler(SERVICES["medsettle.v1.Settlement"], SettlementService(store, env)),
+            generic_handler(SERVICES["medsettle.v1.Catalog"], CatalogService(calls)),
+            generic_handler(SERVICES["medsettle.v1.Reconciliation"], ReconciliationService(calls)),
+        ]
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *SERVICES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise SystemExit(f"cannot listen on {cfg.host}:{cfg.port}")
+    await server.start()
+    for name in ("", *SERVICES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    print(
+        f"medsettle {cfg.role} ({cfg.mode} mode) listening on {cfg.host}:{port}"
+        f" pid {os.getpid()} db {cfg.db}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(cfg.grace_s)
+    await loop.run_in_executor(None, store.close)
+    print(f"medsettle worker {os.getpid()} stopped cleanly", flush=True)
+
+
+def _worker_main(cfg: Config) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve_worker(cfg))
+
+
+def serve(cfg: Config) -> int:
+    """Prepare the database, then serve with `cfg.workers` processes; returns an exit code."""
+    prepare(cfg)
+    if cfg.workers == 1:
+        asyncio.run(serve_worker(cfg))
+        return 0
+    if cfg.port == 0:
+        raise SystemExit("several workers need a fixed --port (they share it)")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker_main, args=(cfg,), name=f"worker-{i}")
+        for i in range(cfg.workers)
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    for p in procs:
+        p.join()
+        if p.exitcode not in (0, None):
+            print(f"medsettle: {p.name} exited with {p.exitcode}", file=sys.stderr, flush=True)
+            code = 1
+            forward(signal.SIGTERM, None)
+    return code

@@ -1,0 +1,91 @@
+"""Server configuration: defaults, then a TOML file, then `MEDSETTLE_*` environment
+variables, then command-line flags (each overriding the one before).
+
+A key in the file's `[server]` table or an environment variable `MEDSETTLE_<KEY>` (upper
+case) sets the field of the same name; unknown keys are an error, so a typo never passes
+silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Config:
+    role: str = "frontend"  # frontend | center
+    mode: str = "local"  # local | center (how a front-end settles)
+    db: str = "medsettle.db"  # SQLite path (front-end)
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT)
+    node_id: str = "01"  # prefixes the ids this node issues
+    sign_ttl_s: int = 5 * 24 * 3600  # a sign_no lasts 5 days (seed 002)
+    tz_offset_min: int = 480  # the local day of reconciliation (UTC+8)
+    grace_s: float = 10.0  # SIGTERM: how long in-flight calls may finish
+    max_lines_per_call: int = 10_000  # UploadFees / one StreamFees message
+    max_lines_per_visit: int = 100_000
+    max_message_bytes: int = 16 * 1024 * 1024
+    commit_batch_max: int = 256  # group commit: most operations sharing one fsync
+    readers: int = 4  # reader threads (queries, pre-settlement)
+    demo: bool = False  # seed the demo data set into an empty database
+
+    @classmethod
+    def fields(cls) -> dict[str, dataclasses.Field[Any]]:
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    def update(self, values: dict[str, Any], source: str) -> None:
+        known = self.fields()
+        for key, raw in values.items():
+            if key not in known:
+                raise ValueError(f"{source}: unknown setting {key!r}")
+            setattr(self, key, _coerce(type(getattr(self, key)), raw, f"{source}: {key}"))
+
+    def validate(self) -> None:
+        if self.role not in ("frontend", "center"):
+            raise ValueError(f"role: {self.role!r} is not frontend or center")
+        if self.mode not in ("local", "center"):
+            raise ValueError(f"mode: {self.mode!r} is not local or center")
+        if self.workers < 1:
+            raise ValueError("workers: must be at least 1")
+
+
+def _coerce(kind: type, raw: Any, where: str) -> Any:
+    if isinstance(raw, kind):
+        return raw
+    if not isinstance(raw, str):
+        if kind is float and isinstance(raw, int):
+            return float(raw)
+        raise ValueError(f"{where}: expected {kind.__name__}, got {raw!r}")
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{where}: cannot read {raw!r} as {kind.__name__}") from None
+
+
+def load(path: str | None, overrides: dict[str, Any]) -> Config:
+    """Defaults < file < environment < `overrides` (flags that were given)."""
+    cfg = Config()
+    if path:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        cfg.update(doc.get("server", {}), path)
+    env = {
+        k[len("MEDSETTLE_") :].lower(): v
+        for k, v in os.environ.items()
+        if k.startswith("MEDSETTLE_") and k[len("MEDSETTLE_") :].lower() in Config.fields()
+    }
+    cfg.update(env, "environment")
+    cfg.update({k: v for k, v in overrides.items() if v is not None}, "command line")
+    cfg.validate()
+    return cfg

@@ -1,0 +1,294 @@
+"""The demo data set, generated (deterministic): three institutions, a catalog of a few
+thousand realistic items, each hospital's item master with its mappings (some items left
+unmapped), persons of several kinds, and the demo city policy.
+
+`seed(store)` loads it into an empty front-end database through the same operations the
+Catalog service runs. `his_items(code)` is the hospital's own item master (what a HIS
+knows: its codes, names and prices), used by the scripted demo visit and the tests.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import numpy as np
+
+from clients.pb.medsettle.v1 import catalog_pb2
+from server.domain import reference
+from server.domain.common import now_ms
+from server.engine.columns import unpack_strings
+from server.store.sqlite import Store
+from server.synth.catalog import SynthCatalog, make_catalog, make_hospital_items
+
+CATALOG_SIZE = 3000
+CATALOG_VERSION = 1
+HOSPITAL_ITEMS = 1200
+MAPPED_SHARE = 0.92
+YEAR = 2026
+
+INSTITUTIONS = [
+    catalog_pb2.Institution(
+        fixmedins_code="H44010100001",
+        fixmedins_name="示范市第一人民医院",
+        hosp_lv=3,
+        admdvs="440100",
+    ),
+    catalog_pb2.Institution(
+        fixmedins_code="H44010100002", fixmedins_name="示范市中医院", hosp_lv=2, admdvs="440100"
+    ),
+    catalog_pb2.Institution(
+        fixmedins_code="H44030100001", fixmedins_name="邻市人民医院", hosp_lv=3, admdvs="440300"
+    ),
+]
+
+
+def policy_text() -> str:
+    return (resources.files("server") / "data" / "demo_city_policy.toml").read_text("utf-8")
+
+
+@cache
+def catalog() -> SynthCatalog:
+    return make_catalog(CATALOG_SIZE, seed=2026)
+
+
+def catalog_items() -> list[catalog_pb2.CatalogItem]:
+    cat = catalog()
+    cols = {
+        k: unpack_strings(cat.items[k])
+        for k in ("code", "name", "spec", "dosage_form", "manufacturer", "diagnoses")
+    }
+    it = cat.items
+    out = []
+    for i in range(len(cat)):
+        sp = [int(x) for x in it["selfpay_prop_bp"][i]]
+        ratios = [catalog_pb2.SelfpayRatio(psn_type=0, ratio_bp=sp[0])]
+        ratios += [
+            catalog_pb2.SelfpayRatio(psn_type=p, ratio_bp=sp[j + 1])
+            for j, p in enumerate(cat.selfpay_psn_types)
+            if sp[j + 1] != sp[0]
+        ]
+        age_max = int(it["age_max"][i])
+        out.append(
+            catalog_pb2.CatalogItem(
+                med_list_codg=cols["code"][i],
+                name=cols["name"][i],
+                spec=cols["spec"][i],
+                dosage_form=cols["dosage_form"][i],
+                manufacturer=cols["manufacturer"][i],
+                kind=int(it["kind"][i]),
+                chrgitm_lv=int(it["chrgitm_lv"][i]),
+                med_chrgitm_type=int(it["fee_category"][i]),
+                hilist_pric_uplmt_amt=int(it["price_cap"][i]),
+                selfpay_prop=ratios,
+                inpatient_only=bool(it["inpatient_only"][i]),
+                sex=int(it["sex"][i]),
+                age_min=int(it["age_min"][i]),
+                age_max=0 if age_max == 255 else age_max,
+                diagnoses=cols["diagnoses"][i],
+                begndate=int(it["valid_from"][i]),
+                enddate=int(it["valid_to"][i]),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class HisItem:
+    """One line of a hospital's item master (院内收费项目)."""
+
+    code: str
+    name: str
+    spec: str
+    price: int  # fen per unit
+    mapped_to: str  # insurance code, "" when the hospital has not mapped it
+
+
+@cache
+def his_items(fixmedins_code: str) -> tuple[HisItem, ...]:
+    """The institution's item master: its codes and prices; most are mapped."""
+    cat = catalog()
+    seed = int(fixmedins_code[-3:]) + 7 * (fixmedins_code[1:7] == "440300")
+    hosp = make_hospital_items(cat, HOSPITAL_ITEMS, seed=seed)
+    mapped = hosp.mapped(MAPPED_SHARE, seed=seed)
+    rng = np.random.default_rng(seed)
+    caps = cat.items["price_cap"]
+    out = []
+    for j, code in enumerate(hosp.hosp_code):
+        cap = int(caps[hosp.true_index[j]])
+        # Hospitals price near the cap; some above it (the part above is 超限价自费).
+        base = cap if cap > 0 else int(rng.integers(500, 20_000))
+        price = max(1, int(base * rng.choice([0.8, 0.95, 1.0, 1.0, 1.15])))
+        out.append(
+            HisItem(
+                code=f"{fixmedins_code[-5:]}-{code}",
+                name=hosp.name[j],
+                spec=hosp.spec[j],
+                price=price,
+                mapped_to=hosp.true_code[j] if mapped[j] else "",
+            )
+        )
+    return tuple(out)
+
+
+def mappings(fixmedins_code: str) -> list[catalog_pb2.Mapping]:
+    return [
+        catalog_pb2.Mapping(
+            medins_list_codg=h.code, med_list_codg=h.mapped_to, medins_list_name=h.name
+        )
+        for h in his_items(fixmedins_code)
+        if h.mapped_to
+    ]
+
+
+def _person(
+    n: int,
+    name: str,
+    *,
+    gend: int,
+    brdy: int,
+    psn_type: int,
+    insutype: int,
+    retired: bool = False,
+    cvlserv: bool = False,
+    maf: bool = False,
+    filed: bool = False,
+    balc: int = 0,
+    region: str = "440100",
+    acc: list[catalog_pb2.Accumulator] | None = None,
+) -> catalog_pb2.PersonRecord:
+    psn_no = f"44010000{n:08d}"
+    return catalog_pb2.PersonRecord(
+        psn_no=psn_no,
+        psn_name=name,
+        psn_cert_no=f"440106{brdy:08d}{n:03d}{n % 10}",
+        card_no=f"K{n:08d}",
+        voucher=f"EV{n:016d}",
+        gend=gend,
+        brdy=brdy,
+        psn_type=psn_type,
+        insutype=insutype,
+        insuplc_admdvs=region,
+        cvlserv_flag=cvlserv,
+        maf_flag=maf,
+        retired=retired,
+        cross_region=1 if filed else 0,
+        balc=balc,
+        accumulators=acc or [],
+    )
+
+
+def persons() -> list[catalog_pb2.PersonRecord]:
+    """Named demo persons first (the scripted visit and the tests use them), then a crowd."""
+    second_stay = catalog_pb2.Accumulator(
+        year=YEAR,
+        pool="inpatient",
+        inpatient_count=1,
+        dedc_paid=130_000,
+        hifp_paid=1_200_000,
+        hifp_base=1_500_000,
+        critical_base=200_000,
+    )
+    named = [
+        _person(
+            1,
+            "张建国",
+            gend=1,
+            brdy=19560312,
+            psn_type=12,
+            insutype=310,
+            retired=True,
+            balc=365_000,
+        ),
+        _person(2, "李秀英", gend=2, brdy=19850720, psn_type=11, insutype=310, balc=128_000),
+        _person(
+            3, "王芳", gend=2, brdy=19790105, psn_type=11, insutype=310, cvlserv=True, balc=96_000
+        ),
+        _person(4, "陈小明", gend=1, brdy=20150601, psn_type=31, insutype=390),
+        _person(5, "刘桂兰", gend=2, brdy=19480930, psn_type=32, insutype=390, maf=True),
+        _person(
+            6,
+            "赵强",
+            gend=1,
+            brdy=19700415,
+            psn_type=11,
+            insutype=310,
+            balc=54_000,
+            acc=[second_stay],
+        ),
+        _person(
+            7, "周文", gend=1, brdy=19900822, psn_type=11, insutype=310, filed=True, balc=20_000
+        ),
+        _person(
+            8,
+            "吴海燕",
+            gend=2,
+            brdy=19620228,
+            psn_type=12,
+            insutype=310,
+            retired=True,
+            cvlserv=True,
+            balc=410_000,
+        ),
+    ]
+    rng = np.random.default_rng(44)
+    surnames = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
+    given = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀英华"
+    crowd = []
+    for n in range(9, 209):
+        employee = rng.random() < 0.6
+        retired = employee and rng.random() < 0.3
+        year = int(rng.integers(1940, 2000)) if employee else int(rng.integers(1935, 2024))
+        crowd.append(
+            _person(
+                n,
+                surnames[n % len(surnames)]
+                + given[int(rng.integers(len(given)))]
+                + given[n % len(given)],
+                gend=1 + n % 2,
+                brdy=year * 10000 + int(rng.integers(1, 13)) * 100 + int(rng.integers(1, 29)),
+                psn_type=(12 if retired else 11) if employee else 31,
+                insutype=310 if employee else 390,
+                retired=retired,
+                cvlserv=employee and rng.random() < 0.1,
+                maf=not employee and rng.random() < 0.05,
+                filed=rng.random() < 0.5,
+                balc=int(rng.integers(0, 500_000)) if employee else 0,
+            )
+        )
+    return named + crowd
+
+
+def seed(store: Store) -> bool:
+    """Load the demo data set through `store.write_sync` if the database has no
+    institution yet; returns whether it did."""
+
+    def empty(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT COUNT(*) FROM institutions").fetchone()[0] == 0
+
+    if not store.read_sync(empty):
+        return False
+    now = now_ms()
+
+    def load(conn: sqlite3.Connection) -> None:
+        reference.put_institutions(
+            conn, catalog_pb2.PutInstitutionsRequest(institutions=INSTITUTIONS)
+        )
+        reference.put_policy(
+            conn, catalog_pb2.PutPolicyRequest(format="toml", text=policy_text()), now
+        )
+        reference.import_catalog(conn, CATALOG_VERSION, catalog_items(), now)
+        reference.put_persons(conn, catalog_pb2.PutPersonsRequest(persons=persons()))
+        for inst in INSTITUTIONS:
+            code = inst.fixmedins_code
+            rows = [
+                (code, m.medins_list_codg, m.med_list_codg, m.medins_list_name)
+                for m in mappings(code)
+            ]
+            conn.executemany("INSERT INTO mappings VALUES (?, ?, ?, ?)", rows)
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'refdata_gen'")
+
+    store.write_sync(load)
+    return True

@@ -1,0 +1,171 @@
+"""What every operation shares: the caller's identity from its sign_no, idempotency by
+(institution, msgid), id issuing, clock and day arithmetic."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from clients.pb.medsettle.v1 import common_pb2
+from server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Unauthenticated,
+    Violations,
+    field_error,
+)
+from server.refdata import Institution, RefData, Snapshot
+
+MSGID_MAX = 64
+REVERSED = "REVERSED"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def local_date(ms: int, tz_offset_min: int) -> int:
+    """The yyyymmdd of an instant in the configured local time (reconciliation days)."""
+    t = time.gmtime(ms / 1000 + tz_offset_min * 60)
+    return t.tm_year * 10000 + t.tm_mon * 100 + t.tm_mday
+
+
+@dataclass
+class Env:
+    """Per-process settings the operations need."""
+
+    refdata: RefData
+    node_id: str
+    sign_ttl_s: int
+    tz_offset_min: int
+    mode: int  # SettlementMode of this front-end
+    max_lines_per_call: int
+    max_lines_per_visit: int
+
+
+@dataclass
+class Caller:
+    inst: Institution
+    opter: str
+    snap: Snapshot
+
+
+def check_header(
+    header: common_pb2.RequestHeader, *, needs_msgid: bool, needs_sign: bool = True
+) -> None:
+    """Field checks of a header, before anything is read."""
+    v = Violations()
+    v.require(bool(header.fixmedins_code), "header.fixmedins_code", "is required")
+    v.require(bool(header.opter), "header.opter", "is required")
+    if needs_sign:
+        v.require(bool(header.sign_no), "header.sign_no", "is required (SignIn first)")
+    if needs_msgid:
+        v.require(bool(header.msgid), "header.msgid", "is required on a state-changing call")
+        v.require(len(header.msgid) <= MSGID_MAX, "header.msgid", f"longer than {MSGID_MAX}")
+    v.raise_if_any()
+
+
+def authenticate(
+    conn: sqlite3.Connection, env: Env, header: common_pb2.RequestHeader, now: int
+) -> Caller:
+    """The signed-in caller, or UNAUTHENTICATED. The institution must exist and own the
+    sign_no; a signed-out or expired sign_no is refused."""
+    snap = env.refdata.current(conn)
+    row = conn.execute(
+        "SELECT fixmedins_code, expires_at, sign_out_time FROM signins WHERE sign_no = ?",
+        (header.sign_no,),
+    ).fetchone()
+    if row is None or row[0] != header.fixmedins_code:
+        raise Unauthenticated("header.sign_no: unknown for this institution; SignIn first")
+    if row[2] is not None:
+        raise Unauthenticated("header.sign_no: signed out; SignIn again")
+    if now >= row[1]:
+        raise Unauthenticated("header.sign_no: expired; SignIn again")
+    inst = snap.institutions.get(header.fixmedins_code)
+    if inst is None:  # pragma: no cover - sign-in checked it; an institution removed since
+        raise Unauthenticated("header.fixmedins_code: unknown institution")
+    if header.mdtrtarea_admvs and header.mdtrtarea_admvs != inst.admdvs:
+        raise field_error("header.mdtrtarea_admvs", f"is not {inst.admdvs}, the institution's")
+    return Caller(inst, header.opter, snap)
+
+
+def request_hash(method: str, request: Message) -> bytes:
+    """Digest of what makes two calls "the same request": the method and every field but
+    the sign_no (a retry after signing in again is still the same request)."""
+    h = hashlib.sha256(method.encode())
+    h.update(b"\0")
+    h.update(_payload_bytes(request))
+    return h.digest()
+
+
+def _payload_bytes(request: Message) -> bytes:
+    header = getattr(request, "header", None)
+    if header is None or not header.sign_no:
+        return request.SerializeToString(deterministic=True)
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.header.sign_no = ""  # type: ignore[attr-defined]
+    return copy.SerializeToString(deterministic=True)
+
+
+def chunk_hasher(method: str) -> hashlib._Hash:
+    h = hashlib.sha256(method.encode())
+    h.update(b"\0")
+    return h
+
+
+def add_chunk(h: hashlib._Hash, request: Message) -> None:
+    data = _payload_bytes(request)
+    h.update(len(data).to_bytes(8, "little"))
+    h.update(data)
+
+
+def idempotent(
+    conn: sqlite3.Connection,
+    fixmedins_code: str,
+    msgid: str,
+    method: str,
+    req_hash: bytes,
+    now: int,
+    body: Callable[[], tuple[bytes, str]],
+) -> bytes:
+    """The stored answer of an earlier call with this msgid, or `body()`'s answer stored
+    with it. The same msgid with another request (or method) is refused."""
+    row = conn.execute(
+        "SELECT method, req_hash, response FROM idempotency WHERE fixmedins_code = ? AND msgid = ?",
+        (fixmedins_code, msgid),
+    ).fetchone()
+    if row is not None:
+        if row[0] == REVERSED:
+            raise FailedPrecondition(
+                f"header.msgid: {msgid} was reversed before it arrived; send a new msgid"
+            )
+        if row[0] != method or bytes(row[1]) != req_hash:
+            raise AlreadyExists(
+                f"header.msgid: {msgid} was already used for a different request ({row[0]});"
+                " a retry must resend the same request, a new request needs a new msgid"
+            )
+        return bytes(row[2])
+    response, ref = body()
+    conn.execute(
+        "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (fixmedins_code, msgid, method, req_hash, response, ref, now),
+    )
+    return response
+
+
+def issue_id(env: Env, prefix: str, rowid: int) -> str:
+    """A client-facing id: kind prefix, node, and the row id (unique in this database)."""
+    return f"{prefix}{env.node_id}{rowid:012d}"
+
+
+def require_fresh_refdata(caller: Caller) -> None:
+    if caller.snap.policy is None:
+        raise FailedPrecondition("no policy is loaded on this front-end (PutPolicy)")
+    if caller.snap.items is None:
+        raise FailedPrecondition("no catalog is loaded on this front-end (ImportCatalog)")

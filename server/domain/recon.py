@@ -1,0 +1,208 @@
+"""Reconciliation of one institution's ledger (3201 totals, 3202 details).
+
+Days are the configured local day. A settlement counts on the day it was settled; a cancel
+counts on the day it was cancelled, with the cancelled amounts taken off. So a day's totals
+never change once the day is over, whatever happens to its settlements later.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from typing import Any
+
+from clients.pb.medsettle.v1 import reconciliation_pb2
+from server.domain.common import Caller
+from server.domain.visits import valid_date
+from server.errors import Violations
+
+Key = tuple[int, int, int]  # (day, insutype, clr_type)
+
+
+def _check_range(begin: int, end: int) -> None:
+    v = Violations()
+    v.require(valid_date(begin), "begin_date", f"{begin} is not a yyyymmdd date")
+    v.require(valid_date(end), "end_date", f"{end} is not a yyyymmdd date")
+    if valid_date(begin) and valid_date(end):
+        v.require(begin <= end, "end_date", "is before begin_date")
+    v.raise_if_any()
+
+
+def totals_rows(
+    conn: sqlite3.Connection, code: str, begin: int, end: int
+) -> list[reconciliation_pb2.TotalsRow]:
+    cells: dict[Key, dict[str, Any]] = defaultdict(
+        lambda: {
+            "n": 0,
+            "c": 0,
+            "medfee": 0,
+            "fund": 0,
+            "acct": 0,
+            "cash": 0,
+            "funds": defaultdict(int),
+        }
+    )
+    # (sign, date column, state filter): settlements on their day, cancels on theirs.
+    for sign, day_col in ((1, "setl_date"), (-1, "cancel_date")):
+        rows = conn.execute(
+            f"SELECT s.{day_col}, s.insutype, s.clr_type, COUNT(*), SUM(s.medfee_sumamt),"
+            " SUM(s.fund_pay_sumamt), SUM(s.acct_pay), SUM(s.psn_cash_pay)"
+            f" FROM settlements s WHERE s.fixmedins_code = ? AND s.{day_col} BETWEEN ? AND ?"
+            f" GROUP BY s.{day_col}, s.insutype, s.clr_type",
+            (code, begin, end),
+        ).fetchall()
+        for day, ins, clr, n, medfee, fund, acct, cash in rows:
+            cell = cells[(day, ins, clr)]
+            cell["n" if sign > 0 else "c"] += n
+            cell["medfee"] += sign * medfee
+            cell["fund"] += sign * fund
+            cell["acct"] += sign * acct
+            cell["cash"] += sign * cash
+        legs = conn.execute(
+            f"SELECT s.{day_col}, s.insutype, s.clr_type, l.fund_pay_type, SUM(l.amount)"
+            " FROM settlements s JOIN setl_legs l ON l.setl_id = s.setl_id"
+            f" WHERE s.fixmedins_code = ? AND s.{day_col} BETWEEN ? AND ?"
+            f" GROUP BY s.{day_col}, s.insutype, s.clr_type, l.fund_pay_type",
+            (code, begin, end),
+        ).fetchall()
+        for day, ins, clr, fpt, amount in legs:
+            cells[(day, ins, clr)]["funds"][fpt] += sign * amount
+    out = []
+    for (day, ins, clr), cell in sorted(cells.items()):
+        out.append(
+            reconciliation_pb2.TotalsRow(
+                setl_date=day,
+                insutype=ins,
+                clr_type=clr,
+                setl_count=cell["n"],
+                cancel_count=cell["c"],
+                medfee_sumamt=cell["medfee"],
+                fund_pay_sumamt=cell["fund"],
+                acct_pay=cell["acct"],
+                psn_cash_pay=cell["cash"],
+                funds=[
+                    reconciliation_pb2.FundSum(fund_pay_type=f, fund_payamt=a)
+                    for f, a in sorted(cell["funds"].items())
+                ],
+            )
+        )
+    return out
+
+
+def totals(
+    conn: sqlite3.Connection, caller: Caller, req: reconciliation_pb2.TotalsRequest
+) -> reconciliation_pb2.TotalsResponse:
+    _check_range(req.begin_date, req.end_date)
+    rows = totals_rows(conn, caller.inst.fixmedins_code, req.begin_date, req.end_date)
+    resp = reconciliation_pb2.TotalsResponse(rows=rows, balanced=True)
+    if req.expected:
+        ours = {(r.setl_date, r.insutype, r.clr_type): r for r in rows}
+        theirs = {(r.setl_date, r.insutype, r.clr_type): r for r in req.expected}
+        for key in sorted(ours.keys() | theirs.keys()):
+            a, b = ours.get(key), theirs.get(key)
+            label = f"{key[0]} insutype {key[1]} clr_type {key[2]}"
+            if a is None:
+                resp.differences.append(f"{label}: only in the caller's totals")
+            elif b is None:
+                resp.differences.append(f"{label}: only in ours ({a.setl_count} settlements)")
+            else:
+                diff = _row_diff(a, b)
+                if diff:
+                    resp.differences.append(f"{label}: {diff}")
+        resp.balanced = not resp.differences
+    return resp
+
+
+def _row_diff(a: reconciliation_pb2.TotalsRow, b: reconciliation_pb2.TotalsRow) -> str:
+    parts = []
+    for f in (
+        "setl_count",
+        "cancel_count",
+        "medfee_sumamt",
+        "fund_pay_sumamt",
+        "acct_pay",
+        "psn_cash_pay",
+    ):
+        x, y = getattr(a, f), getattr(b, f)
+        if x != y:
+            parts.append(f"{f} ours {x} theirs {y}")
+    fa = {s.fund_pay_type: s.fund_payamt for s in a.funds}
+    fb = {s.fund_pay_type: s.fund_payamt for s in b.funds}
+    for f in sorted(fa.keys() | fb.keys()):
+        if fa.get(f, 0) != fb.get(f, 0):
+            parts.append(f"fund {f} ours {fa.get(f, 0)} theirs {fb.get(f, 0)}")
+    return "; ".join(parts)
+
+
+def detail_rows(
+    conn: sqlite3.Connection, code: str, begin: int, end: int
+) -> list[reconciliation_pb2.DetailRow]:
+    rows = conn.execute(
+        "SELECT setl_id, msgid, mdtrt_id, psn_no, insutype, clr_type, state, setl_time,"
+        " cancel_time, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay"
+        " FROM settlements WHERE fixmedins_code = ?"
+        " AND (setl_date BETWEEN ? AND ? OR cancel_date BETWEEN ? AND ?) ORDER BY id",
+        (code, begin, end, begin, end),
+    ).fetchall()
+    out = []
+    for r in rows:
+        d = reconciliation_pb2.DetailRow(
+            setl_id=r[0],
+            msgid=r[1],
+            mdtrt_id=r[2],
+            psn_no=r[3],
+            insutype=r[4],
+            clr_type=r[5],
+            state=r[6],
+            medfee_sumamt=r[9],
+            fund_pay_sumamt=r[10],
+            acct_pay=r[11],
+            psn_cash_pay=r[12],
+        )
+        d.setl_time.FromMilliseconds(r[7])
+        if r[8] is not None:
+            d.cancel_time.FromMilliseconds(r[8])
+        out.append(d)
+    return out
+
+
+def _same(a: reconciliation_pb2.DetailRow, b: reconciliation_pb2.DetailRow) -> bool:
+    return (a.state, a.medfee_sumamt, a.fund_pay_sumamt, a.acct_pay, a.psn_cash_pay) == (
+        b.state,
+        b.medfee_sumamt,
+        b.fund_pay_sumamt,
+        b.acct_pay,
+        b.psn_cash_pay,
+    )
+
+
+def details(
+    conn: sqlite3.Connection, caller: Caller, req: reconciliation_pb2.DetailsRequest
+) -> reconciliation_pb2.DetailsResponse:
+    _check_range(req.begin_date, req.end_date)
+    ours = detail_rows(conn, caller.inst.fixmedins_code, req.begin_date, req.end_date)
+    resp = reconciliation_pb2.DetailsResponse(ours_count=len(ours), balanced=True)
+    if not req.theirs and not req.compare:
+        resp.results.extend(
+            reconciliation_pb2.DetailResult(match=reconciliation_pb2.MATCHED, ours=o) for o in ours
+        )
+        return resp
+    theirs = {t.setl_id: t for t in req.theirs}
+    for o in ours:
+        t = theirs.pop(o.setl_id, None)
+        if t is None:
+            resp.results.append(
+                reconciliation_pb2.DetailResult(match=reconciliation_pb2.OURS_ONLY, ours=o)
+            )
+        elif not _same(o, t):
+            resp.results.append(
+                reconciliation_pb2.DetailResult(
+                    match=reconciliation_pb2.DIFFERENT, ours=o, theirs=t
+                )
+            )
+    for t in theirs.values():
+        resp.results.append(
+            reconciliation_pb2.DetailResult(match=reconciliation_pb2.THEIRS_ONLY, theirs=t)
+        )
+    resp.balanced = not resp.results
+    return resp

@@ -1,0 +1,520 @@
+"""Pre-settlement (2206/2303), settlement (2207/2304), its cancel (2208/2305), reversal by
+message id (2601), and settlement queries.
+
+`compute` is the one computation both PreSettle and Settle run: the visit's lines through the
+engine's preprocessing with the institution's catalog, then the fund split against the
+person's accumulators for the year and the rule's pool. Settle runs it inside the writer's
+transaction, so the accumulators it reads are the latest committed ones, and commits the
+settlement, its legs and line results, the new accumulators, the account balance, an outbox
+row for the center and the idempotency record together.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import engine_rs
+from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
+from server.domain.common import Caller, Env, issue_id, local_date, require_fresh_refdata
+from server.domain.visits import (
+    VisitRow,
+    age_on,
+    cancel_registration,
+    engine_visit,
+    line_columns,
+    load_person,
+    load_visit,
+)
+from server.errors import FailedPrecondition, NotFound, field_error
+
+ACC_FIELDS = (
+    "inpatient_count",
+    "dedc_paid",
+    "hifp_paid",
+    "hifp_base",
+    "critical_base",
+    "critical_paid",
+    "cvlserv_paid",
+    "maf_paid",
+)
+
+FUND_NAMES = {
+    "310100": "职工基本医疗保险统筹基金",
+    "310200": "职工基本医疗保险个人账户",
+    "320100": "公务员医疗补助资金",
+    "330100": "职工大额医疗费用补助基金",
+    "340100": "离休人员医疗保障基金",
+    "350100": "一至六级残疾军人医疗补助基金",
+    "370100": "企业补充医疗保险基金",
+    "390100": "城乡居民基本医疗保险基金",
+    "390200": "城乡居民大病医疗保险基金",
+    "510100": "生育基金",
+    "610100": "医疗救助基金",
+    "999996": "医院垫付",
+    "999997": "其他基金",
+}
+
+
+def clr_type_of(treatment: int) -> int:
+    return 21 if treatment == 2 else 11
+
+
+@dataclass
+class Computed:
+    visit: VisitRow
+    info: common_pb2.SetlInfo
+    acc_year: int
+    acc_pool: str
+    acc_before: dict[str, int]
+    acc_after: dict[str, int]
+    line_rows: list[tuple[Any, ...]]
+
+
+def _fail_engine(exc: Exception) -> FailedPrecondition:
+    return FailedPrecondition(f"the visit cannot be settled: {exc}")
+
+
+def compute(
+    conn: sqlite3.Connection,
+    caller: Caller,
+    req: settlement_pb2.SettleRequest,
+) -> Computed:
+    """Preprocess and split a visit's fees; changes nothing."""
+    require_fresh_refdata(caller)
+    policy = caller.snap.policy
+    assert policy is not None
+    visit = load_visit(conn, caller, req.mdtrt_id)
+    if not req.psn_no:
+        raise field_error("psn_no", "is required")
+    if req.psn_no != visit.psn_no:
+        raise field_error("psn_no", "does not match the visit's person")
+    if req.medfee_sumamt < 0:
+        raise field_error("medfee_sumamt", "must not be negative")
+    if visit.state == "settled":
+        setl = conn.execute(
+            "SELECT setl_id FROM settlements WHERE visit_id = ? AND state = 1", (visit.id,)
+        ).fetchone()
+        raise FailedPrecondition(
+            f"mdtrt_id: {visit.mdtrt_id} is already settled as {setl[0] if setl else '?'}"
+        )
+    if visit.state != "registered":
+        raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} is {visit.state}")
+    rows = conn.execute(
+        "SELECT feedetl_sn, medins_list_codg, med_list_codg, cnt, pric, det_item_fee_sumamt,"
+        " fee_ocur_date, hosp_appr_flag FROM fee_lines WHERE visit_id = ? ORDER BY seq",
+        (visit.id,),
+    ).fetchall()
+    if not rows:
+        raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} has no fee lines to settle")
+    person = load_person(conn, visit.psn_no)
+    assert person is not None
+    sns = [r[0] for r in rows]
+    nums = np.array([r[3:8] for r in rows], dtype=np.int64)
+    catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
+    try:
+        lines, summary = engine_rs.preprocess(
+            catalog,
+            policy,
+            line_columns([r[1] for r in rows], [r[2] for r in rows], nums),
+            engine_visit(visit, person),
+        )
+    except engine_rs.EngineError as exc:  # lines were checked at upload; the catalog changed
+        raise _fail_engine(exc) from None
+    if req.medfee_sumamt != summary.medfee_sumamt:
+        raise field_error(
+            "medfee_sumamt",
+            f"{req.medfee_sumamt} is not the uploaded lines' total {summary.medfee_sumamt}"
+            f" ({summary.line_count} lines)",
+        )
+    sel = engine_rs.Selection(
+        treatment=visit.treatment,
+        date=visit.begndate,
+        region=int(person.insuplc_admdvs) if person.insuplc_admdvs.isdigit() else 0,
+        insutype=visit.insutype,
+        psn_type=person.psn_type,
+        hosp_lv=caller.inst.hosp_lv,
+    )
+    rule = policy.select(sel)
+    if rule is None:
+        raise FailedPrecondition(
+            f"no policy rule covers insutype {visit.insutype}, med_type {visit.med_type},"
+            f" psn_type {person.psn_type}, hospital level {caller.inst.hosp_lv}"
+            f" on {visit.begndate} (policy version {policy.version})"
+        )
+    year = visit.begndate // 10000
+    pool = policy.rule_accumulator(rule)
+    before = current_accumulators(conn, visit.psn_no, year, pool)
+    try:
+        result = engine_rs.split(
+            policy,
+            summary,
+            sel,
+            engine_rs.Person(
+                age=age_on(person.brdy, visit.begndate),
+                retired=person.retired,
+                civil_servant=person.cvlserv_flag,
+                cross_region=person.cross_region,
+                assistance=person.maf_flag,
+                acct_used=req.acct_used_flag,
+                acct_balance=person.balc,
+            ),
+            engine_rs.Accumulators(**before),
+        )
+    except engine_rs.EngineError as exc:
+        raise _fail_engine(exc) from None
+    after = result.accumulators.to_dict()
+    info = common_pb2.SetlInfo(
+        mdtrt_id=visit.mdtrt_id,
+        psn_no=person.psn_no,
+        psn_name=person.psn_name,
+        insutype=visit.insutype,
+        psn_type=person.psn_type,
+        med_type=visit.med_type,
+        clr_type=clr_type_of(visit.treatment),
+        fixmedins_code=caller.inst.fixmedins_code,
+        invono=req.invono,
+        medfee_sumamt=summary.medfee_sumamt,
+        fulamt_ownpay_amt=summary.fulamt_ownpay_amt,
+        overlmt_amt=summary.overlmt_amt,
+        preselfpay_amt=summary.preselfpay_amt,
+        inscp_scp_amt=summary.inscp_scp_amt,
+        act_pay_dedc=result.act_pay_dedc,
+        hifp_pay=result.hifp_pay,
+        cvlserv_pay=result.cvlserv_pay,
+        hifob_pay=result.critical_pay if result.critical_fund_pay_type == "330100" else 0,
+        hifmi_pay=result.critical_pay if result.critical_fund_pay_type == "390200" else 0,
+        maf_pay=result.maf_pay,
+        fund_pay_sumamt=result.fund_pay_sumamt,
+        psn_part_amt=result.psn_part_amt,
+        acct_pay=result.acct_pay,
+        psn_cash_pay=result.psn_cash_pay,
+        balc=result.balc,
+        rule_id=result.rule_id,
+        policy_version=policy.version,
+        catalog_version=catalog.version,
+        line_count=summary.line_count,
+    )
+    info.setldetail.extend(
+        common_pb2.FundLeg(
+            fund_pay_type=leg.fund_pay_type,
+            fund_pay_type_name=FUND_NAMES.get(leg.fund_pay_type, ""),
+            inscp_scp_amt=leg.base,
+            fund_payamt=leg.amount,
+            setl_proc_info=leg.setl_proc_info,
+        )
+        for leg in result.legs
+    )
+    for cat, sums in enumerate(summary.by_category):
+        if any(sums):
+            info.categories.append(
+                common_pb2.CategorySum(
+                    med_chrgitm_type=cat,
+                    det_item_fee_sumamt=sums[0],
+                    fulamt_ownpay_amt=sums[1],
+                    overlmt_amt=sums[2],
+                    preselfpay_amt=sums[3],
+                    inscp_scp_amt=sums[4],
+                )
+            )
+    codes = catalog.codes(lines.item)
+    line_rows = list(
+        zip(
+            sns,
+            codes,
+            lines.chrgitm_lv.tolist(),
+            lines.fee_category.tolist(),
+            nums[:, 2].tolist(),
+            lines.fulamt_ownpay_amt.tolist(),
+            lines.overlmt_amt.tolist(),
+            lines.preselfpay_amt.tolist(),
+            lines.inscp_scp_amt.tolist(),
+            lines.flags.tolist(),
+            strict=True,
+        )
+    )
+    return Computed(visit, info, year, pool, before, after, line_rows)
+
+
+def current_accumulators(
+    conn: sqlite3.Connection, psn_no: str, year: int, pool: str
+) -> dict[str, int]:
+    """The current row, else the loaded (opening) row, else zeros."""
+    row = conn.execute(
+        f"SELECT {', '.join(ACC_FIELDS)} FROM accumulators"
+        " WHERE psn_no = ? AND year = ? AND pool = ? ORDER BY opening LIMIT 1",
+        (psn_no, year, pool),
+    ).fetchone()
+    return dict(zip(ACC_FIELDS, row, strict=True)) if row else dict.fromkeys(ACC_FIELDS, 0)
+
+
+def write_accumulators(
+    conn: sqlite3.Connection, psn_no: str, year: int, pool: str, values: dict[str, int]
+) -> None:
+    conn.execute(
+        f"INSERT OR REPLACE INTO accumulators (psn_no, year, pool, opening, {', '.join(ACC_FIELDS)})"
+        f" VALUES (?, ?, ?, 0, {', '.join('?' * len(ACC_FIELDS))})",
+        (psn_no, year, pool, *(values[f] for f in ACC_FIELDS)),
+    )
+
+
+def pre_settle(
+    conn: sqlite3.Connection, caller: Caller, req: settlement_pb2.SettleRequest
+) -> settlement_pb2.SettleResponse:
+    c = compute(conn, caller, req)
+    c.info.msgid = req.header.msgid
+    return settlement_pb2.SettleResponse(setlinfo=c.info)
+
+
+def settle(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    req: settlement_pb2.SettleRequest,
+    now: int,
+) -> tuple[bytes, str]:
+    c = compute(conn, caller, req)
+    rowid = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM settlements").fetchone()[0]
+    setl_id = issue_id(env, "S", rowid)
+    info = c.info
+    info.setl_id = setl_id
+    info.msgid = req.header.msgid
+    info.setl_time.FromMilliseconds(now)
+    info.state = common_pb2.SETTLED
+    info.mode = env.mode  # type: ignore[assignment]
+    blob = info.SerializeToString()
+    delta = {f: c.acc_after[f] - c.acc_before[f] for f in ACC_FIELDS}
+    conn.execute(
+        "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no,"
+        " insutype, clr_type, msgid, invono, setl_time, setl_date, state, mode, offline,"
+        " medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool,"
+        " acc_delta, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 0,"
+        " ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            rowid,
+            setl_id,
+            caller.inst.fixmedins_code,
+            c.visit.mdtrt_id,
+            c.visit.id,
+            c.visit.psn_no,
+            info.insutype,
+            info.clr_type,
+            req.header.msgid,
+            req.invono,
+            now,
+            local_date(now, env.tz_offset_min),
+            env.mode,
+            info.medfee_sumamt,
+            info.fund_pay_sumamt,
+            info.acct_pay,
+            info.psn_cash_pay,
+            c.acc_year,
+            c.acc_pool,
+            json.dumps(delta, separators=(",", ":")),
+            blob,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO setl_legs VALUES (?, ?, ?, ?)",
+        [(setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in info.setldetail],
+    )
+    conn.executemany(
+        "INSERT INTO setl_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(setl_id, *r) for r in c.line_rows],
+    )
+    write_accumulators(conn, c.visit.psn_no, c.acc_year, c.acc_pool, c.acc_after)
+    if info.acct_pay:
+        conn.execute(
+            "UPDATE persons SET balc = balc - ? WHERE psn_no = ?", (info.acct_pay, c.visit.psn_no)
+        )
+    conn.execute("UPDATE visits SET state = 'settled' WHERE id = ?", (c.visit.id,))
+    conn.execute(
+        "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('settle', ?, ?, ?)",
+        (setl_id, blob, now),
+    )
+    return settlement_pb2.SettleResponse(setlinfo=info).SerializeToString(), setl_id
+
+
+# ---------------------------------------------------------------------------- cancel
+_SETL_COLS = (
+    "id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no, state, acct_pay, acc_year,"
+    " acc_pool, acc_delta, info, cancel_id, cancel_msgid, cancel_time"
+)
+
+
+def _load_setl(conn: sqlite3.Connection, caller: Caller, setl_id: str) -> tuple[Any, ...]:
+    if not setl_id:
+        raise field_error("setl_id", "is required")
+    row = conn.execute(
+        f"SELECT {_SETL_COLS} FROM settlements WHERE setl_id = ?", (setl_id,)
+    ).fetchone()
+    if row is None or row[2] != caller.inst.fixmedins_code:
+        raise NotFound(f"setl_id: no settlement {setl_id} at this institution")
+    return tuple(row)
+
+
+def setl_info(row: tuple[Any, ...]) -> common_pb2.SetlInfo:
+    """A stored settlement with its current state."""
+    info = common_pb2.SetlInfo.FromString(row[11])
+    info.state = row[6]
+    if row[6] == common_pb2.CANCELLED:
+        info.cancel_id = row[12]
+        info.cancel_msgid = row[13]
+        info.cancel_time.FromMilliseconds(row[14])
+    return info
+
+
+def cancel(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    setl_id: str,
+    mdtrt_id: str,
+    psn_no: str,
+    msgid: str,
+    now: int,
+) -> tuple[common_pb2.SetlInfo, str]:
+    row = _load_setl(conn, caller, setl_id)
+    if mdtrt_id and mdtrt_id != row[3]:
+        raise field_error("mdtrt_id", f"settlement {setl_id} belongs to visit {row[3]}")
+    if psn_no and psn_no != row[5]:
+        raise field_error("psn_no", "does not match the settlement's person")
+    if row[6] != common_pb2.SETTLED:
+        raise FailedPrecondition(f"setl_id: {setl_id} is already cancelled ({row[12]})")
+    delta = json.loads(row[10])
+    acc = current_accumulators(conn, row[5], row[8], row[9])
+    write_accumulators(conn, row[5], row[8], row[9], {f: acc[f] - delta[f] for f in ACC_FIELDS})
+    if row[7]:
+        conn.execute("UPDATE persons SET balc = balc + ? WHERE psn_no = ?", (row[7], row[5]))
+    conn.execute("UPDATE visits SET state = 'registered' WHERE id = ?", (row[4],))
+    cancel_id = issue_id(env, "C", row[0])
+    conn.execute(
+        "UPDATE settlements SET state = 2, cancel_id = ?, cancel_msgid = ?, cancel_time = ?,"
+        " cancel_date = ? WHERE id = ?",
+        (cancel_id, msgid, now, local_date(now, env.tz_offset_min), row[0]),
+    )
+    conn.execute(
+        "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('cancel', ?, ?, ?)",
+        (setl_id, cancel_id.encode(), now),
+    )
+    info = setl_info((*row[:6], common_pb2.CANCELLED, *row[7:12], cancel_id, msgid, now))
+    return info, setl_id
+
+
+def cancel_call(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    req: settlement_pb2.CancelSettlementRequest,
+    now: int,
+) -> tuple[bytes, str]:
+    info, ref = cancel(
+        conn, env, caller, req.setl_id, req.mdtrt_id, req.psn_no, req.header.msgid, now
+    )
+    return settlement_pb2.SettleResponse(setlinfo=info).SerializeToString(), ref
+
+
+# ---------------------------------------------------------------------------- reversal
+def reverse(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    req: settlement_pb2.ReverseRequest,
+    now: int,
+) -> tuple[bytes, str]:
+    """Undo the call `omsgid` made; burn the msgid when it never arrived."""
+    if not req.omsgid:
+        raise field_error("omsgid", "is required")
+    if req.omsgid == req.header.msgid:
+        raise field_error("omsgid", "must differ from this call's own msgid")
+    code = caller.inst.fixmedins_code
+    row = conn.execute(
+        "SELECT method, ref FROM idempotency WHERE fixmedins_code = ? AND msgid = ?",
+        (code, req.omsgid),
+    ).fetchone()
+    resp = settlement_pb2.ReverseResponse(omsgid=req.omsgid)
+    if row is None:
+        conn.execute(
+            "INSERT INTO idempotency VALUES (?, ?, 'REVERSED', x'', x'', ?, ?)",
+            (code, req.omsgid, req.header.msgid, now),
+        )
+        resp.original_found = False
+        resp.reversed = f"{req.omsgid} never arrived; it is now refused if it does"
+        return resp.SerializeToString(), req.omsgid
+    method, ref = row
+    if req.oinfno and req.oinfno != method:
+        raise field_error("oinfno", f"the call {req.omsgid} was {method}, not {req.oinfno}")
+    resp.original_found = True
+    if method == "Settle":
+        srow = _load_setl(conn, caller, ref)
+        if srow[6] == common_pb2.CANCELLED:
+            resp.reversed = f"Settle: settlement {ref} was already cancelled ({srow[12]})"
+            resp.setlinfo.CopyFrom(setl_info(srow))
+        else:
+            info, _ = cancel(conn, env, caller, ref, "", "", req.header.msgid, now)
+            resp.reversed = f"Settle: settlement {ref} cancelled as {info.cancel_id}"
+            resp.setlinfo.CopyFrom(info)
+    elif method == "Register":
+        visit = load_visit(conn, caller, ref)
+        if visit.state == "cancelled":
+            resp.reversed = f"Register: visit {ref} was already cancelled"
+        else:
+            cancel_registration(conn, caller, ref, "")
+            resp.reversed = f"Register: visit {ref} cancelled"
+    elif method in ("UploadFees", "StreamFees"):
+        visit = load_visit(conn, caller, ref)
+        if visit.state != "registered":
+            raise FailedPrecondition(
+                f"omsgid: visit {ref} is {visit.state}; its fees cannot be reversed"
+            )
+        n = conn.execute(
+            "DELETE FROM fee_lines WHERE visit_id = ? AND msgid = ?", (visit.id, req.omsgid)
+        ).rowcount
+        resp.reversed = f"{method}: {n} lines of visit {ref} deleted"
+    else:
+        raise FailedPrecondition(
+            f"omsgid: {method} cannot be reversed (Register, UploadFees, StreamFees, Settle can)"
+        )
+    return resp.SerializeToString(), ref
+
+
+# ---------------------------------------------------------------------------- queries
+def get_settlement(
+    conn: sqlite3.Connection, caller: Caller, setl_id: str
+) -> settlement_pb2.SettleResponse:
+    return settlement_pb2.SettleResponse(setlinfo=setl_info(_load_setl(conn, caller, setl_id)))
+
+
+def query_settlements(
+    conn: sqlite3.Connection, caller: Caller, req: settlement_pb2.QuerySettlementsRequest
+) -> settlement_pb2.QuerySettlementsResponse:
+    limit = req.limit or 1000
+    if not 0 < limit <= 10_000:
+        raise field_error("limit", "must be between 1 and 10000")
+    code = caller.inst.fixmedins_code
+    which = req.WhichOneof("by")
+    if which == "mdtrt_id":
+        load_visit(conn, caller, req.mdtrt_id)
+        where, args = "mdtrt_id = ?", (req.mdtrt_id,)
+    elif which == "invono":
+        if not req.invono:
+            raise field_error("invono", "is empty")
+        where, args = "invono = ?", (req.invono,)
+    elif which == "time_range":
+        begin = req.time_range.begin.ToMilliseconds()
+        end = req.time_range.end.ToMilliseconds()
+        if not req.time_range.HasField("end") or end <= begin:
+            raise field_error("time_range.end", "must be after time_range.begin")
+        where, args = "setl_time >= ? AND setl_time < ?", (begin, end)  # type: ignore[assignment]
+    else:
+        raise field_error("by", "give mdtrt_id, invono or time_range")
+    rows = conn.execute(
+        f"SELECT {_SETL_COLS} FROM settlements WHERE fixmedins_code = ? AND {where}"
+        " ORDER BY id LIMIT ?",
+        (code, *args, limit),
+    ).fetchall()
+    return settlement_pb2.QuerySettlementsResponse(settlements=[setl_info(tuple(r)) for r in rows])

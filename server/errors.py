@@ -1,0 +1,92 @@
+"""Client errors as precise gRPC statuses.
+
+Domain code raises `ClientError` subclasses; the service layer turns them into a status with
+a `google.rpc.Status` in the trailing metadata (a `BadRequest` with one field violation per
+bad field for INVALID_ARGUMENT), which the SDK unpacks. A client error never becomes
+INTERNAL, and a call that raises one has written nothing (the store rolls its savepoint back).
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+class ClientError(Exception):
+    """A request the server refuses; `code` is the gRPC status it answers with."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, violations: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.violations = violations or []
+
+    def to_status(self) -> grpc.Status:
+        detail = status_pb2.Status(code=self.code.value[0], message=self.message)
+        if self.violations:
+            bad = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in self.violations
+                ]
+            )
+            packed = any_pb2.Any()
+            packed.Pack(bad)
+            detail.details.append(packed)
+        return rpc_status.to_status(detail)
+
+
+class InvalidArgument(ClientError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ClientError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(ClientError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AlreadyExists(ClientError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Unauthenticated(ClientError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ClientError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(ClientError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def field_error(field: str, reason: str) -> InvalidArgument:
+    """INVALID_ARGUMENT naming one field: `field: reason`."""
+    return InvalidArgument(f"{field}: {reason}", [(field, reason)])
+
+
+class Violations:
+    """Collects field violations of one request, raised together."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field: str, reason: str) -> None:
+        self.items.append((field, reason))
+
+    def require(self, ok: bool, field: str, reason: str) -> None:
+        if not ok:
+            self.add(field, reason)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            head = "; ".join(f"{f}: {r}" for f, r in self.items[:5])
+            more = f" (+{len(self.items) - 5} more)" if len(self.items) > 5 else ""
+            raise InvalidArgument(head + more, self.items)

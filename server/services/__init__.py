@@ -1,0 +1,1 @@
+"""gRPC services: thin layers that check requests and run domain operations on the store."""

@@ -1,0 +1,120 @@
+"""Glue between service implementations and grpc.aio.
+
+Handlers are built from the service descriptors (not the generated `add_*_to_server`), so a
+handler may answer with the stored response *bytes* of an idempotent replay: the response
+serializer passes bytes through untouched, which is what makes a retry's answer identical
+byte for byte. Every handler is wrapped so a `ClientError` becomes its precise status with
+`google.rpc.Status` details, and anything else is logged and answered INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from server.errors import ClientError
+
+log = logging.getLogger("medsettle.rpc")
+
+
+class Malformed:
+    """What the deserializer hands over for bytes that are not the request message, so the
+    handler answers INVALID_ARGUMENT (grpc's own path would answer INTERNAL)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return Malformed(str(exc))
+
+    return parse
+
+
+def check_parsed(request: Any) -> None:
+    """Raise INVALID_ARGUMENT for a message the deserializer could not parse."""
+    if isinstance(request, Malformed):
+        raise ClientError(f"malformed request message: {request.reason}")
+
+
+def _serialize(response: Message | bytes) -> bytes:
+    if isinstance(response, bytes):
+        return response
+    return response.SerializeToString()
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+) -> None:
+    if isinstance(exc, ClientError):
+        status = exc.to_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    log.exception("unexpected error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+
+def _wrap_unary(method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            check_parsed(request)
+            return await fn(request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc, method)
+
+    return handler
+
+
+def _wrap_stream_out(
+    method: str, fn: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def handler(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            check_parsed(request)
+            async for item in fn(request, context):
+                yield item
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc, method)
+
+    return handler
+
+
+def generic_handler(service: ServiceDescriptor, impl: object) -> grpc.GenericRpcHandler:
+    """A handler for every method of `service`, each calling `impl.<MethodName>`."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for m in service.methods:
+        fn = getattr(impl, m.name)
+        request_cls = message_factory.GetMessageClass(m.input_type)
+        deser = _deserializer(request_cls)
+        if m.client_streaming and not m.server_streaming:
+            handlers[m.name] = grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(m.name, fn), request_deserializer=deser, response_serializer=_serialize
+            )
+        elif m.server_streaming and not m.client_streaming:
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_out(m.name, fn),
+                request_deserializer=deser,
+                response_serializer=_serialize,
+            )
+        elif not m.client_streaming:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(m.name, fn), request_deserializer=deser, response_serializer=_serialize
+            )
+        else:  # pragma: no cover - the contract has no bidirectional calls
+            raise NotImplementedError(m.full_name)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -1,0 +1,241 @@
+"""The `medsettle.v1.Settlement` service: the HIS transaction set over the store.
+
+State-changing calls check the header, hash the request, and run one operation in the
+store's group commit: authenticate the sign_no, then either replay the stored answer of the
+same msgid or do the work and store its answer with the msgid. Reads run on a snapshot.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from clients.pb.medsettle.v1 import settlement_pb2
+from server.domain import settle, visits
+from server.domain.common import (
+    Caller,
+    Env,
+    add_chunk,
+    authenticate,
+    check_header,
+    chunk_hasher,
+    idempotent,
+    now_ms,
+    request_hash,
+)
+from server.errors import field_error
+from server.services.base import check_parsed
+from server.store.sqlite import Store
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+WriteBody = Callable[[sqlite3.Connection, Caller, int], tuple[bytes, str]]
+
+
+class Calls:
+    """The two shapes every call takes: an idempotent write, or a read."""
+
+    def __init__(self, store: Store, env: Env) -> None:
+        self.store = store
+        self.env = env
+
+    async def write(
+        self, method: str, request: Any, body: WriteBody, *, req_hash: bytes | None = None
+    ) -> bytes:
+        header = request.header
+        check_header(header, needs_msgid=True)
+        digest = req_hash if req_hash is not None else request_hash(method, request)
+        now = now_ms()
+        env = self.env
+
+        def op(conn: sqlite3.Connection) -> bytes:
+            caller = authenticate(conn, env, header, now)
+            return idempotent(
+                conn,
+                header.fixmedins_code,
+                header.msgid,
+                method,
+                digest,
+                now,
+                lambda: body(conn, caller, now),
+            )
+
+        return await self.store.write(op)
+
+    async def read(self, request: Any, body: Callable[[sqlite3.Connection, Caller], Any]) -> Any:
+        header = request.header
+        check_header(header, needs_msgid=False)
+        now = now_ms()
+        env = self.env
+
+        def op(conn: sqlite3.Connection) -> Any:
+            return body(conn, authenticate(conn, env, header, now))
+
+        return await self.store.read(op)
+
+
+class SettlementService:
+    def __init__(self, store: Store, env: Env) -> None:
+        self.calls = Calls(store, env)
+        self.store = store
+        self.env = env
+
+    async def SignIn(self, request: settlement_pb2.SignInRequest, context: Ctx) -> bytes:
+        header = request.header
+        check_header(header, needs_msgid=True, needs_sign=False)
+        digest = request_hash("SignIn", request)
+        now = now_ms()
+        env = self.env
+
+        def op(conn: sqlite3.Connection) -> bytes:
+            return idempotent(
+                conn,
+                header.fixmedins_code,
+                header.msgid,
+                "SignIn",
+                digest,
+                now,
+                lambda: visits.sign_in(conn, env, header, now),
+            )
+
+        return await self.store.write(op)
+
+    async def SignOut(self, request: settlement_pb2.SignOutRequest, context: Ctx) -> bytes:
+        sign_no = request.header.sign_no
+        return await self.calls.write(
+            "SignOut", request, lambda conn, caller, now: visits.sign_out(conn, sign_no, now)
+        )
+
+    async def GetPerson(self, request: settlement_pb2.GetPersonRequest, context: Ctx) -> Any:
+        return await self.calls.read(request, lambda conn, caller: visits.get_person(conn, request))
+
+    async def Register(self, request: settlement_pb2.RegisterRequest, context: Ctx) -> bytes:
+        env = self.env
+        return await self.calls.write(
+            "Register",
+            request,
+            lambda conn, caller, now: visits.register(conn, env, caller, request, now),
+        )
+
+    async def CancelRegistration(
+        self, request: settlement_pb2.CancelRegistrationRequest, context: Ctx
+    ) -> bytes:
+        return await self.calls.write(
+            "CancelRegistration",
+            request,
+            lambda conn, caller, now: visits.cancel_registration(
+                conn, caller, request.mdtrt_id, request.psn_no
+            ),
+        )
+
+    async def UploadFees(self, request: settlement_pb2.UploadFeesRequest, context: Ctx) -> bytes:
+        if len(request.lines) > self.env.max_lines_per_call:
+            raise field_error(
+                "lines",
+                f"{len(request.lines)} lines in one call, more than"
+                f" {self.env.max_lines_per_call}; use StreamFees",
+            )
+        env = self.env
+        lines = list(request.lines)
+        return await self.calls.write(
+            "UploadFees",
+            request,
+            lambda conn, caller, now: visits.upload_fees(
+                conn, env, caller, request.mdtrt_id, lines, request.header.msgid
+            ),
+        )
+
+    async def StreamFees(
+        self, request_iterator: AsyncIterator[settlement_pb2.UploadFeesRequest], context: Ctx
+    ) -> bytes:
+        first: settlement_pb2.UploadFeesRequest | None = None
+        lines: list[settlement_pb2.FeeLine] = []
+        digest = chunk_hasher("StreamFees")
+        limit = self.env.max_lines_per_visit
+        n = 0
+        async for chunk in request_iterator:
+            check_parsed(chunk)
+            if first is None:
+                first = chunk
+                check_header(chunk.header, needs_msgid=True)
+            elif chunk.mdtrt_id and chunk.mdtrt_id != first.mdtrt_id:
+                raise field_error(f"messages[{n}].mdtrt_id", "differs from the first message's")
+            if len(chunk.lines) > self.env.max_lines_per_call:
+                raise field_error(
+                    f"messages[{n}].lines",
+                    f"more than {self.env.max_lines_per_call} lines in one message",
+                )
+            if len(lines) + len(chunk.lines) > limit:
+                raise field_error("lines", f"more than {limit} lines in one stream")
+            add_chunk(digest, chunk)
+            lines.extend(chunk.lines)
+            n += 1
+        if first is None:
+            raise field_error("messages", "the stream carried no message")
+        env = self.env
+        head = first
+        return await self.calls.write(
+            "StreamFees",
+            head,
+            lambda conn, caller, now: visits.upload_fees(
+                conn, env, caller, head.mdtrt_id, lines, head.header.msgid
+            ),
+            req_hash=digest.digest(),
+        )
+
+    async def DeleteFees(self, request: settlement_pb2.DeleteFeesRequest, context: Ctx) -> bytes:
+        return await self.calls.write(
+            "DeleteFees",
+            request,
+            lambda conn, caller, now: visits.delete_fees(conn, caller, request),
+        )
+
+    async def PreSettle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> Any:
+        return await self.calls.read(
+            request, lambda conn, caller: settle.pre_settle(conn, caller, request)
+        )
+
+    async def Settle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> bytes:
+        env = self.env
+        return await self.calls.write(
+            "Settle",
+            request,
+            lambda conn, caller, now: settle.settle(conn, env, caller, request, now),
+        )
+
+    async def CancelSettlement(
+        self, request: settlement_pb2.CancelSettlementRequest, context: Ctx
+    ) -> bytes:
+        env = self.env
+        return await self.calls.write(
+            "CancelSettlement",
+            request,
+            lambda conn, caller, now: settle.cancel_call(conn, env, caller, request, now),
+        )
+
+    async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Ctx) -> bytes:
+        env = self.env
+        return await self.calls.write(
+            "Reverse",
+            request,
+            lambda conn, caller, now: settle.reverse(conn, env, caller, request, now),
+        )
+
+    async def GetSettlement(
+        self, request: settlement_pb2.GetSettlementRequest, context: Ctx
+    ) -> Any:
+        return await self.calls.read(
+            request, lambda conn, caller: settle.get_settlement(conn, caller, request.setl_id)
+        )
+
+    async def QuerySettlements(
+        self, request: settlement_pb2.QuerySettlementsRequest, context: Ctx
+    ) -> Any:
+        return await self.calls.read(
+            request, lambda conn, caller: settle.query_settlements(conn, caller, request)
+        )
+
+    async def Ping(self, request: settlement_pb2.PingRequest, context: Ctx) -> Any:
+        return settlement_pb2.PingResponse(payload=request.payload)

@@ -1,0 +1,272 @@
+"""Versioned schema of the front-end's SQLite database.
+
+Each migration is applied once, in order, in one transaction with its row in
+`schema_migrations`; never edit a migration that has shipped, add the next one.
+
+Money columns are INTEGER fen; times are INTEGER unix milliseconds (UTC); dates are INTEGER
+yyyymmdd. Ids handed to clients (`mdtrt_id`, `setl_id`) are text with a node prefix so a
+center can hold every front-end's ids side by side.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial front-end schema",
+        """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('refdata_gen', 0);
+
+CREATE TABLE institutions (
+    fixmedins_code TEXT PRIMARY KEY,
+    fixmedins_name TEXT NOT NULL,
+    hosp_lv INTEGER NOT NULL,
+    admdvs TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE signins (
+    sign_no TEXT PRIMARY KEY,
+    fixmedins_code TEXT NOT NULL,
+    opter TEXT NOT NULL,
+    sign_time INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    sign_out_time INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE persons (
+    psn_no TEXT PRIMARY KEY,
+    psn_name TEXT NOT NULL,
+    psn_cert_no TEXT NOT NULL,
+    card_no TEXT NOT NULL,
+    voucher TEXT NOT NULL,
+    gend INTEGER NOT NULL,
+    brdy INTEGER NOT NULL,
+    psn_type INTEGER NOT NULL,
+    insutype INTEGER NOT NULL,
+    insuplc_admdvs TEXT NOT NULL,
+    cvlserv_flag INTEGER NOT NULL,
+    maf_flag INTEGER NOT NULL,
+    retired INTEGER NOT NULL,
+    cross_region INTEGER NOT NULL,
+    balc INTEGER NOT NULL,          -- personal account balance now
+    opening_balc INTEGER NOT NULL   -- as loaded; balc = opening_balc - sum(active acct_pay)
+) WITHOUT ROWID;
+CREATE INDEX persons_cert ON persons (psn_cert_no);
+CREATE INDEX persons_card ON persons (card_no);
+CREATE INDEX persons_voucher ON persons (voucher);
+
+-- Yearly accumulators per person and pool; `opening` rows are what was loaded, so the
+-- current values always equal opening + the deltas of the active settlements.
+CREATE TABLE accumulators (
+    psn_no TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    pool TEXT NOT NULL,
+    opening INTEGER NOT NULL,       -- 1 = the loaded row, 0 = the current row
+    inpatient_count INTEGER NOT NULL,
+    dedc_paid INTEGER NOT NULL,
+    hifp_paid INTEGER NOT NULL,
+    hifp_base INTEGER NOT NULL,
+    critical_base INTEGER NOT NULL,
+    critical_paid INTEGER NOT NULL,
+    cvlserv_paid INTEGER NOT NULL,
+    maf_paid INTEGER NOT NULL,
+    PRIMARY KEY (psn_no, year, pool, opening)
+) WITHOUT ROWID;
+
+CREATE TABLE catalog_items (
+    med_list_codg TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    dosage_form TEXT NOT NULL,
+    manufacturer TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    chrgitm_lv INTEGER NOT NULL,
+    med_chrgitm_type INTEGER NOT NULL,
+    price_cap INTEGER NOT NULL,
+    selfpay TEXT NOT NULL,          -- JSON [[psn_type, ratio_bp], ...]; psn_type 0 = default
+    inpatient_only INTEGER NOT NULL,
+    sex INTEGER NOT NULL,
+    age_min INTEGER NOT NULL,
+    age_max INTEGER NOT NULL,
+    diagnoses TEXT NOT NULL,
+    begndate INTEGER NOT NULL,
+    enddate INTEGER NOT NULL,
+    ver INTEGER NOT NULL,           -- version that last changed the item
+    retired INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX catalog_items_ver ON catalog_items (ver);
+CREATE TABLE catalog_versions (
+    version INTEGER PRIMARY KEY,
+    imported_at INTEGER NOT NULL,
+    item_count INTEGER NOT NULL
+);
+
+CREATE TABLE mappings (
+    fixmedins_code TEXT NOT NULL,
+    medins_list_codg TEXT NOT NULL,
+    med_list_codg TEXT NOT NULL,
+    medins_list_name TEXT NOT NULL,
+    PRIMARY KEY (fixmedins_code, medins_list_codg)
+) WITHOUT ROWID;
+
+CREATE TABLE policies (
+    version INTEGER PRIMARY KEY,
+    policy_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    canonical_json TEXT NOT NULL,
+    loaded_at INTEGER NOT NULL
+);
+
+CREATE TABLE visits (
+    id INTEGER PRIMARY KEY,
+    mdtrt_id TEXT NOT NULL UNIQUE,
+    fixmedins_code TEXT NOT NULL,
+    psn_no TEXT NOT NULL,
+    insutype INTEGER NOT NULL,
+    med_type INTEGER NOT NULL,
+    treatment INTEGER NOT NULL,     -- engine code: 1 outpatient, 2 inpatient, 3 special
+    begndate INTEGER NOT NULL,
+    ipt_otp_no TEXT NOT NULL,
+    dise_codg TEXT NOT NULL,        -- comma-separated ICD-10
+    dept_codg TEXT NOT NULL,
+    atddr_no TEXT NOT NULL,
+    state TEXT NOT NULL,            -- registered | settled | cancelled
+    msgid TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX visits_psn ON visits (psn_no);
+
+CREATE TABLE fee_lines (
+    visit_id INTEGER NOT NULL,
+    feedetl_sn TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    medins_list_codg TEXT NOT NULL,
+    med_list_codg TEXT NOT NULL,
+    cnt INTEGER NOT NULL,
+    pric INTEGER NOT NULL,
+    det_item_fee_sumamt INTEGER NOT NULL,
+    fee_ocur_date INTEGER NOT NULL,
+    bilg_dr_codg TEXT NOT NULL,
+    hosp_appr_flag INTEGER NOT NULL,
+    msgid TEXT NOT NULL,            -- the upload that brought the line (for Reverse)
+    PRIMARY KEY (visit_id, feedetl_sn)
+) WITHOUT ROWID;
+
+CREATE TABLE settlements (
+    id INTEGER PRIMARY KEY,
+    setl_id TEXT NOT NULL UNIQUE,
+    fixmedins_code TEXT NOT NULL,
+    mdtrt_id TEXT NOT NULL,
+    visit_id INTEGER NOT NULL,
+    psn_no TEXT NOT NULL,
+    insutype INTEGER NOT NULL,
+    clr_type INTEGER NOT NULL,
+    msgid TEXT NOT NULL,
+    invono TEXT NOT NULL,
+    setl_time INTEGER NOT NULL,
+    setl_date INTEGER NOT NULL,
+    state INTEGER NOT NULL,         -- SettlementState: 1 settled, 2 cancelled
+    mode INTEGER NOT NULL,          -- SettlementMode: 1 local, 2 center
+    offline INTEGER NOT NULL,
+    medfee_sumamt INTEGER NOT NULL,
+    fund_pay_sumamt INTEGER NOT NULL,
+    acct_pay INTEGER NOT NULL,
+    psn_cash_pay INTEGER NOT NULL,
+    acc_year INTEGER NOT NULL,
+    acc_pool TEXT NOT NULL,
+    acc_delta TEXT NOT NULL,        -- JSON {field: change} applied to the accumulators
+    info BLOB NOT NULL,             -- medsettle.v1.SetlInfo as settled (state fields aside)
+    cancel_id TEXT,
+    cancel_msgid TEXT,
+    cancel_time INTEGER,
+    cancel_date INTEGER
+);
+CREATE INDEX settlements_visit ON settlements (visit_id);
+CREATE INDEX settlements_inst_time ON settlements (fixmedins_code, setl_time);
+CREATE INDEX settlements_inst_date ON settlements (fixmedins_code, setl_date);
+CREATE INDEX settlements_inst_cancel ON settlements (fixmedins_code, cancel_date);
+CREATE INDEX settlements_invono ON settlements (fixmedins_code, invono);
+CREATE INDEX settlements_psn ON settlements (psn_no);
+
+CREATE TABLE setl_legs (
+    setl_id TEXT NOT NULL,
+    fund_pay_type TEXT NOT NULL,
+    base INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    PRIMARY KEY (setl_id, fund_pay_type)
+) WITHOUT ROWID;
+
+CREATE TABLE setl_lines (
+    setl_id TEXT NOT NULL,
+    feedetl_sn TEXT NOT NULL,
+    med_list_codg TEXT NOT NULL,
+    chrgitm_lv INTEGER NOT NULL,
+    med_chrgitm_type INTEGER NOT NULL,
+    det_item_fee_sumamt INTEGER NOT NULL,
+    fulamt_ownpay_amt INTEGER NOT NULL,
+    overlmt_amt INTEGER NOT NULL,
+    preselfpay_amt INTEGER NOT NULL,
+    inscp_scp_amt INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    PRIMARY KEY (setl_id, feedetl_sn)
+) WITHOUT ROWID;
+
+-- Idempotency: one row per (institution, msgid) of every state-changing call that
+-- succeeded, with the exact response bytes; `method` REVERSED marks a burnt msgid.
+CREATE TABLE idempotency (
+    fixmedins_code TEXT NOT NULL,
+    msgid TEXT NOT NULL,
+    method TEXT NOT NULL,
+    req_hash BLOB NOT NULL,
+    response BLOB NOT NULL,
+    ref TEXT NOT NULL,              -- the object it made or changed (mdtrt_id, setl_id, ...)
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (fixmedins_code, msgid)
+) WITHOUT ROWID;
+
+-- Store-and-forward to the center (local mode): written in the same transaction as the
+-- settlement or cancel it carries; the forwarder sends rows in id order.
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,             -- settle | cancel
+    ref TEXT NOT NULL,              -- setl_id
+    payload BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    sent_at INTEGER
+);
+""",
+    ),
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations this database lacks; returns the schema version after."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        have = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in MIGRATIONS:
+            if version in have:
+                continue
+            for stmt in _statements(sql):
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))", (version, name)
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return max(v for v, _, _ in MIGRATIONS)
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements: comments dropped (no literal holds `--` or `;`)."""
+    lines = [ln.split("--", 1)[0] for ln in sql.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
