@@ -52,7 +52,8 @@ def _reconcile(args: argparse.Namespace) -> int:
         resp = c.totals(day, day)
     print(f"对总账 totals for {args.institution} on {day}")
     print(
-        "  date      insutype clr  settled cancelled   medfee_sumamt  fund_pay_sumamt    acct_pay  psn_cash_pay"
+        "  date      insutype clr  settled cancelled   medfee_sumamt  fund_pay_sumamt"
+        "    acct_pay  psn_cash_pay"
     )
     for r in resp.rows:
         print(

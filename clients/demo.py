@@ -90,7 +90,8 @@ def run_visit(target: str) -> int:
             visit.mdtrt_id, person.psn_no, medfee_sumamt=total, acct_used=True
         ).setlinfo
         print(
-            f"   fund {yuan(pre.fund_pay_sumamt)}  account {yuan(pre.acct_pay)}  cash {yuan(pre.psn_cash_pay)}"
+            f"   fund {yuan(pre.fund_pay_sumamt)}  account {yuan(pre.acct_pay)}"
+            f"  cash {yuan(pre.psn_cash_pay)}"
         )
         step("settlement (2304)")
         first = c.settle(
@@ -128,7 +129,8 @@ def run_visit(target: str) -> int:
         tot = c.totals(day, day)
         for r in tot.rows:
             print(
-                f"   {r.setl_date} insutype {r.insutype} clr_type {r.clr_type}: {r.setl_count} settled,"
+                f"   {r.setl_date} insutype {r.insutype} clr_type {r.clr_type}:"
+                f" {r.setl_count} settled,"
                 f" {r.cancel_count} cancelled, net medfee {yuan(r.medfee_sumamt)},"
                 f" fund {yuan(r.fund_pay_sumamt)}"
             )

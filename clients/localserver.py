@@ -64,7 +64,7 @@ class LocalServer:
             *(["--demo"] if self.demo else []),
             *self.extra,
         ]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -84,7 +84,8 @@ class LocalServer:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode} before serving")
                 try:
-                    r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    req = health_pb2.HealthCheckRequest(service="")
+                    r = stub.Check(req, timeout=1)  # type: ignore[attr-defined]
                     if r.status == health_pb2.HealthCheckResponse.SERVING:
                         if self.workers > 1:
                             time.sleep(1.0)  # the other workers bind within this

@@ -266,7 +266,7 @@ def seed(store: Store) -> bool:
     institution yet; returns whether it did."""
 
     def empty(conn: sqlite3.Connection) -> bool:
-        return conn.execute("SELECT COUNT(*) FROM institutions").fetchone()[0] == 0
+        return bool(conn.execute("SELECT COUNT(*) FROM institutions").fetchone()[0] == 0)
 
     if not store.read_sync(empty):
         return False

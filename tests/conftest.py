@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import engine_rs
+from clients.localserver import LocalServer
 from server.engine.columns import pack_strings
 
 DATA = Path(__file__).parent / "data"
@@ -88,3 +91,14 @@ def dense_by_category(sums: dict[str, Any], visit: int) -> list[list[int]]:
     for r in rows:
         dense[int(sums["category"][r])] = [int(x) for x in sums["category_sums"][r]]
     return dense
+
+
+@pytest.fixture
+def frontend(tmp_path: Path) -> Iterator[LocalServer]:
+    """A front-end server on loopback over a fresh SQLite file with the demo data set."""
+    server = LocalServer(tmp_path / "frontend.db", log=tmp_path / "server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -344,7 +344,7 @@ def put_persons(conn: sqlite3.Connection, req: catalog_pb2.PutPersonsRequest) ->
             (p.psn_no,),
         ).fetchone()[0]
         conn.execute(
-            "INSERT OR REPLACE INTO persons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO persons VALUES ({', '.join('?' * 16)})",
             (
                 p.psn_no,
                 p.psn_name,

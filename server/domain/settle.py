@@ -256,7 +256,8 @@ def write_accumulators(
     conn: sqlite3.Connection, psn_no: str, year: int, pool: str, values: dict[str, int]
 ) -> None:
     conn.execute(
-        f"INSERT OR REPLACE INTO accumulators (psn_no, year, pool, opening, {', '.join(ACC_FIELDS)})"
+        "INSERT OR REPLACE INTO accumulators"
+        f" (psn_no, year, pool, opening, {', '.join(ACC_FIELDS)})"
         f" VALUES (?, ?, ?, 0, {', '.join('?' * len(ACC_FIELDS))})",
         (psn_no, year, pool, *(values[f] for f in ACC_FIELDS)),
     )

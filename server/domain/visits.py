@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 import engine_rs
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
@@ -110,7 +111,22 @@ def load_person(conn: sqlite3.Connection, psn_no: str) -> PersonRow | None:
 
 
 def _person(r: tuple[Any, ...]) -> PersonRow:
-    return PersonRow(*r[:8], bool(r[8]), bool(r[9]), bool(r[10]), r[11], r[12])
+    a: list[Any] = list(r)
+    return PersonRow(
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        a[4],
+        a[5],
+        a[6],
+        a[7],
+        bool(a[8]),
+        bool(a[9]),
+        bool(a[10]),
+        a[11],
+        a[12],
+    )
 
 
 def get_person(
@@ -271,7 +287,7 @@ def engine_visit(visit: VisitRow, person: PersonRow) -> engine_rs.Visit:
 def line_columns(
     hosp: list[str],
     ins: list[str],
-    nums: np.ndarray,  # type: ignore[type-arg]
+    nums: npt.NDArray[np.int64],
 ) -> dict[str, object]:
     """Engine columns from codes and an (n, 5) int64 array of cnt, pric, amount, date, flag."""
     return {
@@ -384,7 +400,7 @@ def upload_fees(
 
 def line_result_messages(
     sns: list[str],
-    nums: np.ndarray,  # type: ignore[type-arg]
+    nums: npt.NDArray[np.int64],
     results: engine_rs.LineResults,
     codes: list[str],
 ) -> list[settlement_pb2.FeeLineResult]:
