@@ -22,6 +22,7 @@ import engine_rs
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from server.domain.common import Caller, Env, issue_id, local_date, require_fresh_refdata
 from server.domain.visits import (
+    PersonRow,
     VisitRow,
     age_on,
     cancel_registration,
@@ -58,6 +59,14 @@ FUND_NAMES = {
     "999996": "医院垫付",
     "999997": "其他基金",
 }
+
+
+def cross_region(treatment_admdvs: str, person: PersonRow) -> int:
+    """The engine's cross-region status: 0 treated in the insured region; elsewhere 1 when
+    the person filed the move (异地就医备案), else 2."""
+    if treatment_admdvs == person.insuplc_admdvs:
+        return 0
+    return 1 if person.cross_region == 1 else 2
 
 
 def clr_type_of(treatment: int) -> int:
@@ -158,7 +167,7 @@ def compute(
                 age=age_on(person.brdy, visit.begndate),
                 retired=person.retired,
                 civil_servant=person.cvlserv_flag,
-                cross_region=person.cross_region,
+                cross_region=cross_region(caller.inst.admdvs, person),
                 assistance=person.maf_flag,
                 acct_used=req.acct_used_flag,
                 acct_balance=person.balc,
