@@ -109,11 +109,12 @@ pub struct Summaries {
     pub category_sums: Vec<i64>,
     /// The visit whose category sums are being accumulated in `scratch`.
     open: usize,
-    /// Sums of the open visit's lines that are not yet in `totals` (lines added by
-    /// `add_within_bounds`): a visit's totals are written once, not once per line.
-    pending: [i64; 6],
     scratch: [[i64; 5]; N_CATEGORIES],
     touched: u16,
+    /// While true (lines added by `add_within_bounds`), a visit's totals are not summed per
+    /// line but derived from its category rows when it is flushed, with `pending_lines`.
+    derive_totals: bool,
+    pending_lines: i64,
     unsorted: bool,
 }
 
@@ -130,14 +131,16 @@ impl Summaries {
             category: Vec::with_capacity(rows),
             category_sums: Vec::with_capacity(rows * 5),
             open: NONE_OPEN,
-            pending: [0; 6],
             scratch: [[0; 5]; N_CATEGORIES],
             touched: 0,
+            derive_totals: true,
+            pending_lines: 0,
             unsorted: false,
         }
     }
 
     /// Adds a line whose visit total may overflow: checked against the visit's full total.
+    /// Call `stop_deriving` before the first such line.
     fn add(
         &mut self,
         line: usize,
@@ -145,6 +148,7 @@ impl Summaries {
         cat: usize,
         parts: [i64; 5],
     ) -> Result<(), EngineError> {
+        debug_assert!(!self.derive_totals);
         self.open_visit(v);
         let t = &mut self.totals[v];
         for k in 0..5 {
@@ -158,25 +162,31 @@ impl Summaries {
     }
 
     /// `add` for a line when the amounts of every line so far sum within i64 (so no visit
-    /// total can overflow): summed into the open visit's pending totals.
+    /// total can overflow): only its category row is summed.
     #[inline(always)]
     fn add_within_bounds(&mut self, v: usize, cat: usize, parts: [i64; 5]) {
+        debug_assert!(self.derive_totals);
         self.open_visit(v);
-        for (t, p) in self.pending.iter_mut().zip(parts) {
-            *t += p;
-        }
-        self.pending[5] += 1;
+        self.pending_lines += 1;
         self.add_category(cat, parts);
     }
 
-    /// Moves the pending totals into `totals` (before lines are added with `add`).
-    fn settle_pending(&mut self) {
+    /// Sums the open visit's category rows so far into its totals; from here on lines are
+    /// added by `add`.
+    fn stop_deriving(&mut self) {
         if self.open != NONE_OPEN {
-            let t = &mut self.totals[self.open];
-            for (t, p) in t.iter_mut().zip(std::mem::take(&mut self.pending)) {
-                *t += p; // bounded by the amounts so far, as every pending sum
+            let mut sum = [0i64; 6];
+            for row in &self.scratch {
+                for (s, p) in sum.iter_mut().zip(row) {
+                    *s += p; // bounded by the amounts so far
+                }
+            }
+            sum[5] = std::mem::take(&mut self.pending_lines);
+            for (t, s) in self.totals[self.open].iter_mut().zip(sum) {
+                *t += s;
             }
         }
+        self.derive_totals = false;
     }
 
     #[inline(always)]
@@ -202,17 +212,28 @@ impl Summaries {
         self.touched |= 1 << cat;
     }
 
-    /// Writes the open visit's pending totals and emits its categories as rows.
+    /// Emits the open visit's categories as rows (and, while deriving, adds them up into its
+    /// totals).
     fn flush(&mut self) {
-        self.settle_pending();
+        let mut sum = [0i64; 5];
         let open = self.open as i64;
         while self.touched != 0 {
             let c = self.touched.trailing_zeros() as usize;
             self.touched &= self.touched - 1;
+            let row = std::mem::take(&mut self.scratch[c]);
+            for (s, p) in sum.iter_mut().zip(row) {
+                *s += p; // bounded by the amounts so far
+            }
             self.category_visit.push(open);
             self.category.push(c as i64);
-            self.category_sums
-                .extend_from_slice(&std::mem::take(&mut self.scratch[c]));
+            self.category_sums.extend_from_slice(&row);
+        }
+        if self.derive_totals && self.open != NONE_OPEN {
+            let t = &mut self.totals[self.open];
+            for (t, s) in t.iter_mut().zip(sum) {
+                *t += s;
+            }
+            t[5] += std::mem::take(&mut self.pending_lines);
         }
     }
 
@@ -626,7 +647,7 @@ fn run(
         let end = n.min(start + CHUNK);
         if plain && !plain_chunk(ctx.lines, start..end, ctx.hot.len(), &mut total) {
             plain = false;
-            sums.settle_pending();
+            sums.stop_deriving();
         }
         if plain {
             run_chunk::<false>(ctx, start, end, out, sums)?;
