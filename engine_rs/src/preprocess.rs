@@ -380,7 +380,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Validates line `i` and splits it, given its resolved item `idx`. With `CHECKED` false
-    /// the caller has proven (see `plain_batch`) that every sign, range and visit index is
+    /// the caller has proven (see `plain_chunk`) that every sign, range and visit index is
     /// valid, so only the checks that depend on the catalog and the tolerance remain.
     #[inline]
     fn line<const CHECKED: bool>(&self, i: usize, idx: u32) -> Result<LineOut, EngineError> {
@@ -399,6 +399,35 @@ impl Ctx<'_> {
             return Err(self.tolerance_error(i, amount));
         }
         self.split_line(i, idx, v as usize, cnt, pric, amount, appr)
+    }
+
+    /// `line::<false>` without an error path, for a chunk proven clean: line `i`'s split and
+    /// whether the line is valid. An invalid line (its amount beyond the tolerance, or an
+    /// unknown insurance code, split as unmapped) is reported by `first_error`.
+    #[inline(always)]
+    fn plain_line(&self, i: usize, idx: u32) -> (LineOut, bool) {
+        let lines = self.lines;
+        let v = if lines.visit.is_empty() {
+            0
+        } else {
+            lines.visit[i] as usize
+        };
+        let (cnt, pric, amount) = (lines.cnt[i], lines.pric[i], lines.det_item_fee_sumamt[i]);
+        let appr = lines.hosp_appr_flag[i];
+        let ok = self.within_tolerance(cnt, pric, amount) & (idx != UNKNOWN_CODE);
+        (self.split_parts(i, idx, v, cnt, pric, amount, appr), ok)
+    }
+
+    /// The error of the first invalid line among lines `start..start + idx.len()`, found by
+    /// `plain_line`: the same error `line` reports for it.
+    #[cold]
+    fn first_error(&self, start: usize, idx: &[u32]) -> EngineError {
+        for (k, &j) in idx.iter().enumerate() {
+            if let Err(e) = self.line::<false>(start + k, j) {
+                return e;
+            }
+        }
+        unreachable!("plain_line found an invalid line that line accepts")
     }
 
     #[inline]
@@ -471,9 +500,9 @@ impl Ctx<'_> {
         amount: i64,
         appr: i64,
     ) -> Result<LineOut, EngineError> {
-        let lines = self.lines;
         if idx == UNKNOWN_CODE {
-            let code = lines
+            let code = self
+                .lines
                 .med_list_codg
                 .map(|c| c.display(i))
                 .unwrap_or_default();
@@ -483,15 +512,32 @@ impl Ctx<'_> {
                 format!("unknown code {code}"),
             ));
         }
+        Ok(self.split_parts(i, idx, v, cnt, pric, amount, appr))
+    }
+
+    /// Splits a line into its parts; an unknown code is split as unmapped.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn split_parts(
+        &self,
+        i: usize,
+        idx: u32,
+        v: usize,
+        cnt: i64,
+        pric: i64,
+        amount: i64,
+        appr: i64,
+    ) -> LineOut {
+        let lines = self.lines;
         let mut o = LineOut {
             visit: v as u32,
             item: -1,
             ..LineOut::default()
         };
-        if idx == NO_ITEM {
+        if idx >= UNKNOWN_CODE {
             o.parts = [amount, amount, 0, 0, 0];
             o.flags = flags::UNMAPPED;
-            return Ok(o);
+            return o;
         }
         let j = idx as usize;
         let ctx = &self.hot[v];
@@ -537,7 +583,7 @@ impl Ctx<'_> {
         if fl & flags::SELF_PAY != 0 {
             o.parts = [amount, amount, 0, 0, 0];
             o.flags = fl;
-            return Ok(o);
+            return o;
         }
         let cap = it.price_cap;
         let mut overlmt = 0i64;
@@ -558,7 +604,7 @@ impl Ctx<'_> {
         }
         o.parts = [amount, 0, overlmt, pre, capped - pre];
         o.flags = fl;
-        Ok(o)
+        o
     }
 }
 
@@ -712,15 +758,23 @@ fn run_chunk<const CHECKED: bool>(
         resolve_block(ctx.cat, ctx.lines, start, &mut idx[..len]);
         // Sums are added line by line so an overflowing total is reported at its own line,
         // before any error of a later line of the block.
-        for k in 0..len {
-            let o = ctx.line::<CHECKED>(start + k, idx[k])?;
-            let (v, cat) = (o.visit as usize, usize::from(o.fee_category));
-            if CHECKED {
-                sums.add(start + k, v, cat, o.parts)?;
-            } else {
-                sums.add_within_bounds(v, cat, o.parts);
+        if CHECKED {
+            for k in 0..len {
+                let o = ctx.line::<true>(start + k, idx[k])?;
+                sums.add(start + k, o.visit as usize, o.fee_category.into(), o.parts)?;
+                buf[k] = o;
             }
-            buf[k] = o;
+        } else {
+            let mut ok = true;
+            for k in 0..len {
+                let (o, valid) = ctx.plain_line(start + k, idx[k]);
+                ok &= valid;
+                sums.add_within_bounds(o.visit as usize, o.fee_category.into(), o.parts);
+                buf[k] = o;
+            }
+            if !ok {
+                return Err(ctx.first_error(start, &idx[..len]));
+            }
         }
         let b = &buf[..len];
         out.item.extend(b.iter().map(|o| o.item));
