@@ -4,6 +4,7 @@ catalog with 1 M mappings (time and resident memory, in a fresh process).
 
     python -m bench.bench_engine                # full sizes, prints a Markdown table
     python -m bench.bench_engine --quick        # small sizes, for a smoke run
+    python -m bench.bench_engine --only preprocess   # one part, figures as JSON (iterating)
 
 The engine is single-threaded, so every figure is for one core.
 """
@@ -365,6 +366,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument(
+        "--only",
+        choices=("preprocess", "split", "load"),
+        help="run one part only (for iterating; prints the part's figures as JSON)",
+    )
     ap.add_argument("--load-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.load_child:
@@ -374,12 +380,19 @@ def main() -> None:
         args.lines, args.items, args.settlements, args.load_items = 50_000, 10_000, 50_000, 20_000
     py = platform.python_version()
     out: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {py}"}
-    for per_visit in VISIT_SHAPES:
-        shape: dict[str, Any] = {}
-        bench_preprocess(args, shape, per_visit)
-        out[f"preprocess_{per_visit}_per_visit"] = shape
-    bench_split(args, out)
-    bench_load(args, out)
+    parts = {args.only} if args.only else {"preprocess", "split", "load"}
+    if "preprocess" in parts:
+        for per_visit in VISIT_SHAPES:
+            shape: dict[str, Any] = {}
+            bench_preprocess(args, shape, per_visit)
+            out[f"preprocess_{per_visit}_per_visit"] = shape
+    if "split" in parts:
+        bench_split(args, out)
+    if "load" in parts:
+        bench_load(args, out)
+    if args.only:
+        print(json.dumps(out, indent=1))
+        return
     out["bench_process_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(render(out))
     if args.json:

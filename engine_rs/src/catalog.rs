@@ -7,9 +7,8 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hashbrown::HashTable;
 
-use crate::columns::{DictColumn, StrColumn};
+use crate::columns::{prefetch, DictColumn, StrColumn};
 use crate::error::EngineError;
 
 /// No item: an unmapped hospital code, or a mapping whose insurance code is not in the catalog.
@@ -68,12 +67,142 @@ pub struct ItemHot {
 
 const _: () = assert!(std::mem::size_of::<ItemHot>() == 32);
 
-/// A hash-table entry: a key's place in a string column and the value it maps to.
+/// One slot of a `CodeIndex`: where a key sits in its string column, a 32-bit tag from its
+/// hash, and the item it maps to. 16 bytes, four to a cache line.
 #[derive(Debug, Clone, Copy)]
-struct KeyEntry {
-    off: u32,
+#[repr(C, align(16))]
+struct Slot {
+    tag: u32,
+    /// 0 = empty (keys are never empty).
     len: u32,
+    off: u32,
     value: u32,
+}
+
+/// An empty slot maps to `NO_ITEM`, so a probe that ends on one needs no special case.
+const EMPTY_SLOT: Slot = Slot {
+    tag: 0,
+    len: 0,
+    off: 0,
+    value: NO_ITEM,
+};
+
+/// Codes looked up per pipelined round (see `Catalog::resolve_codes`).
+const RESOLVE_BLOCK: usize = 64;
+
+/// An open-addressing hash index over the non-empty, unique keys of a string column (linear
+/// probing, at most half full). Unlike a general hash map it exposes the steps of a lookup, so
+/// a batch can hash a block of keys and prefetch their slots, then their key bytes and items,
+/// before comparing any of them: the cache misses of a block overlap instead of queueing.
+#[derive(Debug, Default)]
+struct CodeIndex {
+    slots: Box<[Slot]>,
+    mask: usize,
+}
+
+impl CodeIndex {
+    /// Indexes every row of `col`; `value(row)` is stored with each key. Empty and duplicate
+    /// keys are errors naming `field`.
+    fn build(
+        field: &str,
+        col: &StrColumn,
+        mut value: impl FnMut(usize) -> Result<u32, EngineError>,
+    ) -> Result<Self, EngineError> {
+        let size = col.len().saturating_mul(2).max(8).next_power_of_two();
+        let mut index = Self {
+            slots: vec![EMPTY_SLOT; size].into_boxed_slice(),
+            mask: size - 1,
+        };
+        let data = col.bytes();
+        for i in 0..col.len() {
+            let (off, len) = col.span(i);
+            let key = col.at_span(off, len).as_bytes();
+            if key.is_empty() {
+                return Err(EngineError::column(field, &format!("row {i} is empty")));
+            }
+            let h = key_hash(key);
+            let at = index.find_slot(data, h, key);
+            if index.slots[at].len != 0 {
+                let shown = col.at_span(off, len);
+                return Err(EngineError::column(
+                    field,
+                    &format!("row {i}: duplicate {shown}"),
+                ));
+            }
+            index.slots[at] = Slot {
+                tag: tag_of(h),
+                len,
+                off,
+                value: value(i)?,
+            };
+        }
+        Ok(index)
+    }
+
+    #[inline(always)]
+    fn home(&self, h: u64) -> usize {
+        h as usize & self.mask
+    }
+
+    /// The slot holding `key`, or the empty slot that ends its probe.
+    #[inline]
+    fn find_slot(&self, data: &[u8], h: u64, key: &[u8]) -> usize {
+        self.probe_from(data, self.home(h), tag_of(h), key)
+    }
+
+    #[inline]
+    fn probe_from(&self, data: &[u8], mut at: usize, tag: u32, key: &[u8]) -> usize {
+        loop {
+            let s = &self.slots[at];
+            if s.len == 0 || (s.tag == tag && same_key(slot_key(data, s), key)) {
+                return at;
+            }
+            at = (at + 1) & self.mask;
+        }
+    }
+
+    /// The first slot from `key`'s home that may hold it (tag and length match) or ends the
+    /// probe: where the key's bytes are to be compared. Reads slots only.
+    #[inline(always)]
+    fn candidate(&self, h: u64, len: usize) -> usize {
+        let tag = tag_of(h);
+        let mut at = self.home(h);
+        loop {
+            let s = &self.slots[at];
+            if s.len == 0 || (s.tag == tag && s.len as usize == len) {
+                return at;
+            }
+            at = (at + 1) & self.mask;
+        }
+    }
+
+    /// The value of `key`, or `NO_ITEM`.
+    #[inline]
+    fn get(&self, data: &[u8], key: &[u8]) -> u32 {
+        self.slots[self.find_slot(data, key_hash(key), key)].value
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Slot>()
+    }
+}
+
+#[inline(always)]
+fn tag_of(h: u64) -> u32 {
+    (h >> 32) as u32
+}
+
+#[inline(always)]
+fn slot_key<'d>(data: &'d [u8], s: &Slot) -> &'d [u8] {
+    &data[s.off as usize..s.off as usize + s.len as usize]
+}
+
+/// A code to resolve in a batch: an insurance code (looked up in the catalog) or a hospital
+/// code (mapped through the 对照 table).
+#[derive(Debug, Clone, Copy)]
+pub struct CodeQuery<'a> {
+    pub key: &'a [u8],
+    pub insurance: bool,
 }
 
 /// An immutable catalog version with its mappings.
@@ -90,9 +219,9 @@ pub struct Catalog {
     hot: Box<[ItemHot]>,
     selfpay_slots: usize,
     selfpay_psn_types: Box<[u32]>,
-    by_code: HashTable<KeyEntry>,
+    by_code: CodeIndex,
     hosp_codes: StrColumn,
-    by_hosp_code: HashTable<KeyEntry>,
+    by_hosp_code: CodeIndex,
     stale_mappings: usize,
 }
 
@@ -122,15 +251,10 @@ impl Catalog {
                 &format!("at most {} person types", MAX_SELFPAY_SLOTS - 1),
             ));
         }
-        let by_code = index_keys("code", &items.code, |i| Ok(i as u32))?;
+        let by_code = CodeIndex::build("code", &items.code, |i| Ok(i as u32))?;
         let mut stale_mappings = 0;
-        let by_hosp_code = index_keys("hosp_code", &hosp_codes, |i| {
-            let ic = ins_codes.get(i).as_bytes();
-            let target = by_code
-                .find(key_hash(ic), |e| {
-                    same_key(items.code.at_span(e.off, e.len).as_bytes(), ic)
-                })
-                .map_or(NO_ITEM, |e| e.value);
+        let by_hosp_code = CodeIndex::build("hosp_code", &hosp_codes, |i| {
+            let target = by_code.get(items.code.bytes(), ins_codes.get(i).as_bytes());
             stale_mappings += usize::from(target == NO_ITEM);
             Ok(target)
         })?;
@@ -219,12 +343,7 @@ impl Catalog {
     /// `lookup` for raw bytes (fee-line columns are not UTF-8-checked).
     #[inline]
     pub fn lookup_bytes(&self, code: &[u8]) -> u32 {
-        let h = key_hash(code);
-        self.by_code
-            .find(h, |e| {
-                same_key(self.code.at_span(e.off, e.len).as_bytes(), code)
-            })
-            .map_or(NO_ITEM, |e| e.value)
+        self.by_code.get(self.code.bytes(), code)
     }
 
     /// Item index a hospital code maps to, or `NO_ITEM`.
@@ -236,12 +355,64 @@ impl Catalog {
     /// `map_hosp_code` for raw bytes.
     #[inline]
     pub fn map_hosp_code_bytes(&self, hosp_code: &[u8]) -> u32 {
-        let h = key_hash(hosp_code);
-        self.by_hosp_code
-            .find(h, |e| {
-                same_key(self.hosp_codes.at_span(e.off, e.len).as_bytes(), hosp_code)
-            })
-            .map_or(NO_ITEM, |e| e.value)
+        self.by_hosp_code.get(self.hosp_codes.bytes(), hosp_code)
+    }
+
+    /// Resolves a batch of codes: `out[k]` is the item of `codes[k]` (`lookup_bytes` for an
+    /// insurance code, `map_hosp_code_bytes` for a hospital code), or `NO_ITEM`. Works in
+    /// rounds of a block of codes: hash them all and prefetch their home slots; find each
+    /// one's candidate slot and prefetch its key bytes and item record; then compare. The
+    /// misses of a round overlap, where one lookup at a time waits for each in turn.
+    pub fn resolve_codes(&self, codes: &[CodeQuery<'_>], out: &mut [u32]) {
+        assert_eq!(codes.len(), out.len(), "one result per code");
+        for (codes, out) in codes
+            .chunks(RESOLVE_BLOCK)
+            .zip(out.chunks_mut(RESOLVE_BLOCK))
+        {
+            self.resolve_round(codes, out);
+        }
+    }
+
+    #[inline]
+    fn resolve_round(&self, codes: &[CodeQuery<'_>], out: &mut [u32]) {
+        let table = |q: &CodeQuery<'_>| {
+            if q.insurance {
+                (&self.by_code, self.code.bytes())
+            } else {
+                (&self.by_hosp_code, self.hosp_codes.bytes())
+            }
+        };
+        let mut hashes = [0u64; RESOLVE_BLOCK];
+        let hashes = &mut hashes[..codes.len()];
+        for (h, q) in hashes.iter_mut().zip(codes) {
+            *h = key_hash(q.key);
+            let (index, _) = table(q);
+            prefetch(&index.slots[index.home(*h)]);
+        }
+        let mut found = [0usize; RESOLVE_BLOCK];
+        let found = &mut found[..codes.len()];
+        for ((at, q), &h) in found.iter_mut().zip(codes).zip(hashes.iter()) {
+            let (index, data) = table(q);
+            *at = index.candidate(h, q.key.len());
+            let s = &index.slots[*at];
+            prefetch(data.as_ptr().wrapping_add(s.off as usize));
+            prefetch(self.hot.as_ptr().wrapping_add(s.value as usize));
+        }
+        for (((o, q), &h), &at) in out
+            .iter_mut()
+            .zip(codes)
+            .zip(hashes.iter())
+            .zip(found.iter())
+        {
+            let (index, data) = table(q);
+            let s = &index.slots[at];
+            *o = if s.len == 0 || same_key(slot_key(data, s), q.key) {
+                s.value
+            } else {
+                // a tag and length collision with another key: probe on past it
+                index.slots[index.probe_from(data, at, tag_of(h), q.key)].value
+            };
+        }
     }
 
     /// Which selfpay column applies to a person type (0 = default).
@@ -308,10 +479,10 @@ impl Catalog {
         let strs = self.code.heap_bytes()
             + self.hosp_codes.heap_bytes()
             + texts.iter().map(|c| c.heap_bytes()).sum::<usize>();
-        let entry = std::mem::size_of::<KeyEntry>() + 1;
         strs + self.kind.len()
             + self.hot.len() * std::mem::size_of::<ItemHot>()
-            + (self.by_code.capacity() + self.by_hosp_code.capacity()) * entry
+            + self.by_code.heap_bytes()
+            + self.by_hosp_code.heap_bytes()
     }
 }
 
@@ -336,41 +507,6 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
         return w(a, 0) == w(b, 0) && w(a, n - 8) == w(b, n - 8);
     }
     a == b
-}
-
-/// A hash index over a string column's non-empty, unique keys; `value(row)` is stored with
-/// each key.
-fn index_keys(
-    field: &str,
-    col: &StrColumn,
-    mut value: impl FnMut(usize) -> Result<u32, EngineError>,
-) -> Result<HashTable<KeyEntry>, EngineError> {
-    let mut table: HashTable<KeyEntry> = HashTable::with_capacity(col.len());
-    for i in 0..col.len() {
-        let (off, len) = col.span(i);
-        let key = col.at_span(off, len).as_bytes();
-        if key.is_empty() {
-            return Err(EngineError::column(field, &format!("row {i} is empty")));
-        }
-        let h = key_hash(key);
-        if table
-            .find(h, |e| same_key(col.at_span(e.off, e.len).as_bytes(), key))
-            .is_some()
-        {
-            let shown = col.at_span(off, len);
-            return Err(EngineError::column(
-                field,
-                &format!("row {i}: duplicate {shown}"),
-            ));
-        }
-        let entry = KeyEntry {
-            off,
-            len,
-            value: value(i)?,
-        };
-        table.insert_unique(h, entry, |e| key_hash(col.at_span(e.off, e.len).as_bytes()));
-    }
-    Ok(table)
 }
 
 fn check_items(it: &ItemColumns, n: usize, n_psn_types: usize) -> Result<(), EngineError> {

@@ -5,6 +5,38 @@
 
 use crate::error::EngineError;
 
+/// Asks the processor to start loading the cache line at `p` (a hint only: any address is
+/// allowed, nothing is read).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and changes nothing the program can observe, whatever
+    // the address; SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Prefetches the cache lines of `s[from..to]` (clamped to the slice).
+#[inline]
+pub(crate) fn prefetch_rows<T>(s: &[T], from: usize, to: usize) {
+    let to = to.min(s.len());
+    if from >= to {
+        return;
+    }
+    let bytes = (to - from) * std::mem::size_of::<T>();
+    let first = s[from..].as_ptr().cast::<u8>();
+    // one prefetch per 64-byte line, the last one covering the end of the range
+    let mut at = 0;
+    while at < bytes {
+        prefetch(first.wrapping_add(at));
+        at += 64;
+    }
+    prefetch(first.wrapping_add(bytes - 1));
+}
+
 /// Checks Arrow-style offsets: n+1 entries from 0, never decreasing, ending at the data length.
 fn check_offsets(field: &str, data: &[u8], offsets: &[i64]) -> Result<(), EngineError> {
     let bad = |reason: &str| Err(EngineError::column(field, reason));
@@ -76,6 +108,12 @@ impl StrColumn {
     #[inline]
     pub fn get(&self, i: usize) -> &str {
         &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// The whole data buffer (every value, back to back).
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_bytes()
     }
 
     /// Start and length of the i-th value in the data buffer.
@@ -188,6 +226,25 @@ impl<'a> StrView<'a> {
     #[inline]
     pub fn get(&self, i: usize) -> &'a [u8] {
         &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// Prefetches the offsets of rows `from..to`.
+    #[inline]
+    pub fn prefetch_offsets(&self, from: usize, to: usize) {
+        prefetch_rows(self.offsets, from, to + 1);
+    }
+
+    /// Prefetches the bytes of rows `from..to` (reads their offsets: prefetch those first).
+    #[inline]
+    pub fn prefetch_data(&self, from: usize, to: usize) {
+        let to = to.min(self.len());
+        if from < to {
+            prefetch_rows(
+                self.data,
+                self.offsets[from] as usize,
+                self.offsets[to] as usize,
+            );
+        }
     }
 
     /// The i-th value for messages (invalid UTF-8 shown replaced).

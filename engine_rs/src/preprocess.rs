@@ -3,8 +3,8 @@
 //! fee category. The line identity `amount = fulamt + overlmt + preselfpay + inscp` holds
 //! exactly for every line, by construction (`inscp` is what remains).
 
-use crate::catalog::{Catalog, NO_ITEM, N_CATEGORIES};
-use crate::columns::StrView;
+use crate::catalog::{Catalog, CodeQuery, NO_ITEM, N_CATEGORIES};
+use crate::columns::{prefetch_rows, StrView};
 use crate::error::EngineError;
 use crate::rounding::{round_bp, RoundMode};
 
@@ -107,9 +107,14 @@ pub struct Summaries {
     pub category: Vec<i64>,
     /// Row-major rows x [total, fulamt, overlmt, preselfpay, inscp].
     pub category_sums: Vec<i64>,
+    /// The visit whose category sums are being accumulated in `scratch`.
     open: usize,
     scratch: [[i64; 5]; N_CATEGORIES],
     touched: u16,
+    /// While true (lines added by `add_within_bounds`), a visit's totals are not summed per
+    /// line but derived from its category rows when it is flushed, with `pending_lines`.
+    derive_totals: bool,
+    pending_lines: i64,
     unsorted: bool,
 }
 
@@ -128,10 +133,14 @@ impl Summaries {
             open: NONE_OPEN,
             scratch: [[0; 5]; N_CATEGORIES],
             touched: 0,
+            derive_totals: true,
+            pending_lines: 0,
             unsorted: false,
         }
     }
 
+    /// Adds a line whose visit total may overflow: checked against the visit's full total.
+    /// Call `stop_deriving` before the first such line.
     fn add(
         &mut self,
         line: usize,
@@ -139,6 +148,8 @@ impl Summaries {
         cat: usize,
         parts: [i64; 5],
     ) -> Result<(), EngineError> {
+        debug_assert!(!self.derive_totals);
+        self.open_visit(v);
         let t = &mut self.totals[v];
         for k in 0..5 {
             t[k] = t[k].checked_add(parts[k]).ok_or_else(|| {
@@ -146,44 +157,83 @@ impl Summaries {
             })?;
         }
         t[5] += 1;
-        self.add_category(v, cat, parts);
+        self.add_category(cat, parts);
         Ok(())
     }
 
-    /// `add` for a batch whose grand total is known to fit in i64.
-    #[inline]
+    /// `add` for a line when the amounts of every line so far sum within i64 (so no visit
+    /// total can overflow): only its category row is summed.
+    #[inline(always)]
     fn add_within_bounds(&mut self, v: usize, cat: usize, parts: [i64; 5]) {
-        let t = &mut self.totals[v];
-        for k in 0..5 {
-            t[k] += parts[k];
+        debug_assert!(self.derive_totals);
+        self.open_visit(v);
+        self.pending_lines += 1;
+        self.add_category(cat, parts);
+    }
+
+    /// Sums the open visit's category rows so far into its totals; from here on lines are
+    /// added by `add`.
+    fn stop_deriving(&mut self) {
+        if self.open != NONE_OPEN {
+            let mut sum = [0i64; 6];
+            for row in &self.scratch {
+                for (s, p) in sum.iter_mut().zip(row) {
+                    *s += p; // bounded by the amounts so far
+                }
+            }
+            sum[5] = std::mem::take(&mut self.pending_lines);
+            for (t, s) in self.totals[self.open].iter_mut().zip(sum) {
+                *t += s;
+            }
         }
-        t[5] += 1;
-        self.add_category(v, cat, parts);
+        self.derive_totals = false;
+    }
+
+    #[inline(always)]
+    fn open_visit(&mut self, v: usize) {
+        if v != self.open {
+            self.switch_visit(v);
+        }
+    }
+
+    #[inline(never)]
+    fn switch_visit(&mut self, v: usize) {
+        self.flush();
+        self.unsorted |= self.open != NONE_OPEN && v < self.open;
+        self.open = v;
     }
 
     /// Category sums are bounded by the visit totals, which the callers have checked.
-    #[inline]
-    fn add_category(&mut self, v: usize, cat: usize, parts: [i64; 5]) {
-        if v != self.open {
-            self.flush();
-            self.unsorted |= self.open != NONE_OPEN && v < self.open;
-            self.open = v;
-        }
+    #[inline(always)]
+    fn add_category(&mut self, cat: usize, parts: [i64; 5]) {
         for (s, p) in self.scratch[cat].iter_mut().zip(parts) {
             *s += p;
         }
         self.touched |= 1 << cat;
     }
 
-    /// Emits the open visit's categories as rows.
+    /// Emits the open visit's categories as rows (and, while deriving, adds them up into its
+    /// totals).
     fn flush(&mut self) {
+        let mut sum = [0i64; 5];
+        let open = self.open as i64;
         while self.touched != 0 {
             let c = self.touched.trailing_zeros() as usize;
             self.touched &= self.touched - 1;
-            self.category_visit.push(self.open as i64);
+            let row = std::mem::take(&mut self.scratch[c]);
+            for (s, p) in sum.iter_mut().zip(row) {
+                *s += p; // bounded by the amounts so far
+            }
+            self.category_visit.push(open);
             self.category.push(c as i64);
-            self.category_sums
-                .extend(std::mem::take(&mut self.scratch[c]));
+            self.category_sums.extend_from_slice(&row);
+        }
+        if self.derive_totals && self.open != NONE_OPEN {
+            let t = &mut self.totals[self.open];
+            for (t, s) in t.iter_mut().zip(sum) {
+                *t += s;
+            }
+            t[5] += std::mem::take(&mut self.pending_lines);
         }
     }
 
@@ -253,31 +303,56 @@ fn check_len(field: &str, len: usize, n: usize) -> Result<(), EngineError> {
 /// An explicit insurance code that is not in the catalog (reported in line order).
 const UNKNOWN_CODE: u32 = NO_ITEM - 1;
 
-/// Lines resolved per block: the item lookups of a block run in a tight loop of their own,
-/// so the processor overlaps their cache misses instead of waiting for each in turn.
+/// Lines per block: a block's codes are resolved together (their cache misses overlap, see
+/// `Catalog::resolve_codes`), then its lines are split into a small stack buffer.
 const BLOCK: usize = 64;
 
-/// Resolves the items of lines `start..start + out.len()` and touches their packed records.
+/// Lines per chunk: the pre-pass that proves lines clean runs a chunk at a time, just before
+/// the chunk is split, so the split reads its columns from cache.
+const CHUNK: usize = 512;
+
+/// Resolves the items of lines `start..start + out.len()`; an insurance code that is not in
+/// the catalog becomes `UNKNOWN_CODE`.
 fn resolve_block(cat: &Catalog, lines: &Lines<'_>, start: usize, out: &mut [u32]) {
-    for (k, slot) in out.iter_mut().enumerate() {
+    let none = CodeQuery {
+        key: &[],
+        insurance: false,
+    };
+    let mut queries = [none; BLOCK];
+    let queries = &mut queries[..out.len()];
+    for (k, q) in queries.iter_mut().enumerate() {
         let i = start + k;
         let ins_code = lines.med_list_codg.map_or(&[][..], |c| c.get(i));
-        *slot = if ins_code.is_empty() {
-            cat.map_hosp_code_bytes(lines.medins_list_codg.get(i))
+        *q = if ins_code.is_empty() {
+            CodeQuery {
+                key: lines.medins_list_codg.get(i),
+                insurance: false,
+            }
         } else {
-            match cat.lookup_bytes(ins_code) {
-                NO_ITEM => UNKNOWN_CODE,
-                found => found,
+            CodeQuery {
+                key: ins_code,
+                insurance: true,
             }
         };
     }
-    let mut touch = 0u8;
-    for &j in out.iter() {
-        if j < UNKNOWN_CODE {
-            touch ^= cat.hot(j as usize).chrgitm_lv;
+    cat.resolve_codes(queries, out);
+    for (o, q) in out.iter_mut().zip(queries.iter()) {
+        if q.insurance && *o == NO_ITEM {
+            *o = UNKNOWN_CODE;
         }
     }
-    std::hint::black_box(touch);
+}
+
+/// What splitting a line needs of its visit, packed: read once per line.
+#[derive(Debug, Clone, Copy, Default)]
+struct VisitHot {
+    date: i32,
+    age: u32,
+    /// The catalog's selfpay column for the visit's person type.
+    slot: u8,
+    treatment: u8,
+    sex: u8,
+    has_diagnoses: bool,
 }
 
 /// One line's results while a block is in flight (kept small and on the stack).
@@ -297,7 +372,7 @@ struct Ctx<'a> {
     cat: &'a Catalog,
     lines: &'a Lines<'a>,
     visits: &'a [VisitCtx],
-    slots: &'a [usize],
+    hot: &'a [VisitHot],
     tol: i128,
     tolerance_fen: i64,
     mode: RoundMode,
@@ -305,7 +380,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Validates line `i` and splits it, given its resolved item `idx`. With `CHECKED` false
-    /// the caller has proven (see `plain_batch`) that every sign, range and visit index is
+    /// the caller has proven (see `plain_chunk`) that every sign, range and visit index is
     /// valid, so only the checks that depend on the catalog and the tolerance remain.
     #[inline]
     fn line<const CHECKED: bool>(&self, i: usize, idx: u32) -> Result<LineOut, EngineError> {
@@ -324,6 +399,35 @@ impl Ctx<'_> {
             return Err(self.tolerance_error(i, amount));
         }
         self.split_line(i, idx, v as usize, cnt, pric, amount, appr)
+    }
+
+    /// `line::<false>` without an error path, for a chunk proven clean: line `i`'s split and
+    /// whether the line is valid. An invalid line (its amount beyond the tolerance, or an
+    /// unknown insurance code, split as unmapped) is reported by `first_error`.
+    #[inline(always)]
+    fn plain_line(&self, i: usize, idx: u32) -> (LineOut, bool) {
+        let lines = self.lines;
+        let v = if lines.visit.is_empty() {
+            0
+        } else {
+            lines.visit[i] as usize
+        };
+        let (cnt, pric, amount) = (lines.cnt[i], lines.pric[i], lines.det_item_fee_sumamt[i]);
+        let appr = lines.hosp_appr_flag[i];
+        let ok = self.within_tolerance(cnt, pric, amount) & (idx != UNKNOWN_CODE);
+        (self.split_parts(i, idx, v, cnt, pric, amount, appr), ok)
+    }
+
+    /// The error of the first invalid line among lines `start..start + idx.len()`, found by
+    /// `plain_line`: the same error `line` reports for it.
+    #[cold]
+    fn first_error(&self, start: usize, idx: &[u32]) -> EngineError {
+        for (k, &j) in idx.iter().enumerate() {
+            if let Err(e) = self.line::<false>(start + k, j) {
+                return e;
+            }
+        }
+        unreachable!("plain_line found an invalid line that line accepts")
     }
 
     #[inline]
@@ -357,7 +461,7 @@ impl Ctx<'_> {
         amount: i64,
         appr: i64,
     ) -> Result<(), EngineError> {
-        if v < 0 || v as usize >= self.visits.len() {
+        if v < 0 || v as usize >= self.hot.len() {
             return Err(EngineError::line(
                 i,
                 "visit",
@@ -396,9 +500,9 @@ impl Ctx<'_> {
         amount: i64,
         appr: i64,
     ) -> Result<LineOut, EngineError> {
-        let lines = self.lines;
         if idx == UNKNOWN_CODE {
-            let code = lines
+            let code = self
+                .lines
                 .med_list_codg
                 .map(|c| c.display(i))
                 .unwrap_or_default();
@@ -408,18 +512,35 @@ impl Ctx<'_> {
                 format!("unknown code {code}"),
             ));
         }
+        Ok(self.split_parts(i, idx, v, cnt, pric, amount, appr))
+    }
+
+    /// Splits a line into its parts; an unknown code is split as unmapped.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn split_parts(
+        &self,
+        i: usize,
+        idx: u32,
+        v: usize,
+        cnt: i64,
+        pric: i64,
+        amount: i64,
+        appr: i64,
+    ) -> LineOut {
+        let lines = self.lines;
         let mut o = LineOut {
             visit: v as u32,
             item: -1,
             ..LineOut::default()
         };
-        if idx == NO_ITEM {
+        if idx >= UNKNOWN_CODE {
             o.parts = [amount, amount, 0, 0, 0];
             o.flags = flags::UNMAPPED;
-            return Ok(o);
+            return o;
         }
         let j = idx as usize;
-        let ctx = &self.visits[v];
+        let ctx = &self.hot[v];
         let it = self.cat.hot(j);
         let mut fl = 0u16;
         if it.chrgitm_lv == 3 {
@@ -434,7 +555,10 @@ impl Ctx<'_> {
         if ctx.age < u32::from(it.age_min) || ctx.age > u32::from(it.age_max) {
             fl |= flags::RESTRICT_AGE;
         }
-        if it.has_diagnoses && !diagnosis_allowed(self.cat.diagnoses(j), &ctx.diagnoses) {
+        if it.has_diagnoses
+            && (!ctx.has_diagnoses
+                || !diagnosis_allowed(self.cat.diagnoses(j), &self.visits[v].diagnoses))
+        {
             fl |= if appr == 1 {
                 flags::APPROVED
             } else {
@@ -459,7 +583,7 @@ impl Ctx<'_> {
         if fl & flags::SELF_PAY != 0 {
             o.parts = [amount, amount, 0, 0, 0];
             o.flags = fl;
-            return Ok(o);
+            return o;
         }
         let cap = it.price_cap;
         let mut overlmt = 0i64;
@@ -473,14 +597,14 @@ impl Ctx<'_> {
             }
         }
         let capped = amount - overlmt;
-        let bp = i128::from(it.selfpay_bp[self.slots[v]]);
+        let bp = i128::from(it.selfpay_bp[usize::from(ctx.slot)]);
         let pre = round_bp(i128::from(capped) * bp, self.mode) as i64;
         if pre > 0 {
             fl |= flags::PRESELFPAY;
         }
         o.parts = [amount, 0, overlmt, pre, capped - pre];
         o.flags = fl;
-        Ok(o)
+        o
     }
 }
 
@@ -515,15 +639,22 @@ pub fn preprocess(
     if let Some(v) = visits.iter().position(|v| !(1..=3).contains(&v.treatment)) {
         return Err(EngineError::input(v, "treatment", "must be 1, 2 or 3"));
     }
-    let slots: Vec<usize> = visits
+    let hot: Vec<VisitHot> = visits
         .iter()
-        .map(|v| cat.selfpay_slot(v.psn_type))
+        .map(|v| VisitHot {
+            date: v.date,
+            age: v.age,
+            slot: cat.selfpay_slot(v.psn_type) as u8, // below MAX_SELFPAY_SLOTS
+            treatment: v.treatment,
+            sex: v.sex,
+            has_diagnoses: !v.diagnoses.is_empty(),
+        })
         .collect();
     let ctx = Ctx {
         cat,
         lines,
         visits,
-        slots: &slots,
+        hot: &hot,
         tol: i128::from(tolerance_fen) * i128::from(CNT_SCALE),
         tolerance_fen,
         mode,
@@ -539,73 +670,111 @@ pub fn preprocess(
         flags: Vec::with_capacity(n),
     };
     let mut sums = Summaries::new(visits.len(), n);
-    if plain_batch(lines, visits.len()) {
-        run_blocks::<false>(&ctx, n, &mut out, &mut sums)?;
-    } else {
-        run_blocks::<true>(&ctx, n, &mut out, &mut sums)?;
-    }
+    run(&ctx, n, &mut out, &mut sums)?;
     sums.finish();
     Ok((out, sums))
 }
 
-/// One pass over the numeric columns, simple enough to vectorise: true when no line has a
-/// negative quantity, price or amount, an approval flag outside 0..=2 or a visit index out of
-/// range, and the amounts of the whole batch sum within i64 (so no visit total can overflow).
-/// Such a batch skips those per-line checks; any other batch takes the checked path, which
-/// reports the first bad line exactly.
-fn plain_batch(lines: &Lines<'_>, n_visits: usize) -> bool {
-    let (cnt, pric, amount) = (lines.cnt, lines.pric, lines.det_item_fee_sumamt);
-    // OR of values is negative exactly when one of them is; flags and visit indexes are
-    // compared unsigned, so a negative one is out of range too. No early exit: the loop
-    // stays branch-free.
-    let mut signs = 0i64;
-    let mut bad_flag = false;
-    for i in 0..cnt.len() {
-        signs |= cnt[i] | pric[i] | amount[i];
-        bad_flag |= lines.hosp_appr_flag[i] as u64 > 2;
-    }
-    let bad_visit = lines
-        .visit
-        .iter()
-        .fold(false, |b, &v| b | (v as u64 >= n_visits as u64));
-    if signs < 0 || bad_flag || bad_visit {
-        return false;
-    }
-    // the amounts are non-negative here; a 64-bit sum with a carry count is exact
-    let (mut lo, mut hi) = (0u64, 0u64);
-    for &a in amount {
-        let (sum, carry) = lo.overflowing_add(a as u64);
-        lo = sum;
-        hi += u64::from(carry);
-    }
-    hi == 0 && lo <= i64::MAX as u64
-}
-
-/// Runs every line in blocks: resolve the block's items (their lookups overlap), split each
-/// line into a small stack buffer, then append the buffer to the output columns.
-fn run_blocks<const CHECKED: bool>(
+/// Runs every line, a chunk at a time. A chunk whose lines are proven clean by
+/// `plain_chunk` skips the per-line sign, range and overflow checks; once a chunk is not
+/// (a bad value, which fails the batch at its first bad line, or amounts that no longer sum
+/// within i64), every later line is checked, so errors are reported exactly as if every line
+/// had been.
+fn run(
     ctx: &Ctx<'_>,
     n: usize,
     out: &mut LineResults,
     sums: &mut Summaries,
 ) -> Result<(), EngineError> {
-    let mut idx = [0u32; BLOCK];
-    let mut buf = [LineOut::default(); BLOCK];
+    let mut plain = true;
+    let mut total = 0u128;
     let mut start = 0;
     while start < n {
-        let len = BLOCK.min(n - start);
+        let end = n.min(start + CHUNK);
+        if plain && !plain_chunk(ctx.lines, start..end, ctx.hot.len(), &mut total) {
+            plain = false;
+            sums.stop_deriving();
+        }
+        if plain {
+            run_chunk::<false>(ctx, start, end, out, sums)?;
+        } else {
+            run_chunk::<true>(ctx, start, end, out, sums)?;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// One pass over a chunk's numeric columns, branch-free: true when no line has a negative
+/// quantity, price or amount, an approval flag outside 0..=2 or a visit index out of range,
+/// and the amounts of every line up to the chunk's end (`total` carries the sum of the
+/// earlier chunks) sum within i64, so no visit total can overflow.
+fn plain_chunk(
+    lines: &Lines<'_>,
+    range: std::ops::Range<usize>,
+    n_visits: usize,
+    total: &mut u128,
+) -> bool {
+    let cnt = &lines.cnt[range.clone()];
+    let pric = &lines.pric[range.clone()];
+    let amount = &lines.det_item_fee_sumamt[range.clone()];
+    let appr = &lines.hosp_appr_flag[range.clone()];
+    // OR of values is negative exactly when one of them is; flags and visit indexes are
+    // compared unsigned, so a negative one is out of range too.
+    let mut signs = 0i64;
+    let mut bad_flag = false;
+    let mut sum = 0u128;
+    for (((&c, &p), &a), &f) in cnt.iter().zip(pric).zip(amount).zip(appr) {
+        signs |= c | p | a;
+        bad_flag |= f as u64 > 2;
+        sum += u128::from(a as u64); // exact: a chunk is far below 2^64 lines
+    }
+    let bad_visit = !lines.visit.is_empty()
+        && lines.visit[range]
+            .iter()
+            .fold(false, |b, &v| b | (v as u64 >= n_visits as u64));
+    if signs < 0 || bad_flag || bad_visit {
+        return false;
+    }
+    *total += sum;
+    *total <= i64::MAX as u128
+}
+
+/// Runs lines `start..end` in blocks: resolve the block's items (their lookups overlap),
+/// split each line into a small stack buffer, then append the buffer to the output columns.
+fn run_chunk<const CHECKED: bool>(
+    ctx: &Ctx<'_>,
+    start: usize,
+    end: usize,
+    out: &mut LineResults,
+    sums: &mut Summaries,
+) -> Result<(), EngineError> {
+    let mut idx = [0u32; BLOCK];
+    let mut buf = [LineOut::default(); BLOCK];
+    let mut start = start;
+    while start < end {
+        let len = BLOCK.min(end - start);
+        prefetch_ahead(ctx.lines, start, len);
         resolve_block(ctx.cat, ctx.lines, start, &mut idx[..len]);
         // Sums are added line by line so an overflowing total is reported at its own line,
         // before any error of a later line of the block.
-        for k in 0..len {
-            let o = ctx.line::<CHECKED>(start + k, idx[k])?;
-            let (v, cat) = (o.visit as usize, usize::from(o.fee_category));
-            if CHECKED {
-                sums.add(start + k, v, cat, o.parts)?;
-            } else {
-                sums.add_within_bounds(v, cat, o.parts);
+        if CHECKED {
+            for k in 0..len {
+                let o = ctx.line::<true>(start + k, idx[k])?;
+                sums.add(start + k, o.visit as usize, o.fee_category.into(), o.parts)?;
+                buf[k] = o;
             }
-            buf[k] = o;
+        } else {
+            let mut ok = true;
+            for k in 0..len {
+                let (o, valid) = ctx.plain_line(start + k, idx[k]);
+                ok &= valid;
+                sums.add_within_bounds(o.visit as usize, o.fee_category.into(), o.parts);
+                buf[k] = o;
+            }
+            if !ok {
+                return Err(ctx.first_error(start, &idx[..len]));
+            }
         }
         let b = &buf[..len];
         out.item.extend(b.iter().map(|o| o.item));
@@ -619,6 +788,32 @@ fn run_blocks<const CHECKED: bool>(
         start += len;
     }
     Ok(())
+}
+
+/// Prefetches the input columns of the lines a chunk ahead of block `start..start + len` (the
+/// processor's own prefetcher does not keep up with this many streams), and the code bytes
+/// of the lines half a chunk ahead, whose offsets were prefetched half a chunk ago.
+#[inline]
+fn prefetch_ahead(lines: &Lines<'_>, start: usize, len: usize) {
+    let (from, to) = (start + CHUNK, start + CHUNK + len);
+    for col in [
+        lines.cnt,
+        lines.pric,
+        lines.det_item_fee_sumamt,
+        lines.hosp_appr_flag,
+        lines.fee_date,
+        lines.visit,
+    ] {
+        prefetch_rows(col, from, to);
+    }
+    let (near, near_to) = (start + CHUNK / 2, start + CHUNK / 2 + len);
+    for codes in [Some(lines.medins_list_codg), lines.med_list_codg]
+        .into_iter()
+        .flatten()
+    {
+        codes.prefetch_offsets(from, to);
+        codes.prefetch_data(near, near_to);
+    }
 }
 
 /// True when one of the visit's diagnoses starts with one of the item's allowed prefixes.
@@ -787,6 +982,82 @@ mod tests {
                 field: "hosp_appr_flag",
                 ..
             })
+        ));
+    }
+
+    /// `n` lines of item A1 (one unit each at `pric[i]`) over the given visits.
+    fn batch(
+        cat: &Catalog,
+        pric: &[i64],
+        cnt: &[i64],
+        visit: &[i64],
+        n_visits: usize,
+    ) -> Result<(LineResults, Summaries), EngineError> {
+        let n = pric.len();
+        let hosp = OwnedStrs::from_strs(&vec!["H-A1"; n]);
+        let (appr, dates) = (vec![0; n], vec![0; n]);
+        let lines = Lines {
+            medins_list_codg: hosp.view(),
+            med_list_codg: None,
+            cnt,
+            pric,
+            det_item_fee_sumamt: pric,
+            hosp_appr_flag: &appr,
+            fee_date: &dates,
+            visit,
+        };
+        preprocess(cat, &lines, &vec![ctx(); n_visits], 1, RoundMode::HalfUp)
+    }
+
+    #[test]
+    fn a_bad_line_in_a_later_chunk_is_named() {
+        let cat = small(&[("A1", 1, 9, 0, 0)]);
+        let n = 3 * CHUNK + 7;
+        let pric = vec![100; n];
+        let mut cnt = vec![CNT_SCALE; n];
+        let visit: Vec<i64> = (0..n as i64).map(|i| i / 10).collect();
+        cnt[2 * CHUNK + 5] = -1;
+        let e = batch(&cat, &pric, &cnt, &visit, n / 10 + 1);
+        assert!(matches!(
+            e,
+            Err(EngineError::Line { line, field: "cnt", .. }) if line == 2 * CHUNK + 5
+        ));
+        cnt[2 * CHUNK + 5] = CNT_SCALE;
+        let (r, s) = batch(&cat, &pric, &cnt, &visit, n / 10 + 1).unwrap();
+        assert_eq!(r.inscp_scp_amt.len(), n);
+        assert_eq!(s.totals.iter().map(|t| t[5]).sum::<i64>(), n as i64);
+        assert!(s.totals.iter().all(|t| t[0] == 100 * t[5]));
+    }
+
+    #[test]
+    fn batch_total_beyond_i64_switches_to_checked_sums() {
+        let cat = small(&[("A1", 1, 9, 0, 0)]);
+        let big = i64::MAX / 2 + 1;
+        let n = 3 * CHUNK;
+        // visit 0: a big line, then small ones into the next chunk; visit 1 (in the last
+        // chunk): a big line. The batch sums beyond i64, no visit does.
+        let mut pric = vec![100; n];
+        pric[0] = big;
+        pric[2 * CHUNK + 1] = big;
+        let cnt = vec![CNT_SCALE; n];
+        let visit: Vec<i64> = (0..n).map(|i| i64::from(i > 2 * CHUNK)).collect();
+        let (_, s) = batch(&cat, &pric, &cnt, &visit, 2).unwrap();
+        let small_lines = (2 * CHUNK) as i64;
+        assert_eq!(s.totals[0][0], big + 100 * small_lines);
+        assert_eq!(s.totals[0][5], small_lines + 1);
+        assert_eq!(s.totals[1][0], big + 100 * (CHUNK as i64 - 2));
+        assert_eq!(s.get(0).by_category[9][0], s.totals[0][0]);
+        assert_eq!(
+            (s.category_visit.clone(), s.category.clone()),
+            (vec![0, 1], vec![9, 9])
+        );
+        // one visit across the switch: its total overflows at its own line
+        let visit = vec![0; n];
+        let e = batch(&cat, &pric, &cnt, &visit, 1);
+        assert!(matches!(
+            e,
+            Err(EngineError::Line { line, field: "det_item_fee_sumamt", .. })
+                if line == 2 * CHUNK + 1
         ));
     }
 
