@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -68,20 +69,24 @@ class MedsettleError(Exception):
         return cls(code, message or "", violations)
 
 
+_SEQ = itertools.count(1)  # one sequence for the whole process: clients never share a value
+_SEQ_LOCK = threading.Lock()
+
+
 class MsgidSource:
-    """msgids as the national platform shapes them: institution code + time + sequence
-    (+ process id, so two processes of one institution never collide)."""
+    """msgids as the national platform shapes them: institution code + time + sequence,
+    with the process id and a per-client nonce so that two clients or two processes of one
+    institution never produce the same msgid."""
 
     def __init__(self, fixmedins_code: str) -> None:
         self.prefix = fixmedins_code
-        self._seq = itertools.count(1)
-        self._lock = threading.Lock()
+        self.nonce = secrets.token_hex(2)
 
     def __call__(self) -> str:
-        with self._lock:
-            n = next(self._seq)
+        with _SEQ_LOCK:
+            n = next(_SEQ)
         stamp = time.strftime("%Y%m%d%H%M%S", time.localtime())
-        return f"{self.prefix}{stamp}{os.getpid() % 100000:05d}{n:06d}"
+        return f"{self.prefix}{stamp}{os.getpid() % 100000:05d}{self.nonce}{n:06d}"
 
 
 class MedsettleClient:

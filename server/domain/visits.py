@@ -60,8 +60,11 @@ def sign_in(
     conn: sqlite3.Connection, env: Env, header: common_pb2.RequestHeader, now: int
 ) -> tuple[bytes, str]:
     snap = env.refdata.current(conn)
-    if header.fixmedins_code not in snap.institutions:
+    inst = snap.institutions.get(header.fixmedins_code)
+    if inst is None:
         raise Unauthenticated("header.fixmedins_code: unknown institution")
+    if header.mdtrtarea_admvs and header.mdtrtarea_admvs != inst.admdvs:
+        raise field_error("header.mdtrtarea_admvs", f"is not {inst.admdvs}, the institution's")
     sign_no = secrets.token_hex(16)
     expires = now + env.sign_ttl_s * 1000
     conn.execute(
