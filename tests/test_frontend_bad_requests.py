@@ -26,7 +26,7 @@ from clients.pb.medsettle.v1 import (
     common_pb2,
     settlement_pb2,
 )
-from clients.sdk import MedsettleClient, MedsettleError, MsgidSource
+from clients.sdk import MedsettleClient, MedsettleError
 from server import demo_data
 from tests.frontend import (
     CHILD,
@@ -58,11 +58,8 @@ class World:
     extra: list[MedsettleClient] = field(default_factory=list)
 
     def client(self, inst: str = INST_A, *, sign_in: bool = True) -> MedsettleClient:
-        """Another client. Its msgids get their own prefix: the SDK's msgids are unique per
-        client only, so two clients of one institution in one process and second would
-        send the same msgid (and a SignIn would replay the other client's sign_no)."""
+        """Another client of the same server (the SDK keeps msgids of two clients apart)."""
         c = client(self.server, inst, sign_in=False)
-        c.new_msgid = MsgidSource(f"{inst}C{next(self.seq)}")
         if sign_in:
             c.sign_in()
         self.extra.append(c)
