@@ -40,6 +40,10 @@ test-py: build
 bench: build
 	$(PY) -m bench.bench_engine --json bench/engine_figures.json
 	$(PY) -m bench.bench_matching --rapidfuzz-queries 20
+	$(PY) -m bench.bench_frontend --workers 1 --clients 1 --concurrency 32 --duration 8 \
+		--visits 20000 --stays 5 --json bench/frontend_figures_w1.json
+	$(PY) -m bench.bench_frontend --workers 2 --clients 2 --concurrency 32 --duration 8 \
+		--visits 20000 --stays 5 --json bench/frontend_figures_w2.json
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-columns=min,median,mean,ops -q
 
 # A front-end on a fresh SQLite file, a scripted HIS visit over gRPC, the slip, stop.

@@ -7,7 +7,8 @@ import hashlib
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -35,6 +36,29 @@ def local_date(ms: int, tz_offset_min: int) -> int:
     return t.tm_year * 10000 + t.tm_mon * 100 + t.tm_mday
 
 
+class SignInCache:
+    """Sign-ins this process has read, trusted for `ttl_ms`: a sign-out in another worker
+    process takes effect here within that time (expiry is exact: it is checked on `now`)."""
+
+    def __init__(self, ttl_ms: int = 2000) -> None:
+        self.ttl_ms = ttl_ms
+        self._rows: dict[str, tuple[tuple[Any, ...], int]] = {}
+
+    def get(self, sign_no: str, now: int) -> tuple[Any, ...] | None:
+        hit = self._rows.get(sign_no)
+        if hit is None or now - hit[1] > self.ttl_ms:
+            return None
+        return hit[0]
+
+    def put(self, sign_no: str, row: tuple[Any, ...], now: int) -> None:
+        if len(self._rows) > 10_000:
+            self._rows.clear()
+        self._rows[sign_no] = (tuple(row), now)
+
+    def drop(self, sign_no: str) -> None:
+        self._rows.pop(sign_no, None)
+
+
 @dataclass
 class Env:
     """Per-process settings the operations need."""
@@ -46,6 +70,7 @@ class Env:
     mode: int  # SettlementMode of this front-end
     max_lines_per_call: int
     max_lines_per_visit: int
+    signins: SignInCache = field(default_factory=SignInCache)
 
 
 @dataclass
@@ -76,10 +101,14 @@ def authenticate(
     """The signed-in caller, or UNAUTHENTICATED. The institution must exist and own the
     sign_no; a signed-out or expired sign_no is refused."""
     snap = env.refdata.current(conn)
-    row = conn.execute(
-        "SELECT fixmedins_code, expires_at, sign_out_time FROM signins WHERE sign_no = ?",
-        (header.sign_no,),
-    ).fetchone()
+    row = env.signins.get(header.sign_no, now)
+    if row is None:
+        row = conn.execute(
+            "SELECT fixmedins_code, expires_at, sign_out_time FROM signins WHERE sign_no = ?",
+            (header.sign_no,),
+        ).fetchone()
+        if row is not None:
+            env.signins.put(header.sign_no, row, now)
     if row is None or row[0] != header.fixmedins_code:
         raise Unauthenticated("header.sign_no: unknown for this institution; SignIn first")
     if row[2] is not None:
@@ -107,10 +136,13 @@ def _payload_bytes(request: Message) -> bytes:
     header = getattr(request, "header", None)
     if header is None or not header.sign_no:
         return request.SerializeToString(deterministic=True)
-    copy = type(request)()
-    copy.CopyFrom(request)
-    copy.header.sign_no = ""  # type: ignore[attr-defined]
-    return copy.SerializeToString(deterministic=True)
+    # Cleared in place and put back (cheaper than a copy); nothing else runs meanwhile.
+    sign_no = header.sign_no
+    header.sign_no = ""
+    try:
+        return request.SerializeToString(deterministic=True)
+    finally:
+        header.sign_no = sign_no
 
 
 def chunk_hasher(method: str) -> hashlib._Hash:

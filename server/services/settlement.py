@@ -105,8 +105,12 @@ class SettlementService:
     async def SignOut(self, request: settlement_pb2.SignOutRequest, context: Ctx) -> bytes:
         sign_no = request.header.sign_no
         return await self.calls.write(
-            "SignOut", request, lambda conn, caller, now: visits.sign_out(conn, sign_no, now)
+            "SignOut", request, lambda conn, caller, now: self._sign_out(conn, sign_no, now)
         )
+
+    def _sign_out(self, conn: sqlite3.Connection, sign_no: str, now: int) -> tuple[bytes, str]:
+        self.env.signins.drop(sign_no)
+        return visits.sign_out(conn, sign_no, now)
 
     async def GetPerson(self, request: settlement_pb2.GetPersonRequest, context: Ctx) -> Any:
         return await self.calls.read(request, lambda conn, caller: visits.get_person(conn, request))

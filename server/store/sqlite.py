@@ -139,11 +139,15 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [(False, exc)] * len(batch)
+        # One wake-up of each event loop per batch, not one per operation.
+        by_loop: dict[Any, list[tuple[Any, bool, Any]]] = {}
         for (_, target, loop), (ok, value) in zip(batch, results, strict=True):
             if loop is None:
                 target(ok, value)
             else:
-                loop.call_soon_threadsafe(_resolve, target, ok, value)
+                by_loop.setdefault(loop, []).append((target, ok, value))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, items)
 
     # ------------------------------------------------------------------ reads
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -173,6 +177,11 @@ class Store:
             for c in self._reader_conns:
                 c.close()
             self._reader_conns.clear()
+
+
+def _resolve_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        _resolve(fut, ok, value)
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
