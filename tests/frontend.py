@@ -12,11 +12,33 @@ from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import settlement_pb2
 from clients.sdk import MedsettleClient
 from server import demo_data
+from server.domain.settle import ACC_FIELDS
+
+__all__ = ["ACC_FIELDS"]
 
 INST_A = "H44010100001"  # tertiary, 440100
 INST_B = "H44010100002"  # secondary, 440100
 INST_FAR = "H44030100001"  # tertiary, 440300 (cross-region for 440100 persons)
 DAY = 20260615
+
+# The amounts of a settlement (SetlInfo) that add up over settlements.
+SETL_AMOUNTS = (
+    "medfee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_amt",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+    "act_pay_dedc",
+    "hifp_pay",
+    "cvlserv_pay",
+    "hifob_pay",
+    "hifmi_pay",
+    "maf_pay",
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "acct_pay",
+    "psn_cash_pay",
+)
 
 PERSONS = {p.psn_no: p for p in demo_data.persons()}
 RETIRED = demo_data.persons()[0]  # employee, retired, account 3650.00

@@ -39,7 +39,7 @@ import pytest
 from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from clients.sdk import MedsettleClient
-from tests.frontend import DAY, EMPLOYEE, INST_A, client, lines, total
+from tests.frontend import ACC_FIELDS, DAY, EMPLOYEE, INST_A, SETL_AMOUNTS, client, lines, total
 
 N = 50
 LINES_PER_VISIT = 4  # ~40,000 fen in scope each: the deductible spans two visits
@@ -49,33 +49,6 @@ RATIO_BP = 6_000  # emp-outpatient: basic fund ratio for a person in service
 YEAR = DAY // 10000
 POOL = "outpatient"
 SAFETY_S = 60.0
-ACC_FIELDS = (
-    "inpatient_count",
-    "dedc_paid",
-    "hifp_paid",
-    "hifp_base",
-    "critical_base",
-    "critical_paid",
-    "cvlserv_paid",
-    "maf_paid",
-)
-TOTALLED = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_amt",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "cvlserv_pay",
-    "hifob_pay",
-    "hifmi_pay",
-    "maf_pay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "acct_pay",
-    "psn_cash_pay",
-)
 
 
 def new_msgid() -> str:
@@ -194,7 +167,7 @@ def db_reader() -> Iterator[Callable[[str], Ledger]]:
 
 
 def totals(infos: list[common_pb2.SetlInfo]) -> dict[str, int]:
-    out = {f: sum(getattr(i, f) for i in infos) for f in TOTALLED}
+    out = {f: sum(getattr(i, f) for i in infos) for f in SETL_AMOUNTS}
     legs: Counter[str] = Counter()
     for i in infos:
         for leg in i.setldetail:

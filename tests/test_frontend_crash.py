@@ -47,7 +47,17 @@ from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from clients.sdk import MedsettleClient
 from server import demo_data
-from tests.frontend import DAY, INST_A, INST_B, INST_FAR, SECOND_STAY, client, lines, total
+from tests.frontend import (
+    ACC_FIELDS,
+    DAY,
+    INST_A,
+    INST_B,
+    INST_FAR,
+    SECOND_STAY,
+    client,
+    lines,
+    total,
+)
 
 ROUNDS = 6
 DRIVERS = 5
@@ -57,16 +67,6 @@ INSTITUTIONS = (INST_A, INST_B, INST_FAR)
 SETTLE = "/medsettle.v1.Settlement/Settle"
 OPTER = "cashier01"
 SAFETY_S = 30.0
-ACC_FIELDS = (
-    "inpatient_count",
-    "dedc_paid",
-    "hifp_paid",
-    "hifp_base",
-    "critical_base",
-    "critical_paid",
-    "cvlserv_paid",
-    "maf_paid",
-)
 # The named demo persons (employees, residents, a second stay with opening accumulators,
 # a civil servant, ...) and some of the crowd: employees and residents of 440100.
 PERSONS = demo_data.persons()[:8] + demo_data.persons()[8:28]

@@ -25,6 +25,7 @@ from tests.frontend import (
     INST_FAR,
     RETIRED,
     SECOND_STAY,
+    SETL_AMOUNTS,
     accumulators,
     admit,
     client,
@@ -33,24 +34,7 @@ from tests.frontend import (
     total,
 )
 
-MONEY = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_amt",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "cvlserv_pay",
-    "hifob_pay",
-    "hifmi_pay",
-    "maf_pay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "acct_pay",
-    "psn_cash_pay",
-    "balc",
-)
+MONEY = (*SETL_AMOUNTS, "balc")
 
 
 def amounts(info: common_pb2.SetlInfo) -> dict[str, Any]:

@@ -68,6 +68,7 @@ the accumulators `inpatient_count`, `dedc_paid`, `hifp_paid`, `hifp_base`, `crit
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 
 import numpy as np
 import numpy.typing as npt
@@ -80,9 +81,10 @@ CNT_SCALE = 10_000
 def pack_strings(values: Sequence[str]) -> StrColumn:
     """Pack Python strings into an Arrow-style (data, offsets) column."""
     encoded = [v.encode("utf-8") for v in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    if encoded:
-        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    # fromiter over a running sum: cheaper than np.cumsum for the few strings of one call.
+    offsets = np.fromiter(
+        accumulate(map(len, encoded), initial=0), dtype=np.int64, count=len(encoded) + 1
+    )
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
     return data, offsets
 
