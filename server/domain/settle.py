@@ -21,10 +21,9 @@ import numpy as np
 import engine_rs
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from server.domain.common import Caller, Env, issue_id, local_date, require_fresh_refdata
+from server.domain.fundsplit import SplitContext, choose_rule, engine_failure, fund_split
 from server.domain.visits import (
-    PersonRow,
     VisitRow,
-    age_on,
     cancel_registration,
     engine_visit,
     line_columns,
@@ -44,34 +43,6 @@ ACC_FIELDS = (
     "maf_paid",
 )
 
-FUND_NAMES = {
-    "310100": "职工基本医疗保险统筹基金",
-    "310200": "职工基本医疗保险个人账户",
-    "320100": "公务员医疗补助资金",
-    "330100": "职工大额医疗费用补助基金",
-    "340100": "离休人员医疗保障基金",
-    "350100": "一至六级残疾军人医疗补助基金",
-    "370100": "企业补充医疗保险基金",
-    "390100": "城乡居民基本医疗保险基金",
-    "390200": "城乡居民大病医疗保险基金",
-    "510100": "生育基金",
-    "610100": "医疗救助基金",
-    "999996": "医院垫付",
-    "999997": "其他基金",
-}
-
-
-def cross_region(treatment_admdvs: str, person: PersonRow) -> int:
-    """The engine's cross-region status: 0 treated in the insured region; elsewhere 1 when
-    the person filed the move (异地就医备案), else 2."""
-    if treatment_admdvs == person.insuplc_admdvs:
-        return 0
-    return 1 if person.cross_region == 1 else 2
-
-
-def clr_type_of(treatment: int) -> int:
-    return 21 if treatment == 2 else 11
-
 
 @dataclass
 class Computed:
@@ -82,10 +53,6 @@ class Computed:
     acc_before: dict[str, int]
     acc_after: dict[str, int]
     line_rows: list[tuple[Any, ...]]
-
-
-def _fail_engine(exc: Exception) -> FailedPrecondition:
-    return FailedPrecondition(f"the visit cannot be settled: {exc}")
 
 
 def compute(
@@ -133,91 +100,29 @@ def compute(
             engine_visit(visit, person),
         )
     except engine_rs.EngineError as exc:  # lines were checked at upload; the catalog changed
-        raise _fail_engine(exc) from None
+        raise engine_failure(exc) from None
     if req.medfee_sumamt != summary.medfee_sumamt:
         raise field_error(
             "medfee_sumamt",
             f"{req.medfee_sumamt} is not the uploaded lines' total {summary.medfee_sumamt}"
             f" ({summary.line_count} lines)",
         )
-    sel = engine_rs.Selection(
-        treatment=visit.treatment,
-        date=visit.begndate,
-        region=int(person.insuplc_admdvs) if person.insuplc_admdvs.isdigit() else 0,
-        insutype=visit.insutype,
-        psn_type=person.psn_type,
-        hosp_lv=caller.inst.hosp_lv,
-    )
-    rule = policy.select(sel)
-    if rule is None:
-        raise FailedPrecondition(
-            f"no policy rule covers insutype {visit.insutype}, med_type {visit.med_type},"
-            f" psn_type {person.psn_type}, hospital level {caller.inst.hosp_lv}"
-            f" on {visit.begndate} (policy version {policy.version})"
-        )
-    year = visit.begndate // 10000
-    pool = policy.rule_accumulator(rule)
-    before = current_accumulators(conn, visit.psn_no, year, pool)
-    try:
-        result = engine_rs.split(
-            policy,
-            summary,
-            sel,
-            engine_rs.Person(
-                age=age_on(person.brdy, visit.begndate),
-                retired=person.retired,
-                civil_servant=person.cvlserv_flag,
-                cross_region=cross_region(caller.inst.admdvs, person),
-                assistance=person.maf_flag,
-                acct_used=req.acct_used_flag,
-                acct_balance=person.balc,
-            ),
-            engine_rs.Accumulators(**before),
-        )
-    except engine_rs.EngineError as exc:
-        raise _fail_engine(exc) from None
-    after = result.accumulators.to_dict()
-    info = common_pb2.SetlInfo(
-        mdtrt_id=visit.mdtrt_id,
-        psn_no=person.psn_no,
-        psn_name=person.psn_name,
-        insutype=visit.insutype,
-        psn_type=person.psn_type,
-        med_type=visit.med_type,
-        clr_type=clr_type_of(visit.treatment),
+    ctx = SplitContext(
         fixmedins_code=caller.inst.fixmedins_code,
-        invono=req.invono,
-        medfee_sumamt=summary.medfee_sumamt,
-        fulamt_ownpay_amt=summary.fulamt_ownpay_amt,
-        overlmt_amt=summary.overlmt_amt,
-        preselfpay_amt=summary.preselfpay_amt,
-        inscp_scp_amt=summary.inscp_scp_amt,
-        act_pay_dedc=result.act_pay_dedc,
-        hifp_pay=result.hifp_pay,
-        cvlserv_pay=result.cvlserv_pay,
-        hifob_pay=result.critical_pay if result.critical_fund_pay_type == "330100" else 0,
-        hifmi_pay=result.critical_pay if result.critical_fund_pay_type == "390200" else 0,
-        maf_pay=result.maf_pay,
-        fund_pay_sumamt=result.fund_pay_sumamt,
-        psn_part_amt=result.psn_part_amt,
-        acct_pay=result.acct_pay,
-        psn_cash_pay=result.psn_cash_pay,
-        balc=result.balc,
-        rule_id=result.rule_id,
-        policy_version=policy.version,
-        catalog_version=catalog.version,
-        line_count=summary.line_count,
+        hosp_lv=caller.inst.hosp_lv,
+        treatment_admdvs=caller.inst.admdvs,
+        mdtrt_id=visit.mdtrt_id,
+        insutype=visit.insutype,
+        med_type=visit.med_type,
+        treatment=visit.treatment,
+        begndate=visit.begndate,
     )
-    info.setldetail.extend(
-        common_pb2.FundLeg(
-            fund_pay_type=leg.fund_pay_type,
-            fund_pay_type_name=FUND_NAMES.get(leg.fund_pay_type, ""),
-            inscp_scp_amt=leg.base,
-            fund_payamt=leg.amount,
-            setl_proc_info=leg.setl_proc_info,
-        )
-        for leg in result.legs
+    choice = choose_rule(policy, ctx, person)
+    before = current_accumulators(conn, visit.psn_no, choice.year, choice.pool)
+    info, after = fund_split(
+        policy, choice, ctx, person, summary, before, req.acct_used_flag, req.invono
     )
+    info.catalog_version = catalog.version
     for cat, sums in enumerate(summary.by_category):
         if any(sums):
             info.categories.append(
@@ -246,7 +151,7 @@ def compute(
             strict=True,
         )
     )
-    return Computed(visit, info, year, pool, before, after, line_rows)
+    return Computed(visit, info, choice.year, choice.pool, before, after, line_rows)
 
 
 def current_accumulators(
