@@ -12,7 +12,7 @@ from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import settlement_pb2
 from clients.sdk import MedsettleClient
 from server import demo_data
-from server.domain.settle import ACC_FIELDS
+from server.store import ACC_FIELDS
 
 __all__ = ["ACC_FIELDS"]
 

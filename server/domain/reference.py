@@ -15,11 +15,11 @@ from typing import Any
 import engine_rs
 from clients.pb.medsettle.v1 import catalog_pb2
 from server.domain.common import Caller
-from server.domain.settle import ACC_FIELDS
 from server.domain.visits import valid_date
 from server.engine.columns import pack_strings
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, Violations, field_error
 from server.refdata import bump
+from server.store import ACC_FIELDS
 
 _ITEM_COLS = (
     "med_list_codg, name, spec, dosage_form, manufacturer, kind, chrgitm_lv, med_chrgitm_type,"

@@ -31,17 +31,7 @@ from server.domain.visits import (
     load_visit,
 )
 from server.errors import FailedPrecondition, NotFound, field_error
-
-ACC_FIELDS = (
-    "inpatient_count",
-    "dedc_paid",
-    "hifp_paid",
-    "hifp_base",
-    "critical_base",
-    "critical_paid",
-    "cvlserv_paid",
-    "maf_paid",
-)
+from server.store import ACC_FIELDS
 
 
 @dataclass

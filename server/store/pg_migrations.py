@@ -1,0 +1,222 @@
+"""Versioned schema of the center's PostgreSQL database.
+
+Same rules as the front-end's `server/store/migrations.py`: each migration is applied once,
+in order, in its own transaction together with its row in `schema_migrations`; never edit a
+migration that has shipped, add the next one. Several center processes may start at once,
+so every step holds a transaction-scoped advisory lock: the first applies, the others wait
+and then find the version already there.
+
+The tables mirror the front-end's where they can, so rows cross the line unchanged: money is
+BIGINT fen, times BIGINT unix milliseconds (UTC), dates INTEGER yyyymmdd, flags INTEGER 0/1
+(not BOOLEAN, so the domain code's ints bind as they do on SQLite). What the center has
+beyond the front-end: the ledger of every institution (`settlements.node_id` names the
+front-end that made a row) and `accumulator_differences`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+# Arbitrary but fixed: every center process must take the same advisory lock.
+MIGRATION_LOCK = 0x6D65_6473_6574_6C01  # "medsetl" + 1
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial center schema",
+        """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO meta VALUES ('refdata_gen', 0);
+
+CREATE TABLE institutions (
+    fixmedins_code TEXT PRIMARY KEY,
+    fixmedins_name TEXT NOT NULL,
+    hosp_lv INTEGER NOT NULL,
+    admdvs TEXT NOT NULL
+);
+
+CREATE TABLE persons (
+    psn_no TEXT PRIMARY KEY,
+    psn_name TEXT NOT NULL,
+    psn_cert_no TEXT NOT NULL,
+    card_no TEXT NOT NULL,
+    voucher TEXT NOT NULL,
+    gend INTEGER NOT NULL,
+    brdy INTEGER NOT NULL,
+    psn_type INTEGER NOT NULL,
+    insutype INTEGER NOT NULL,
+    insuplc_admdvs TEXT NOT NULL,
+    cvlserv_flag INTEGER NOT NULL,
+    maf_flag INTEGER NOT NULL,
+    retired INTEGER NOT NULL,
+    cross_region INTEGER NOT NULL,
+    balc BIGINT NOT NULL,           -- personal account balance now
+    opening_balc BIGINT NOT NULL    -- as loaded; balc = opening_balc - sum(active acct_pay)
+);
+CREATE INDEX persons_cert ON persons (psn_cert_no);
+CREATE INDEX persons_card ON persons (card_no);
+CREATE INDEX persons_voucher ON persons (voucher);
+
+-- Yearly accumulators per person and pool; `opening` rows are what was loaded, so the
+-- current values always equal opening + the deltas of the active settlements. The current
+-- row (opening = 0) is the one settles lock (SELECT ... FOR UPDATE) to serialise a person.
+CREATE TABLE accumulators (
+    psn_no TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    pool TEXT NOT NULL,
+    opening INTEGER NOT NULL,       -- 1 = the loaded row, 0 = the current row
+    inpatient_count BIGINT NOT NULL,
+    dedc_paid BIGINT NOT NULL,
+    hifp_paid BIGINT NOT NULL,
+    hifp_base BIGINT NOT NULL,
+    critical_base BIGINT NOT NULL,
+    critical_paid BIGINT NOT NULL,
+    cvlserv_paid BIGINT NOT NULL,
+    maf_paid BIGINT NOT NULL,
+    PRIMARY KEY (psn_no, year, pool, opening)
+);
+
+CREATE TABLE catalog_items (
+    med_list_codg TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    dosage_form TEXT NOT NULL,
+    manufacturer TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    chrgitm_lv INTEGER NOT NULL,
+    med_chrgitm_type INTEGER NOT NULL,
+    price_cap BIGINT NOT NULL,
+    selfpay TEXT NOT NULL,          -- JSON [[psn_type, ratio_bp], ...] as on the front-end
+    inpatient_only INTEGER NOT NULL,
+    sex INTEGER NOT NULL,
+    age_min INTEGER NOT NULL,
+    age_max INTEGER NOT NULL,
+    diagnoses TEXT NOT NULL,
+    begndate INTEGER NOT NULL,
+    enddate INTEGER NOT NULL,
+    ver INTEGER NOT NULL,           -- version that last changed the item (increments by it)
+    retired INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX catalog_items_ver ON catalog_items (ver);
+CREATE TABLE catalog_versions (
+    version INTEGER PRIMARY KEY,
+    imported_at BIGINT NOT NULL,
+    item_count INTEGER NOT NULL
+);
+
+CREATE TABLE mappings (
+    fixmedins_code TEXT NOT NULL,
+    medins_list_codg TEXT NOT NULL,
+    med_list_codg TEXT NOT NULL,
+    medins_list_name TEXT NOT NULL,
+    PRIMARY KEY (fixmedins_code, medins_list_codg)
+);
+
+CREATE TABLE policies (
+    version INTEGER PRIMARY KEY,
+    policy_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    canonical_json TEXT NOT NULL,   -- kept as text: the engine parses these exact bytes
+    loaded_at BIGINT NOT NULL
+);
+
+-- The ledger of every institution: settlements the center computed (mode 2) and those a
+-- front-end settled locally and forwarded (mode 1). setl_id carries the node prefix, so it
+-- is unique across front-ends and is what makes a forwarded copy idempotent.
+CREATE TABLE settlements (
+    setl_id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,          -- the front-end that made it
+    fixmedins_code TEXT NOT NULL,
+    mdtrt_id TEXT NOT NULL,
+    psn_no TEXT NOT NULL,
+    insutype INTEGER NOT NULL,
+    clr_type INTEGER NOT NULL,
+    msgid TEXT NOT NULL,
+    invono TEXT NOT NULL,
+    setl_time BIGINT NOT NULL,
+    setl_date INTEGER NOT NULL,
+    state INTEGER NOT NULL,         -- SettlementState: 1 settled, 2 cancelled
+    mode INTEGER NOT NULL,          -- SettlementMode: 1 local, 2 center
+    offline INTEGER NOT NULL,       -- 1 = settled locally while the center was unreachable
+    medfee_sumamt BIGINT NOT NULL,
+    fund_pay_sumamt BIGINT NOT NULL,
+    acct_pay BIGINT NOT NULL,
+    psn_cash_pay BIGINT NOT NULL,
+    acc_year INTEGER NOT NULL,
+    acc_pool TEXT NOT NULL,
+    acc_delta JSONB NOT NULL,       -- {field: change} applied to the accumulators
+    info BYTEA NOT NULL,            -- medsettle.v1.SetlInfo as settled (state fields aside)
+    received_at BIGINT NOT NULL,    -- when the center recorded it (forwarded rows arrive late)
+    cancel_id TEXT,
+    cancel_msgid TEXT,
+    cancel_time BIGINT,
+    cancel_date INTEGER
+);
+CREATE INDEX settlements_inst_date ON settlements (fixmedins_code, setl_date);
+CREATE INDEX settlements_inst_cancel ON settlements (fixmedins_code, cancel_date);
+CREATE INDEX settlements_psn ON settlements (psn_no, acc_year);
+
+CREATE TABLE setl_legs (
+    setl_id TEXT NOT NULL REFERENCES settlements (setl_id),
+    fund_pay_type TEXT NOT NULL,
+    base BIGINT NOT NULL,
+    amount BIGINT NOT NULL,
+    PRIMARY KEY (setl_id, fund_pay_type)
+);
+
+-- Idempotency of the center's own state-changing calls, as on the front-end.
+CREATE TABLE idempotency (
+    fixmedins_code TEXT NOT NULL,
+    msgid TEXT NOT NULL,
+    method TEXT NOT NULL,
+    req_hash BYTEA NOT NULL,
+    response BYTEA NOT NULL,
+    ref TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (fixmedins_code, msgid)
+);
+
+-- A forwarded settlement computed on other accumulators than the center's (the person
+-- settled elsewhere meanwhile): both sides are kept for reconciliation, nothing overwritten.
+CREATE TABLE accumulator_differences (
+    setl_id TEXT PRIMARY KEY REFERENCES settlements (setl_id),
+    psn_no TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    pool TEXT NOT NULL,
+    ours JSONB NOT NULL,            -- the center's accumulators before the settlement
+    theirs JSONB NOT NULL,          -- the front-end's
+    recorded_at BIGINT NOT NULL
+);
+CREATE INDEX accumulator_differences_psn ON accumulator_differences (psn_no, year);
+""",
+    ),
+]
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Apply the migrations this database lacks; returns the schema version after.
+
+    `conn` must be in autocommit mode: each step is its own explicit transaction.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        # Under the lock: concurrent CREATE TABLE IF NOT EXISTS can still collide otherwise.
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+            " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+    for version, name, sql in MIGRATIONS:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            done = conn.execute(
+                "SELECT 1 FROM schema_migrations WHERE version = %s", (version,)
+            ).fetchone()
+            if done:
+                continue
+            conn.execute(sql)  # no parameters, so several statements go in one call
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+            )
+    return max(v for v, _, _ in MIGRATIONS)
