@@ -16,7 +16,9 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,26 +26,36 @@ from grpc_reflection.v1alpha import reflection
 
 from clients.pb.medsettle.v1 import (
     catalog_pb2,
+    center_pb2,
     common_pb2,
     reconciliation_pb2,
     settlement_pb2,
 )
 from server import demo_data
 from server.config import Config
+from server.domain.center import CenterEnv
 from server.domain.common import Env
 from server.refdata import RefData
 from server.services.base import generic_handler
 from server.services.catalog import CatalogService
+from server.services.center import CenterService
 from server.services.reconciliation import ReconciliationService
 from server.services.settlement import Calls, SettlementService
+from server.store import pg
 from server.store.sqlite import Store, init_db
 
 log = logging.getLogger("medsettle")
+Closer = Callable[[], Awaitable[None]]
 
 SERVICES = {
     "medsettle.v1.Settlement": settlement_pb2.DESCRIPTOR.services_by_name["Settlement"],
     "medsettle.v1.Catalog": catalog_pb2.DESCRIPTOR.services_by_name["Catalog"],
     "medsettle.v1.Reconciliation": reconciliation_pb2.DESCRIPTOR.services_by_name["Reconciliation"],
+}
+
+
+CENTER_SERVICES = {
+    "medsettle.v1.Center": center_pb2.DESCRIPTOR.services_by_name["Center"],
 }
 
 
@@ -61,6 +73,11 @@ def make_env(cfg: Config) -> Env:
 
 def prepare(cfg: Config) -> None:
     """Schema migrations and the demo data, once, before any worker serves."""
+    if cfg.role == "center":
+        pg.init_db(cfg.db)
+        if cfg.demo and demo_data.seed_center(cfg.db):
+            log.info("demo persons and policy loaded into the center database")
+        return
     init_db(cfg.db)
     if cfg.demo:
         store = Store(cfg.db, readers=1)
@@ -71,11 +88,31 @@ def prepare(cfg: Config) -> None:
             store.close()
 
 
-async def serve_worker(cfg: Config) -> None:
-    """Run one server until SIGTERM/SIGINT, then drain and stop."""
+async def _handlers(cfg: Config) -> tuple[list[grpc.GenericRpcHandler], dict[str, Any], Closer]:
+    """The services of this role over its open store, and how to close the store."""
+    if cfg.role == "center":
+        pg_store = pg.PgStore(cfg.db)
+        await pg_store.open()
+        center = CenterService(pg_store, CenterEnv.new(cfg.tz_offset_min))
+        handlers = [generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center)]
+        return handlers, CENTER_SERVICES, pg_store.close
     store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
     env = make_env(cfg)
     calls = Calls(store, env)
+    handlers = [
+        generic_handler(SERVICES["medsettle.v1.Settlement"], SettlementService(store, env)),
+        generic_handler(SERVICES["medsettle.v1.Catalog"], CatalogService(calls)),
+        generic_handler(SERVICES["medsettle.v1.Reconciliation"], ReconciliationService(calls)),
+    ]
+
+    async def close_sqlite() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, store.close)
+
+    return handlers, SERVICES, close_sqlite
+
+
+async def serve_worker(cfg: Config) -> None:
+    """Run one server until SIGTERM/SIGINT, then drain and stop."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
@@ -83,18 +120,13 @@ async def serve_worker(cfg: Config) -> None:
             ("grpc.max_send_message_length", cfg.max_message_bytes),
         ]
     )
-    server.add_generic_rpc_handlers(
-        [
-            generic_handler(SERVICES["medsettle.v1.Settlement"], SettlementService(store, env)),
-            generic_handler(SERVICES["medsettle.v1.Catalog"], CatalogService(calls)),
-            generic_handler(SERVICES["medsettle.v1.Reconciliation"], ReconciliationService(calls)),
-        ]
-    )
+    handlers, services, close = await _handlers(cfg)
+    server.add_generic_rpc_handlers(handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [
-            *SERVICES,
+            *services,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
@@ -104,7 +136,7 @@ async def serve_worker(cfg: Config) -> None:
     if port == 0:
         raise SystemExit(f"cannot listen on {cfg.host}:{cfg.port}")
     await server.start()
-    for name in ("", *SERVICES):
+    for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(
         f"medsettle {cfg.role} ({cfg.mode} mode) listening on {cfg.host}:{port}"
@@ -118,7 +150,7 @@ async def serve_worker(cfg: Config) -> None:
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(cfg.grace_s)
-    await loop.run_in_executor(None, store.close)
+    await close()
     print(f"medsettle worker {os.getpid()} stopped cleanly", flush=True)
 
 

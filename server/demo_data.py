@@ -20,6 +20,7 @@ from clients.pb.medsettle.v1 import catalog_pb2
 from server.domain import reference
 from server.domain.common import now_ms
 from server.engine.columns import unpack_strings
+from server.store import ACC_FIELDS
 from server.store.sqlite import Store
 from server.synth.catalog import SynthCatalog, make_catalog, make_hospital_items
 
@@ -291,4 +292,56 @@ def seed(store: Store) -> bool:
         conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'refdata_gen'")
 
     store.write_sync(load)
+    return True
+
+
+def seed_center(dsn: str) -> bool:
+    """Load institutions, the policy and the persons (with their opening accumulators) into
+    an empty center database; returns whether it did."""
+    import engine_rs
+    from server.store.pg import connect
+
+    with connect(dsn) as conn, conn.transaction():
+        if conn.execute("SELECT COUNT(*) FROM institutions").fetchone()[0]:  # type: ignore[index]
+            return False
+        for i in INSTITUTIONS:
+            conn.execute(
+                "INSERT INTO institutions VALUES (%s, %s, %s, %s)",
+                (i.fixmedins_code, i.fixmedins_name, i.hosp_lv, i.admdvs),
+            )
+        policy = engine_rs.Policy.from_toml(policy_text())
+        conn.execute(
+            "INSERT INTO policies VALUES (%s, %s, %s, %s, %s)",
+            (policy.version, policy.id, policy.name, policy.to_json(), now_ms()),
+        )
+        for p in persons():
+            conn.execute(
+                f"INSERT INTO persons VALUES ({', '.join(['%s'] * 16)})",
+                (
+                    p.psn_no,
+                    p.psn_name,
+                    p.psn_cert_no,
+                    p.card_no,
+                    p.voucher,
+                    p.gend,
+                    p.brdy,
+                    p.psn_type,
+                    p.insutype,
+                    p.insuplc_admdvs,
+                    int(p.cvlserv_flag),
+                    int(p.maf_flag),
+                    int(p.retired),
+                    p.cross_region,
+                    p.balc,
+                    p.balc,
+                ),
+            )
+            for a in p.accumulators:
+                values = [getattr(a, f) for f in ACC_FIELDS]
+                conn.execute(
+                    "INSERT INTO accumulators"
+                    f" (psn_no, year, pool, opening, {', '.join(ACC_FIELDS)})"
+                    f" VALUES (%s, %s, %s, 1, {', '.join(['%s'] * len(ACC_FIELDS))})",
+                    (p.psn_no, a.year, a.pool, *values),
+                )
     return True

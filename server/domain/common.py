@@ -134,7 +134,7 @@ def request_hash(method: str, request: Message) -> bytes:
 
 def _payload_bytes(request: Message) -> bytes:
     header = getattr(request, "header", None)
-    if header is None or not header.sign_no:
+    if header is None or not getattr(header, "sign_no", ""):
         return request.SerializeToString(deterministic=True)
     # Cleared in place and put back (cheaper than a copy); nothing else runs meanwhile.
     sign_no = header.sign_no

@@ -95,10 +95,12 @@ def _wrap_stream_out(
 
 
 def generic_handler(service: ServiceDescriptor, impl: object) -> grpc.GenericRpcHandler:
-    """A handler for every method of `service`, each calling `impl.<MethodName>`."""
+    """A handler for every method of `service` that `impl` has, calling `impl.<MethodName>`."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in service.methods:
-        fn = getattr(impl, m.name)
+        fn = getattr(impl, m.name, None)
+        if fn is None:  # not served yet: grpc answers UNIMPLEMENTED
+            continue
         request_cls = message_factory.GetMessageClass(m.input_type)
         deser = _deserializer(request_cls)
         if m.client_streaming and not m.server_streaming:
