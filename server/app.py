@@ -32,6 +32,7 @@ from clients.pb.medsettle.v1 import (
     settlement_pb2,
 )
 from server import demo_data
+from server.center_link import CenterLink
 from server.config import Config
 from server.domain.center import CenterEnv
 from server.domain.common import Env
@@ -39,6 +40,7 @@ from server.refdata import RefData
 from server.services.base import generic_handler
 from server.services.catalog import CatalogService
 from server.services.center import CenterService
+from server.services.center_mode import CenterMode
 from server.services.reconciliation import ReconciliationService
 from server.services.settlement import Calls, SettlementService
 from server.store import pg
@@ -99,13 +101,19 @@ async def _handlers(cfg: Config) -> tuple[list[grpc.GenericRpcHandler], dict[str
     store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
     env = make_env(cfg)
     calls = Calls(store, env)
+    link = CenterLink(cfg.center_target, cfg.center_deadline_s) if cfg.mode == "center" else None
+    center_mode = CenterMode(store, env, link) if link is not None else None
     handlers = [
-        generic_handler(SERVICES["medsettle.v1.Settlement"], SettlementService(store, env)),
+        generic_handler(
+            SERVICES["medsettle.v1.Settlement"], SettlementService(store, env, center_mode)
+        ),
         generic_handler(SERVICES["medsettle.v1.Catalog"], CatalogService(calls)),
         generic_handler(SERVICES["medsettle.v1.Reconciliation"], ReconciliationService(calls)),
     ]
 
     async def close_sqlite() -> None:
+        if link is not None:
+            await link.close()
         await asyncio.get_running_loop().run_in_executor(None, store.close)
 
     return handlers, SERVICES, close_sqlite

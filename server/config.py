@@ -34,6 +34,8 @@ class Config:
     commit_batch_max: int = 256  # group commit: most operations sharing one fsync
     readers: int = 4  # reader threads (queries, pre-settlement)
     demo: bool = False  # seed the demo data set into an empty database
+    center_target: str = ""  # host:port of the center (a front-end in center mode)
+    center_deadline_s: float = 3.0  # how long a front-end waits for the center
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -51,6 +53,8 @@ class Config:
             raise ValueError(f"role: {self.role!r} is not frontend or center")
         if self.mode not in ("local", "center"):
             raise ValueError(f"mode: {self.mode!r} is not local or center")
+        if self.role == "frontend" and self.mode == "center" and not self.center_target:
+            raise ValueError("center_target: a front-end in center mode needs the center's address")
         if self.workers < 1:
             raise ValueError("workers: must be at least 1")
 

@@ -90,3 +90,15 @@ class Violations:
             head = "; ".join(f"{f}: {r}" for f, r in self.items[:5])
             more = f" (+{len(self.items) - 5} more)" if len(self.items) > 5 else ""
             raise InvalidArgument(head + more, self.items)
+
+
+class Unavailable(ClientError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Relayed(ClientError):
+    """A refusal from an upstream server (the center), passed on with its code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code

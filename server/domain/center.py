@@ -17,7 +17,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 import engine_rs
-from clients.pb.medsettle.v1 import center_pb2, common_pb2
+from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
 from server.domain.common import local_date
 from server.domain.fundsplit import SplitContext, choose_rule, fund_split
 from server.domain.visits import MED_TYPES, PersonRow, treatment_of, valid_date
@@ -84,19 +84,21 @@ class CenterEnv:
         return inst
 
 
-def check_node_header(header: center_pb2.NodeHeader) -> None:
+def check_node_header(header: center_pb2.NodeHeader, *, needs_msgid: bool = True) -> None:
     v = Violations()
     v.require(bool(header.node_id), "header.node_id", "is required")
     v.require(bool(header.fixmedins_code), "header.fixmedins_code", "is required")
-    v.require(0 < len(header.msgid) <= 64, "header.msgid", "is required (at most 64)")
+    v.require(len(header.msgid) <= 64, "header.msgid", "at most 64 characters")
+    if needs_msgid:
+        v.require(bool(header.msgid), "header.msgid", "is required")
     v.raise_if_any()
 
 
 def check_settle_request(req: center_pb2.CenterSettleRequest) -> None:
-    check_node_header(req.header)
+    check_node_header(req.header, needs_msgid=not req.pre_settle)
     v = Violations()
     v.require(
-        req.setl_id.startswith(f"S{req.header.node_id}"),
+        req.pre_settle or req.setl_id.startswith(f"S{req.header.node_id}"),
         "setl_id",
         f"must be issued by node {req.header.node_id} (S{req.header.node_id}...)",
     )
@@ -196,6 +198,15 @@ async def settle_summary(
         ).fetchone()
         if taken is not None:
             raise AlreadyExists(f"setl_id: {req.setl_id} was already settled by {taken[0]}")
+        active = await (
+            await conn.execute(
+                "SELECT setl_id FROM settlements WHERE fixmedins_code = %s AND mdtrt_id = %s"
+                " AND state = 1",
+                (h.fixmedins_code, req.mdtrt_id),
+            )
+        ).fetchone()
+        if active is not None:
+            raise FailedPrecondition(f"mdtrt_id: {req.mdtrt_id} is already settled as {active[0]}")
     inst = await env.institution(conn, h.fixmedins_code)
     policy = await env.policy(conn, req.policy_version)
     person = await _person(conn, req.psn_no, lock=not req.pre_settle)
@@ -231,8 +242,11 @@ async def settle_summary(
     info.categories.extend(s.categories)
     info.catalog_version = req.catalog_version
     info.mode = common_pb2.CENTER
+    acc_after = catalog_pb2.Accumulator(year=choice.year, pool=choice.pool, **after)
     if req.pre_settle:
-        return center_pb2.CenterSettleResponse(setlinfo=info).SerializeToString()
+        return center_pb2.CenterSettleResponse(
+            setlinfo=info, accumulators=acc_after
+        ).SerializeToString()
     info.setl_id = req.setl_id
     info.msgid = h.msgid
     info.state = common_pb2.SETTLED
@@ -281,7 +295,9 @@ async def settle_summary(
         await conn.execute(
             "UPDATE persons SET balc = balc - %s WHERE psn_no = %s", (info.acct_pay, person.psn_no)
         )
-    resp = center_pb2.CenterSettleResponse(setlinfo=info).SerializeToString()
+    resp = center_pb2.CenterSettleResponse(
+        setlinfo=info, accumulators=acc_after
+    ).SerializeToString()
     await _remember(
         conn, h.fixmedins_code, h.msgid, "SettleSummary", req_hash, resp, req.setl_id, now
     )
@@ -324,7 +340,8 @@ async def cancel(
         raise FailedPrecondition(f"setl_id: {req.setl_id} is already cancelled")
     psn_no, acct_pay, year, pool, delta = row[1], row[3], row[4], row[5], row[6]
     acc = await lock_accumulators(conn, psn_no, year, pool)
-    await write_accumulators(conn, psn_no, year, pool, {f: acc[f] - delta[f] for f in ACC_FIELDS})
+    restored = {f: acc[f] - delta[f] for f in ACC_FIELDS}
+    await write_accumulators(conn, psn_no, year, pool, restored)
     if acct_pay:
         await conn.execute(
             "UPDATE persons SET balc = balc + %s WHERE psn_no = %s", (acct_pay, psn_no)
@@ -339,7 +356,9 @@ async def cancel(
     info.cancel_id = req.cancel_id
     info.cancel_msgid = h.msgid
     info.cancel_time.FromMilliseconds(now)
-    resp = center_pb2.CenterSettleResponse(setlinfo=info).SerializeToString()
+    resp = center_pb2.CenterSettleResponse(
+        setlinfo=info, accumulators=catalog_pb2.Accumulator(year=year, pool=pool, **restored)
+    ).SerializeToString()
     await _remember(
         conn, h.fixmedins_code, h.msgid, "CancelSettlement", req_hash, resp, req.setl_id, now
     )

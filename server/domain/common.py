@@ -168,6 +168,22 @@ def idempotent(
 ) -> bytes:
     """The stored answer of an earlier call with this msgid, or `body()`'s answer stored
     with it. The same msgid with another request (or method) is refused."""
+    stored = replay_of(conn, fixmedins_code, msgid, method, req_hash)
+    if stored is not None:
+        return stored
+    response, ref = body()
+    conn.execute(
+        "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (fixmedins_code, msgid, method, req_hash, response, ref, now),
+    )
+    return response
+
+
+def replay_of(
+    conn: sqlite3.Connection, fixmedins_code: str, msgid: str, method: str, req_hash: bytes
+) -> bytes | None:
+    """The stored answer of this msgid's earlier call, None if there was none; refuses the
+    msgid when it was used for another request or burnt by a reversal."""
     row = conn.execute(
         "SELECT method, req_hash, response FROM idempotency WHERE fixmedins_code = ? AND msgid = ?",
         (fixmedins_code, msgid),
@@ -183,12 +199,7 @@ def idempotent(
                 " a retry must resend the same request, a new request needs a new msgid"
             )
         return bytes(row[2])
-    response, ref = body()
-    conn.execute(
-        "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (fixmedins_code, msgid, method, req_hash, response, ref, now),
-    )
-    return response
+    return None
 
 
 def issue_id(env: Env, prefix: str, rowid: int) -> str:

@@ -182,17 +182,64 @@ def settle(
     req: settlement_pb2.SettleRequest,
     now: int,
 ) -> tuple[bytes, str]:
+    """Local mode: compute and commit here; an outbox row carries it to the center."""
     c = compute(conn, caller, req)
     rowid = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM settlements").fetchone()[0]
-    setl_id = issue_id(env, "S", rowid)
     info = c.info
-    info.setl_id = setl_id
-    info.msgid = req.header.msgid
+    info.setl_id = issue_id(env, "S", rowid)
     info.setl_time.FromMilliseconds(now)
+    info.mode = common_pb2.LOCAL
+    return record(conn, env, c, info, c.acc_after, req, now, rowid=rowid, forward=True)
+
+
+def record_center_settlement(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    req: settlement_pb2.SettleRequest,
+    prepared: Computed,
+    info: common_pb2.SetlInfo,
+    acc_after: dict[str, int],
+    now: int,
+) -> tuple[bytes, str]:
+    """Center mode: keep the settlement the center committed, with its accumulators as this
+    front-end's cache. Refused when the visit or its lines changed since they were sent."""
+    visit = load_visit(conn, caller, req.mdtrt_id)
+    if visit.state != "registered":
+        raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} is {visit.state} here")
+    n, amount = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(det_item_fee_sumamt), 0) FROM fee_lines WHERE visit_id = ?",
+        (visit.id,),
+    ).fetchone()
+    if (n, amount) != (prepared.info.line_count, prepared.info.medfee_sumamt):
+        raise FailedPrecondition(
+            f"mdtrt_id: the fee lines changed while the center settled {info.setl_id};"
+            " reconcile with the center"
+        )
+    before = current_accumulators(conn, visit.psn_no, prepared.acc_year, prepared.acc_pool)
+    prepared.acc_before = before
+    return record(conn, env, prepared, info, acc_after, req, now, rowid=None, forward=False)
+
+
+def record(
+    conn: sqlite3.Connection,
+    env: Env,
+    c: Computed,
+    info: common_pb2.SetlInfo,
+    acc_after: dict[str, int],
+    req: settlement_pb2.SettleRequest,
+    now: int,
+    *,
+    rowid: int | None,
+    forward: bool,
+) -> tuple[bytes, str]:
+    """Commit a settlement: its row, legs, line results, the accumulators and account
+    balance it moved, the visit's state and (local mode) the outbox row for the center."""
+    setl_id = info.setl_id
+    info.msgid = req.header.msgid
     info.state = common_pb2.SETTLED
-    info.mode = env.mode  # type: ignore[assignment]
     blob = info.SerializeToString()
-    delta = {f: c.acc_after[f] - c.acc_before[f] for f in ACC_FIELDS}
+    delta = {f: acc_after[f] - c.acc_before[f] for f in ACC_FIELDS}
     conn.execute(
         "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no,"
         " insutype, clr_type, msgid, invono, setl_time, setl_date, state, mode, offline,"
@@ -202,7 +249,7 @@ def settle(
         (
             rowid,
             setl_id,
-            caller.inst.fixmedins_code,
+            info.fixmedins_code,
             c.visit.mdtrt_id,
             c.visit.id,
             c.visit.psn_no,
@@ -212,7 +259,7 @@ def settle(
             req.invono,
             now,
             local_date(now, env.tz_offset_min),
-            env.mode,
+            info.mode,
             info.medfee_sumamt,
             info.fund_pay_sumamt,
             info.acct_pay,
@@ -231,27 +278,28 @@ def settle(
         "INSERT INTO setl_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(setl_id, *r) for r in c.line_rows],
     )
-    write_accumulators(conn, c.visit.psn_no, c.acc_year, c.acc_pool, c.acc_after)
+    write_accumulators(conn, c.visit.psn_no, c.acc_year, c.acc_pool, acc_after)
     if info.acct_pay:
         conn.execute(
             "UPDATE persons SET balc = balc - ? WHERE psn_no = ?", (info.acct_pay, c.visit.psn_no)
         )
     conn.execute("UPDATE visits SET state = 'settled' WHERE id = ?", (c.visit.id,))
-    conn.execute(
-        "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('settle', ?, ?, ?)",
-        (setl_id, blob, now),
-    )
+    if forward:
+        conn.execute(
+            "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('settle', ?, ?, ?)",
+            (setl_id, blob, now),
+        )
     return settlement_pb2.SettleResponse(setlinfo=info).SerializeToString(), setl_id
 
 
 # ---------------------------------------------------------------------------- cancel
 _SETL_COLS = (
     "id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no, state, acct_pay, acc_year,"
-    " acc_pool, acc_delta, info, cancel_id, cancel_msgid, cancel_time"
+    " acc_pool, acc_delta, info, cancel_id, cancel_msgid, cancel_time, mode"
 )
 
 
-def _load_setl(conn: sqlite3.Connection, caller: Caller, setl_id: str) -> tuple[Any, ...]:
+def load_settlement(conn: sqlite3.Connection, caller: Caller, setl_id: str) -> tuple[Any, ...]:
     if not setl_id:
         raise field_error("setl_id", "is required")
     row = conn.execute(
@@ -283,7 +331,7 @@ def cancel(
     msgid: str,
     now: int,
 ) -> tuple[common_pb2.SetlInfo, str]:
-    row = _load_setl(conn, caller, setl_id)
+    row = load_settlement(conn, caller, setl_id)
     if mdtrt_id and mdtrt_id != row[3]:
         raise field_error("mdtrt_id", f"settlement {setl_id} belongs to visit {row[3]}")
     if psn_no and psn_no != row[5]:
@@ -302,10 +350,11 @@ def cancel(
         " cancel_date = ? WHERE id = ?",
         (cancel_id, msgid, now, local_date(now, env.tz_offset_min), row[0]),
     )
-    conn.execute(
-        "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('cancel', ?, ?, ?)",
-        (setl_id, cancel_id.encode(), now),
-    )
+    if row[15] == common_pb2.LOCAL:  # a center-mode settlement was cancelled there first
+        conn.execute(
+            "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('cancel', ?, ?, ?)",
+            (setl_id, cancel_id.encode(), now),
+        )
     info = setl_info((*row[:6], common_pb2.CANCELLED, *row[7:12], cancel_id, msgid, now))
     return info, setl_id
 
@@ -355,7 +404,7 @@ def reverse(
         raise field_error("oinfno", f"the call {req.omsgid} was {method}, not {req.oinfno}")
     resp.original_found = True
     if method == "Settle":
-        srow = _load_setl(conn, caller, ref)
+        srow = load_settlement(conn, caller, ref)
         if srow[6] == common_pb2.CANCELLED:
             resp.reversed = f"Settle: settlement {ref} was already cancelled ({srow[12]})"
             resp.setlinfo.CopyFrom(setl_info(srow))
@@ -391,7 +440,7 @@ def reverse(
 def get_settlement(
     conn: sqlite3.Connection, caller: Caller, setl_id: str
 ) -> settlement_pb2.SettleResponse:
-    return settlement_pb2.SettleResponse(setlinfo=setl_info(_load_setl(conn, caller, setl_id)))
+    return settlement_pb2.SettleResponse(setlinfo=setl_info(load_settlement(conn, caller, setl_id)))
 
 
 def query_settlements(

@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from psycopg.errors import UniqueViolation
 
 from clients.pb.medsettle.v1 import center_pb2
 from server.domain import center
 from server.domain.common import now_ms, request_hash
+from server.errors import FailedPrecondition
 from server.store.pg import Conn, PgStore
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -32,7 +34,10 @@ class CenterService:
 
         if request.pre_settle:
             return await self.store.read(op)
-        return await self.store.transaction(op)
+        try:
+            return await self.store.transaction(op)
+        except UniqueViolation:  # a concurrent settle of the same visit got there first
+            raise FailedPrecondition(f"mdtrt_id: {request.mdtrt_id} is already settled") from None
 
     async def CancelSettlement(
         self, request: center_pb2.CenterCancelRequest, context: Ctx

@@ -28,6 +28,7 @@ from server.domain.common import (
 )
 from server.errors import field_error
 from server.services.base import check_parsed
+from server.services.center_mode import CenterMode
 from server.store.sqlite import Store
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -77,10 +78,11 @@ class Calls:
 
 
 class SettlementService:
-    def __init__(self, store: Store, env: Env) -> None:
+    def __init__(self, store: Store, env: Env, center: CenterMode | None = None) -> None:
         self.calls = Calls(store, env)
         self.store = store
         self.env = env
+        self.center = center  # set in center mode
 
     async def SignIn(self, request: settlement_pb2.SignInRequest, context: Ctx) -> bytes:
         header = request.header
@@ -197,11 +199,15 @@ class SettlementService:
         )
 
     async def PreSettle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> Any:
+        if self.center is not None:
+            return await self.center.pre_settle(request)
         return await self.calls.read(
             request, lambda conn, caller: settle.pre_settle(conn, caller, request)
         )
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> bytes:
+        if self.center is not None:
+            return await self.center.settle(request)
         env = self.env
         return await self.calls.write(
             "Settle",
@@ -212,6 +218,8 @@ class SettlementService:
     async def CancelSettlement(
         self, request: settlement_pb2.CancelSettlementRequest, context: Ctx
     ) -> bytes:
+        if self.center is not None:
+            return await self.center.cancel(request)
         env = self.env
         return await self.calls.write(
             "CancelSettlement",

@@ -192,6 +192,15 @@ CREATE TABLE accumulator_differences (
 CREATE INDEX accumulator_differences_psn ON accumulator_differences (psn_no, year);
 """,
     ),
+    (
+        2,
+        "one active settlement per visit",
+        """
+-- Two front-end calls racing to settle one visit (different msgids) must not both land.
+CREATE UNIQUE INDEX settlements_one_active ON settlements (fixmedins_code, mdtrt_id)
+    WHERE state = 1;
+""",
+    ),
 ]
 
 

@@ -1,0 +1,66 @@
+"""A front-end's link to its center (center mode): one grpc.aio channel, a deadline on every
+call, and the center's answers turned into the front-end's own statuses. A center that does
+not answer in time is UNAVAILABLE to the HIS; nothing is committed locally then."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import grpc
+
+from clients.pb.medsettle.v1 import center_pb2, center_pb2_grpc
+from server.errors import Relayed, Unavailable
+
+UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def center_setl_id(node_id: str, fixmedins_code: str, msgid: str) -> str:
+    """The id of a center-mode settlement, the same on every retry of one HIS call: a retry
+    after a crash meets the center's record of it instead of settling twice."""
+    digest = hashlib.sha256(f"{fixmedins_code}\0{msgid}".encode()).hexdigest()[:12]
+    return f"S{node_id}H{digest}"
+
+
+class CenterLink:
+    def __init__(self, target: str, deadline_s: float) -> None:
+        self.target = target
+        self.deadline_s = deadline_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None  # the generated stub's types describe the sync channel
+
+    def _center(self) -> Any:
+        if self._stub is None:  # created on the serving loop, on first use
+            self._channel = grpc.aio.insecure_channel(self.target)
+            self._stub = center_pb2_grpc.CenterStub(self._channel)
+        return self._stub
+
+    async def settle(self, req: center_pb2.CenterSettleRequest) -> center_pb2.CenterSettleResponse:
+        try:
+            resp: center_pb2.CenterSettleResponse = await self._center().SettleSummary(
+                req, timeout=self.deadline_s
+            )
+            return resp
+        except grpc.aio.AioRpcError as err:
+            raise self._refusal(err) from None
+
+    async def cancel(self, req: center_pb2.CenterCancelRequest) -> center_pb2.CenterSettleResponse:
+        try:
+            resp: center_pb2.CenterSettleResponse = await self._center().CancelSettlement(
+                req, timeout=self.deadline_s
+            )
+            return resp
+        except grpc.aio.AioRpcError as err:
+            raise self._refusal(err) from None
+
+    def _refusal(self, err: grpc.aio.AioRpcError) -> Exception:
+        if err.code() in UNREACHABLE:
+            return Unavailable(
+                f"the center ({self.target}) did not answer within {self.deadline_s} s;"
+                " nothing was settled: retry with the same msgid"
+            )
+        return Relayed(err.code(), f"center: {err.details()}")
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()

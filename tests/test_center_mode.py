@@ -1,0 +1,138 @@
+"""A front-end in center mode against a real center on PostgreSQL: the HIS sees the same
+answer as in local mode, the center holds the settlement and the accumulators, retries are
+idempotent end to end, a cancel goes through the center, and a center that does not answer
+makes the settle UNAVAILABLE with nothing written (the retry then settles exactly once)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from clients.localserver import LocalServer
+from clients.pb.medsettle.v1 import common_pb2
+from clients.sdk import MedsettleError
+from tests.frontend import RETIRED, SECOND_STAY, SETL_AMOUNTS, admit, client, snapshot, total
+
+pytestmark = pytest.mark.pg
+
+
+@pytest.fixture
+def center(pg_dsn: str, tmp_path: Path) -> Iterator[LocalServer]:
+    server = LocalServer(pg_dsn, extra=["--role", "center"], log=tmp_path / "center.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def front(center: LocalServer, tmp_path: Path) -> Iterator[LocalServer]:
+    server = LocalServer(
+        tmp_path / "front.db",
+        extra=["--mode", "center", "--center-target", center.target],
+        env={"MEDSETTLE_CENTER_DEADLINE_S": "2"},
+        log=tmp_path / "front.log",
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def center_rows(dsn: str, sql: str, *args: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def test_center_mode_answers_like_local_mode(
+    front: LocalServer, frontend: LocalServer, pg_dsn: str
+) -> None:
+    for seed, psn in ((51, RETIRED), (52, SECOND_STAY)):
+        answers = []
+        for server in (front, frontend):
+            c = client(server)
+            mdtrt_id, ls = admit(c, psn, n_lines=30, seed=seed)
+            pre = c.pre_settle(mdtrt_id, psn.psn_no, medfee_sumamt=total(ls), acct_used=True)
+            done = c.settle(mdtrt_id, psn.psn_no, medfee_sumamt=total(ls), acct_used=True)
+            assert pre.setlinfo.fund_pay_sumamt == done.setlinfo.fund_pay_sumamt
+            answers.append(done.setlinfo)
+        central, local = answers
+        assert [getattr(central, k) for k in SETL_AMOUNTS] == [
+            getattr(local, k) for k in SETL_AMOUNTS
+        ]
+        assert [(g.fund_pay_type, g.fund_payamt, g.setl_proc_info) for g in central.setldetail] == [
+            (g.fund_pay_type, g.fund_payamt, g.setl_proc_info) for g in local.setldetail
+        ]
+        assert central.mode == common_pb2.CENTER and local.mode == common_pb2.LOCAL
+        assert central.setl_id.startswith("S01H")
+        held = center_rows(
+            pg_dsn,
+            "SELECT state, medfee_sumamt FROM settlements WHERE setl_id = %s",
+            central.setl_id,
+        )
+        assert held == [(1, central.medfee_sumamt)]
+    # The center keeps the accumulators; the front-end forwards nothing in center mode.
+    acc = center_rows(
+        pg_dsn,
+        "SELECT inpatient_count FROM accumulators WHERE psn_no = %s AND opening = 0",
+        SECOND_STAY.psn_no,
+    )
+    assert acc == [(2,)]
+    assert snapshot(front.db)["outbox"] == []
+
+
+def test_retry_and_cancel_go_through_the_center(front: LocalServer, pg_dsn: str) -> None:
+    c = client(front)
+    mdtrt_id, ls = admit(c, RETIRED, n_lines=20, seed=53)
+    first = c.settle(
+        mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls), acct_used=True, msgid="CM-SETL-1"
+    )
+    before = snapshot(front.db)
+    again = c.settle(
+        mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls), acct_used=True, msgid="CM-SETL-1"
+    )
+    assert again.SerializeToString() == first.SerializeToString()
+    assert snapshot(front.db) == before
+    assert center_rows(pg_dsn, "SELECT COUNT(*) FROM settlements") == [(1,)]
+
+    cancelled = c.cancel_settlement(first.setlinfo.setl_id).setlinfo
+    assert cancelled.state == common_pb2.CANCELLED
+    assert center_rows(pg_dsn, "SELECT state, cancel_id FROM settlements") == [
+        (2, cancelled.cancel_id)
+    ]
+    acc = center_rows(
+        pg_dsn,
+        "SELECT dedc_paid, hifp_paid FROM accumulators WHERE psn_no = %s AND opening = 0",
+        RETIRED.psn_no,
+    )
+    balc = center_rows(pg_dsn, "SELECT balc FROM persons WHERE psn_no = %s", RETIRED.psn_no)
+    assert acc == [(0, 0)] and balc == [(RETIRED.balc,)]
+
+
+def test_center_down_is_unavailable_then_the_retry_settles_once(
+    front: LocalServer, center: LocalServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    c = client(front)
+    mdtrt_id, ls = admit(c, RETIRED, n_lines=20, seed=54)
+    center.stop()
+    before = snapshot(front.db)
+    with pytest.raises(MedsettleError) as err:
+        c.settle(mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls), msgid="CM-DOWN-1")
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "retry with the same msgid" in err.value.message
+    assert snapshot(front.db) == before
+    back = LocalServer(
+        pg_dsn, port=center.port, extra=["--role", "center"], log=tmp_path / "center2.log"
+    ).start()
+    try:
+        done = c.settle(mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls), msgid="CM-DOWN-1")
+        assert done.setlinfo.state == common_pb2.SETTLED
+        assert center_rows(pg_dsn, "SELECT COUNT(*) FROM settlements") == [(1,)]
+    finally:
+        back.stop()
