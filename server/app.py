@@ -36,6 +36,7 @@ from server.center_link import CenterLink
 from server.config import Config
 from server.domain.center import CenterEnv
 from server.domain.common import Env
+from server.forwarder import Forwarder
 from server.refdata import RefData
 from server.services.base import generic_handler
 from server.services.catalog import CatalogService
@@ -90,7 +91,9 @@ def prepare(cfg: Config) -> None:
             store.close()
 
 
-async def _handlers(cfg: Config) -> tuple[list[grpc.GenericRpcHandler], dict[str, Any], Closer]:
+async def _handlers(
+    cfg: Config, index: int
+) -> tuple[list[grpc.GenericRpcHandler], dict[str, Any], Closer]:
     """The services of this role over its open store, and how to close the store."""
     if cfg.role == "center":
         pg_store = pg.PgStore(cfg.db)
@@ -101,8 +104,15 @@ async def _handlers(cfg: Config) -> tuple[list[grpc.GenericRpcHandler], dict[str
     store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
     env = make_env(cfg)
     calls = Calls(store, env)
-    link = CenterLink(cfg.center_target, cfg.center_deadline_s) if cfg.mode == "center" else None
-    center_mode = CenterMode(store, env, link) if link is not None else None
+    link = CenterLink(cfg.center_target, cfg.center_deadline_s) if cfg.center_target else None
+    center_mode = (
+        CenterMode(store, env, link) if link is not None and cfg.mode == "center" else None
+    )
+    # Local mode with a center: one forwarder per front-end, in its first worker.
+    forwarder = None
+    if link is not None and cfg.mode == "local" and index == 0:
+        forwarder = Forwarder(store, env, link)
+        forwarder.start()
     handlers = [
         generic_handler(
             SERVICES["medsettle.v1.Settlement"], SettlementService(store, env, center_mode)
@@ -112,6 +122,8 @@ async def _handlers(cfg: Config) -> tuple[list[grpc.GenericRpcHandler], dict[str
     ]
 
     async def close_sqlite() -> None:
+        if forwarder is not None:
+            await forwarder.stop()
         if link is not None:
             await link.close()
         await asyncio.get_running_loop().run_in_executor(None, store.close)
@@ -119,7 +131,7 @@ async def _handlers(cfg: Config) -> tuple[list[grpc.GenericRpcHandler], dict[str
     return handlers, SERVICES, close_sqlite
 
 
-async def serve_worker(cfg: Config) -> None:
+async def serve_worker(cfg: Config, index: int = 0) -> None:
     """Run one server until SIGTERM/SIGINT, then drain and stop."""
     server = grpc.aio.server(
         options=[
@@ -128,7 +140,7 @@ async def serve_worker(cfg: Config) -> None:
             ("grpc.max_send_message_length", cfg.max_message_bytes),
         ]
     )
-    handlers, services, close = await _handlers(cfg)
+    handlers, services, close = await _handlers(cfg, index)
     server.add_generic_rpc_handlers(handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -162,9 +174,9 @@ async def serve_worker(cfg: Config) -> None:
     print(f"medsettle worker {os.getpid()} stopped cleanly", flush=True)
 
 
-def _worker_main(cfg: Config) -> None:
+def _worker_main(cfg: Config, index: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve_worker(cfg))
+    asyncio.run(serve_worker(cfg, index))
 
 
 def serve(cfg: Config) -> int:
@@ -177,7 +189,7 @@ def serve(cfg: Config) -> int:
         raise SystemExit("several workers need a fixed --port (they share it)")
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker_main, args=(cfg,), name=f"worker-{i}")
+        ctx.Process(target=_worker_main, args=(cfg, i), name=f"worker-{i}")
         for i in range(cfg.workers)
     ]
     for p in procs:

@@ -53,6 +53,15 @@ class CenterLink:
         except grpc.aio.AioRpcError as err:
             raise self._refusal(err) from None
 
+    async def forward(self, req: center_pb2.ForwardRequest) -> center_pb2.ForwardResponse:
+        try:
+            resp: center_pb2.ForwardResponse = await self._center().Forward(
+                req, timeout=self.deadline_s
+            )
+            return resp
+        except grpc.aio.AioRpcError as err:
+            raise self._refusal(err) from None
+
     def _refusal(self, err: grpc.aio.AioRpcError) -> Exception:
         if err.code() in UNREACHABLE:
             return Unavailable(

@@ -196,7 +196,10 @@ def test_retries_refusals_and_cancel(center: LocalServer, pg_dsn: str) -> None:
         nobody = request(RETIRED, in_scope(1000))
         nobody.psn_no = "0"
         assert code(stub.SettleSummary, nobody) == grpc.StatusCode.NOT_FOUND
-        assert code(stub.Forward, center_pb2.ForwardRequest()) == grpc.StatusCode.UNIMPLEMENTED
+        assert code(stub.Forward, center_pb2.ForwardRequest()) == grpc.StatusCode.INVALID_ARGUMENT
+        assert code(stub.PolicySince, center_pb2.PolicySinceRequest()) == (
+            grpc.StatusCode.UNIMPLEMENTED  # not served yet
+        )
 
         cancel = center_pb2.CenterCancelRequest(
             header=center_pb2.NodeHeader(node_id="01", fixmedins_code=INST_A, msgid="CX-1"),

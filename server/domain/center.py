@@ -363,3 +363,135 @@ async def cancel(
         conn, h.fixmedins_code, h.msgid, "CancelSettlement", req_hash, resp, req.setl_id, now
     )
     return resp
+
+
+# ---------------------------------------------------------------------------- forwarding
+def _acc(a: catalog_pb2.Accumulator) -> dict[str, int]:
+    return {f: getattr(a, f) for f in ACC_FIELDS}
+
+
+async def forward(
+    conn: Conn, env: CenterEnv, req: center_pb2.ForwardRequest, now: int
+) -> center_pb2.ForwardResponse:
+    """Record a front-end's settlements and cancels (local mode), in its order, each at most
+    once. A settlement applies the front-end's change (after - before) to the center's
+    accumulators; when the center's values before it were not the front-end's (the person
+    settled elsewhere meanwhile), both are kept in accumulator_differences."""
+    check_node_header(req.header, needs_msgid=False)
+    h = req.header
+    await env.institution(conn, h.fixmedins_code)
+    out = center_pb2.ForwardResponse()
+    for item in req.items:
+        if item.kind == "settle":
+            result = await _forward_settle(conn, env, h, item, now)
+        elif item.kind == "cancel":
+            result = await _forward_cancel(conn, env, h, item, now)
+        else:
+            result = (center_pb2.REJECTED, f"unknown kind {item.kind!r}")
+        out.results.add(seq=item.seq, outcome=result[0], detail=result[1])
+    return out
+
+
+async def _forward_settle(
+    conn: Conn, env: CenterEnv, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem, now: int
+) -> tuple[int, str]:
+    info = item.setlinfo
+    if info.fixmedins_code != h.fixmedins_code or not info.setl_id.startswith(f"S{h.node_id}"):
+        return center_pb2.REJECTED, f"{info.setl_id} is not this node's settlement"
+    seen = await (
+        await conn.execute("SELECT 1 FROM settlements WHERE setl_id = %s", (info.setl_id,))
+    ).fetchone()
+    if seen is not None:
+        return center_pb2.DUPLICATE, info.setl_id
+    before, after = item.accumulators_before, item.accumulators_after
+    theirs, delta = _acc(before), {f: getattr(after, f) - getattr(before, f) for f in ACC_FIELDS}
+    ours = await lock_accumulators(conn, info.psn_no, before.year, before.pool)
+    await write_accumulators(
+        conn, info.psn_no, before.year, before.pool, {f: ours[f] + delta[f] for f in ACC_FIELDS}
+    )
+    if info.acct_pay:
+        await conn.execute(
+            "UPDATE persons SET balc = balc - %s WHERE psn_no = %s", (info.acct_pay, info.psn_no)
+        )
+    setl_ms = info.setl_time.ToMilliseconds()
+    await conn.execute(
+        "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
+        " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
+        " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
+        " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, 1, %s, %s, %s,"
+        " %s, %s, %s, %s, %s, %s, %s)",
+        (
+            info.setl_id,
+            h.node_id,
+            info.fixmedins_code,
+            info.mdtrt_id,
+            info.psn_no,
+            info.insutype,
+            info.clr_type,
+            info.msgid,
+            info.invono,
+            setl_ms,
+            local_date(setl_ms, env.tz_offset_min),
+            int(info.offline),
+            info.medfee_sumamt,
+            info.fund_pay_sumamt,
+            info.acct_pay,
+            info.psn_cash_pay,
+            before.year,
+            before.pool,
+            Jsonb(delta),
+            info.SerializeToString(),
+            now,
+        ),
+    )
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO setl_legs VALUES (%s, %s, %s, %s)",
+            [
+                (info.setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt)
+                for g in info.setldetail
+            ],
+        )
+    if ours != theirs:
+        await conn.execute(
+            "INSERT INTO accumulator_differences VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (info.setl_id, info.psn_no, before.year, before.pool, Jsonb(ours), Jsonb(theirs), now),
+        )
+        return center_pb2.APPLIED_WITH_DIFFERENCE, "the center's accumulators differed"
+    return center_pb2.APPLIED, info.setl_id
+
+
+async def _forward_cancel(
+    conn: Conn, env: CenterEnv, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem, now: int
+) -> tuple[int, str]:
+    row: Any = await (
+        await conn.execute(
+            "SELECT fixmedins_code, psn_no, state, acct_pay, acc_year, acc_pool, acc_delta,"
+            " cancel_id FROM settlements WHERE setl_id = %s FOR UPDATE",
+            (item.setl_id,),
+        )
+    ).fetchone()
+    if row is None or row[0] != h.fixmedins_code:
+        return center_pb2.REJECTED, f"cancel of {item.setl_id}, which the center does not have"
+    if row[2] != common_pb2.SETTLED:
+        if row[7] == item.cancel_id:
+            return center_pb2.DUPLICATE, item.cancel_id
+        return center_pb2.REJECTED, f"{item.setl_id} is already cancelled as {row[7]}"
+    psn_no, acct_pay, year, pool, delta = row[1], row[3], row[4], row[5], row[6]
+    acc = await lock_accumulators(conn, psn_no, year, pool)
+    await write_accumulators(conn, psn_no, year, pool, {f: acc[f] - delta[f] for f in ACC_FIELDS})
+    if acct_pay:
+        await conn.execute(
+            "UPDATE persons SET balc = balc + %s WHERE psn_no = %s", (acct_pay, psn_no)
+        )
+    await conn.execute(
+        "UPDATE settlements SET state = 2, cancel_id = %s, cancel_time = %s, cancel_date = %s"
+        " WHERE setl_id = %s",
+        (
+            item.cancel_id,
+            item.cancel_time_ms,
+            local_date(item.cancel_time_ms, env.tz_offset_min),
+            item.setl_id,
+        ),
+    )
+    return center_pb2.APPLIED, item.cancel_id

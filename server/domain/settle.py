@@ -244,8 +244,8 @@ def record(
         "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no,"
         " insutype, clr_type, msgid, invono, setl_time, setl_date, state, mode, offline,"
         " medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool,"
-        " acc_delta, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 0,"
-        " ?, ?, ?, ?, ?, ?, ?, ?)",
+        " acc_delta, acc_before, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 0,"
+        " ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             rowid,
             setl_id,
@@ -267,6 +267,7 @@ def record(
             c.acc_year,
             c.acc_pool,
             json.dumps(delta, separators=(",", ":")),
+            json.dumps(c.acc_before, separators=(",", ":")),
             blob,
         ),
     )

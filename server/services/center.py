@@ -1,6 +1,6 @@
 """The `medsettle.v1.Center` service over PostgreSQL: settle from a front-end's summary and
-cancel (center mode). Forwarding and catalog/policy increments arrive with the forwarder;
-until then those methods answer UNIMPLEMENTED (they are not registered)."""
+cancel (center mode), and record what front-ends in local mode forward. Catalog and policy
+increments are not served yet: those methods answer UNIMPLEMENTED (not registered)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,18 @@ class CenterService:
             return await self.store.transaction(op)
         except UniqueViolation:  # a concurrent settle of the same visit got there first
             raise FailedPrecondition(f"mdtrt_id: {request.mdtrt_id} is already settled") from None
+
+    async def Forward(self, request: center_pb2.ForwardRequest, context: Ctx) -> Any:
+        env = self.env
+        now = now_ms()
+
+        async def op(conn: Conn) -> center_pb2.ForwardResponse:
+            return await center.forward(conn, env, request, now)
+
+        try:
+            return await self.store.transaction(op)
+        except UniqueViolation:  # the same batch replayed concurrently: now all duplicates
+            return await self.store.transaction(op)
 
     async def CancelSettlement(
         self, request: center_pb2.CenterCancelRequest, context: Ctx

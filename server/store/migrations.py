@@ -178,6 +178,7 @@ CREATE TABLE settlements (
     acc_year INTEGER NOT NULL,
     acc_pool TEXT NOT NULL,
     acc_delta TEXT NOT NULL,        -- JSON {field: change} applied to the accumulators
+    acc_before TEXT NOT NULL,       -- JSON {field: value} the split started from
     info BLOB NOT NULL,             -- medsettle.v1.SetlInfo as settled (state fields aside)
     cancel_id TEXT,
     cancel_msgid TEXT,
