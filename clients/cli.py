@@ -7,10 +7,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 
 from clients.sdk import MedsettleClient, MedsettleError
-from clients.slip import render, yuan
+from clients.slip import render
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -48,23 +47,10 @@ def _slip(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    day = args.date or int(time.strftime("%Y%m%d"))
+    from clients import reconcile
+
     with _client(args) as c:
-        resp = c.totals(day, day)
-    print(f"对总账 totals for {args.institution} on {day}")
-    print(
-        "  date      insutype clr  settled cancelled   medfee_sumamt  fund_pay_sumamt"
-        "    acct_pay  psn_cash_pay"
-    )
-    for r in resp.rows:
-        print(
-            f"  {r.setl_date} {r.insutype:>8} {r.clr_type:>4} {r.setl_count:>8} {r.cancel_count:>9}"
-            f" {yuan(r.medfee_sumamt):>15} {yuan(r.fund_pay_sumamt):>16} {yuan(r.acct_pay):>11}"
-            f" {yuan(r.psn_cash_pay):>13}"
-        )
-        for f in r.funds:
-            print(f"      fund {f.fund_pay_type}: {yuan(f.fund_payamt)}")
-    return 0
+        return reconcile.run(c, args.center, args.date or reconcile.today())
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -96,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, fn, helptext in (
         ("slip", _slip, "print a stored settlement's slip"),
-        ("reconcile", _reconcile, "print a day's totals (3201) for an institution"),
+        ("reconcile", _reconcile, "a day's books (3201/3202); --center compares both sides"),
     ):
         c = sub.add_parser(name, help=helptext)
         c.add_argument("--target", default="127.0.0.1:50051")
@@ -105,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "slip":
             c.add_argument("setl_id")
         else:
-            c.add_argument("--date", type=int, help="yyyymmdd, default today")
+            c.add_argument("--date", type=int, help="yyyymmdd, default today (UTC+8)")
+            c.add_argument("--center", help="host:port of the center: compare both sides")
         c.set_defaults(fn=fn)
 
     args = p.parse_args(argv)

@@ -40,7 +40,7 @@ from server.forwarder import Forwarder
 from server.refdata import RefData
 from server.services.base import generic_handler
 from server.services.catalog import CatalogService
-from server.services.center import CenterService
+from server.services.center import CenterReconciliationService, CenterService
 from server.services.center_mode import CenterMode
 from server.services.reconciliation import ReconciliationService
 from server.services.settlement import Calls, SettlementService
@@ -59,6 +59,7 @@ SERVICES = {
 
 CENTER_SERVICES = {
     "medsettle.v1.Center": center_pb2.DESCRIPTOR.services_by_name["Center"],
+    "medsettle.v1.Reconciliation": SERVICES["medsettle.v1.Reconciliation"],
 }
 
 
@@ -99,7 +100,13 @@ async def _handlers(
         pg_store = pg.PgStore(cfg.db)
         await pg_store.open()
         center = CenterService(pg_store, CenterEnv.new(cfg.tz_offset_min))
-        handlers = [generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center)]
+        handlers = [
+            generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center),
+            generic_handler(
+                CENTER_SERVICES["medsettle.v1.Reconciliation"],
+                CenterReconciliationService(cfg.db),
+            ),
+        ]
         return handlers, CENTER_SERVICES, pg_store.close
     store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
     env = make_env(cfg)

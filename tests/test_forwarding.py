@@ -7,6 +7,8 @@ difference, nothing overwritten."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import center_pb2, center_pb2_grpc
+from clients.reconcile import today
 from server.forwarder import pending
 from server.store.sqlite import Store
 from tests.frontend import CIVIL, EMPLOYEE, INST_A, RETIRED, admit, client, total
@@ -143,8 +146,47 @@ def test_link_cut_backlog_drains_and_books_balance(
                 )
                 assert {r.outcome for r in resp.results} == {center_pb2.DUPLICATE}
         assert center_set(pg_dsn) == front_set(front.db)
+
+        # The finance clerk's view: balanced; then a settlement lost at the center shows.
+        day = str(today())
+        ok = reconcile(front, back, day)
+        assert ok.returncode == 0 and "balanced: 10 settlements agree" in ok.stdout, ok.stdout
+        lost = settled[3].setl_id
+        with psycopg.connect(pg_dsn) as conn:
+            conn.execute("DELETE FROM setl_legs WHERE setl_id = %s", (lost,))
+            conn.execute("DELETE FROM accumulator_differences WHERE setl_id = %s", (lost,))
+            conn.execute("DELETE FROM settlements WHERE setl_id = %s", (lost,))
+        off = reconcile(front, back, day)
+        assert off.returncode == 1 and "NOT BALANCED" in off.stdout
+        assert f"front-end only: {lost}" in off.stdout
     finally:
         back.stop()
+
+
+def reconcile(
+    front: LocalServer, center: LocalServer, day: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clients.cli",
+            "reconcile",
+            "--target",
+            front.target,
+            "--institution",
+            INST_A,
+            "--date",
+            day,
+            "--center",
+            center.target,
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def pending_all(conn: sqlite3.Connection) -> list[center_pb2.ForwardItem]:

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from clients.pb.medsettle.v1 import reconciliation_pb2
-from server.domain.common import Caller
 from server.domain.visits import valid_date
 from server.errors import Violations
 
 Key = tuple[int, int, int]  # (day, insutype, clr_type)
+# Runs one query (written with `?` placeholders) and returns its rows: the same queries serve
+# the front-end's SQLite ledger and the center's PostgreSQL one.
+Fetch = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+
+
+def sqlite_fetch(conn: sqlite3.Connection) -> Fetch:
+    return lambda sql, args: conn.execute(sql, args).fetchall()
 
 
 def _check_range(begin: int, end: int) -> None:
@@ -29,7 +36,7 @@ def _check_range(begin: int, end: int) -> None:
 
 
 def totals_rows(
-    conn: sqlite3.Connection, code: str, begin: int, end: int
+    fetch: Fetch, code: str, begin: int, end: int
 ) -> list[reconciliation_pb2.TotalsRow]:
     cells: dict[Key, dict[str, Any]] = defaultdict(
         lambda: {
@@ -44,29 +51,30 @@ def totals_rows(
     )
     # (sign, date column, state filter): settlements on their day, cancels on theirs.
     for sign, day_col in ((1, "setl_date"), (-1, "cancel_date")):
-        rows = conn.execute(
+        rows = fetch(
             f"SELECT s.{day_col}, s.insutype, s.clr_type, COUNT(*), SUM(s.medfee_sumamt),"
             " SUM(s.fund_pay_sumamt), SUM(s.acct_pay), SUM(s.psn_cash_pay)"
             f" FROM settlements s WHERE s.fixmedins_code = ? AND s.{day_col} BETWEEN ? AND ?"
             f" GROUP BY s.{day_col}, s.insutype, s.clr_type",
             (code, begin, end),
-        ).fetchall()
+        )
+        # int(): PostgreSQL sums BIGINT as NUMERIC (exact; never a float).
         for day, ins, clr, n, medfee, fund, acct, cash in rows:
             cell = cells[(day, ins, clr)]
-            cell["n" if sign > 0 else "c"] += n
-            cell["medfee"] += sign * medfee
-            cell["fund"] += sign * fund
-            cell["acct"] += sign * acct
-            cell["cash"] += sign * cash
-        legs = conn.execute(
+            cell["n" if sign > 0 else "c"] += int(n)
+            cell["medfee"] += sign * int(medfee)
+            cell["fund"] += sign * int(fund)
+            cell["acct"] += sign * int(acct)
+            cell["cash"] += sign * int(cash)
+        legs = fetch(
             f"SELECT s.{day_col}, s.insutype, s.clr_type, l.fund_pay_type, SUM(l.amount)"
             " FROM settlements s JOIN setl_legs l ON l.setl_id = s.setl_id"
             f" WHERE s.fixmedins_code = ? AND s.{day_col} BETWEEN ? AND ?"
             f" GROUP BY s.{day_col}, s.insutype, s.clr_type, l.fund_pay_type",
             (code, begin, end),
-        ).fetchall()
+        )
         for day, ins, clr, fpt, amount in legs:
-            cells[(day, ins, clr)]["funds"][fpt] += sign * amount
+            cells[(day, ins, clr)]["funds"][fpt] += sign * int(amount)
     out = []
     for (day, ins, clr), cell in sorted(cells.items()):
         out.append(
@@ -90,10 +98,10 @@ def totals_rows(
 
 
 def totals(
-    conn: sqlite3.Connection, caller: Caller, req: reconciliation_pb2.TotalsRequest
+    fetch: Fetch, code: str, req: reconciliation_pb2.TotalsRequest
 ) -> reconciliation_pb2.TotalsResponse:
     _check_range(req.begin_date, req.end_date)
-    rows = totals_rows(conn, caller.inst.fixmedins_code, req.begin_date, req.end_date)
+    rows = totals_rows(fetch, code, req.begin_date, req.end_date)
     resp = reconciliation_pb2.TotalsResponse(rows=rows, balanced=True)
     if req.expected:
         ours = {(r.setl_date, r.insutype, r.clr_type): r for r in rows}
@@ -135,15 +143,16 @@ def _row_diff(a: reconciliation_pb2.TotalsRow, b: reconciliation_pb2.TotalsRow) 
 
 
 def detail_rows(
-    conn: sqlite3.Connection, code: str, begin: int, end: int
+    fetch: Fetch, code: str, begin: int, end: int
 ) -> list[reconciliation_pb2.DetailRow]:
-    rows = conn.execute(
+    rows = fetch(
         "SELECT setl_id, msgid, mdtrt_id, psn_no, insutype, clr_type, state, setl_time,"
         " cancel_time, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay"
         " FROM settlements WHERE fixmedins_code = ?"
-        " AND (setl_date BETWEEN ? AND ? OR cancel_date BETWEEN ? AND ?) ORDER BY id",
+        " AND (setl_date BETWEEN ? AND ? OR cancel_date BETWEEN ? AND ?)"
+        " ORDER BY setl_time, setl_id",
         (code, begin, end, begin, end),
-    ).fetchall()
+    )
     out = []
     for r in rows:
         d = reconciliation_pb2.DetailRow(
@@ -177,10 +186,10 @@ def _same(a: reconciliation_pb2.DetailRow, b: reconciliation_pb2.DetailRow) -> b
 
 
 def details(
-    conn: sqlite3.Connection, caller: Caller, req: reconciliation_pb2.DetailsRequest
+    fetch: Fetch, code: str, req: reconciliation_pb2.DetailsRequest
 ) -> reconciliation_pb2.DetailsResponse:
     _check_range(req.begin_date, req.end_date)
-    ours = detail_rows(conn, caller.inst.fixmedins_code, req.begin_date, req.end_date)
+    ours = detail_rows(fetch, code, req.begin_date, req.end_date)
     resp = reconciliation_pb2.DetailsResponse(ours_count=len(ours), balanced=True)
     if not req.theirs and not req.compare:
         resp.results.extend(

@@ -4,18 +4,22 @@ increments are not served yet: those methods answer UNIMPLEMENTED (not registere
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from psycopg.errors import UniqueViolation
 
-from clients.pb.medsettle.v1 import center_pb2
-from server.domain import center
+from clients.pb.medsettle.v1 import center_pb2, common_pb2, reconciliation_pb2
+from server.domain import center, recon
 from server.domain.common import now_ms, request_hash
-from server.errors import FailedPrecondition
+from server.errors import FailedPrecondition, field_error
+from server.store import pg
 from server.store.pg import Conn, PgStore
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 
 class CenterService:
@@ -62,3 +66,36 @@ class CenterService:
             return await center.cancel(conn, env, request, digest, now)
 
         return await self.store.transaction(op)
+
+
+class CenterReconciliationService:
+    """`medsettle.v1.Reconciliation` at the center: the same totals and details as a
+    front-end answers, from the center's ledger of the institution named in the header, so
+    the two sides can be laid side by side. Reads run on a short-lived connection in a thread
+    (reconciliation is rare; the queries are shared with the front-end's SQLite ledger)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def _read(self, fn: Callable[[recon.Fetch], T]) -> T:
+        with pg.connect(self.dsn) as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+            def fetch(sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+                return conn.execute(sql.replace("?", "%s"), args).fetchall()
+
+            return fn(fetch)
+
+    @staticmethod
+    def _code(header: common_pb2.RequestHeader) -> str:
+        if not header.fixmedins_code:
+            raise field_error("header.fixmedins_code", "is required")
+        return header.fixmedins_code
+
+    async def Totals(self, request: reconciliation_pb2.TotalsRequest, context: Ctx) -> Any:
+        code = self._code(request.header)
+        return await asyncio.to_thread(self._read, lambda f: recon.totals(f, code, request))
+
+    async def Details(self, request: reconciliation_pb2.DetailsRequest, context: Ctx) -> Any:
+        code = self._code(request.header)
+        return await asyncio.to_thread(self._read, lambda f: recon.details(f, code, request))

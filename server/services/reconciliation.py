@@ -16,10 +16,16 @@ class ReconciliationService:
 
     async def Totals(self, request: reconciliation_pb2.TotalsRequest, context: Ctx) -> Any:
         return await self.calls.read(
-            request, lambda conn, caller: recon.totals(conn, caller, request)
+            request,
+            lambda conn, caller: recon.totals(
+                recon.sqlite_fetch(conn), caller.inst.fixmedins_code, request
+            ),
         )
 
     async def Details(self, request: reconciliation_pb2.DetailsRequest, context: Ctx) -> Any:
         return await self.calls.read(
-            request, lambda conn, caller: recon.details(conn, caller, request)
+            request,
+            lambda conn, caller: recon.details(
+                recon.sqlite_fetch(conn), caller.inst.fixmedins_code, request
+            ),
         )

@@ -1,0 +1,90 @@
+"""`medsettle reconcile`: a day's books of one institution as a finance clerk reads them, and,
+with `--center`, the front-end's books laid against the center's (3201 totals, 3202
+details). Exits 1 when they do not balance, naming every settlement on one side only or
+different, so night duty knows what to chase."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from clients.pb.medsettle.v1 import (
+    common_pb2,
+    reconciliation_pb2,
+    reconciliation_pb2_grpc,
+)
+from clients.sdk import MedsettleClient
+from clients.slip import yuan
+
+MATCH_NAMES = {
+    reconciliation_pb2.OURS_ONLY: "front-end only",
+    reconciliation_pb2.THEIRS_ONLY: "center only",
+    reconciliation_pb2.DIFFERENT: "different",
+}
+STATE = {common_pb2.SETTLED: "settled", common_pb2.CANCELLED: "cancelled"}
+
+
+def today(tz_offset_min: int = 480) -> int:
+    t = time.gmtime(time.time() + tz_offset_min * 60)
+    return t.tm_year * 10000 + t.tm_mon * 100 + t.tm_mday
+
+
+def print_totals(title: str, rows: list[reconciliation_pb2.TotalsRow]) -> None:
+    print(title)
+    print(
+        "  date      insutype clr  settled cancelled   medfee_sumamt  fund_pay_sumamt"
+        "    acct_pay  psn_cash_pay"
+    )
+    for r in rows:
+        print(
+            f"  {r.setl_date} {r.insutype:>8} {r.clr_type:>4} {r.setl_count:>8} {r.cancel_count:>9}"
+            f" {yuan(r.medfee_sumamt):>15} {yuan(r.fund_pay_sumamt):>16} {yuan(r.acct_pay):>11}"
+            f" {yuan(r.psn_cash_pay):>13}"
+        )
+        for f in r.funds:
+            print(f"      fund {f.fund_pay_type}: {yuan(f.fund_payamt)}")
+    if not rows:
+        print("  (no settlements)")
+
+
+def _row(d: reconciliation_pb2.DetailRow) -> str:
+    return (
+        f"{d.setl_id} {STATE.get(d.state, '?')} medfee {yuan(d.medfee_sumamt)}"
+        f" fund {yuan(d.fund_pay_sumamt)} cash {yuan(d.psn_cash_pay)}"
+    )
+
+
+def run(front: MedsettleClient, center_target: str | None, day: int) -> int:
+    mine = front.totals(day, day)
+    print_totals(f"对总账 totals of {front.fixmedins_code} on {day} (front-end)", list(mine.rows))
+    if center_target is None:
+        return 0
+    header = common_pb2.RequestHeader(fixmedins_code=front.fixmedins_code, opter=front.opter)
+    with grpc.insecure_channel(center_target) as ch:
+        center = reconciliation_pb2_grpc.ReconciliationStub(ch)
+        theirs = center.Totals(
+            reconciliation_pb2.TotalsRequest(header=header, begin_date=day, end_date=day),
+            timeout=front.deadline_s,
+        )
+        their_details = center.Details(
+            reconciliation_pb2.DetailsRequest(header=header, begin_date=day, end_date=day),
+            timeout=front.deadline_s,
+        )
+    print()
+    print_totals("center", list(theirs.rows))
+    totals = front.totals(day, day, expected=list(theirs.rows))
+    details = front.details(day, day, [r.ours for r in their_details.results], compare=True)
+    print()
+    if totals.balanced and details.balanced:
+        print(f"balanced: {details.ours_count} settlements agree on both sides")
+        return 0
+    print("NOT BALANCED")
+    for d in totals.differences:
+        print(f"  totals {d}")
+    for r in details.results:
+        side = r.ours if r.match != reconciliation_pb2.THEIRS_ONLY else r.theirs
+        print(f"  {MATCH_NAMES.get(r.match, '?'):>14}: {_row(side)}")
+        if r.match == reconciliation_pb2.DIFFERENT:
+            print(f"  {'center has':>14}: {_row(r.theirs)}")
+    return 1
