@@ -36,6 +36,7 @@ from server.center_link import CenterLink
 from server.config import Config
 from server.domain.center import CenterEnv
 from server.domain.common import Env
+from server.domain.settle import OfflineLimits
 from server.forwarder import Forwarder
 from server.refdata import RefData
 from server.services.base import generic_handler
@@ -112,12 +113,18 @@ async def _handlers(
     env = make_env(cfg)
     calls = Calls(store, env)
     link = CenterLink(cfg.center_target, cfg.center_deadline_s) if cfg.center_target else None
-    center_mode = (
-        CenterMode(store, env, link) if link is not None and cfg.mode == "center" else None
-    )
-    # Local mode with a center: one forwarder per front-end, in its first worker.
+    center_mode = None
+    if link is not None and cfg.mode == "center":
+        limits = (
+            OfflineLimits(cfg.offline_max_medfee_fen, cfg.offline_max_per_day)
+            if cfg.offline_fallback
+            else None
+        )
+        center_mode = CenterMode(store, env, link, limits)
+    # One forwarder per front-end, in its first worker: local mode forwards everything,
+    # center mode what it settled offline.
     forwarder = None
-    if link is not None and cfg.mode == "local" and index == 0:
+    if link is not None and index == 0:
         forwarder = Forwarder(store, env, link)
         forwarder.start()
     handlers = [

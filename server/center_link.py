@@ -31,14 +31,23 @@ class CenterLink:
 
     def _center(self) -> Any:
         if self._stub is None:  # created on the serving loop, on first use
-            self._channel = grpc.aio.insecure_channel(self.target)
+            # Reconnect quickly after the line returns: gRPC's default backoff grows to two
+            # minutes, during which every call would fail at once.
+            self._channel = grpc.aio.insecure_channel(
+                self.target,
+                options=[
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.min_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
+                ],
+            )
             self._stub = center_pb2_grpc.CenterStub(self._channel)
         return self._stub
 
     async def settle(self, req: center_pb2.CenterSettleRequest) -> center_pb2.CenterSettleResponse:
         try:
             resp: center_pb2.CenterSettleResponse = await self._center().SettleSummary(
-                req, timeout=self.deadline_s
+                req, timeout=self.deadline_s, wait_for_ready=True
             )
             return resp
         except grpc.aio.AioRpcError as err:
@@ -47,7 +56,7 @@ class CenterLink:
     async def cancel(self, req: center_pb2.CenterCancelRequest) -> center_pb2.CenterSettleResponse:
         try:
             resp: center_pb2.CenterSettleResponse = await self._center().CancelSettlement(
-                req, timeout=self.deadline_s
+                req, timeout=self.deadline_s, wait_for_ready=True
             )
             return resp
         except grpc.aio.AioRpcError as err:
@@ -56,7 +65,7 @@ class CenterLink:
     async def forward(self, req: center_pb2.ForwardRequest) -> center_pb2.ForwardResponse:
         try:
             resp: center_pb2.ForwardResponse = await self._center().Forward(
-                req, timeout=self.deadline_s
+                req, timeout=self.deadline_s, wait_for_ready=True
             )
             return resp
         except grpc.aio.AioRpcError as err:

@@ -36,6 +36,11 @@ class Config:
     demo: bool = False  # seed the demo data set into an empty database
     center_target: str = ""  # host:port of the center (a front-end in center mode)
     center_deadline_s: float = 3.0  # how long a front-end waits for the center
+    # The emergency plan (seed 004, 5.3): when the center does not answer, settle locally,
+    # marked offline and forwarded later, within these limits; off = answer UNAVAILABLE.
+    offline_fallback: bool = False
+    offline_max_medfee_fen: int = 500_000
+    offline_max_per_day: int = 500
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:

@@ -5,6 +5,7 @@ makes the settle UNAVAILABLE with nothing written (the retry then settles exactl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +137,48 @@ def test_center_down_is_unavailable_then_the_retry_settles_once(
         assert center_rows(pg_dsn, "SELECT COUNT(*) FROM settlements") == [(1,)]
     finally:
         back.stop()
+
+
+def test_offline_fallback_within_limits_then_forwarded(
+    center: LocalServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The emergency plan: with the center down a center-mode front-end settles locally,
+    marked offline, within its limits (beyond them UNAVAILABLE); the settlement reaches the
+    center when the link returns."""
+    front = LocalServer(
+        tmp_path / "offline.db",
+        extra=["--mode", "center", "--center-target", center.target],
+        env={
+            "MEDSETTLE_CENTER_DEADLINE_S": "1",
+            "MEDSETTLE_OFFLINE_FALLBACK": "true",
+            "MEDSETTLE_OFFLINE_MAX_PER_DAY": "1",
+        },
+        log=tmp_path / "offline.log",
+    ).start()
+    try:
+        c = client(front)
+        first, ls1 = admit(c, RETIRED, n_lines=10, seed=55, med_type=11)
+        second, ls2 = admit(c, RETIRED, n_lines=10, seed=56, med_type=11)
+        center.stop()
+        info = c.settle(first, RETIRED.psn_no, medfee_sumamt=total(ls1)).setlinfo
+        assert info.offline and info.mode == common_pb2.LOCAL
+        with pytest.raises(MedsettleError) as err:  # the day's one offline settlement is used
+            c.settle(second, RETIRED.psn_no, medfee_sumamt=total(ls2))
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and "offline" in err.value.message
+        back = LocalServer(
+            pg_dsn, port=center.port, extra=["--role", "center"], log=tmp_path / "center3.log"
+        ).start()
+        try:
+            deadline = time.monotonic() + 30
+            while not center_rows(pg_dsn, "SELECT offline, mode FROM settlements"):
+                assert time.monotonic() < deadline, "the offline settlement was not forwarded"
+                time.sleep(0.1)
+            assert center_rows(pg_dsn, "SELECT setl_id, offline, mode FROM settlements") == [
+                (info.setl_id, 1, 1)
+            ]
+            later = c.settle(second, RETIRED.psn_no, medfee_sumamt=total(ls2)).setlinfo
+            assert later.mode == common_pb2.CENTER and not later.offline
+        finally:
+            back.stop()
+    finally:
+        front.stop()

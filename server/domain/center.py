@@ -403,6 +403,15 @@ async def _forward_settle(
     ).fetchone()
     if seen is not None:
         return center_pb2.DUPLICATE, info.setl_id
+    active = await (
+        await conn.execute(
+            "SELECT setl_id FROM settlements WHERE fixmedins_code = %s AND mdtrt_id = %s"
+            " AND state = 1",
+            (info.fixmedins_code, info.mdtrt_id),
+        )
+    ).fetchone()
+    if active is not None:  # e.g. an offline settle after a center call that did commit
+        return center_pb2.REJECTED, f"visit {info.mdtrt_id} is already settled as {active[0]}"
     before, after = item.accumulators_before, item.accumulators_after
     theirs, delta = _acc(before), {f: getattr(after, f) - getattr(before, f) for f in ACC_FIELDS}
     ours = await lock_accumulators(conn, info.psn_no, before.year, before.pool)

@@ -30,8 +30,31 @@ from server.domain.visits import (
     load_person,
     load_visit,
 )
-from server.errors import FailedPrecondition, NotFound, field_error
+from server.errors import FailedPrecondition, NotFound, Unavailable, field_error
 from server.store import ACC_FIELDS
+
+
+@dataclass(frozen=True)
+class OfflineLimits:
+    """How far a center-mode front-end may settle on its own while the center is down."""
+
+    max_medfee_fen: int
+    max_per_day: int
+
+    def check(self, conn: sqlite3.Connection, info: common_pb2.SetlInfo, day: int) -> None:
+        if info.medfee_sumamt > self.max_medfee_fen:
+            raise Unavailable(
+                f"the center is unreachable and {info.medfee_sumamt} fen is above the offline"
+                f" limit of {self.max_medfee_fen} per settlement; retry when the center is back"
+            )
+        n = conn.execute(
+            "SELECT COUNT(*) FROM settlements WHERE offline = 1 AND setl_date = ?", (day,)
+        ).fetchone()[0]
+        if n >= self.max_per_day:
+            raise Unavailable(
+                f"the center is unreachable and today's {self.max_per_day} offline settlements"
+                " are used up; retry when the center is back"
+            )
 
 
 @dataclass
@@ -181,14 +204,20 @@ def settle(
     caller: Caller,
     req: settlement_pb2.SettleRequest,
     now: int,
+    offline: OfflineLimits | None = None,
 ) -> tuple[bytes, str]:
-    """Local mode: compute and commit here; an outbox row carries it to the center."""
+    """Local mode: compute and commit here; an outbox row carries it to the center. With
+    `offline`, the emergency plan of a center-mode front-end whose center is unreachable:
+    the same, marked offline, within the limits."""
     c = compute(conn, caller, req)
+    if offline is not None:
+        offline.check(conn, c.info, local_date(now, env.tz_offset_min))
     rowid = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM settlements").fetchone()[0]
     info = c.info
     info.setl_id = issue_id(env, "S", rowid)
     info.setl_time.FromMilliseconds(now)
     info.mode = common_pb2.LOCAL
+    info.offline = offline is not None
     return record(conn, env, c, info, c.acc_after, req, now, rowid=rowid, forward=True)
 
 
@@ -244,7 +273,7 @@ def record(
         "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no,"
         " insutype, clr_type, msgid, invono, setl_time, setl_date, state, mode, offline,"
         " medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool,"
-        " acc_delta, acc_before, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 0,"
+        " acc_delta, acc_before, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?,"
         " ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             rowid,
@@ -260,6 +289,7 @@ def record(
             now,
             local_date(now, env.tz_offset_min),
             info.mode,
+            int(info.offline),
             info.medfee_sumamt,
             info.fund_pay_sumamt,
             info.acct_pay,

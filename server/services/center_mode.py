@@ -28,6 +28,8 @@ from server.domain.common import (
     replay_of,
     request_hash,
 )
+from server.domain.settle import OfflineLimits
+from server.errors import Unavailable
 from server.store import ACC_FIELDS
 from server.store.sqlite import Store
 
@@ -65,10 +67,13 @@ def _center_request(
 
 
 class CenterMode:
-    def __init__(self, store: Store, env: Env, link: CenterLink) -> None:
+    def __init__(
+        self, store: Store, env: Env, link: CenterLink, offline: OfflineLimits | None
+    ) -> None:
         self.store = store
         self.env = env
         self.link = link
+        self.offline = offline  # None: no local fallback
 
     async def settle(self, req: settlement_pb2.SettleRequest) -> bytes:
         header = req.header
@@ -85,7 +90,12 @@ class CenterMode:
         got = await self.store.read(prepare)
         if isinstance(got, bytes):
             return got
-        answer = await self.link.settle(_center_request(env, req, got, pre=False))
+        try:
+            answer = await self.link.settle(_center_request(env, req, got, pre=False))
+        except Unavailable:
+            if self.offline is None:
+                raise
+            return await self._settle_offline(req, digest, now, self.offline)
         after = {f: getattr(answer.accumulators, f) for f in ACC_FIELDS}
 
         def keep(conn: sqlite3.Connection) -> bytes:
@@ -103,6 +113,32 @@ class CenterMode:
             )
 
         return await self.store.write(keep)
+
+    async def _settle_offline(
+        self,
+        req: settlement_pb2.SettleRequest,
+        digest: bytes,
+        now: int,
+        limits: OfflineLimits,
+    ) -> bytes:
+        """Settle here from the cached accumulators, marked offline; the forwarder sends it
+        to the center when the link returns (where a disagreement is recorded, not lost)."""
+        header = req.header
+        env = self.env
+
+        def op(conn: sqlite3.Connection) -> bytes:
+            caller = authenticate(conn, env, header, now)
+            return idempotent(
+                conn,
+                header.fixmedins_code,
+                header.msgid,
+                "Settle",
+                digest,
+                now,
+                lambda: settle.settle(conn, env, caller, req, now, offline=limits),
+            )
+
+        return await self.store.write(op)
 
     async def pre_settle(self, req: settlement_pb2.SettleRequest) -> settlement_pb2.SettleResponse:
         header = req.header
