@@ -32,7 +32,7 @@ from clients.pb.medsettle.v1 import (
     settlement_pb2,
 )
 from server import demo_data
-from server.center_link import CenterLink
+from server.center_link import CenterRoutes
 from server.config import Config
 from server.domain.center import CenterEnv
 from server.domain.common import Env
@@ -112,20 +112,24 @@ async def _handlers(
     store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
     env = make_env(cfg)
     calls = Calls(store, env)
-    link = CenterLink(cfg.center_target, cfg.center_deadline_s) if cfg.center_target else None
+    routes: CenterRoutes | None = CenterRoutes(
+        cfg.center_target, cfg.center_routes(), cfg.center_deadline_s
+    )
+    if not routes:
+        routes = None
     center_mode = None
-    if link is not None and cfg.mode == "center":
+    if routes is not None and cfg.mode == "center":
         limits = (
             OfflineLimits(cfg.offline_max_medfee_fen, cfg.offline_max_per_day)
             if cfg.offline_fallback
             else None
         )
-        center_mode = CenterMode(store, env, link, limits)
+        center_mode = CenterMode(store, env, routes, limits)
     # One forwarder per front-end, in its first worker: local mode forwards everything,
     # center mode what it settled offline.
     forwarder = None
-    if link is not None and index == 0:
-        forwarder = Forwarder(store, env, link)
+    if routes is not None and index == 0:
+        forwarder = Forwarder(store, env, routes)
         forwarder.start()
     handlers = [
         generic_handler(
@@ -138,8 +142,8 @@ async def _handlers(
     async def close_sqlite() -> None:
         if forwarder is not None:
             await forwarder.stop()
-        if link is not None:
-            await link.close()
+        if routes is not None:
+            await routes.close()
         await asyncio.get_running_loop().run_in_executor(None, store.close)
 
     return handlers, SERVICES, close_sqlite

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from clients.pb.medsettle.v1 import center_pb2, center_pb2_grpc
-from server.errors import Relayed, Unavailable
+from server.errors import FailedPrecondition, Relayed, Unavailable
 
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -82,3 +82,32 @@ class CenterLink:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
+
+
+class CenterRoutes:
+    """The center of each insured region (one PostgreSQL-backed center per pooling region),
+    with a default for the rest."""
+
+    def __init__(self, default: str, by_region: dict[str, str], deadline_s: float) -> None:
+        self.links = {
+            target: CenterLink(target, deadline_s)
+            for target in {default, *by_region.values()}
+            if target
+        }
+        self.default = self.links.get(default)
+        self.by_region = {r: self.links[t] for r, t in by_region.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.links)
+
+    def link_for(self, insured_region: str) -> CenterLink:
+        link = self.by_region.get(insured_region, self.default)
+        if link is None:
+            raise FailedPrecondition(
+                f"no center is configured for insured region {insured_region} (centers)"
+            )
+        return link
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            await link.close()

@@ -36,6 +36,10 @@ class Config:
     demo: bool = False  # seed the demo data set into an empty database
     center_target: str = ""  # host:port of the center (a front-end in center mode)
     center_deadline_s: float = 3.0  # how long a front-end waits for the center
+    # Centers by insured region, "440100=host:port,440300=host:port": a cross-region
+    # patient settles with the center of the region where they are insured; others (and
+    # regions not listed) with center_target.
+    centers: str = ""
     # The emergency plan (seed 004, 5.3): when the center does not answer, settle locally,
     # marked offline and forwarded later, within these limits; off = answer UNAVAILABLE.
     offline_fallback: bool = False
@@ -53,15 +57,33 @@ class Config:
                 raise ValueError(f"{source}: unknown setting {key!r}")
             setattr(self, key, _coerce(type(getattr(self, key)), raw, f"{source}: {key}"))
 
+    def center_routes(self) -> dict[str, str]:
+        return parse_routes(self.centers)
+
     def validate(self) -> None:
         if self.role not in ("frontend", "center"):
             raise ValueError(f"role: {self.role!r} is not frontend or center")
         if self.mode not in ("local", "center"):
             raise ValueError(f"mode: {self.mode!r} is not local or center")
-        if self.role == "frontend" and self.mode == "center" and not self.center_target:
+        self.center_routes()  # a malformed table is refused at start
+        if (
+            self.role == "frontend"
+            and self.mode == "center"
+            and not (self.center_target or self.centers)
+        ):
             raise ValueError("center_target: a front-end in center mode needs the center's address")
         if self.workers < 1:
             raise ValueError("workers: must be at least 1")
+
+
+def parse_routes(text: str) -> dict[str, str]:
+    routes: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        region, sep, target = part.partition("=")
+        if not sep or not region.strip().isdigit() or not target.strip():
+            raise ValueError(f"centers: {part!r} is not region=host:port")
+        routes[region.strip()] = target.strip()
+    return routes
 
 
 def _coerce(kind: type, raw: Any, where: str) -> Any:

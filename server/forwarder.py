@@ -16,7 +16,7 @@ import sqlite3
 from typing import Any
 
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
-from server.center_link import CenterLink
+from server.center_link import CenterRoutes
 from server.domain.common import Env, now_ms
 from server.errors import ClientError
 from server.store import ACC_FIELDS
@@ -29,16 +29,33 @@ def _acc(year: int, pool: str, values: dict[str, int]) -> catalog_pb2.Accumulato
     return catalog_pb2.Accumulator(year=year, pool=pool, **{f: values[f] for f in ACC_FIELDS})
 
 
-def pending(conn: sqlite3.Connection, limit: int) -> list[tuple[int, center_pb2.ForwardItem, str]]:
-    """The oldest unsent outbox rows as forward items, with their institution."""
+def pending(
+    conn: sqlite3.Connection, limit: int
+) -> list[tuple[int, center_pb2.ForwardItem, tuple[str, str]]]:
+    """The oldest unsent outbox rows as forward items, each with (institution, the person's
+    insured region): a batch goes to one center for one institution."""
     rows = conn.execute(
         "SELECT o.id, o.kind, o.ref, o.created_at, s.fixmedins_code, s.info, s.acc_year,"
-        " s.acc_pool, s.acc_delta, s.acc_before, s.cancel_id FROM outbox o"
-        " JOIN settlements s ON s.setl_id = o.ref WHERE o.sent_at IS NULL ORDER BY o.id LIMIT ?",
+        " s.acc_pool, s.acc_delta, s.acc_before, s.cancel_id, p.insuplc_admdvs FROM outbox o"
+        " JOIN settlements s ON s.setl_id = o.ref JOIN persons p ON p.psn_no = s.psn_no"
+        " WHERE o.sent_at IS NULL ORDER BY o.id LIMIT ?",
         (limit,),
     ).fetchall()
     out = []
-    for oid, kind, ref, created, code, info, year, pool, delta_s, before_s, cancel_id in rows:
+    for (
+        oid,
+        kind,
+        ref,
+        created,
+        code,
+        info,
+        year,
+        pool,
+        delta_s,
+        before_s,
+        cancel_id,
+        region,
+    ) in rows:
         item = center_pb2.ForwardItem(seq=oid, kind=kind, setl_id=ref)
         if kind == "settle":
             before = json.loads(before_s)
@@ -51,7 +68,7 @@ def pending(conn: sqlite3.Connection, limit: int) -> list[tuple[int, center_pb2.
         else:
             item.cancel_id = cancel_id or ""
             item.cancel_time_ms = created
-        out.append((oid, item, code))
+        out.append((oid, item, (code, region)))
     return out
 
 
@@ -60,7 +77,7 @@ class Forwarder:
         self,
         store: Store,
         env: Env,
-        link: CenterLink,
+        routes: CenterRoutes,
         *,
         batch: int = 200,
         idle_s: float = 0.2,
@@ -68,7 +85,7 @@ class Forwarder:
     ) -> None:
         self.store = store
         self.env = env
-        self.link = link
+        self.routes = routes
         self.batch = batch
         self.idle_s = idle_s
         self.max_backoff_s = max_backoff_s
@@ -107,16 +124,16 @@ class Forwarder:
         items = await self.store.read(lambda conn: pending(conn, self.batch))
         if not items:
             return 0
-        by_inst: dict[str, list[tuple[int, center_pb2.ForwardItem]]] = {}
-        for oid, item, code in items:
-            by_inst.setdefault(code, []).append((oid, item))
+        groups: dict[tuple[str, str], list[tuple[int, center_pb2.ForwardItem]]] = {}
+        for oid, item, key in items:
+            groups.setdefault(key, []).append((oid, item))
         done: list[int] = []
-        for code, part in by_inst.items():
+        for (code, region), part in groups.items():
             req = center_pb2.ForwardRequest(
                 header=center_pb2.NodeHeader(node_id=self.env.node_id, fixmedins_code=code),
                 items=[item for _, item in part],
             )
-            resp = await self.link.forward(req)
+            resp = await self.routes.link_for(region).forward(req)
             for r in resp.results:
                 if r.outcome == center_pb2.REJECTED:
                     log.error("center rejected outbox row %d: %s", r.seq, r.detail)

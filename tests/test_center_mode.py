@@ -17,6 +17,7 @@ from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2
 from clients.sdk import MedsettleError
 from tests.frontend import RETIRED, SECOND_STAY, SETL_AMOUNTS, admit, client, snapshot, total
+from tests.pg import fresh_database
 
 pytestmark = pytest.mark.pg
 
@@ -182,3 +183,27 @@ def test_offline_fallback_within_limits_then_forwarded(
             back.stop()
     finally:
         front.stop()
+
+
+def test_routing_by_insured_region(center: LocalServer, tmp_path: Path, pg_dsn: str) -> None:
+    """With centers keyed by insured region, a person's settlement goes to the center of the
+    region where they are insured, not to the default one."""
+    with fresh_database() as other_dsn:
+        regional = LocalServer(other_dsn, extra=["--role", "center"], log=tmp_path / "r.log")
+        regional.start()
+        front = LocalServer(
+            tmp_path / "routed.db",
+            extra=["--mode", "center", "--center-target", center.target],
+            env={"MEDSETTLE_CENTERS": f"440100={regional.target}"},
+            log=tmp_path / "routed.log",
+        ).start()
+        try:
+            c = client(front)
+            mdtrt_id, ls = admit(c, RETIRED, n_lines=10, seed=57, med_type=11)
+            info = c.settle(mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls)).setlinfo
+            assert info.mode == common_pb2.CENTER
+            assert center_rows(other_dsn, "SELECT setl_id FROM settlements") == [(info.setl_id,)]
+            assert center_rows(pg_dsn, "SELECT setl_id FROM settlements") == []
+        finally:
+            front.stop()
+            regional.stop()

@@ -81,6 +81,13 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     f.write_text("[server]\nprot = 1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="unknown setting 'prot'"):
         load(str(f), {})
+    f.write_text('[server]\ncenters = "440100=127.0.0.9:1, 440300=h:2"\n', encoding="utf-8")
+    assert load(str(f), {}).center_routes() == {"440100": "127.0.0.9:1", "440300": "h:2"}
+    f.write_text('[server]\ncenters = "gz:1"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="region=host:port"):
+        load(str(f), {})
+    with pytest.raises(ValueError, match="center_target"):
+        load(None, {"mode": "center"})
     monkeypatch.setenv("MEDSETTLE_WORKERS", "two")
     with pytest.raises(ValueError, match="workers"):
         load(None, {})

@@ -66,6 +66,7 @@ class Computed:
     acc_before: dict[str, int]
     acc_after: dict[str, int]
     line_rows: list[tuple[Any, ...]]
+    insured_region: str  # which center settles it in center mode
 
 
 def compute(
@@ -164,7 +165,9 @@ def compute(
             strict=True,
         )
     )
-    return Computed(visit, info, choice.year, choice.pool, before, after, line_rows)
+    return Computed(
+        visit, info, choice.year, choice.pool, before, after, line_rows, person.insuplc_admdvs
+    )
 
 
 def current_accumulators(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 
 from clients.pb.medsettle.v1 import center_pb2, common_pb2, settlement_pb2
-from server.center_link import CenterLink, center_setl_id
+from server.center_link import CenterRoutes, center_setl_id
 from server.domain import settle
 from server.domain.common import (
     Env,
@@ -68,11 +68,11 @@ def _center_request(
 
 class CenterMode:
     def __init__(
-        self, store: Store, env: Env, link: CenterLink, offline: OfflineLimits | None
+        self, store: Store, env: Env, routes: CenterRoutes, offline: OfflineLimits | None
     ) -> None:
         self.store = store
         self.env = env
-        self.link = link
+        self.routes = routes
         self.offline = offline  # None: no local fallback
 
     async def settle(self, req: settlement_pb2.SettleRequest) -> bytes:
@@ -91,7 +91,8 @@ class CenterMode:
         if isinstance(got, bytes):
             return got
         try:
-            answer = await self.link.settle(_center_request(env, req, got, pre=False))
+            link = self.routes.link_for(got.insured_region)
+            answer = await link.settle(_center_request(env, req, got, pre=False))
         except Unavailable:
             if self.offline is None:
                 raise
@@ -150,7 +151,9 @@ class CenterMode:
             return settle.compute(conn, authenticate(conn, env, header, now), req)
 
         c = await self.store.read(prepare)
-        answer = await self.link.settle(_center_request(env, req, c, pre=True))
+        answer = await self.routes.link_for(c.insured_region).settle(
+            _center_request(env, req, c, pre=True)
+        )
         info = answer.setlinfo
         info.msgid = header.msgid
         return settlement_pb2.SettleResponse(setlinfo=info)
@@ -164,7 +167,7 @@ class CenterMode:
         now = now_ms()
         env = self.env
 
-        def look(conn: sqlite3.Connection) -> bytes | tuple[int, int]:
+        def look(conn: sqlite3.Connection) -> bytes | tuple[int, int, str]:
             caller = authenticate(conn, env, header, now)
             stored = replay_of(
                 conn, header.fixmedins_code, header.msgid, "CancelSettlement", digest
@@ -172,14 +175,17 @@ class CenterMode:
             if stored is not None:
                 return stored
             row = settle.load_settlement(conn, caller, req.setl_id)
-            return row[0], row[15]
+            region = conn.execute(
+                "SELECT insuplc_admdvs FROM persons WHERE psn_no = ?", (row[5],)
+            ).fetchone()[0]
+            return row[0], row[15], region
 
         got = await self.store.read(look)
         if isinstance(got, bytes):
             return got
-        rowid, mode = got
+        rowid, mode, region = got
         if mode == common_pb2.CENTER:
-            await self.link.cancel(
+            await self.routes.link_for(region).cancel(
                 center_pb2.CenterCancelRequest(
                     header=center_pb2.NodeHeader(
                         node_id=env.node_id,
