@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "demo": True if args.demo else None,
         "center_target": args.center_target,
+        "centers": args.centers,
     }
     try:
         cfg = config.load(args.config, flags)
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int)
     s.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
     s.add_argument("--center-target", help="host:port of the center (front-end, center mode)")
+    s.add_argument("--centers", help="centers by insured region: 440100=host:port,...")
     s.add_argument("--config", help="TOML file with a [server] table (MEDSETTLE_* env overrides)")
     s.add_argument("--demo", action="store_true", help="load the demo data set into an empty db")
     s.set_defaults(fn=_serve)
