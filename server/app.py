@@ -39,6 +39,7 @@ from server.domain.common import Env
 from server.domain.settle import OfflineLimits
 from server.forwarder import Forwarder
 from server.refdata import RefData
+from server.refdata_pull import RefdataPuller
 from server.services.base import generic_handler
 from server.services.catalog import CatalogService
 from server.services.center import CenterReconciliationService, CenterService
@@ -100,7 +101,7 @@ async def _handlers(
     if cfg.role == "center":
         pg_store = pg.PgStore(cfg.db)
         await pg_store.open()
-        center = CenterService(pg_store, CenterEnv.new(cfg.tz_offset_min))
+        center = CenterService(pg_store, CenterEnv.new(cfg.tz_offset_min), cfg.db)
         handlers = [
             generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center),
             generic_handler(
@@ -127,10 +128,13 @@ async def _handlers(
         center_mode = CenterMode(store, env, routes, limits)
     # One forwarder per front-end, in its first worker: local mode forwards everything,
     # center mode what it settled offline.
-    forwarder = None
+    forwarder = puller = None
     if routes is not None and index == 0:
         forwarder = Forwarder(store, env, routes)
         forwarder.start()
+        if cfg.refdata_pull_s > 0:
+            puller = RefdataPuller(store, env, routes, cfg.refdata_pull_s)
+            puller.start()
     handlers = [
         generic_handler(
             SERVICES["medsettle.v1.Settlement"], SettlementService(store, env, center_mode)
@@ -142,6 +146,8 @@ async def _handlers(
     async def close_sqlite() -> None:
         if forwarder is not None:
             await forwarder.stop()
+        if puller is not None:
+            await puller.stop()
         if routes is not None:
             await routes.close()
         await asyncio.get_running_loop().run_in_executor(None, store.close)

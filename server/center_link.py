@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from clients.pb.medsettle.v1 import center_pb2, center_pb2_grpc
+from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, center_pb2_grpc
 from server.errors import FailedPrecondition, Relayed, Unavailable
 
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -71,6 +71,26 @@ class CenterLink:
         except grpc.aio.AioRpcError as err:
             raise self._refusal(err) from None
 
+    async def policy_since(
+        self, req: center_pb2.PolicySinceRequest
+    ) -> center_pb2.PolicySinceResponse:
+        try:
+            resp: center_pb2.PolicySinceResponse = await self._center().PolicySince(
+                req, timeout=self.deadline_s, wait_for_ready=True
+            )
+            return resp
+        except grpc.aio.AioRpcError as err:
+            raise self._refusal(err) from None
+
+    async def catalog_since(
+        self, req: catalog_pb2.DownloadCatalogRequest
+    ) -> list[catalog_pb2.CatalogChunk]:
+        try:
+            call = self._center().CatalogSince(req, timeout=60 * self.deadline_s)
+            return [chunk async for chunk in call]
+        except grpc.aio.AioRpcError as err:
+            raise self._refusal(err) from None
+
     def _refusal(self, err: grpc.aio.AioRpcError) -> Exception:
         if err.code() in UNREACHABLE:
             return Unavailable(
@@ -99,6 +119,10 @@ class CenterRoutes:
 
     def __bool__(self) -> bool:
         return bool(self.links)
+
+    def any_link(self) -> CenterLink:
+        """The default center, else any: where policy and catalog versions come from."""
+        return self.default or next(iter(self.links.values()))
 
     def link_for(self, insured_region: str) -> CenterLink:
         link = self.by_region.get(insured_region, self.default)

@@ -40,6 +40,7 @@ class Config:
     # patient settles with the center of the region where they are insured; others (and
     # regions not listed) with center_target.
     centers: str = ""
+    refdata_pull_s: float = 30.0  # how often a front-end asks the center for new versions
     # The emergency plan (seed 004, 5.3): when the center does not answer, settle locally,
     # marked offline and forwarded later, within these limits; off = answer UNAVAILABLE.
     offline_fallback: bool = False

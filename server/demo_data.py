@@ -19,6 +19,7 @@ import numpy as np
 from clients.pb.medsettle.v1 import catalog_pb2
 from server.domain import reference
 from server.domain.common import now_ms
+from server.domain.reference import catalog_row
 from server.engine.columns import unpack_strings
 from server.store import ACC_FIELDS
 from server.store.sqlite import Store
@@ -313,6 +314,15 @@ def seed_center(dsn: str) -> bool:
         conn.execute(
             "INSERT INTO policies VALUES (%s, %s, %s, %s, %s)",
             (policy.version, policy.id, policy.name, policy.to_json(), now_ms()),
+        )
+        now = now_ms()
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO catalog_items VALUES ({', '.join(['%s'] * 19)})",
+                [(*catalog_row(it), CATALOG_VERSION, 0) for it in catalog_items()],
+            )
+        conn.execute(
+            "INSERT INTO catalog_versions VALUES (%s, %s, %s)", (CATALOG_VERSION, now, CATALOG_SIZE)
         )
         for p in persons():
             conn.execute(

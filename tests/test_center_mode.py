@@ -5,6 +5,7 @@ makes the settle UNAVAILABLE with nothing written (the retry then settles exactl
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,15 @@ import pytest
 from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2
 from clients.sdk import MedsettleError
-from tests.frontend import RETIRED, SECOND_STAY, SETL_AMOUNTS, admit, client, snapshot, total
+from tests.frontend import (
+    RETIRED,
+    SECOND_STAY,
+    SETL_AMOUNTS,
+    admit,
+    client,
+    snapshot,
+    total,
+)
 from tests.pg import fresh_database
 
 pytestmark = pytest.mark.pg
@@ -207,3 +216,47 @@ def test_routing_by_insured_region(center: LocalServer, tmp_path: Path, pg_dsn: 
         finally:
             front.stop()
             regional.stop()
+
+
+def test_policy_and_catalog_versions_are_pulled_from_the_center(
+    center: LocalServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    """A new policy version and a new catalog version published at the center reach the
+    front-end by themselves and are in force for the next settlement."""
+    front = LocalServer(
+        tmp_path / "pull.db",
+        extra=["--center-target", center.target],
+        env={"MEDSETTLE_REFDATA_PULL_S": "0.3"},
+        log=tmp_path / "pull.log",
+    ).start()
+    try:
+        c = client(front)
+        mdtrt_id, ls = admit(c, RETIRED, n_lines=20, seed=58)
+        before = c.pre_settle(mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls)).setlinfo
+        with psycopg.connect(pg_dsn) as conn:
+            doc = json.loads(
+                conn.execute("SELECT canonical_json FROM policies").fetchone()[0]  # type: ignore[index]
+            )
+            doc["version"] = 202602
+            doc["rules"][0]["deductible"]["by_admission_fen"] = [100_000, 50_000]
+            conn.execute(
+                "INSERT INTO policies VALUES (%s, %s, %s, %s, %s)",
+                (202602, doc["id"], doc["name"], json.dumps(doc), 0),
+            )
+            conn.execute("UPDATE catalog_items SET price_cap = 1, ver = 2")  # every cap lowered
+            conn.execute("INSERT INTO catalog_versions VALUES (2, 0, 3000)")
+        deadline = time.monotonic() + 20
+        while c.get_policy().version != 202602:
+            assert time.monotonic() < deadline, "the policy version never arrived"
+            time.sleep(0.2)
+        while True:
+            info = c.pre_settle(mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls)).setlinfo
+            if info.catalog_version == 2:
+                break
+            assert time.monotonic() < deadline, "the catalog version never arrived"
+            time.sleep(0.2)
+        assert info.policy_version == 202602
+        assert "起付线 1000.00" in info.setldetail[0].setl_proc_info  # the new deductible
+        assert info.overlmt_amt > before.overlmt_amt  # the lowered price caps are in force
+    finally:
+        front.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import engine_rs
@@ -63,6 +63,15 @@ def _item_row(i: int, it: catalog_pb2.CatalogItem, v: Violations) -> tuple[Any, 
     )
 
 
+def catalog_row(it: catalog_pb2.CatalogItem) -> tuple[Any, ...]:
+    """The catalog_items columns of an item (checked by `_item_row` where it comes from a
+    caller)."""
+    v = Violations()
+    row = _item_row(0, it, v)
+    v.raise_if_any()
+    return row
+
+
 def import_catalog(
     conn: sqlite3.Connection, version: int, items: list[catalog_pb2.CatalogItem], now: int
 ) -> tuple[bytes, str]:
@@ -112,53 +121,100 @@ def import_catalog(
     return resp.SerializeToString(), str(version)
 
 
-def download_catalog(
-    conn: sqlite3.Connection, since: int, chunk: int
-) -> Iterator[catalog_pb2.CatalogChunk]:
-    latest = conn.execute("SELECT COALESCE(MAX(version), 0) FROM catalog_versions").fetchone()[0]
+CATALOG_SINCE_SQL = (
+    f"SELECT {_ITEM_COLS}, ver, retired FROM catalog_items WHERE ver > ?"
+    " ORDER BY ver, med_list_codg"
+)
+LATEST_CATALOG_SQL = "SELECT COALESCE(MAX(version), 0) FROM catalog_versions"
+
+
+def catalog_chunks(
+    fetch: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], since: int, chunk: int
+) -> list[catalog_pb2.CatalogChunk]:
+    """Items changed or retired after `since`, in chunks, each stamped with the latest
+    version; the same queries serve a front-end's SQLite and the center's PostgreSQL."""
     if since < 0:
         raise field_error("since_version", "must be >= 0")
     if not 0 <= chunk <= 10_000:
         raise field_error("chunk_size", "must be 0..10000")
     size = chunk or 1000
-    cur = conn.execute(
-        f"SELECT {_ITEM_COLS}, ver, retired FROM catalog_items WHERE ver > ?"
-        " ORDER BY ver, med_list_codg",
-        (since,),
+    latest = int(fetch(LATEST_CATALOG_SQL, ())[0][0])
+    rows = fetch(CATALOG_SINCE_SQL, (since,))
+    return [
+        catalog_pb2.CatalogChunk(
+            version=latest, items=[_item_message(r) for r in rows[i : i + size]]
+        )
+        for i in range(0, len(rows), size)
+    ]
+
+
+def _item_message(r: Sequence[Any]) -> catalog_pb2.CatalogItem:
+    return catalog_pb2.CatalogItem(
+        med_list_codg=r[0],
+        name=r[1],
+        spec=r[2],
+        dosage_form=r[3],
+        manufacturer=r[4],
+        kind=r[5],
+        chrgitm_lv=r[6],
+        med_chrgitm_type=r[7],
+        hilist_pric_uplmt_amt=r[8],
+        selfpay_prop=[
+            catalog_pb2.SelfpayRatio(psn_type=p, ratio_bp=b) for p, b in json.loads(r[9])
+        ],
+        inpatient_only=bool(r[10]),
+        sex=r[11],
+        age_min=r[12],
+        age_max=r[13],
+        diagnoses=r[14],
+        begndate=r[15],
+        enddate=r[16],
+        ver=r[17],
+        retired=bool(r[18]),
     )
-    while True:
-        rows = cur.fetchmany(size)
-        if not rows:
-            break
-        msg = catalog_pb2.CatalogChunk(version=latest)
-        for r in rows:
-            msg.items.append(
-                catalog_pb2.CatalogItem(
-                    med_list_codg=r[0],
-                    name=r[1],
-                    spec=r[2],
-                    dosage_form=r[3],
-                    manufacturer=r[4],
-                    kind=r[5],
-                    chrgitm_lv=r[6],
-                    med_chrgitm_type=r[7],
-                    hilist_pric_uplmt_amt=r[8],
-                    selfpay_prop=[
-                        catalog_pb2.SelfpayRatio(psn_type=p, ratio_bp=b)
-                        for p, b in json.loads(r[9])
-                    ],
-                    inpatient_only=bool(r[10]),
-                    sex=r[11],
-                    age_min=r[12],
-                    age_max=r[13],
-                    diagnoses=r[14],
-                    begndate=r[15],
-                    enddate=r[16],
-                    ver=r[17],
-                    retired=bool(r[18]),
-                )
+
+
+def apply_catalog_increment(
+    conn: sqlite3.Connection, version: int, items: Sequence[catalog_pb2.CatalogItem], now: int
+) -> int:
+    """Apply items pulled from the center (each with the version that changed it) and record
+    `version`; returns how many changed. Processes reload their catalog on the next call."""
+    latest = conn.execute(LATEST_CATALOG_SQL).fetchone()[0]
+    if version <= latest:
+        return 0
+    v = Violations()
+    for i, it in enumerate(items):
+        row = _item_row(i, it, v)
+        v.raise_if_any()
+        if it.retired:
+            conn.execute(
+                "UPDATE catalog_items SET retired = 1, ver = ? WHERE med_list_codg = ?",
+                (it.ver, it.med_list_codg),
             )
-        yield msg
+        else:
+            conn.execute(
+                f"INSERT OR REPLACE INTO catalog_items ({_ITEM_COLS}, ver, retired)"
+                f" VALUES ({', '.join('?' * 17)}, ?, 0)",
+                (*row, it.ver),
+            )
+    active = conn.execute("SELECT COUNT(*) FROM catalog_items WHERE retired = 0").fetchone()[0]
+    conn.execute("INSERT INTO catalog_versions VALUES (?, ?, ?)", (version, now, active))
+    bump(conn)
+    return len(items)
+
+
+def apply_policy_version(conn: sqlite3.Connection, pv: catalog_pb2.PolicyVersion, now: int) -> bool:
+    """Keep a policy version pulled from the center (the engine checks it on the way in)."""
+    have = conn.execute("SELECT 1 FROM policies WHERE version = ?", (pv.version,)).fetchone()
+    if have is not None:
+        return False
+    policy = engine_rs.Policy.from_json(pv.canonical_json)
+    conn.execute(
+        "INSERT INTO policies VALUES (?, ?, ?, ?, ?)",
+        (policy.version, policy.id, policy.name, policy.to_json(), now),
+    )
+    bump(conn)
+    return True
 
 
 def put_mappings(

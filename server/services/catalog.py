@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from clients.pb.medsettle.v1 import catalog_pb2
-from server.domain import reference
+from server.domain import recon, reference
 from server.domain.common import add_chunk, chunk_hasher
 from server.errors import field_error
 from server.services.base import check_parsed
@@ -53,8 +53,8 @@ class CatalogService:
     ) -> AsyncIterator[catalog_pb2.CatalogChunk]:
         chunks = await self.calls.read(
             request,
-            lambda conn, caller: list(
-                reference.download_catalog(conn, request.since_version, request.chunk_size)
+            lambda conn, caller: reference.catalog_chunks(
+                recon.sqlite_fetch(conn), request.since_version, request.chunk_size
             ),
         )
         for chunk in chunks:

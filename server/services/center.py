@@ -5,14 +5,14 @@ increments are not served yet: those methods answer UNIMPLEMENTED (not registere
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from psycopg.errors import UniqueViolation
 
-from clients.pb.medsettle.v1 import center_pb2, common_pb2, reconciliation_pb2
-from server.domain import center, recon
+from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2, reconciliation_pb2
+from server.domain import center, recon, reference
 from server.domain.common import now_ms, request_hash
 from server.errors import FailedPrecondition, field_error
 from server.store import pg
@@ -23,9 +23,12 @@ T = TypeVar("T")
 
 
 class CenterService:
-    def __init__(self, store: PgStore, env: center.CenterEnv) -> None:
+    def __init__(self, store: PgStore, env: center.CenterEnv, dsn: str) -> None:
         self.store = store
         self.env = env
+        increments = CenterIncrements(dsn)
+        self.CatalogSince = increments.CatalogSince
+        self.PolicySince = increments.PolicySince
 
     async def SettleSummary(self, request: center_pb2.CenterSettleRequest, context: Ctx) -> bytes:
         center.check_settle_request(request)
@@ -68,6 +71,55 @@ class CenterService:
         return await self.store.transaction(op)
 
 
+def read_pg(dsn: str, fn: Callable[[recon.Fetch], T]) -> T:
+    """Run `fn` with a query function over one read-only snapshot of the center's database,
+    on a short-lived connection (for the rare, heavier reads: reconciliation, increments)."""
+    with pg.connect(dsn) as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+        def fetch(sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+            return conn.execute(sql.replace("?", "%s"), args).fetchall()
+
+        return fn(fetch)
+
+
+class CenterIncrements:
+    """CatalogSince and PolicySince: what a front-end pulls to stay on the center's versions."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    async def CatalogSince(
+        self, request: catalog_pb2.DownloadCatalogRequest, context: Ctx
+    ) -> AsyncIterator[catalog_pb2.CatalogChunk]:
+        since, size = request.since_version, request.chunk_size
+        chunks = await asyncio.to_thread(
+            read_pg, self.dsn, lambda f: reference.catalog_chunks(f, since, size)
+        )
+        for chunk in chunks:
+            yield chunk
+
+    async def PolicySince(self, request: center_pb2.PolicySinceRequest, context: Ctx) -> Any:
+        since = request.since_version
+
+        def versions(fetch: recon.Fetch) -> center_pb2.PolicySinceResponse:
+            rows = fetch(
+                "SELECT policy_id, version, name, canonical_json FROM policies"
+                " WHERE version > ? ORDER BY version",
+                (since,),
+            )
+            return center_pb2.PolicySinceResponse(
+                versions=[
+                    catalog_pb2.PolicyVersion(
+                        policy_id=r[0], version=r[1], name=r[2], canonical_json=r[3]
+                    )
+                    for r in rows
+                ]
+            )
+
+        return await asyncio.to_thread(read_pg, self.dsn, versions)
+
+
 class CenterReconciliationService:
     """`medsettle.v1.Reconciliation` at the center: the same totals and details as a
     front-end answers, from the center's ledger of the institution named in the header, so
@@ -77,15 +129,6 @@ class CenterReconciliationService:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
 
-    def _read(self, fn: Callable[[recon.Fetch], T]) -> T:
-        with pg.connect(self.dsn) as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-
-            def fetch(sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-                return conn.execute(sql.replace("?", "%s"), args).fetchall()
-
-            return fn(fetch)
-
     @staticmethod
     def _code(header: common_pb2.RequestHeader) -> str:
         if not header.fixmedins_code:
@@ -94,8 +137,8 @@ class CenterReconciliationService:
 
     async def Totals(self, request: reconciliation_pb2.TotalsRequest, context: Ctx) -> Any:
         code = self._code(request.header)
-        return await asyncio.to_thread(self._read, lambda f: recon.totals(f, code, request))
+        return await asyncio.to_thread(read_pg, self.dsn, lambda f: recon.totals(f, code, request))
 
     async def Details(self, request: reconciliation_pb2.DetailsRequest, context: Ctx) -> Any:
         code = self._code(request.header)
-        return await asyncio.to_thread(self._read, lambda f: recon.details(f, code, request))
+        return await asyncio.to_thread(read_pg, self.dsn, lambda f: recon.details(f, code, request))
