@@ -197,9 +197,8 @@ def test_retries_refusals_and_cancel(center: LocalServer, pg_dsn: str) -> None:
         nobody.psn_no = "0"
         assert code(stub.SettleSummary, nobody) == grpc.StatusCode.NOT_FOUND
         assert code(stub.Forward, center_pb2.ForwardRequest()) == grpc.StatusCode.INVALID_ARGUMENT
-        assert code(stub.PolicySince, center_pb2.PolicySinceRequest()) == (
-            grpc.StatusCode.UNIMPLEMENTED  # not served yet
-        )
+        versions = stub.PolicySince(center_pb2.PolicySinceRequest(since_version=0), timeout=10)
+        assert [v.version for v in versions.versions] == [202601]
 
         cancel = center_pb2.CenterCancelRequest(
             header=center_pb2.NodeHeader(node_id="01", fixmedins_code=INST_A, msgid="CX-1"),
