@@ -1,6 +1,6 @@
 """The `medsettle.v1.Center` service over PostgreSQL: settle from a front-end's summary and
-cancel (center mode), and record what front-ends in local mode forward. Catalog and policy
-increments are not served yet: those methods answer UNIMPLEMENTED (not registered)."""
+cancel (center mode), record what front-ends in local mode forward, and serve the catalog
+and policy versions front-ends pull; plus the center's side of reconciliation."""
 
 from __future__ import annotations
 
