@@ -16,6 +16,7 @@ import sqlite3
 from typing import Any
 
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
+from server.background import Background
 from server.center_link import CenterRoutes
 from server.domain.common import Env, now_ms
 from server.errors import ClientError
@@ -72,7 +73,9 @@ def pending(
     return out
 
 
-class Forwarder:
+class Forwarder(Background):
+    name = "forwarder"
+
     def __init__(
         self,
         store: Store,
@@ -91,18 +94,6 @@ class Forwarder:
         self.max_backoff_s = max_backoff_s
         self.sent = 0
         self.failures = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="forwarder")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def _run(self) -> None:
         backoff = self.idle_s

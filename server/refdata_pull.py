@@ -12,6 +12,7 @@ import logging
 import sqlite3
 
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2
+from server.background import Background
 from server.center_link import CenterRoutes
 from server.domain import reference
 from server.domain.common import Env, now_ms
@@ -27,24 +28,14 @@ def _versions(conn: sqlite3.Connection) -> tuple[int, int]:
     return int(policy), int(catalog)
 
 
-class RefdataPuller:
+class RefdataPuller(Background):
+    name = "refdata-pull"
+
     def __init__(self, store: Store, env: Env, routes: CenterRoutes, interval_s: float) -> None:
         self.store = store
         self.env = env
         self.routes = routes
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="refdata-pull")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def _run(self) -> None:
         while True:

@@ -12,11 +12,14 @@ import os
 import secrets
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from clients.localserver import LocalServer
 
 ADMIN_DSN = os.environ.get("MEDSETTLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SKIP_PREFIX = "PostgreSQL unreachable"
@@ -65,6 +68,27 @@ def pg_dsn() -> Iterator[str]:
     """DSN of a fresh database for one test."""
     with fresh_database() as dsn:
         yield dsn
+
+
+def center_server(dsn: str, tmp: Path, workers: int = 1, port: int = 0) -> LocalServer:
+    """A center (`--role center`) over the database `dsn`, not started."""
+    return LocalServer(
+        dsn,
+        port=port,
+        workers=workers,
+        extra=["--role", "center"],
+        log=tmp / f"center-{workers}-{port or 'any'}.log",
+    )
+
+
+@pytest.fixture
+def center(pg_dsn: str, tmp_path: Path) -> Iterator[LocalServer]:
+    """A running center over a fresh database (the demo persons and policy are seeded)."""
+    server = center_server(pg_dsn, tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

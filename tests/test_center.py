@@ -6,7 +6,6 @@ keep to the policy's limits; retries are idempotent; a cancel restores the accum
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,24 +31,10 @@ from tests.frontend import (
     client,
     total,
 )
+from tests.pg import center_server
 
 pytestmark = pytest.mark.pg
 _ids = itertools.count(1)
-
-
-def center_server(dsn: str, tmp: Path, workers: int = 1) -> LocalServer:
-    return LocalServer(
-        dsn, workers=workers, extra=["--role", "center"], log=tmp / f"center{workers}.log"
-    )
-
-
-@pytest.fixture
-def center(pg_dsn: str, tmp_path: Path) -> Iterator[LocalServer]:
-    server = center_server(pg_dsn, tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def request(

@@ -59,16 +59,6 @@ def unsent(db: Path | str) -> int:
 
 
 @pytest.fixture
-def center(pg_dsn: str, tmp_path: Path) -> Iterator[LocalServer]:
-    server = LocalServer(pg_dsn, extra=["--role", "center"], log=tmp_path / "center.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def front(center: LocalServer, tmp_path: Path) -> Iterator[LocalServer]:
     server = LocalServer(
         tmp_path / "front.db",
