@@ -44,6 +44,7 @@ bench: build
 		--visits 20000 --stays 5 --json bench/frontend_figures_w1.json
 	$(PY) -m bench.bench_frontend --workers 2 --clients 2 --concurrency 32 --duration 8 \
 		--visits 20000 --stays 5 --json bench/frontend_figures_w2.json
+	$(PY) -m bench.bench_center --duration 8 --visits 20000 --backlog 100000
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-columns=min,median,mean,ops -q
 
 # A front-end on a fresh SQLite file, a scripted HIS visit over gRPC, the slip, stop.
