@@ -14,6 +14,7 @@ import pytest
 from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2, reconciliation_pb2, settlement_pb2
 from clients.sdk import MedsettleClient, MedsettleError
+from server.store import line_results
 from tests.frontend import (
     CHILD,
     CIVIL,
@@ -117,8 +118,13 @@ def test_inpatient_visit_end_to_end(frontend: LocalServer) -> None:
     assert [s.setl_id for s in by_time] == [info.setl_id]
 
     conn = sqlite3.connect(frontend.db)
-    n_lines = conn.execute("SELECT COUNT(*) FROM setl_lines WHERE setl_id = ?", (info.setl_id,))
-    assert n_lines.fetchone()[0] == 2000
+    (blob,) = conn.execute(
+        "SELECT line_results FROM settlements WHERE setl_id = ?", (info.setl_id,)
+    ).fetchone()
+    kept = line_results.decode(blob)
+    assert len(kept) == 2000
+    assert sum(r[4] for r in kept) == info.medfee_sumamt  # det_item_fee_sumamt
+    assert sum(r[8] for r in kept) == info.inscp_scp_amt
     outbox = conn.execute("SELECT kind, ref FROM outbox").fetchall()
     assert outbox == [("settle", info.setl_id)]
     conn.close()

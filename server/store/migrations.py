@@ -11,8 +11,40 @@ center can hold every front-end's ids side by side.
 from __future__ import annotations
 
 import sqlite3
+from collections import defaultdict
+from collections.abc import Callable
 
-MIGRATIONS: list[tuple[int, str, str]] = [
+import numpy as np
+
+from server.store import line_results
+
+Step = str | Callable[[sqlite3.Connection], None]
+
+
+def _v2_line_results(conn: sqlite3.Connection) -> None:
+    """Per-line results move from `setl_lines` rows into one blob per settlement; the
+    cancel-date and invoice indexes keep only the rows they are searched for."""
+    conn.execute("ALTER TABLE settlements ADD COLUMN line_results BLOB NOT NULL DEFAULT x''")
+    lines: dict[str, list[tuple[object, ...]]] = defaultdict(list)
+    for row in conn.execute("SELECT * FROM setl_lines ORDER BY setl_id, feedetl_sn"):
+        lines[row[0]].append(row[1:])
+    for setl_id, rows in lines.items():
+        ints = np.array([r[2:] for r in rows], dtype=np.int64).reshape(len(rows), 8)
+        blob = line_results.encode([str(r[0]) for r in rows], [str(r[1]) for r in rows], ints)
+        conn.execute("UPDATE settlements SET line_results = ? WHERE setl_id = ?", (blob, setl_id))
+    for stmt in (
+        "DROP TABLE setl_lines",
+        "DROP INDEX settlements_inst_cancel",
+        "CREATE INDEX settlements_inst_cancel ON settlements (fixmedins_code, cancel_date)"
+        " WHERE cancel_date IS NOT NULL",
+        "DROP INDEX settlements_invono",
+        "CREATE INDEX settlements_invono ON settlements (fixmedins_code, invono)"
+        " WHERE invono <> ''",
+    ):
+        conn.execute(stmt)
+
+
+MIGRATIONS: list[tuple[int, str, Step]] = [
     (
         1,
         "initial front-end schema",
@@ -240,6 +272,7 @@ CREATE TABLE outbox (
 );
 """,
     ),
+    (2, "line results as one blob per settlement; partial indexes", _v2_line_results),
 ]
 
 
@@ -252,11 +285,14 @@ def migrate(conn: sqlite3.Connection) -> int:
             " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
         )
         have = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-        for version, name, sql in MIGRATIONS:
+        for version, name, step in MIGRATIONS:
             if version in have:
                 continue
-            for stmt in _statements(sql):
-                conn.execute(stmt)
+            if callable(step):
+                step(conn)
+            else:
+                for stmt in _statements(step):
+                    conn.execute(stmt)
             conn.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))", (version, name)
             )

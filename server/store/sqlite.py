@@ -1,15 +1,20 @@
 """The front-end's SQLite store: durable group commit for writes, pooled snapshot reads.
 
 Every state change is an *operation*: a plain function `op(conn) -> T` that reads and writes
-through the connection it is given. One writer thread runs them. It takes every operation
-queued while the previous commit was being flushed, runs each inside its own SAVEPOINT (an
-operation that raises is rolled back alone and its caller gets the exception), then commits
-the whole batch with one fsync (WAL, `synchronous=FULL`) and only then answers the callers.
-So concurrent settles share an fsync and nothing is acknowledged before it is on disk.
+through the connection it is given. Operations run on the event loop's thread, in batches:
+every operation queued while the previous batch was committing forms the next one. Each runs
+inside its own SAVEPOINT (an operation that raises is rolled back alone and its caller gets
+the exception); the whole batch then commits with one fsync (WAL, `synchronous=FULL`), and
+only then are the callers answered. So concurrent settles share an fsync and nothing is
+acknowledged before it is on disk.
 
-Because every operation runs inside the one write transaction (BEGIN IMMEDIATE), what an
-operation reads is current, including across worker processes sharing the file: per-person
-accumulator updates are serialised by the database, not by process memory.
+Running the operations on the loop's thread, rather than on a writer thread, spares each
+settle the hand-offs of the GIL between two busy threads. What may block runs on the
+commit thread: taking the write turn (`WriterLock`, then BEGIN IMMEDIATE) and COMMIT.
+
+Because every operation runs inside a write transaction, what an operation reads is current,
+including across worker processes sharing the file: per-person accumulator updates are
+serialised by the database, not by process memory.
 
 Reads (`read`) run on a small thread pool, each in a deferred transaction: a consistent
 snapshot that never blocks the writer (WAL).
@@ -18,7 +23,8 @@ snapshot that never blocks the writer (WAL).
 from __future__ import annotations
 
 import asyncio
-import queue
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -30,7 +36,6 @@ from server.store.migrations import migrate
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
 
-_STOP = object()
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -54,100 +59,106 @@ def init_db(path: str) -> int:
 
 
 class Store:
-    """One per process: a writer thread with group commit and a pool of readers."""
+    """One per process: group commit on the event loop's thread, a pool of readers."""
 
     def __init__(self, path: str, *, batch_max: int = 256, readers: int = 4) -> None:
         self.path = path
         self.batch_max = batch_max
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-read")
+        # BEGIN IMMEDIATE (which may wait for another worker process) and COMMIT (the fsync)
+        # run on this thread, so the event loop never blocks on a lock or the disk.
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._flushing = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._sync_lock = threading.Lock()
+        self._sync_conn: sqlite3.Connection | None = None
+        self._writer_lock = WriterLock(path)
         self.commits = 0
         self.ops = 0
-        self._writer = threading.Thread(target=self._write_loop, name="sqlite-write", daemon=True)
-        self._writer.start()
 
     # ------------------------------------------------------------------ writes
     async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run `op` in the next group commit; returns once it is durable."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((op, fut, loop))
+        self._pending.append((op, fut))
+        if not self._flushing:
+            self._flushing = True
+            self._idle.clear()
+            self._task = loop.create_task(self._flush())
         return await fut
 
-    def write_sync(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """`write` for code outside an event loop (set-up, tools)."""
-        done = threading.Event()
-        box: list[Any] = []
-
-        def settle(ok: bool, value: Any) -> None:
-            box.append((ok, value))
-            done.set()
-
-        self._queue.put((op, settle, None))
-        done.wait()
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value  # type: ignore[no-any-return]
-
-    def _write_loop(self) -> None:
-        conn = connect(self.path)
+    async def _flush(self) -> None:
+        """Batches of the queued operations, one transaction and one fsync each, until the
+        queue is empty. Operations queued while a batch commits form the next batch."""
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < self.batch_max:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    batch.append(nxt)
-                self._run_batch(conn, batch)
-                if stop:
-                    return
+            if self._conn is None:
+                self._conn = await loop.run_in_executor(self._io, connect, self.path)
+            conn = self._conn
+            while self._pending:
+                batch = self._pending[: self.batch_max]
+                del self._pending[: self.batch_max]
+                try:
+                    await loop.run_in_executor(self._io, self._begin, conn)
+                except BaseException as exc:
+                    for _, fut in batch:
+                        _resolve(fut, False, exc)
+                    continue
+                results = [_run_op(conn, op) for op, _ in batch]
+                try:
+                    await loop.run_in_executor(self._io, self._commit, conn)
+                    self.commits += 1
+                    self.ops += len(batch)
+                except BaseException as exc:  # the commit failed: nobody is acknowledged
+                    results = [(False, exc)] * len(batch)
+                for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                    _resolve(fut, ok, value)
         finally:
-            conn.close()
+            self._flushing = False
+            self._idle.set()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        results: list[tuple[bool, Any]] = []
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        self._writer_lock.acquire()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, _, _ in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op(conn)
-                except BaseException as exc:  # the caller gets it; the batch goes on
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((False, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((True, value))
+        except BaseException:
+            self._writer_lock.release()
+            raise
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        try:
             conn.execute("COMMIT")
-            self.commits += 1
-            self.ops += len(batch)
-        except BaseException as exc:  # the commit itself failed: nobody is acknowledged
+        except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            results = [(False, exc)] * len(batch)
-        # One wake-up of each event loop per batch, not one per operation.
-        by_loop: dict[Any, list[tuple[Any, bool, Any]]] = {}
-        for (_, target, loop), (ok, value) in zip(batch, results, strict=True):
-            if loop is None:
-                target(ok, value)
-            else:
-                by_loop.setdefault(loop, []).append((target, ok, value))
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_resolve_all, items)
+            raise
+        finally:
+            self._writer_lock.release()
+
+    def write_sync(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """`write` for code outside an event loop (set-up, tools): its own transaction on
+        its own connection (SQLite's lock orders it with the group commits)."""
+        with self._sync_lock:
+            conn = self._sync_conn
+            if conn is None:
+                conn = connect(self.path)
+                self._sync_conn = conn
+            self._begin(conn)
+            try:
+                value = op(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self._writer_lock.release()
+                raise
+            self._commit(conn)
+            return value
 
     # ------------------------------------------------------------------ reads
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -169,19 +180,65 @@ class Store:
             conn.execute("ROLLBACK")
 
     def close(self) -> None:
-        """Finish queued writes, then stop the writer and the readers."""
-        self._queue.put(_STOP)
-        self._writer.join()
+        """Wait for the queued writes, then close the connections and the threads."""
+        self._idle.wait()
+        self._io.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         with self._lock:
             for c in self._reader_conns:
                 c.close()
             self._reader_conns.clear()
+        for conn in (self._conn, self._sync_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = None
+        self._writer_lock.close()
 
 
-def _resolve_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in items:
-        _resolve(fut, ok, value)
+class WriterLock:
+    """The database's write turn, across this process's threads and every worker process:
+    an flock on `<db>.lock` taken before BEGIN IMMEDIATE. A waiting writer sleeps in the
+    kernel and wakes the moment the holder commits; SQLite's own busy handler would poll
+    with sleeps of up to 100 ms, which starves a worker process under load."""
+
+    def __init__(self, db_path: str) -> None:
+        self._path = db_path + ".lock"
+        self._fd: int | None = None
+        self._thread_lock = threading.Lock()  # flock does not order this process's threads
+
+    def acquire(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def release(self) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _run_op(conn: sqlite3.Connection, op: Op) -> tuple[bool, Any]:
+    """One operation in its own savepoint: one that raises is rolled back alone and its
+    caller gets the exception; the batch goes on."""
+    conn.execute("SAVEPOINT op")
+    try:
+        value = op(conn)
+    except BaseException as exc:
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+        return False, exc
+    conn.execute("RELEASE op")
+    return True, value
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

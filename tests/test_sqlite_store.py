@@ -1,0 +1,157 @@
+"""The front-end's SQLite store on real files: group commit, per-operation rollback, the
+write turn shared by two stores (as two worker processes share it), the schema upgrade from
+version 1, and the line-results blob layout."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.store import line_results
+from server.store.migrations import MIGRATIONS, _statements, migrate
+from server.store.sqlite import Store, init_db
+
+
+def _make_table(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    conn.commit()
+    conn.close()
+
+
+def _rows(path: Path) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT k, v FROM t ORDER BY k").fetchall()
+    finally:
+        conn.close()
+
+
+def test_group_commit_shares_fsyncs_and_rolls_back_one_failing_op(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    _make_table(db)
+    store = Store(str(db), readers=1)
+
+    def put(k: int) -> Callable[[sqlite3.Connection], int]:
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO t VALUES (?, ?)", (k, f"v{k}"))
+            if k % 10 == 3:  # written, then refused: its row must not survive
+                raise ValueError(f"refuse {k}")
+            return k
+
+        return op
+
+    async def main() -> list[object]:
+        return await asyncio.gather(
+            *(store.write(put(k)) for k in range(200)),
+            return_exceptions=True,
+        )
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        store.close()
+    refused = [k for k in range(200) if k % 10 == 3]
+    for k, r in enumerate(results):
+        if k in refused:
+            assert isinstance(r, ValueError) and str(r) == f"refuse {k}"
+        else:
+            assert r == k
+    assert _rows(db) == [(k, f"v{k}") for k in range(200) if k not in refused]
+    assert store.ops == 200 and store.commits < 20  # queued operations shared commits
+
+
+def test_two_stores_take_turns_on_one_file(tmp_path: Path) -> None:
+    """Two stores on one file (as two worker processes have): every increment of a counter
+    read-modify-written by both survives."""
+    db = tmp_path / "s.db"
+    _make_table(db)
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO t VALUES (0, '0')")
+    conn.commit()
+    conn.close()
+
+    def bump(conn: sqlite3.Connection) -> None:
+        (v,) = conn.execute("SELECT v FROM t WHERE k = 0").fetchone()
+        conn.execute("UPDATE t SET v = ? WHERE k = 0", (str(int(v) + 1),))
+
+    def run(store: Store, n: int) -> None:
+        async def main() -> None:
+            await asyncio.gather(*(store.write(bump) for _ in range(n)))
+
+        asyncio.run(main())
+
+    a, b = Store(str(db), readers=1), Store(str(db), readers=1)
+    try:
+        import threading
+
+        threads = [threading.Thread(target=run, args=(s, 300)) for s in (a, b)]
+        for t in threads:
+            t.start()
+        b.write_sync(bump)  # a tool's write in between
+        for t in threads:
+            t.join()
+    finally:
+        a.close()
+        b.close()
+    assert _rows(db) == [(0, "601")]
+
+
+def test_line_results_round_trip() -> None:
+    sns = ["000001", "行2", ""]
+    codes = ["XA01", "", "Z99-草药"]
+    ints = np.arange(24, dtype=np.int64).reshape(3, 8) - 5
+    blob = line_results.encode(sns, codes, ints)
+    assert line_results.decode(blob) == [
+        (sn, code, *row) for sn, code, row in zip(sns, codes, ints.tolist(), strict=True)
+    ]
+    assert line_results.decode(line_results.encode([], [], np.zeros((0, 8), np.int64))) == []
+    with pytest.raises(ValueError, match="left over"):
+        line_results.decode(blob + b"x")
+    with pytest.raises(ValueError, match="differ in length"):
+        line_results.encode(sns, codes[:2], ints)
+
+
+def test_version_1_database_upgrades_its_line_results(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        " applied_at TEXT NOT NULL)"
+    )
+    v1 = MIGRATIONS[0]
+    assert v1[0] == 1 and isinstance(v1[2], str)
+    for stmt in _statements(v1[2]):
+        conn.execute(stmt)
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 'initial', datetime('now'))")
+    conn.execute(
+        "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no,"
+        " insutype, clr_type, msgid, invono, setl_time, setl_date, state, mode, offline,"
+        " medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool,"
+        " acc_delta, acc_before, info) VALUES (1, 'S1', 'H1', 'M1', 1, 'P1', 310, 11, 'm', '',"
+        " 0, 20260101, 1, 1, 0, 300, 0, 0, 300, 2026, 'emp', '{}', '{}', x'')"
+    )
+    old = [("0002", "Y2", 2, 3, 200, 0, 0, 0, 200, 0), ("0001", "Y1", 1, 1, 100, 5, 6, 7, 82, 1)]
+    conn.executemany("INSERT INTO setl_lines VALUES ('S1', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", old)
+    conn.close()
+
+    assert init_db(str(db)) == max(v for v, _, _ in MIGRATIONS)
+    conn = sqlite3.connect(db)
+    (blob,) = conn.execute("SELECT line_results FROM settlements WHERE setl_id = 'S1'").fetchone()
+    assert line_results.decode(blob) == sorted(old)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "setl_lines" not in tables
+    (cancel_idx,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'settlements_inst_cancel'"
+    ).fetchone()
+    assert "WHERE cancel_date IS NOT NULL" in cancel_idx
+    conn.close()
+    # A second run finds nothing to do.
+    conn = sqlite3.connect(db, isolation_level=None)
+    assert migrate(conn) == max(v for v, _, _ in MIGRATIONS)
+    conn.close()
