@@ -42,7 +42,8 @@ class Config:
     centers: str = ""
     refdata_pull_s: float = 30.0  # how often a front-end asks the center for new versions
     # The emergency plan (seed 004, 5.3): when the center does not answer, settle locally,
-    # marked offline and forwarded later, within these limits; off = answer UNAVAILABLE.
+    # marked offline and forwarded later, within the limits of the policy in force (its
+    # `offline` table) or, when it has none, these; off = answer UNAVAILABLE.
     offline_fallback: bool = False
     offline_max_medfee_fen: int = 500_000
     offline_max_per_day: int = 500

@@ -28,6 +28,8 @@ from tests.frontend import (
 )
 from tests.pg import fresh_database
 
+DEMO_POLICY = Path(__file__).resolve().parent.parent / "server" / "data" / "demo_city_policy.toml"
+
 pytestmark = pytest.mark.pg
 
 
@@ -143,8 +145,9 @@ def test_offline_fallback_within_limits_then_forwarded(
     center: LocalServer, pg_dsn: str, tmp_path: Path
 ) -> None:
     """The emergency plan: with the center down a center-mode front-end settles locally,
-    marked offline, within its limits (beyond them UNAVAILABLE); the settlement reaches the
-    center when the link returns."""
+    marked offline, within its limits (beyond them UNAVAILABLE): the front-end's settings
+    while the policy has no `offline` table, the policy's once it has one. The settlements
+    reach the center when the link returns."""
     front = LocalServer(
         tmp_path / "offline.db",
         extra=["--mode", "center", "--center-target", center.target],
@@ -159,24 +162,48 @@ def test_offline_fallback_within_limits_then_forwarded(
         c = client(front)
         first, ls1 = admit(c, RETIRED, n_lines=10, seed=55, med_type=11)
         second, ls2 = admit(c, RETIRED, n_lines=10, seed=56, med_type=11)
+        third, ls3 = admit(c, RETIRED, n_lines=10, seed=57, med_type=11)
         center.stop()
         info = c.settle(first, RETIRED.psn_no, medfee_sumamt=total(ls1)).setlinfo
         assert info.offline and info.mode == common_pb2.LOCAL
-        with pytest.raises(MedsettleError) as err:  # the day's one offline settlement is used
+        with pytest.raises(MedsettleError) as err:  # the settings allow one a day
             c.settle(second, RETIRED.psn_no, medfee_sumamt=total(ls2))
-        assert err.value.code == grpc.StatusCode.UNAVAILABLE and "offline" in err.value.message
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "1 offline settlements (this front-end's settings)" in err.value.message
+
+        # A policy version with an emergency plan of two a day (published at the center
+        # too, as a center would, so center-mode settles may name it later).
+        version = c.get_policy().version + 1
+        text = DEMO_POLICY.read_text(encoding="utf-8").replace(
+            "version = 2026_01\n",
+            f"version = {version}\noffline = {{ max_medfee_fen = 500000, max_per_day = 2 }}\n",
+        )
+        pv = c.put_policy(text)
+        assert pv.version == version
+        with psycopg.connect(pg_dsn) as conn:
+            conn.execute(
+                "INSERT INTO policies VALUES (%s, 'demo-city', 'offline plan', %s, 0)",
+                (version, c.get_policy(version).canonical_json),
+            )
+        second_info = c.settle(second, RETIRED.psn_no, medfee_sumamt=total(ls2)).setlinfo
+        assert second_info.offline and second_info.policy_version == version
+        with pytest.raises(MedsettleError) as err:
+            c.settle(third, RETIRED.psn_no, medfee_sumamt=total(ls3))
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert f"2 offline settlements (policy demo-city version {version})" in err.value.message
+
         back = LocalServer(
             pg_dsn, port=center.port, extra=["--role", "center"], log=tmp_path / "center3.log"
         ).start()
         try:
             deadline = time.monotonic() + 30
-            while not center_rows(pg_dsn, "SELECT offline, mode FROM settlements"):
-                assert time.monotonic() < deadline, "the offline settlement was not forwarded"
+            while len(center_rows(pg_dsn, "SELECT offline, mode FROM settlements")) < 2:
+                assert time.monotonic() < deadline, "the offline settlements were not forwarded"
                 time.sleep(0.1)
-            assert center_rows(pg_dsn, "SELECT setl_id, offline, mode FROM settlements") == [
-                (info.setl_id, 1, 1)
-            ]
-            later = c.settle(second, RETIRED.psn_no, medfee_sumamt=total(ls2)).setlinfo
+            assert sorted(
+                center_rows(pg_dsn, "SELECT setl_id, offline, mode FROM settlements")
+            ) == sorted([(info.setl_id, 1, 1), (second_info.setl_id, 1, 1)])
+            later = c.settle(third, RETIRED.psn_no, medfee_sumamt=total(ls3)).setlinfo
             assert later.mode == common_pb2.CENTER and not later.offline
         finally:
             back.stop()

@@ -28,7 +28,21 @@ pub struct PolicyDoc {
     pub preprocess: PreprocessCfg,
     #[serde(default)]
     pub rounding: Rounding,
+    /// The emergency plan; absent: the front-end's own settings apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline: Option<OfflineLimits>,
     pub rules: Vec<Rule>,
+}
+
+/// The emergency plan (应急预案): how far a center-mode front-end may settle on its own,
+/// from its cached accumulators, while the center does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineLimits {
+    /// Largest medfee_sumamt of one offline settlement, in fen.
+    pub max_medfee_fen: i64,
+    /// Most offline settlements of one front-end in one day.
+    pub max_per_day: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -529,6 +543,12 @@ fn validate(doc: &PolicyDoc) -> Result<Vec<Criteria>, EngineError> {
             "must not be negative",
         ));
     }
+    if doc.offline.is_some_and(|o| o.max_medfee_fen < 0) {
+        return Err(EngineError::policy(
+            "offline.max_medfee_fen",
+            "must not be negative",
+        ));
+    }
     if doc.rules.is_empty() {
         return Err(EngineError::policy("rules", "needs at least one rule"));
     }
@@ -713,6 +733,29 @@ basic = { band_basis = "fee", bands = [{ from_fen = 0, ratio_bp = 8000 }] }
         assert_eq!(p.criteria[0].from, 1_01_01);
         let again = Policy::from_json(&p.to_json()).unwrap();
         assert_eq!(again.to_json(), p.to_json());
+    }
+
+    #[test]
+    fn offline_limits_are_optional_and_checked() {
+        assert_eq!(Policy::from_toml(MINIMAL).unwrap().doc.offline, None);
+        assert!(!Policy::from_toml(MINIMAL).unwrap().to_json().contains("offline"));
+        let with = MINIMAL.replace(
+            "version = 1\n",
+            "version = 1\noffline = { max_medfee_fen = 300000, max_per_day = 20 }\n",
+        );
+        let p = Policy::from_toml(&with).unwrap();
+        let limits = OfflineLimits {
+            max_medfee_fen: 300_000,
+            max_per_day: 20,
+        };
+        assert_eq!(p.doc.offline, Some(limits));
+        assert_eq!(Policy::from_json(&p.to_json()).unwrap().doc.offline, Some(limits));
+        let negative = with.replace("300000", "-1");
+        assert_eq!(err_path(&negative), "offline.max_medfee_fen");
+        let unknown = with.replace("max_per_day = 20", "max_per_day = 20, per_month = 9");
+        assert_eq!(err_path(&unknown), "offline.per_month");
+        let too_many = with.replace("max_per_day = 20", "max_per_day = -3");
+        assert_eq!(err_path(&too_many), "offline.max_per_day");
     }
 
     fn err_path(text: &str) -> String {
