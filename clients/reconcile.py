@@ -1,7 +1,9 @@
 """`medsettle reconcile`: a day's books of one institution as a finance clerk reads them, and,
 with `--center`, the front-end's books laid against the center's (3201 totals, 3202
 details). Exits 1 when they do not balance, naming every settlement on one side only or
-different, so night duty knows what to chase."""
+different, and when the center recorded accumulator differences for the day (a settlement
+applied against other accumulators than the front-end's), so night duty knows what to
+chase."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from clients.pb.medsettle.v1 import (
 )
 from clients.sdk import MedsettleClient
 from clients.slip import yuan
+from server.store import ACC_FIELDS
 
 MATCH_NAMES = {
     reconciliation_pb2.OURS_ONLY: "front-end only",
@@ -55,6 +58,27 @@ def _row(d: reconciliation_pb2.DetailRow) -> str:
     )
 
 
+def print_accumulator_differences(diffs: list[reconciliation_pb2.AccumulatorDifference]) -> bool:
+    """The settlements the center applied against other accumulators than the front-end's
+    (the person settled elsewhere meanwhile); True when there are any."""
+    if not diffs:
+        return False
+    print(
+        f"ACCUMULATORS DIFFERED for {len(diffs)} settlement(s): the person settled elsewhere"
+        " meanwhile; the center applied this front-end's change to its own values. Check the"
+        " deductible and caps of each:"
+    )
+    for d in diffs:
+        parts = [
+            f"{f} center {getattr(d.center, f)} front-end {getattr(d.front_end, f)}"
+            for f in ACC_FIELDS
+            if getattr(d.center, f) != getattr(d.front_end, f)
+        ]
+        print(f"  {d.setl_id} {d.psn_no} {d.center.year} {d.center.pool}: {'; '.join(parts)}")
+    print()
+    return True
+
+
 def run(front: MedsettleClient, center_target: str | None, day: int) -> int:
     mine = front.totals(day, day)
     print_totals(f"对总账 totals of {front.fixmedins_code} on {day} (front-end)", list(mine.rows))
@@ -76,9 +100,10 @@ def run(front: MedsettleClient, center_target: str | None, day: int) -> int:
     totals = front.totals(day, day, expected=list(theirs.rows))
     details = front.details(day, day, [r.ours for r in their_details.results], compare=True)
     print()
+    differed = print_accumulator_differences(list(their_details.accumulator_differences))
     if totals.balanced and details.balanced:
         print(f"balanced: {details.ours_count} settlements agree on both sides")
-        return 0
+        return 1 if differed else 0
     print("NOT BALANCED")
     for d in totals.differences:
         print(f"  totals {d}")

@@ -18,7 +18,13 @@ import psycopg
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import center_pb2, center_pb2_grpc
+from clients.pb.medsettle.v1 import (
+    center_pb2,
+    center_pb2_grpc,
+    common_pb2,
+    reconciliation_pb2,
+    reconciliation_pb2_grpc,
+)
 from clients.reconcile import today
 from server.forwarder import pending
 from server.store.sqlite import Store
@@ -223,3 +229,23 @@ def test_a_person_settled_elsewhere_is_recorded_as_a_difference(
     assert diff == [(mine.setl_id, "30000", "0")]
     # Both deductibles count at the center: nothing was dropped or overwritten.
     assert paid == (30_000 + mine.act_pay_dedc,)
+    # Reconciliation shows it: the center's Details carry it, the clerk's command prints it
+    # and exits 1 although the front-end's settlements agree with the center's.
+    day = str(today())
+    with grpc.insecure_channel(center.target) as ch:
+        details = reconciliation_pb2_grpc.ReconciliationStub(ch).Details(
+            reconciliation_pb2.DetailsRequest(
+                header=common_pb2.RequestHeader(fixmedins_code=INST_A, opter="clerk"),
+                begin_date=int(day),
+                end_date=int(day),
+            ),
+            timeout=10,
+        )
+    [d] = details.accumulator_differences
+    assert (d.setl_id, d.psn_no) == (mine.setl_id, EMPLOYEE.psn_no)
+    assert (d.center.dedc_paid, d.front_end.dedc_paid) == (30_000, 0)
+    out = reconcile(front, center, day)
+    assert out.returncode == 1, out.stdout
+    assert "ACCUMULATORS DIFFERED for 1 settlement(s)" in out.stdout
+    assert f"{mine.setl_id} {EMPLOYEE.psn_no}" in out.stdout
+    assert "dedc_paid center 30000 front-end 0" in out.stdout

@@ -12,9 +12,10 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clients.pb.medsettle.v1 import reconciliation_pb2
+from clients.pb.medsettle.v1 import catalog_pb2, reconciliation_pb2
 from server.domain.visits import valid_date
 from server.errors import Violations
+from server.store import ACC_FIELDS
 
 Key = tuple[int, int, int]  # (day, insutype, clr_type)
 # Runs one query (written with `?` placeholders) and returns its rows: the same queries serve
@@ -215,3 +216,32 @@ def details(
         )
     resp.balanced = not resp.results
     return resp
+
+
+def accumulator_differences(
+    fetch: Fetch, code: str, begin: int, end: int
+) -> list[reconciliation_pb2.AccumulatorDifference]:
+    """The center's recorded accumulator differences of the institution's settlements made
+    on days begin..end (the table exists only in the center's database)."""
+    rows = fetch(
+        "SELECT d.setl_id, d.psn_no, d.year, d.pool, d.ours, d.theirs"
+        " FROM accumulator_differences d JOIN settlements s ON s.setl_id = d.setl_id"
+        " WHERE s.fixmedins_code = ? AND s.setl_date BETWEEN ? AND ?"
+        " ORDER BY s.setl_time, d.setl_id",
+        (code, begin, end),
+    )
+
+    def acc(year: int, pool: str, values: dict[str, int]) -> catalog_pb2.Accumulator:
+        return catalog_pb2.Accumulator(
+            year=year, pool=pool, **{f: int(values.get(f, 0)) for f in ACC_FIELDS}
+        )
+
+    return [
+        reconciliation_pb2.AccumulatorDifference(
+            setl_id=setl_id,
+            psn_no=psn_no,
+            center=acc(year, pool, ours),
+            front_end=acc(year, pool, theirs),
+        )
+        for setl_id, psn_no, year, pool, ours, theirs in rows
+    ]

@@ -141,4 +141,12 @@ class CenterReconciliationService:
 
     async def Details(self, request: reconciliation_pb2.DetailsRequest, context: Ctx) -> Any:
         code = self._code(request.header)
-        return await asyncio.to_thread(read_pg, self.dsn, lambda f: recon.details(f, code, request))
+
+        def answer(fetch: recon.Fetch) -> reconciliation_pb2.DetailsResponse:
+            resp = recon.details(fetch, code, request)
+            resp.accumulator_differences.extend(
+                recon.accumulator_differences(fetch, code, request.begin_date, request.end_date)
+            )
+            return resp
+
+        return await asyncio.to_thread(read_pg, self.dsn, answer)
