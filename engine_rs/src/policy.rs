@@ -738,7 +738,10 @@ basic = { band_basis = "fee", bands = [{ from_fen = 0, ratio_bp = 8000 }] }
     #[test]
     fn offline_limits_are_optional_and_checked() {
         assert_eq!(Policy::from_toml(MINIMAL).unwrap().doc.offline, None);
-        assert!(!Policy::from_toml(MINIMAL).unwrap().to_json().contains("offline"));
+        assert!(!Policy::from_toml(MINIMAL)
+            .unwrap()
+            .to_json()
+            .contains("offline"));
         let with = MINIMAL.replace(
             "version = 1\n",
             "version = 1\noffline = { max_medfee_fen = 300000, max_per_day = 20 }\n",
@@ -749,7 +752,10 @@ basic = { band_basis = "fee", bands = [{ from_fen = 0, ratio_bp = 8000 }] }
             max_per_day: 20,
         };
         assert_eq!(p.doc.offline, Some(limits));
-        assert_eq!(Policy::from_json(&p.to_json()).unwrap().doc.offline, Some(limits));
+        assert_eq!(
+            Policy::from_json(&p.to_json()).unwrap().doc.offline,
+            Some(limits)
+        );
         let negative = with.replace("300000", "-1");
         assert_eq!(err_path(&negative), "offline.max_medfee_fen");
         let unknown = with.replace("max_per_day = 20", "max_per_day = 20, per_month = 9");

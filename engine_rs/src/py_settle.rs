@@ -67,7 +67,10 @@ impl PyPolicy {
     /// (max_medfee_fen, max_per_day) of the emergency plan, or None when the policy has none.
     #[getter]
     fn offline_limits(&self) -> Option<(i64, u32)> {
-        self.inner.doc.offline.map(|o| (o.max_medfee_fen, o.max_per_day))
+        self.inner
+            .doc
+            .offline
+            .map(|o| (o.max_medfee_fen, o.max_per_day))
     }
 
     fn __len__(&self) -> usize {
