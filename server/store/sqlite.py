@@ -101,12 +101,15 @@ class Store:
         try:
             if self._conn is None:
                 self._conn = await loop.run_in_executor(self._io, connect, self.path)
+                # The writer never waits inside SQLite: the write turn is ours first.
+                self._conn.execute("PRAGMA busy_timeout=0")
             conn = self._conn
             while self._pending:
                 batch = self._pending[: self.batch_max]
                 del self._pending[: self.batch_max]
                 try:
-                    await loop.run_in_executor(self._io, self._begin, conn)
+                    if not self._begin_now(conn):
+                        await loop.run_in_executor(self._io, self._begin_waiting, conn)
                 except BaseException as exc:
                     for _, fut in batch:
                         _resolve(fut, False, exc)
@@ -123,6 +126,30 @@ class Store:
         finally:
             self._flushing = False
             self._idle.set()
+
+    def _begin_now(self, conn: sqlite3.Connection) -> bool:
+        """Take the write turn on the loop's thread when it is free (the common case: the
+        lock is held only while a batch runs and commits); False when it must be waited for."""
+        if not self._writer_lock.try_acquire():
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # a connection outside medsettle holds the lock
+            self._writer_lock.release()
+            return False
+        except BaseException:
+            self._writer_lock.release()
+            raise
+        return True
+
+    def _begin_waiting(self, conn: sqlite3.Connection) -> None:
+        """Wait for the write turn (on the commit thread): another worker's batch, or a
+        foreign connection within SQLite's busy timeout."""
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        try:
+            self._begin(conn)
+        finally:
+            conn.execute("PRAGMA busy_timeout=0")
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         self._writer_lock.acquire()
@@ -215,6 +242,22 @@ class WriterLock:
         except BaseException:
             self._thread_lock.release()
             raise
+
+    def try_acquire(self) -> bool:
+        """Take the turn if nobody holds it, without waiting."""
+        if not self._thread_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._thread_lock.release()
+            return False
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return True
 
     def release(self) -> None:
         assert self._fd is not None
