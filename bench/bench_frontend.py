@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -96,10 +97,10 @@ async def _prepare_async(
 
 
 def _client_proc(
-    args: tuple[str, str, str, list[tuple[str, str, int]], int, float, int],
+    args: tuple[str, str, str, list[tuple[str, str, int]], int, float, int, int],
 ) -> dict[str, Any]:
-    kind, target, sign_no, visits, conc, duration, proc = args
-    return asyncio.run(_drive(kind, target, sign_no, visits, conc, duration, proc))
+    kind, target, sign_no, visits, conc, duration, proc, channels = args
+    return asyncio.run(_drive(kind, target, sign_no, visits, conc, duration, proc, channels))
 
 
 async def _drive(
@@ -110,6 +111,7 @@ async def _drive(
     conc: int,
     duration: float,
     proc: int,
+    channels: int,
 ) -> dict[str, Any]:
     lat: list[float] = []
     errors = 0
@@ -134,14 +136,21 @@ async def _drive(
             ]
         )
         path = "/medsettle.v1.Settlement/Settle"
-    async with grpc.aio.insecure_channel(target) as ch:
-        call: Any = ch.unary_unary(path)  # bytes in, bytes out
-        warm: Any = ch.unary_unary("/medsettle.v1.Settlement/Ping")
-        await warm(b"", timeout=10)
+    async with contextlib.AsyncExitStack() as stack:
+        # Several TCP connections (a local subchannel pool each): SO_REUSEPORT spreads
+        # connections, not calls, over the server's worker processes.
+        calls: list[Any] = []
+        for _ in range(channels):
+            ch = await stack.enter_async_context(
+                grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            )
+            warm: Any = ch.unary_unary("/medsettle.v1.Settlement/Ping")
+            await warm(b"", timeout=10)
+            calls.append(ch.unary_unary(path))  # bytes in, bytes out
         start = time.perf_counter()
         stop_at = start + duration
 
-        async def loop() -> None:
+        async def loop(call: Any) -> None:
             nonlocal errors
             while time.perf_counter() < stop_at:
                 request = next(todo, None)
@@ -154,7 +163,7 @@ async def _drive(
                     errors += 1
                 lat.append(time.perf_counter() - t0)
 
-        await asyncio.gather(*(loop() for _ in range(conc)))
+        await asyncio.gather(*(loop(calls[w % channels]) for w in range(conc)))
         elapsed = time.perf_counter() - start
     return {"calls": len(lat), "errors": errors, "elapsed": elapsed, "lat": lat}
 
@@ -167,14 +176,16 @@ def run_load(
     clients: int,
     conc: int,
     duration: float,
+    channels: int = 4,
 ) -> dict[str, Any]:
+    """`clients` processes, `channels` connections each, `conc` calls in flight in all."""
     parts = [visits[i::clients] for i in range(clients)]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(clients) as pool:
         res = pool.map(
             _client_proc,
             [
-                (kind, target, sign_no, parts[i], conc // clients, duration, i)
+                (kind, target, sign_no, parts[i], conc // clients, duration, i, channels)
                 for i in range(clients)
             ],
         )
@@ -227,6 +238,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="server processes (SO_REUSEPORT)")
     ap.add_argument("--clients", type=int, default=2, help="load generator processes")
     ap.add_argument("--concurrency", type=int, default=64, help="calls in flight, all clients")
+    ap.add_argument("--channels", type=int, default=4, help="connections per client process")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     ap.add_argument("--visits", type=int, default=40_000, help="prepared outpatient visits")
     ap.add_argument("--stay-lines", type=int, default=5000)
@@ -245,7 +257,14 @@ def main() -> None:
             visits = asyncio.run(_prepare_async(server.target, sign_no, args.visits, 10, 64))
             print(f"prepared {len(visits)} visits in {time.perf_counter() - t0:.1f} s", flush=True)
             ping = run_load(
-                "ping", server.target, sign_no, [], args.clients, args.concurrency, args.duration
+                "ping",
+                server.target,
+                sign_no,
+                [],
+                args.clients,
+                args.concurrency,
+                args.duration,
+                args.channels,
             )
             print(f"Ping:   {_figures(ping)}", flush=True)
             settle = run_load(
@@ -256,6 +275,7 @@ def main() -> None:
                 args.clients,
                 args.concurrency,
                 args.duration,
+                args.channels,
             )
             print(
                 f"Settle: {_figures(settle)}  errors {settle['errors']}  calls {settle['calls']}",
