@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export CARGO_TERM_COLOR := never
 
-.PHONY: build test test-rust lint test-py bench demo clean
+.PHONY: build tools test test-rust lint test-py bench demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ build: $(PY)
 	$(PIP) install --quiet -e '.[dev]'
 	$(PY) -m clients.protogen
 
-test: build test-rust lint test-py
+# Debian's prometheus package (prometheus, promtool) for the metrics tests, when missing.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+
+test: build tools test-rust lint test-py
 
 test-rust:
 	cargo test --workspace
@@ -33,17 +38,17 @@ lint: build
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest engine_rs --allowlist tests/stubtest_allowlist.txt
 
-test-py: build
+test-py: build tools
 	$(VENV)/bin/pytest
 
 # Full-size figures for bench/RESULTS.md (minutes), then the pytest-benchmark suites.
 bench: build
 	$(PY) -m bench.bench_engine --json bench/engine_figures.json
 	$(PY) -m bench.bench_matching --rapidfuzz-queries 20
-	$(PY) -m bench.bench_frontend --workers 1 --clients 1 --concurrency 32 --duration 8 \
-		--visits 20000 --stays 5 --json bench/frontend_figures_w1.json
-	$(PY) -m bench.bench_frontend --workers 2 --clients 2 --concurrency 32 --duration 8 \
-		--visits 20000 --stays 5 --json bench/frontend_figures_w2.json
+	$(PY) -m bench.bench_frontend --workers 1 --clients 1 --channels 4 --concurrency 32 \
+		--duration 8 --visits 20000 --stays 5 --json bench/frontend_figures_w1.json
+	$(PY) -m bench.bench_frontend --workers 2 --clients 1 --channels 4 --concurrency 32 \
+		--duration 8 --visits 20000 --stays 5 --json bench/frontend_figures_w2.json
 	$(PY) -m bench.bench_center --duration 8 --visits 20000 --backlog 100000
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-columns=min,median,mean,ops -q
 

@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from bench.cpu import cores_used, cpu_snapshot
 from clients.demo import fee_lines
 from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
@@ -206,6 +207,18 @@ def _figures(r: dict[str, Any]) -> str:
     return f"{r['per_s']:8.0f}/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
 
 
+def _cpu(r: dict[str, Any]) -> str:
+    """Cores kept busy and CPU microseconds per call: the server's, the rest of the
+    machine's (the load generator, mostly)."""
+    c = r["cores"]
+    r["server_us_per_call"] = round(c["server"] * 1e6 / r["per_s"])
+    r["rest_us_per_call"] = round(c["rest"] * 1e6 / r["per_s"])
+    return (
+        f"cores: server {c['server']:.2f}, rest {c['rest']:.2f};"
+        f" CPU per call: server {r['server_us_per_call']} us, rest {r['rest_us_per_call']} us"
+    )
+
+
 def inpatient_stay(target: str, n_lines: int) -> dict[str, float]:
     c = MedsettleClient(target, fixmedins_code=INST, opter="bench", deadline_s=60)
     c.sign_in()
@@ -256,6 +269,9 @@ def main() -> None:
             t0 = time.perf_counter()
             visits = asyncio.run(_prepare_async(server.target, sign_no, args.visits, 10, 64))
             print(f"prepared {len(visits)} visits in {time.perf_counter() - t0:.1f} s", flush=True)
+            servers = {"server": server}
+            before = cpu_snapshot(servers)
+            t0 = time.perf_counter()
             ping = run_load(
                 "ping",
                 server.target,
@@ -266,7 +282,10 @@ def main() -> None:
                 args.duration,
                 args.channels,
             )
-            print(f"Ping:   {_figures(ping)}", flush=True)
+            ping["cores"] = cores_used(before, cpu_snapshot(servers), time.perf_counter() - t0)
+            print(f"Ping:   {_figures(ping)}  {_cpu(ping)}", flush=True)
+            before = cpu_snapshot(servers)
+            t0 = time.perf_counter()
             settle = run_load(
                 "settle",
                 server.target,
@@ -277,8 +296,10 @@ def main() -> None:
                 args.duration,
                 args.channels,
             )
+            settle["cores"] = cores_used(before, cpu_snapshot(servers), time.perf_counter() - t0)
             print(
-                f"Settle: {_figures(settle)}  errors {settle['errors']}  calls {settle['calls']}",
+                f"Settle: {_figures(settle)}  errors {settle['errors']}  calls {settle['calls']}"
+                f"  {_cpu(settle)}",
                 flush=True,
             )
             ratio = settle["per_s"] / ping["per_s"]

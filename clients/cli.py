@@ -13,7 +13,7 @@ from clients.slip import render
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server import app, config
+    from server import config
 
     flags = {
         "role": args.role,
@@ -25,12 +25,17 @@ def _serve(args: argparse.Namespace) -> int:
         "demo": True if args.demo else None,
         "center_target": args.center_target,
         "centers": args.centers,
+        "metrics_port": args.metrics_port,
     }
     try:
         cfg = config.load(args.config, flags)
     except (ValueError, OSError) as exc:
         print(f"medsettle serve: {exc}", file=sys.stderr)
         return 2
+    if cfg.metrics_port:
+        config.prepare_metrics_dir(cfg)
+    from server import app  # after the metrics directory is set: it imports prometheus_client
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return app.serve(cfg)
 
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
     s.add_argument("--center-target", help="host:port of the center (front-end, center mode)")
     s.add_argument("--centers", help="centers by insured region: 440100=host:port,...")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (0: none)")
     s.add_argument("--config", help="TOML file with a [server] table (MEDSETTLE_* env overrides)")
     s.add_argument("--demo", action="store_true", help="load the demo data set into an empty db")
     s.set_defaults(fn=_serve)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -31,7 +32,7 @@ from clients.pb.medsettle.v1 import (
     reconciliation_pb2,
     settlement_pb2,
 )
-from server import demo_data
+from server import demo_data, metrics
 from server.center_link import CenterRoutes
 from server.config import Config
 from server.domain.center import CenterEnv
@@ -157,15 +158,21 @@ async def _handlers(
 
 async def serve_worker(cfg: Config, index: int = 0) -> None:
     """Run one server until SIGTERM/SIGINT, then drain and stop."""
+    interceptors = []
+    if cfg.metrics_port:
+        interceptors.append(metrics.MetricsInterceptor())
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
-        ]
+        ],
     )
     handlers, services, close = await _handlers(cfg, index)
     server.add_generic_rpc_handlers(handlers)
+    if cfg.metrics_port:
+        metrics.initialise([*services.values(), health_pb2.DESCRIPTOR.services_by_name["Health"]])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -206,6 +213,9 @@ def _worker_main(cfg: Config, index: int) -> None:
 def serve(cfg: Config) -> int:
     """Prepare the database, then serve with `cfg.workers` processes; returns an exit code."""
     prepare(cfg)
+    if cfg.metrics_port:
+        port = metrics.serve_http(cfg.host, cfg.metrics_port)
+        log.info("metrics on http://%s:%d/metrics (files in %s)", cfg.host, port, cfg.metrics_dir)
     if cfg.workers == 1:
         asyncio.run(serve_worker(cfg))
         return 0
@@ -227,10 +237,16 @@ def serve(cfg: Config) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = 0
-    for p in procs:
-        p.join()
-        if p.exitcode not in (0, None):
-            print(f"medsettle: {p.name} exited with {p.exitcode}", file=sys.stderr, flush=True)
-            code = 1
-            forward(signal.SIGTERM, None)
+    alive = list(procs)
+    while alive:  # react to the first worker that exits, whichever it is
+        ready = multiprocessing.connection.wait([p.sentinel for p in alive])
+        for p in [p for p in alive if p.sentinel in ready]:
+            p.join()
+            alive.remove(p)
+            if cfg.metrics_port and p.pid is not None:
+                metrics.mark_dead(p.pid)
+            if p.exitcode not in (0, None):
+                print(f"medsettle: {p.name} exited with {p.exitcode}", file=sys.stderr, flush=True)
+                code = 1
+                forward(signal.SIGTERM, None)
     return code

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, center_pb2_grpc
+from server import metrics
 from server.errors import FailedPrecondition, Relayed, Unavailable
 
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -28,6 +29,7 @@ class CenterLink:
         self.deadline_s = deadline_s
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None  # the generated stub's types describe the sync channel
+        self._up = metrics.CENTER_LINK_UP.labels(target)
 
     def _center(self) -> Any:
         if self._stub is None:  # created on the serving loop, on first use
@@ -49,6 +51,7 @@ class CenterLink:
             resp: center_pb2.CenterSettleResponse = await self._center().SettleSummary(
                 req, timeout=self.deadline_s, wait_for_ready=True
             )
+            self._up.set(1)
             return resp
         except grpc.aio.AioRpcError as err:
             raise self._refusal(err) from None
@@ -58,6 +61,7 @@ class CenterLink:
             resp: center_pb2.CenterSettleResponse = await self._center().CancelSettlement(
                 req, timeout=self.deadline_s, wait_for_ready=True
             )
+            self._up.set(1)
             return resp
         except grpc.aio.AioRpcError as err:
             raise self._refusal(err) from None
@@ -67,6 +71,7 @@ class CenterLink:
             resp: center_pb2.ForwardResponse = await self._center().Forward(
                 req, timeout=self.deadline_s, wait_for_ready=True
             )
+            self._up.set(1)
             return resp
         except grpc.aio.AioRpcError as err:
             raise self._refusal(err) from None
@@ -78,6 +83,7 @@ class CenterLink:
             resp: center_pb2.PolicySinceResponse = await self._center().PolicySince(
                 req, timeout=self.deadline_s, wait_for_ready=True
             )
+            self._up.set(1)
             return resp
         except grpc.aio.AioRpcError as err:
             raise self._refusal(err) from None
@@ -87,12 +93,15 @@ class CenterLink:
     ) -> list[catalog_pb2.CatalogChunk]:
         try:
             call = self._center().CatalogSince(req, timeout=60 * self.deadline_s)
-            return [chunk async for chunk in call]
+            chunks = [chunk async for chunk in call]
+            self._up.set(1)
+            return chunks
         except grpc.aio.AioRpcError as err:
             raise self._refusal(err) from None
 
     def _refusal(self, err: grpc.aio.AioRpcError) -> Exception:
         if err.code() in UNREACHABLE:
+            self._up.set(0)
             return Unavailable(
                 f"the center ({self.target}) did not answer within {self.deadline_s} s;"
                 " nothing was settled: retry with the same msgid"

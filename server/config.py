@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,11 @@ class Config:
     offline_fallback: bool = False
     offline_max_medfee_fen: int = 500_000
     offline_max_per_day: int = 500
+    # Prometheus: `/metrics` on this port (0: none), served once by the parent process for
+    # all workers, from prometheus-client's multiprocess files in metrics_dir (default: a
+    # directory of this server's under the system's temporary directory, emptied at start).
+    metrics_port: int = 0
+    metrics_dir: str = ""
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -122,3 +129,16 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
     cfg.update({k: v for k, v in overrides.items() if v is not None}, "command line")
     cfg.validate()
     return cfg
+
+
+def prepare_metrics_dir(cfg: Config) -> str:
+    """Empty the multiprocess metrics directory and point prometheus-client at it, before
+    anything imports prometheus_client (it reads the variable at import time)."""
+    directory = Path(
+        cfg.metrics_dir or Path(tempfile.gettempdir()) / f"medsettle-metrics-{os.getpid()}"
+    )
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    cfg.metrics_dir = str(directory)
+    return str(directory)

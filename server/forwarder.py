@@ -16,6 +16,7 @@ import sqlite3
 from typing import Any
 
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
+from server import metrics
 from server.background import Background
 from server.center_link import CenterRoutes
 from server.domain.common import Env, now_ms
@@ -73,6 +74,16 @@ def pending(
     return out
 
 
+def backlog_gauges(conn: sqlite3.Connection) -> None:
+    """Set the outbox gauges: unsent rows and the age of the oldest."""
+    (n,) = conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+    oldest = conn.execute(
+        "SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1"
+    ).fetchone()
+    metrics.OUTBOX_BACKLOG.set(n)
+    metrics.OUTBOX_OLDEST_AGE.set(max(0, now_ms() - oldest[0]) / 1000 if oldest else 0)
+
+
 class Forwarder(Background):
     name = "forwarder"
 
@@ -98,6 +109,7 @@ class Forwarder(Background):
     async def _run(self) -> None:
         backoff = self.idle_s
         while True:
+            await self.store.read(backlog_gauges)
             try:
                 n = await self.drain_once()
             except ClientError as exc:  # the center is unreachable or refused the batch

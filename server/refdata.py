@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import engine_rs
+from server import metrics
 from server.engine.columns import pack_strings
 
 
@@ -96,6 +97,8 @@ class RefData:
         with self._lock:
             if self._snap is None or self._snap.gen != gen:
                 self._snap = load_snapshot(conn, gen)
+                metrics.REFDATA_VERSION.labels("policy").set(self._snap.policy_version)
+                metrics.REFDATA_VERSION.labels("catalog").set(self._snap.catalog_version)
             return self._snap
 
 

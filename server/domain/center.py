@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 import engine_rs
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
-from server.domain.common import local_date
+from server.domain.common import Outcome, local_date
 from server.domain.fundsplit import SplitContext, choose_rule, fund_split
 from server.domain.visits import MED_TYPES, PersonRow, treatment_of, valid_date
 from server.errors import (
@@ -185,13 +185,20 @@ async def _remember(
 
 
 async def settle_summary(
-    conn: Conn, env: CenterEnv, req: center_pb2.CenterSettleRequest, req_hash: bytes, now: int
+    conn: Conn,
+    env: CenterEnv,
+    req: center_pb2.CenterSettleRequest,
+    req_hash: bytes,
+    now: int,
+    outcome: Outcome | None = None,
 ) -> bytes:
     """Settle (or, with `pre_settle`, only compute) one visit from its summary."""
     h = req.header
     if not req.pre_settle:
         replay = await _replay(conn, h.fixmedins_code, h.msgid, "SettleSummary", req_hash)
         if replay is not None:
+            if outcome is not None:
+                outcome.replayed = True
             return replay
         taken = await (
             await conn.execute("SELECT msgid FROM settlements WHERE setl_id = %s", (req.setl_id,))

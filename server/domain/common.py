@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from clients.pb.medsettle.v1 import common_pb2
+from server import metrics
 from server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -157,6 +158,13 @@ def add_chunk(h: hashlib._Hash, request: Message) -> None:
     h.update(data)
 
 
+@dataclass
+class Outcome:
+    """What a state-changing call did, read by the metrics once its answer is durable."""
+
+    replayed: bool = False
+
+
 def idempotent(
     conn: sqlite3.Connection,
     fixmedins_code: str,
@@ -165,11 +173,15 @@ def idempotent(
     req_hash: bytes,
     now: int,
     body: Callable[[], tuple[bytes, str]],
+    outcome: Outcome | None = None,
 ) -> bytes:
     """The stored answer of an earlier call with this msgid, or `body()`'s answer stored
     with it. The same msgid with another request (or method) is refused."""
     stored = replay_of(conn, fixmedins_code, msgid, method, req_hash)
     if stored is not None:
+        metrics.REPLAYS.labels(method).inc()
+        if outcome is not None:
+            outcome.replayed = True
         return stored
     response, ref = body()
     conn.execute(

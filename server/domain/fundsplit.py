@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import engine_rs
 from clients.pb.medsettle.v1 import common_pb2
+from server import metrics
 from server.domain.visits import PersonRow, age_on
 from server.errors import FailedPrecondition
 
@@ -102,22 +103,19 @@ def fund_split(
 ) -> tuple[common_pb2.SetlInfo, dict[str, int]]:
     """The settlement (without id, time, state, categories or catalog version, which the
     caller sets) and the accumulators after it."""
+    who = engine_rs.Person(
+        age=age_on(person.brdy, ctx.begndate),
+        retired=person.retired,
+        civil_servant=person.cvlserv_flag,
+        cross_region=cross_region(ctx.treatment_admdvs, person),
+        assistance=person.maf_flag,
+        acct_used=acct_used,
+        acct_balance=person.balc,
+    )
+    acc = engine_rs.Accumulators(**acc_before)
     try:
-        result = engine_rs.split(
-            policy,
-            summary,
-            choice.selection,
-            engine_rs.Person(
-                age=age_on(person.brdy, ctx.begndate),
-                retired=person.retired,
-                civil_servant=person.cvlserv_flag,
-                cross_region=cross_region(ctx.treatment_admdvs, person),
-                assistance=person.maf_flag,
-                acct_used=acct_used,
-                acct_balance=person.balc,
-            ),
-            engine_rs.Accumulators(**acc_before),
-        )
+        with metrics.SPLIT.time():
+            result = engine_rs.split(policy, summary, choice.selection, who, acc)
     except engine_rs.EngineError as exc:
         raise engine_failure(exc) from None
     critical = result.critical_pay

@@ -20,6 +20,7 @@ import numpy as np
 
 import engine_rs
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
+from server import metrics
 from server.domain.common import Caller, Env, issue_id, local_date, require_fresh_refdata
 from server.domain.fundsplit import SplitContext, choose_rule, engine_failure, fund_split
 from server.domain.visits import (
@@ -123,13 +124,11 @@ def compute(
     sns = [r[0] for r in rows]
     nums = np.array([r[3:8] for r in rows], dtype=np.int64)
     catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
+    columns = line_columns([r[1] for r in rows], [r[2] for r in rows], nums)
+    ev = engine_visit(visit, person)
     try:
-        lines, summary = engine_rs.preprocess(
-            catalog,
-            policy,
-            line_columns([r[1] for r in rows], [r[2] for r in rows], nums),
-            engine_visit(visit, person),
-        )
+        with metrics.PREPROCESS.time():
+            lines, summary = engine_rs.preprocess(catalog, policy, columns, ev)
     except engine_rs.EngineError as exc:  # lines were checked at upload; the catalog changed
         raise engine_failure(exc) from None
     if req.medfee_sumamt != summary.medfee_sumamt:

@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 import engine_rs
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
+from server import metrics
 from server.domain.common import Caller, Env, issue_id, require_fresh_refdata
 from server.engine.columns import pack_strings
 from server.errors import (
@@ -363,10 +364,11 @@ def upload_fees(
     )
     catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
     assert caller.snap.policy is not None
+    cols = line_columns(hosp, ins, nums)
+    ev = engine_visit(visit, person)
     try:
-        results, _ = engine_rs.preprocess(
-            catalog, caller.snap.policy, line_columns(hosp, ins, nums), engine_visit(visit, person)
-        )
+        with metrics.PREPROCESS.time():
+            results, _ = engine_rs.preprocess(catalog, caller.snap.policy, cols, ev)
     except engine_rs.LineError as exc:
         raise field_error(f"lines[{exc.line}].{exc.field}", exc.reason) from None
     base = int(have[1])

@@ -12,9 +12,10 @@ import grpc
 from psycopg.errors import UniqueViolation
 
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2, reconciliation_pb2
+from server import metrics
 from server.domain import center, recon, reference
-from server.domain.common import now_ms, request_hash
-from server.errors import FailedPrecondition, field_error
+from server.domain.common import Outcome, now_ms, request_hash
+from server.errors import ClientError, FailedPrecondition, field_error
 from server.store import pg
 from server.store.pg import Conn, PgStore
 
@@ -36,15 +37,24 @@ class CenterService:
         now = now_ms()
         env = self.env
 
+        outcome = Outcome()
+
         async def op(conn: Conn) -> bytes:
-            return await center.settle_summary(conn, env, request, digest, now)
+            outcome.replayed = False  # a serialisation retry runs it again
+            return await center.settle_summary(conn, env, request, digest, now, outcome)
 
         if request.pre_settle:
             return await self.store.read(op)
         try:
-            return await self.store.transaction(op)
+            resp = await self.store.transaction(op)
         except UniqueViolation:  # a concurrent settle of the same visit got there first
+            metrics.settle_refused("center", "center", FailedPrecondition.code)
             raise FailedPrecondition(f"mdtrt_id: {request.mdtrt_id} is already settled") from None
+        except ClientError as exc:
+            metrics.settle_refused("center", "center", exc.code)
+            raise
+        metrics.settle_answered("center", "center", resp, outcome.replayed)
+        return resp
 
     async def Forward(self, request: center_pb2.ForwardRequest, context: Ctx) -> Any:
         env = self.env

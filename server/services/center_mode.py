@@ -16,10 +16,12 @@ from __future__ import annotations
 import sqlite3
 
 from clients.pb.medsettle.v1 import center_pb2, common_pb2, settlement_pb2
+from server import metrics
 from server.center_link import CenterRoutes, center_setl_id
 from server.domain import settle
 from server.domain.common import (
     Env,
+    Outcome,
     authenticate,
     check_header,
     idempotent,
@@ -28,8 +30,8 @@ from server.domain.common import (
     replay_of,
     request_hash,
 )
-from server.domain.settle import OfflineLimits
-from server.errors import Unavailable
+from server.domain.settle import Computed, OfflineLimits
+from server.errors import ClientError, Unavailable
 from server.store import ACC_FIELDS
 from server.store.sqlite import Store
 
@@ -87,16 +89,40 @@ class CenterMode:
             stored = replay_of(conn, header.fixmedins_code, header.msgid, "Settle", digest)
             return stored if stored is not None else settle.compute(conn, caller, req)
 
-        got = await self.store.read(prepare)
-        if isinstance(got, bytes):
-            return got
+        outcome = Outcome()
         try:
-            link = self.routes.link_for(got.insured_region)
-            answer = await link.settle(_center_request(env, req, got, pre=False))
-        except Unavailable:
-            if self.offline is None:
-                raise
-            return await self._settle_offline(req, digest, now, self.offline)
+            got = await self.store.read(prepare)
+            if isinstance(got, bytes):
+                metrics.settle_answered("center", "frontend", got, replayed=True)
+                return got
+            try:
+                link = self.routes.link_for(got.insured_region)
+                answer = await link.settle(_center_request(env, req, got, pre=False))
+            except Unavailable:
+                if self.offline is None:
+                    raise
+                resp = await self._settle_offline(req, digest, now, self.offline, outcome)
+                metrics.settle_answered("offline", "frontend", resp, outcome.replayed)
+                return resp
+            resp = await self._keep(req, digest, now, got, answer, outcome)
+        except ClientError as exc:
+            metrics.settle_refused("center", "frontend", exc.code)
+            raise
+        metrics.settle_answered("center", "frontend", resp, outcome.replayed)
+        return resp
+
+    async def _keep(
+        self,
+        req: settlement_pb2.SettleRequest,
+        digest: bytes,
+        now: int,
+        got: Computed,
+        answer: center_pb2.CenterSettleResponse,
+        outcome: Outcome,
+    ) -> bytes:
+        """Keep the settlement the center committed, with the idempotency record."""
+        header = req.header
+        env = self.env
         after = {f: getattr(answer.accumulators, f) for f in ACC_FIELDS}
 
         def keep(conn: sqlite3.Connection) -> bytes:
@@ -111,6 +137,7 @@ class CenterMode:
                 lambda: settle.record_center_settlement(
                     conn, env, caller, req, got, answer.setlinfo, after, now
                 ),
+                outcome,
             )
 
         return await self.store.write(keep)
@@ -121,6 +148,7 @@ class CenterMode:
         digest: bytes,
         now: int,
         limits: OfflineLimits,
+        outcome: Outcome,
     ) -> bytes:
         """Settle here from the cached accumulators, marked offline; the forwarder sends it
         to the center when the link returns (where a disagreement is recorded, not lost)."""
@@ -137,6 +165,7 @@ class CenterMode:
                 digest,
                 now,
                 lambda: settle.settle(conn, env, caller, req, now, offline=limits),
+                outcome,
             )
 
         return await self.store.write(op)

@@ -14,10 +14,12 @@ from typing import Any
 import grpc
 
 from clients.pb.medsettle.v1 import settlement_pb2
+from server import metrics
 from server.domain import settle, visits
 from server.domain.common import (
     Caller,
     Env,
+    Outcome,
     add_chunk,
     authenticate,
     check_header,
@@ -26,7 +28,7 @@ from server.domain.common import (
     now_ms,
     request_hash,
 )
-from server.errors import field_error
+from server.errors import ClientError, field_error
 from server.services.base import check_parsed
 from server.services.center_mode import CenterMode
 from server.store.sqlite import Store
@@ -43,7 +45,13 @@ class Calls:
         self.env = env
 
     async def write(
-        self, method: str, request: Any, body: WriteBody, *, req_hash: bytes | None = None
+        self,
+        method: str,
+        request: Any,
+        body: WriteBody,
+        *,
+        req_hash: bytes | None = None,
+        outcome: Outcome | None = None,
     ) -> bytes:
         header = request.header
         check_header(header, needs_msgid=True)
@@ -61,6 +69,7 @@ class Calls:
                 digest,
                 now,
                 lambda: body(conn, caller, now),
+                outcome,
             )
 
         return await self.store.write(op)
@@ -209,11 +218,19 @@ class SettlementService:
         if self.center is not None:
             return await self.center.settle(request)
         env = self.env
-        return await self.calls.write(
-            "Settle",
-            request,
-            lambda conn, caller, now: settle.settle(conn, env, caller, request, now),
-        )
+        outcome = Outcome()
+        try:
+            resp = await self.calls.write(
+                "Settle",
+                request,
+                lambda conn, caller, now: settle.settle(conn, env, caller, request, now),
+                outcome=outcome,
+            )
+        except ClientError as exc:
+            metrics.settle_refused("local", "frontend", exc.code)
+            raise
+        metrics.settle_answered("local", "frontend", resp, outcome.replayed)
+        return resp
 
     async def CancelSettlement(
         self, request: settlement_pb2.CancelSettlementRequest, context: Ctx
@@ -221,11 +238,19 @@ class SettlementService:
         if self.center is not None:
             return await self.center.cancel(request)
         env = self.env
-        return await self.calls.write(
-            "CancelSettlement",
-            request,
-            lambda conn, caller, now: settle.cancel_call(conn, env, caller, request, now),
-        )
+        outcome = Outcome()
+        try:
+            resp = await self.calls.write(
+                "CancelSettlement",
+                request,
+                lambda conn, caller, now: settle.cancel_call(conn, env, caller, request, now),
+                outcome=outcome,
+            )
+        except ClientError as exc:
+            metrics.cancel_refused("local", "frontend", exc.code)
+            raise
+        metrics.cancel_answered("local", "frontend", resp, outcome.replayed)
+        return resp
 
     async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Ctx) -> bytes:
         env = self.env

@@ -23,7 +23,7 @@ Step = str | Callable[[sqlite3.Connection], None]
 
 def _v2_line_results(conn: sqlite3.Connection) -> None:
     """Per-line results move from `setl_lines` rows into one blob per settlement; the
-    cancel-date and invoice indexes keep only the rows they are searched for."""
+    cancel-date, invoice and outbox indexes keep only the rows they are searched for."""
     conn.execute("ALTER TABLE settlements ADD COLUMN line_results BLOB NOT NULL DEFAULT x''")
     lines: dict[str, list[tuple[object, ...]]] = defaultdict(list)
     for row in conn.execute("SELECT * FROM setl_lines ORDER BY setl_id, feedetl_sn"):
@@ -40,6 +40,8 @@ def _v2_line_results(conn: sqlite3.Connection) -> None:
         "DROP INDEX settlements_invono",
         "CREATE INDEX settlements_invono ON settlements (fixmedins_code, invono)"
         " WHERE invono <> ''",
+        # The forwarder's scans (and the backlog gauge) read only the unsent rows.
+        "CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL",
     ):
         conn.execute(stmt)
 

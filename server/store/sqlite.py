@@ -31,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from server import metrics
 from server.store.migrations import migrate
 
 T = TypeVar("T")
@@ -119,6 +120,7 @@ class Store:
                     await loop.run_in_executor(self._io, self._commit, conn)
                     self.commits += 1
                     self.ops += len(batch)
+                    metrics.COMMIT_BATCH.observe(len(batch))
                 except BaseException as exc:  # the commit failed: nobody is acknowledged
                     results = [(False, exc)] * len(batch)
                 for (_, fut), (ok, value) in zip(batch, results, strict=True):
