@@ -46,7 +46,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServ
 
 def exposition(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        return r.read().decode()
+        return bytes(r.read()).decode()
 
 
 def scrape(port: int) -> Samples:
@@ -194,7 +194,7 @@ def test_prometheus_sees_a_rate_of_settles(served: tuple[LocalServer, int], tmp_
             f"--web.listen-address=127.0.0.1:{web}",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
+        stderr=open(tmp_path / "prometheus.log", "wb"),
     )
     stop = threading.Event()
 
