@@ -49,7 +49,8 @@ bench: build
 		--duration 8 --visits 20000 --stays 5 --json bench/frontend_figures_w1.json
 	$(PY) -m bench.bench_frontend --workers 2 --clients 1 --channels 4 --concurrency 32 \
 		--duration 8 --visits 20000 --stays 5 --json bench/frontend_figures_w2.json
-	$(PY) -m bench.bench_center --duration 8 --visits 20000 --backlog 100000
+	$(PY) -m bench.bench_center --duration 8 --visits 20000 --backlog 100000 \
+		--json bench/center_figures.json
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-columns=min,median,mean,ops -q
 
 # A front-end on a fresh SQLite file, a scripted HIS visit over gRPC, the slip, stop.

@@ -286,31 +286,43 @@ def settle_answered(mode: str, role: str, response: bytes, replayed: bool) -> No
     per fund unless it is a replay."""
     info = setl_info(response)
     outcome = "replayed" if replayed else "settled"
-    SETTLEMENTS.labels(mode, role, str(info.insutype), outcome).inc()
+    _child(SETTLEMENTS, mode, role, str(info.insutype), outcome).inc()
     if not replayed:
         _add_amounts(FUND_PAID, info)
 
 
 def settle_refused(mode: str, role: str, code: grpc.StatusCode) -> None:
-    SETTLEMENTS.labels(mode, role, "", code.name).inc()
+    _child(SETTLEMENTS, mode, role, "", code.name).inc()
 
 
 def cancel_answered(mode: str, role: str, response: bytes, replayed: bool) -> None:
     info = setl_info(response)
-    CANCELS.labels(mode, role, "replayed" if replayed else "cancelled").inc()
+    _child(CANCELS, mode, role, "replayed" if replayed else "cancelled").inc()
     if not replayed:
         _add_amounts(FUND_CANCELLED, info)
 
 
 def cancel_refused(mode: str, role: str, code: grpc.StatusCode) -> None:
-    CANCELS.labels(mode, role, code.name).inc()
+    _child(CANCELS, mode, role, code.name).inc()
 
 
 def _add_amounts(counter: Counter, info: common_pb2.SetlInfo) -> None:
     for leg in info.setldetail:
         if leg.fund_payamt:
-            counter.labels(leg.fund_pay_type).inc(leg.fund_payamt)
+            _child(counter, leg.fund_pay_type).inc(leg.fund_payamt)
     if info.acct_pay:
-        counter.labels("acct_pay").inc(info.acct_pay)
+        _child(counter, "acct_pay").inc(info.acct_pay)
     if info.psn_cash_pay:
-        counter.labels("psn_cash_pay").inc(info.psn_cash_pay)
+        _child(counter, "psn_cash_pay").inc(info.psn_cash_pay)
+
+
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Counter, *labels: str) -> Any:
+    """`metric.labels(*labels)`, kept: the look-up costs more than the increment."""
+    key = (id(metric), *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
