@@ -7,6 +7,7 @@ non-zero rate of handled Settle calls."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -15,12 +16,15 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.localserver import LocalServer, free_port
 from clients.sdk import MedsettleClient, MedsettleError
+from server import metrics
 from tests.frontend import DAY, EMPLOYEE, RETIRED, admit, client, lines, total
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -208,25 +212,66 @@ def test_prometheus_sees_a_rate_of_settles(served: tuple[LocalServer, int], tmp_
 
     worker = threading.Thread(target=settle_load, args=(client(server),), daemon=True)
     worker.start()
+
+    def ask(query: str) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            answer: dict[str, Any] = json.load(r)
+        return answer
+
     query = 'sum(rate(grpc_server_handled_total{grpc_method="Settle",grpc_code="OK"}[5s]))'
-    url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": query})
     rate = 0.0
+    bad: list[str] = []
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             time.sleep(1)
             try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    answer = json.load(r)
+                answer = ask(query)
             except OSError:
                 continue  # not listening yet
             result = answer["data"]["result"]
             if result and float(result[0]["value"][1]) > 0:
                 rate = float(result[0]["value"][1])
                 break
+        # Every query of the Grafana dashboard is valid PromQL to this Prometheus.
+        for expr in dashboard_queries():
+            answer = ask(expr)
+            if answer.get("status") != "success":
+                bad.append(f"{expr}: {answer}")
     finally:
         stop.set()
         worker.join(timeout=30)
         prom.terminate()
         prom.wait(timeout=30)
     assert rate > 0, (tmp_path / "prometheus.log").read_text()[-2000:]
+    assert not bad
+
+
+DASHBOARD = (
+    Path(__file__).resolve().parent.parent / "docs" / "monitoring" / "grafana-dashboard.json"
+)
+
+
+def dashboard_queries() -> list[str]:
+    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return [t["expr"] for p in board["panels"] for t in p["targets"]]
+
+
+def test_dashboard_names_only_metrics_the_server_defines() -> None:
+    defined = {
+        m._name for m in vars(metrics).values() if isinstance(m, Counter | Gauge | Histogram)
+    }
+    used = {
+        re.sub(r"_(total|bucket|sum|count)$", "", name)
+        for expr in dashboard_queries()
+        for name in re.findall(r"\b(?:grpc_server|medsettle)_[a-z_]+", expr)
+    }
+    assert used and used <= defined, used - defined
+    # and the panels cover what an operator watches first
+    assert {
+        "grpc_server_handled",
+        "grpc_server_handling_seconds",
+        "medsettle_fund_paid_fen",
+        "medsettle_outbox_backlog",
+    } <= used
