@@ -1,0 +1,680 @@
+"""The load kit (issue 5): HIS traffic of a chosen shape against a medsettle front-end, with
+the server's own `Ping` as the baseline, latency from HDR histograms, and the books checked
+at the end.
+
+    .venv/bin/python -m bench.load --spawn --workers 2 --duration 30            # closed loop
+    .venv/bin/python -m bench.load --spawn --rate 800 --duration 60             # open loop
+    .venv/bin/python -m bench.load --target 10.0.0.5:50051 --institution H44010100001 ...
+
+Each visit is what a HIS does: register, upload its fee lines (an inpatient stay streams
+them and pre-settles first), settle; a share of settles is sent twice with the same msgid
+(the retry must get the first answer byte for byte) and a share is cancelled. `--rate`
+runs an open loop: visits start on a Poisson schedule whatever the server does, and each
+call's latency counts from the moment it was due, so a stall is not hidden (coordinated
+omission). Without it a closed loop keeps `--concurrency` visits in flight. `--clients`
+processes share the load. `--persons N` loads a generated population of N persons through
+the admin RPC first. The report (`--json`) has the figures and a timeline; `--plot` draws
+throughput and latency over time.
+
+The books: every settlement this run acknowledged (by its msgid prefix) is at the server in
+the state the run left it, with the amounts it was answered with, and none more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from clients.demo import fee_lines
+from clients.localserver import LocalServer, free_port
+from clients.pb.medsettle.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    reconciliation_pb2,
+    reconciliation_pb2_grpc,
+    settlement_pb2,
+    settlement_pb2_grpc,
+)
+from clients.reconcile import today
+from server import demo_data
+
+US_MAX = 120_000_000  # histograms hold 1 us .. 120 s
+
+
+@dataclass
+class Shape:
+    """What the generated traffic looks like."""
+
+    inpatient_share: float = 0.02
+    out_lines: tuple[int, int] = (5, 20)
+    in_lines: tuple[int, int] = (200, 5000)
+    cancel_rate: float = 0.02
+    retry_rate: float = 0.05
+    stream_chunk: int = 1000
+
+
+@dataclass
+class Job:
+    target: str
+    institution: str
+    run_id: str
+    proc: int
+    persons: list[tuple[str, int]]
+    shape: Shape
+    duration: float
+    concurrency: int  # closed loop: visits in flight in this process
+    rate: float  # open loop: visits started per second by this process (0: closed loop)
+    kind: str  # visits | ping
+    begndate: int
+
+
+@dataclass
+class Outcome:
+    """One client process's results (histograms encoded for the trip home)."""
+
+    settles: int = 0
+    visits: int = 0
+    pings: int = 0
+    retries_identical: int = 0
+    retries_different: int = 0
+    cancels: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    settled: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # live, amounts
+    cancelled: list[str] = field(default_factory=list)
+    hist: dict[str, bytes] = field(default_factory=dict)
+    timeline: list[tuple[float, float]] = field(default_factory=list)  # (done at, latency s)
+    elapsed: float = 0.0
+
+
+def _hist() -> HdrHistogram:
+    return HdrHistogram(1, US_MAX, 3)
+
+
+class Client:
+    """One process's calls: raw stubs over several connections, latencies by RPC."""
+
+    def __init__(self, job: Job, progress: Any) -> None:
+        self.job = job
+        self.progress = progress
+        self.out = Outcome()
+        self.hists: dict[str, HdrHistogram] = {}
+        self.seq = 0
+        self.busy: set[str] = set()  # persons with a stay open (one inpatient stay each)
+        self.rng = np.random.default_rng(job.proc + 17)
+        self.sign_no = ""
+
+    def msgid(self, what: str) -> str:
+        self.seq += 1
+        return f"{self.job.run_id}-{self.job.proc}-{what}{self.seq}"
+
+    def header(self, msgid: str = "") -> common_pb2.RequestHeader:
+        return common_pb2.RequestHeader(
+            msgid=msgid, fixmedins_code=self.job.institution, opter="load", sign_no=self.sign_no
+        )
+
+    def record(self, rpc: str, seconds: float) -> None:
+        h = self.hists.get(rpc)
+        if h is None:
+            h = self.hists[rpc] = _hist()
+        h.record_value(max(1, min(US_MAX, int(seconds * 1e6))))
+
+    async def timed(self, rpc: str, call: Any, request: Any, t0: float | None = None) -> Any:
+        start = time.perf_counter() if t0 is None else t0
+        resp = await call(request, timeout=60)
+        self.record(rpc, time.perf_counter() - start)
+        return resp
+
+    async def visit(self, stub: Any, due: float | None) -> None:
+        """One HIS visit; `due` is when the open loop scheduled it (latency counts from it)."""
+        shape = self.job.shape
+        inpatient = self.rng.random() < shape.inpatient_share
+        free = [p for p in self.job.persons if p[0] not in self.busy] if inpatient else []
+        if inpatient and not free:
+            inpatient = False
+        psn_no, insutype = (
+            free[int(self.rng.integers(len(free)))]
+            if inpatient
+            else self.job.persons[int(self.rng.integers(len(self.job.persons)))]
+        )
+        lo, hi = shape.in_lines if inpatient else shape.out_lines
+        n = int(self.rng.integers(lo, hi + 1))
+        if inpatient:
+            self.busy.add(psn_no)
+        stage = "Register"
+        try:
+            reg = await self.timed(
+                "Register",
+                stub.Register,
+                settlement_pb2.RegisterRequest(
+                    header=self.header(self.msgid("R")),
+                    psn_no=psn_no,
+                    insutype=insutype,
+                    med_type=21 if inpatient else 11,
+                    begndate=self.job.begndate,
+                    ipt_otp_no=f"L{self.seq}",
+                    dise_codg=["I21.9"] if inpatient else [],
+                ),
+                due,
+            )
+            lines = fee_lines(
+                self.job.institution, n, int(self.rng.integers(1 << 30)), self.job.begndate
+            )
+            stage = "StreamFees" if inpatient else "UploadFees"
+            if inpatient:
+                head = self.msgid("S")
+                chunks = [
+                    settlement_pb2.UploadFeesRequest(
+                        header=self.header(head) if i == 0 else None,
+                        mdtrt_id=reg.mdtrt_id,
+                        lines=lines[i : i + shape.stream_chunk],
+                    )
+                    for i in range(0, n, shape.stream_chunk)
+                ]
+                t = time.perf_counter()
+                await stub.StreamFees(iter(chunks), timeout=60)
+                self.record("StreamFees", time.perf_counter() - t)
+            else:
+                await self.timed(
+                    "UploadFees",
+                    stub.UploadFees,
+                    settlement_pb2.UploadFeesRequest(
+                        header=self.header(self.msgid("U")), mdtrt_id=reg.mdtrt_id, lines=lines
+                    ),
+                )
+            amount = sum(ln.det_item_fee_sumamt for ln in lines)
+            settle = settlement_pb2.SettleRequest(
+                header=self.header(self.msgid("T")),
+                mdtrt_id=reg.mdtrt_id,
+                psn_no=psn_no,
+                medfee_sumamt=amount,
+                acct_used_flag=bool(self.rng.random() < 0.5),
+            )
+            if inpatient:
+                stage = "PreSettle"
+                await self.timed(stage, stub.PreSettle, settle)
+            stage = "Settle"
+            t = time.perf_counter()
+            raw = await stub.Settle(settle, timeout=60)
+            latency = time.perf_counter() - t
+            self.record("Settle", latency)
+            self.record("Settle inpatient" if inpatient else "Settle outpatient", latency)
+            self.out.timeline.append((time.perf_counter(), latency))
+            info = settlement_pb2.SettleResponse.FromString(raw).setlinfo
+            self.out.settles += 1
+            self.progress.value += 1
+            self.out.settled[info.setl_id] = (
+                info.medfee_sumamt,
+                info.fund_pay_sumamt,
+                info.psn_cash_pay,
+            )
+            if self.rng.random() < shape.retry_rate:  # the same msgid again
+                stage = "Settle (retry)"
+                again = await self.timed("Settle (retry)", stub.Settle, settle)
+                if again == raw:
+                    self.out.retries_identical += 1
+                else:
+                    self.out.retries_different += 1
+            if self.rng.random() < shape.cancel_rate:
+                stage = "CancelSettlement"
+                await self.timed(
+                    "CancelSettlement",
+                    stub.CancelSettlement,
+                    settlement_pb2.CancelSettlementRequest(
+                        header=self.header(self.msgid("C")), setl_id=info.setl_id
+                    ),
+                )
+                self.out.cancelled.append(info.setl_id)
+                self.out.cancels += 1
+                stage = "CancelRegistration"  # the HIS voids the visit too
+                await self.timed(
+                    stage,
+                    stub.CancelRegistration,
+                    settlement_pb2.CancelRegistrationRequest(
+                        header=self.header(self.msgid("V")), mdtrt_id=reg.mdtrt_id, psn_no=psn_no
+                    ),
+                )
+            self.out.visits += 1
+        except grpc.RpcError as err:
+            code = err.code().name if hasattr(err, "code") else "UNKNOWN"
+            key = f"{stage} {code}"
+            self.out.errors[key] = self.out.errors.get(key, 0) + 1
+        finally:
+            self.busy.discard(psn_no)
+
+    async def run(self) -> Outcome:
+        job = self.job
+        async with contextlib.AsyncExitStack() as stack:
+            stubs = []
+            for _ in range(4):  # connections: SO_REUSEPORT spreads connections over workers
+                ch = await stack.enter_async_context(
+                    grpc.aio.insecure_channel(
+                        job.target, options=[("grpc.use_local_subchannel_pool", 1)]
+                    )
+                )
+                stubs.append(_raw_settle_stub(ch))
+            signed = await stubs[0].SignIn(
+                settlement_pb2.SignInRequest(header=self.header(self.msgid("I"))), timeout=30
+            )
+            self.sign_no = settlement_pb2.SignInResponse.FromString(signed).sign_no
+            start = time.perf_counter()
+            stop_at = start + job.duration
+            if job.kind == "ping":
+                await asyncio.gather(
+                    *(self._pings(stubs[w % 4], stop_at) for w in range(job.concurrency))
+                )
+            elif job.rate > 0:
+                await self._open_loop(stubs, start, stop_at)
+            else:
+                await asyncio.gather(
+                    *(self._closed(stubs[w % 4], stop_at) for w in range(job.concurrency))
+                )
+            self.out.elapsed = time.perf_counter() - start
+        self.out.hist = {k: h.encode() for k, h in self.hists.items()}
+        self.out.timeline = [(t - start, lat) for t, lat in self.out.timeline]
+        return self.out
+
+    async def _pings(self, stub: Any, stop_at: float) -> None:
+        req = settlement_pb2.PingRequest()
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            try:
+                await stub.Ping(req, timeout=10)
+            except grpc.RpcError as err:
+                self.out.errors[err.code().name] = self.out.errors.get(err.code().name, 0) + 1
+                continue
+            self.record("Ping", time.perf_counter() - t)
+            self.out.pings += 1
+            self.progress.value += 1
+
+    async def _closed(self, stub: Any, stop_at: float) -> None:
+        while time.perf_counter() < stop_at:
+            await self.visit(stub, None)
+
+    async def _open_loop(self, stubs: list[Any], start: float, stop_at: float) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        due = start
+        i = 0
+        while due < stop_at:
+            now = time.perf_counter()
+            if due > now:
+                await asyncio.sleep(due - now)
+            task = asyncio.create_task(self.visit(stubs[i % 4], due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+            due += float(self.rng.exponential(1.0 / self.job.rate))
+        if tasks:
+            await asyncio.gather(*tasks)
+
+
+def _raw_settle_stub(ch: grpc.aio.Channel) -> Any:
+    """The Settlement stub with answers left as bytes (a retry's bytes are compared)."""
+    stub = settlement_pb2_grpc.SettlementStub(ch)
+    for name in ("Settle", "SignIn"):
+        setattr(
+            stub,
+            name,
+            ch.unary_unary(
+                f"/medsettle.v1.Settlement/{name}",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=None,
+            ),
+        )
+    return stub
+
+
+_PROGRESS: Any = None
+
+
+def _init(progress: Any) -> None:
+    global _PROGRESS
+    _PROGRESS = progress
+
+
+def _run_job(job: Job) -> Outcome:
+    return asyncio.run(Client(job, _PROGRESS).run())
+
+
+def run_phase(jobs: list[Job], label: str, quiet: bool = False) -> list[Outcome]:
+    """The jobs in as many processes, with a progress line on stderr."""
+    ctx = multiprocessing.get_context("spawn")
+    progress = ctx.Value("l", 0, lock=False)
+    done = threading.Event()
+
+    def show() -> None:
+        t0 = time.perf_counter()
+        total = jobs[0].duration
+        while not done.wait(1.0):
+            el = time.perf_counter() - t0
+            bar = "#" * int(30 * min(1.0, el / total))
+            print(
+                f"\r{label:>6} [{bar:<30}] {el:5.0f}/{total:.0f} s {progress.value:>9,} calls"
+                f" {progress.value / max(el, 1e-9):8,.0f}/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        if not quiet:
+            print(file=sys.stderr)
+
+    shower = threading.Thread(target=show, daemon=True)
+    if not quiet:
+        shower.start()
+    try:
+        with ctx.Pool(len(jobs), initializer=_init, initargs=(progress,)) as pool:
+            return pool.map(_run_job, jobs)
+    finally:
+        done.set()
+
+
+def merge_hists(outs: list[Outcome]) -> dict[str, HdrHistogram]:
+    merged: dict[str, HdrHistogram] = {}
+    for o in outs:
+        for k, enc in o.hist.items():
+            merged.setdefault(k, _hist()).add(HdrHistogram.decode(enc))
+    return merged
+
+
+def summary(h: HdrHistogram) -> dict[str, float]:
+    return {
+        "count": h.get_total_count(),
+        **{f"p{p:g}_ms": h.get_value_at_percentile(p) / 1000 for p in (50, 90, 99, 99.9)},
+        "max_ms": h.get_max_value() / 1000,
+    }
+
+
+def generated_persons(n: int, seed: int = 7) -> list[catalog_pb2.PersonRecord]:
+    """n insured persons beyond the demo set: employees (some retired) and residents."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        employee = rng.random() < 0.6
+        retired = employee and rng.random() < 0.3
+        year = int(rng.integers(1940, 2000)) if employee else int(rng.integers(1935, 2024))
+        out.append(
+            catalog_pb2.PersonRecord(
+                psn_no=f"44019{i:011d}",
+                psn_name=f"负载{i}",
+                psn_cert_no=f"LOAD{i:014d}",
+                card_no=f"LC{i:010d}",
+                voucher=f"LV{i:016d}",
+                gend=1 + i % 2,
+                brdy=year * 10000 + 101,
+                psn_type=(12 if retired else 11) if employee else 31,
+                insutype=310 if employee else 390,
+                insuplc_admdvs="440100",
+                retired=retired,
+                balc=int(rng.integers(0, 500_000)) if employee else 0,
+            )
+        )
+    return out
+
+
+def load_population(target: str, institution: str, persons: list[catalog_pb2.PersonRecord]) -> None:
+    with grpc.insecure_channel(target) as ch:
+        st = settlement_pb2_grpc.SettlementStub(ch)
+        cat = catalog_pb2_grpc.CatalogStub(ch)
+        hdr = common_pb2.RequestHeader(
+            msgid=f"LP{secrets.token_hex(6)}", fixmedins_code=institution, opter="load"
+        )
+        sign_no = st.SignIn(settlement_pb2.SignInRequest(header=hdr), timeout=30).sign_no
+        for i in range(0, len(persons), 2000):
+            hdr = common_pb2.RequestHeader(
+                msgid=f"LP{secrets.token_hex(6)}",
+                fixmedins_code=institution,
+                opter="load",
+                sign_no=sign_no,
+            )
+            cat.PutPersons(
+                catalog_pb2.PutPersonsRequest(header=hdr, persons=persons[i : i + 2000]),
+                timeout=120,
+            )
+
+
+def check_books(target: str, institution: str, run_id: str, outs: list[Outcome]) -> dict[str, Any]:
+    """The server's settlements of this run (by msgid prefix) against what it acknowledged."""
+    acked: dict[str, tuple[int, int, int]] = {}
+    for o in outs:
+        acked.update(o.settled)
+    cancelled = {s for o in outs for s in o.cancelled}
+    day = today()
+    with grpc.insecure_channel(target) as ch:
+        st = settlement_pb2_grpc.SettlementStub(ch)
+        hdr = common_pb2.RequestHeader(
+            msgid=f"LB{secrets.token_hex(6)}", fixmedins_code=institution, opter="load"
+        )
+        sign_no = st.SignIn(settlement_pb2.SignInRequest(header=hdr), timeout=30).sign_no
+        rec = reconciliation_pb2_grpc.ReconciliationStub(ch)
+        details = rec.Details(
+            reconciliation_pb2.DetailsRequest(
+                header=common_pb2.RequestHeader(
+                    fixmedins_code=institution, opter="load", sign_no=sign_no
+                ),
+                begin_date=day,
+                end_date=day,
+            ),
+            timeout=120,
+        )
+    mine = [r.ours for r in details.results if r.ours.msgid.startswith(f"{run_id}-")]
+    held = {d.setl_id: d for d in mine}
+    problems: list[str] = []
+    if len(held) != len(mine):
+        problems.append(f"{len(mine) - len(held)} settlement ids appear twice")
+    for setl_id, (medfee, fund, cash) in acked.items():
+        d = held.get(setl_id)
+        if d is None:
+            problems.append(f"{setl_id}: acknowledged, not at the server")
+            continue
+        want = common_pb2.CANCELLED if setl_id in cancelled else common_pb2.SETTLED
+        if d.state != want or (d.medfee_sumamt, d.fund_pay_sumamt, d.psn_cash_pay) != (
+            medfee,
+            fund,
+            cash,
+        ):
+            problems.append(f"{setl_id}: state or amounts differ from the answer")
+    extra = set(held) - set(acked)
+    if extra:
+        problems.append(f"{len(extra)} settlements at the server were never acknowledged")
+    return {
+        "acknowledged": len(acked),
+        "cancelled": len(cancelled),
+        "at_server": len(held),
+        "balanced": not problems,
+        "problems": problems[:20],
+    }
+
+
+def per_second(outs: list[Outcome]) -> list[dict[str, float]]:
+    """Settles and their latency per whole second of the run (the last, partial second of
+    the drain left out)."""
+    whole = int(min(o.elapsed for o in outs))
+    buckets: dict[int, list[float]] = {}
+    for o in outs:
+        for t, lat in o.timeline:
+            if t < whole:
+                buckets.setdefault(int(t), []).append(lat)
+    return [
+        {
+            "second": s,
+            "settles": len(v),
+            "p50_ms": float(np.percentile(v, 50) * 1000),
+            "p99_ms": float(np.percentile(v, 99) * 1000),
+        }
+        for s, v in sorted(buckets.items())
+    ]
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tl = report["timeline"]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    a.plot([r["second"] for r in tl], [r["settles"] for r in tl], label="Settle/s")
+    if report.get("ping"):
+        a.axhline(report["ping"]["per_s"], color="grey", linestyle="--", label="Ping/s")
+    a.set_ylabel("calls per second")
+    a.legend()
+    b.plot([r["second"] for r in tl], [r["p50_ms"] for r in tl], label="p50")
+    b.plot([r["second"] for r in tl], [r["p99_ms"] for r in tl], label="p99")
+    b.set_ylabel("Settle latency (ms)")
+    b.set_xlabel("seconds into the run")
+    b.legend()
+    fig.suptitle(report["title"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--target", help="host:port of a running front-end")
+    where.add_argument("--spawn", action="store_true", help="start a demo front-end here")
+    ap.add_argument("--workers", type=int, default=1, help="with --spawn: server processes")
+    ap.add_argument("--institution", default="H44010100001")
+    ap.add_argument("--persons", type=int, default=0, help="generated persons to load first")
+    ap.add_argument("--clients", type=int, default=1, help="load generator processes")
+    ap.add_argument("--concurrency", type=int, default=32, help="closed loop: visits in flight")
+    ap.add_argument("--rate", type=float, default=0.0, help="open loop: visits per second")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds of load")
+    ap.add_argument("--ping-duration", type=float, default=5.0, help="seconds of Ping (0: none)")
+    ap.add_argument("--inpatient-share", type=float, default=Shape.inpatient_share)
+    ap.add_argument("--cancel-rate", type=float, default=Shape.cancel_rate)
+    ap.add_argument("--retry-rate", type=float, default=Shape.retry_rate)
+    ap.add_argument("--max-stay-lines", type=int, default=5000)
+    ap.add_argument("--json", help="write the report here")
+    ap.add_argument("--plot", help="write a PNG of throughput and latency over time here")
+    ap.add_argument("--quiet", action="store_true", help="no progress line")
+    args = ap.parse_args(argv)
+    shape = Shape(
+        inpatient_share=args.inpatient_share,
+        in_lines=(min(200, args.max_stay_lines), args.max_stay_lines),
+        cancel_rate=args.cancel_rate,
+        retry_rate=args.retry_rate,
+    )
+    with contextlib.ExitStack() as stack:
+        if args.spawn:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medsettle-load-")))
+            server = LocalServer(
+                tmp / "load.db", port=free_port(), workers=args.workers, log=tmp / "server.log"
+            ).start()
+            stack.callback(server.stop)
+            target = server.target
+        else:
+            target = args.target
+        people = [(p.psn_no, p.insutype) for p in demo_data.persons()]
+        if args.persons:
+            extra = generated_persons(args.persons)
+            t0 = time.perf_counter()
+            load_population(target, args.institution, extra)
+            print(f"loaded {len(extra):,} persons in {time.perf_counter() - t0:.1f} s")
+            people += [(p.psn_no, p.insutype) for p in extra]
+        run_id = f"L{secrets.token_hex(4)}"
+
+        def jobs(kind: str, duration: float) -> list[Job]:
+            return [
+                Job(
+                    target=target,
+                    institution=args.institution,
+                    run_id=run_id,
+                    proc=i,
+                    persons=people[i :: args.clients],
+                    shape=shape,
+                    duration=duration,
+                    concurrency=max(1, args.concurrency // args.clients),
+                    rate=args.rate / args.clients,
+                    kind=kind,
+                    begndate=demo_data.YEAR * 10000 + 615,
+                )
+                for i in range(args.clients)
+            ]
+
+        ping = None
+        if args.ping_duration > 0:
+            pouts = run_phase(jobs("ping", args.ping_duration), "Ping", args.quiet)
+            n = sum(o.pings for o in pouts)
+            ping = {
+                "per_s": n / max(o.elapsed for o in pouts),
+                **summary(merge_hists(pouts)["Ping"]),
+            }
+        outs = run_phase(jobs("visits", args.duration), "Visits", args.quiet)
+        books = check_books(target, args.institution, run_id, outs)
+    elapsed = max(o.elapsed for o in outs)
+    hists = merge_hists(outs)
+    settles = sum(o.settles for o in outs)
+    errors: Counter[str] = Counter()
+    for o in outs:
+        errors.update(o.errors)
+    report: dict[str, Any] = {
+        "title": (
+            (f"open loop {args.rate:g}/s" if args.rate else f"closed loop x{args.concurrency}")
+            + f", {args.clients} client process(es), {args.duration:.0f} s"
+        ),
+        "args": vars(args),
+        "shape": asdict(shape),
+        "settles": settles,
+        "settles_per_s": settles / elapsed,
+        "visits": sum(o.visits for o in outs),
+        "retries_identical": sum(o.retries_identical for o in outs),
+        "retries_different": sum(o.retries_different for o in outs),
+        "cancels": sum(o.cancels for o in outs),
+        "errors": dict(errors),
+        "latency": {k: summary(h) for k, h in sorted(hists.items())},
+        "ping": ping,
+        "settle_to_ping": (settles / elapsed) / ping["per_s"] if ping else None,
+        "books": books,
+        "timeline": per_second(outs),
+    }
+    s = report["latency"].get("Settle", {})
+    print(
+        f"Settle {report['settles_per_s']:,.0f}/s over {elapsed:.0f} s:"
+        f" p50 {s.get('p50_ms', 0):.1f} ms, p99 {s.get('p99_ms', 0):.1f} ms,"
+        f" p99.9 {s.get('p99.9_ms', 0):.1f} ms;"
+        f" {report['visits']:,} visits, {report['cancels']} cancels,"
+        f" {report['retries_identical']} retries answered identically"
+        f" ({report['retries_different']} not), errors {dict(errors) or 'none'}"
+    )
+    if ping:
+        print(
+            f"Ping {ping['per_s']:,.0f}/s (p99 {ping['p99_ms']:.1f} ms): Settle/Ping ="
+            f" {report['settle_to_ping']:.2f}"
+        )
+    print(
+        f"books: {books['acknowledged']:,} acknowledged ({books['cancelled']} cancelled),"
+        f" {books['at_server']:,} at the server:"
+        f" {'balanced' if books['balanced'] else 'NOT BALANCED'}"
+    )
+    for p in books["problems"]:
+        print(f"  {p}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot(report, args.plot)
+    ok = books["balanced"] and not report["retries_different"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

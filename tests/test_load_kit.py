@@ -1,0 +1,64 @@
+"""The load kit end to end, as a load tester runs it: short bounded runs against a front-end
+it starts (two workers), closed and open loop, with retries, cancels and inpatient stays; the
+report's books must balance and every retry must have been answered with the first answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_kit(tmp: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    report = tmp / "report.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--spawn", "--quiet", "--json", str(report), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return out.returncode, json.loads(report.read_text()), out.stdout + out.stderr
+
+
+def test_closed_loop_with_retries_cancels_and_stays(tmp_path: Path) -> None:
+    plot = tmp_path / "run.png"
+    code, r, text = run_kit(
+        tmp_path,
+        *("--workers", "2", "--clients", "2", "--concurrency", "16", "--duration", "4"),
+        *("--ping-duration", "1", "--persons", "500", "--retry-rate", "0.3"),
+        *("--cancel-rate", "0.2", "--inpatient-share", "0.1", "--max-stay-lines", "300"),
+        *("--plot", str(plot)),
+    )
+    assert code == 0, text
+    books = r["books"]
+    assert books["balanced"] and not books["problems"], books
+    assert books["acknowledged"] == books["at_server"] == r["settles"] > 0
+    assert books["cancelled"] == r["cancels"] > 0
+    assert r["retries_identical"] > 0 and r["retries_different"] == 0
+    assert r["errors"] == {}
+    assert r["latency"]["Settle"]["count"] == r["settles"]
+    assert r["latency"]["Settle inpatient"]["count"] > 0  # stays were streamed and settled
+    assert r["latency"]["StreamFees"]["count"] > 0
+    assert r["ping"]["per_s"] > 0 and 0 < r["settle_to_ping"] < 1
+    assert r["timeline"] and all(s["settles"] >= 0 for s in r["timeline"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "books:" in text and "balanced" in text
+
+
+def test_open_loop_keeps_its_schedule(tmp_path: Path) -> None:
+    code, r, text = run_kit(
+        tmp_path,
+        *("--rate", "40", "--duration", "4", "--ping-duration", "0"),
+        *("--inpatient-share", "0", "--retry-rate", "0.1"),
+    )
+    assert code == 0, text
+    assert r["books"]["balanced"], r["books"]
+    # A Poisson schedule of 40 visits/s over 4 s: about 160 visits, whatever the server does.
+    assert 80 <= r["visits"] <= 260, r["visits"]
+    assert r["ping"] is None and r["settle_to_ping"] is None
