@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export CARGO_TERM_COLOR := never
 
-.PHONY: build tools test test-rust lint test-py bench demo clean
+.PHONY: build tools bench-tools test test-rust lint test-py bench demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ build: $(PY)
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+
+# h2load (Debian's nghttp2-client) for the load kit's --h2load baseline, when missing.
+bench-tools:
+	@command -v h2load >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; }
 
 test: build tools test-rust lint test-py
 
@@ -42,7 +47,7 @@ test-py: build tools
 	$(VENV)/bin/pytest
 
 # Full-size figures for bench/RESULTS.md (minutes), then the pytest-benchmark suites.
-bench: build
+bench: build bench-tools
 	$(PY) -m bench.bench_engine --json bench/engine_figures.json
 	$(PY) -m bench.bench_matching --rapidfuzz-queries 20
 	$(PY) -m bench.bench_frontend --workers 1 --clients 1 --channels 4 --concurrency 32 \

@@ -27,7 +27,10 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import re
 import secrets
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -100,6 +103,7 @@ class Outcome:
     cancelled: list[str] = field(default_factory=list)
     hist: dict[str, bytes] = field(default_factory=dict)
     timeline: list[tuple[float, float]] = field(default_factory=list)  # (done at, latency s)
+    first_settle: bytes = b""  # a settled request, for h2load to replay
     elapsed: float = 0.0
 
 
@@ -217,6 +221,8 @@ class Client:
             self.record("Settle inpatient" if inpatient else "Settle outpatient", latency)
             self.out.timeline.append((time.perf_counter(), latency))
             info = settlement_pb2.SettleResponse.FromString(raw).setlinfo
+            if not self.out.first_settle:
+                self.out.first_settle = settle.SerializeToString()
             self.out.settles += 1
             self.progress.value += 1
             self.out.settled[info.setl_id] = (
@@ -384,6 +390,72 @@ def run_phase(jobs: list[Job], label: str, quiet: bool = False) -> list[Outcome]
         done.set()
 
 
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message (uncompressed), as it goes in an HTTP/2 DATA frame."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def h2load(
+    target: str, method: str, message: bytes, duration: float, clients: int, streams: int
+) -> dict[str, Any]:
+    """Drive one RPC with Debian's h2load (nghttp2-client), the same prebuilt request every
+    time: what a generator that costs next to nothing per call sees."""
+    with tempfile.NamedTemporaryFile(suffix=".bin") as body:
+        body.write(grpc_frame(message))
+        body.flush()
+        out = subprocess.run(
+            [
+                "h2load",
+                f"--duration={duration:g}",
+                f"--warm-up-time={min(1.0, duration / 5):g}",
+                f"--clients={clients}",
+                f"--max-concurrent-streams={streams}",
+                "--threads=1",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                f"--data={body.name}",
+                f"http://{target}/medsettle.v1.Settlement/{method}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 120,
+            check=False,
+        )
+    m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out.stdout)
+    ok = re.search(r"status codes: (\d+) 2xx", out.stdout)
+    if out.returncode != 0 or m is None:
+        raise RuntimeError(f"h2load failed: {out.stdout[-1000:]} {out.stderr[-1000:]}")
+    return {"per_s": float(m.group(1)), "http_2xx": int(ok.group(1)) if ok else 0}
+
+
+def h2load_baseline(target: str, args: argparse.Namespace, outs: list[Outcome]) -> dict[str, Any]:
+    """Ping, and the first settle of this run sent again and again (its replay path)."""
+    if shutil.which("h2load") is None:
+        raise SystemExit("--h2load needs h2load (Debian's nghttp2-client): make bench-tools")
+    duration = max(args.ping_duration, 5.0)
+    conc = max(1, args.concurrency // 4)
+    ping = h2load(target, "Ping", b"", duration, 4, conc)
+    replay = {"per_s": 0.0, "http_2xx": 0}
+    if outs and outs[0].first_settle:
+        replay = h2load(target, "Settle", outs[0].first_settle, duration, 4, conc)
+    return {"ping": ping, "settle_replay": replay}
+
+
+def _sample_rss(proc: Any, out: list[float], stop: threading.Event) -> None:
+    """RSS in MB of a server process and its workers, once a second until `stop`."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    while not stop.wait(1.0):
+        total = 0
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        out.append(round(total / 1e6, 1))
+
+
 def merge_hists(outs: list[Outcome]) -> dict[str, HdrHistogram]:
     merged: dict[str, HdrHistogram] = {}
     for o in outs:
@@ -528,7 +600,12 @@ def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     tl = report["timeline"]
-    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    rss = report.get("server_rss_mb") or []
+    fig, axes = plt.subplots(3 if rss else 2, 1, figsize=(9, 8 if rss else 6), sharex=True)
+    a, b = axes[0], axes[1]
+    if rss:
+        axes[2].plot(range(1, len(rss) + 1), rss, color="tab:green")
+        axes[2].set_ylabel("server RSS (MB)")
     a.plot([r["second"] for r in tl], [r["settles"] for r in tl], label="Settle/s")
     if report.get("ping"):
         a.axhline(report["ping"]["per_s"], color="grey", linestyle="--", label="Ping/s")
@@ -537,7 +614,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     b.plot([r["second"] for r in tl], [r["p50_ms"] for r in tl], label="p50")
     b.plot([r["second"] for r in tl], [r["p99_ms"] for r in tl], label="p99")
     b.set_ylabel("Settle latency (ms)")
-    b.set_xlabel("seconds into the run")
+    axes[-1].set_xlabel("seconds into the run")
     b.legend()
     fig.suptitle(report["title"])
     fig.tight_layout()
@@ -564,6 +641,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cancel-rate", type=float, default=Shape.cancel_rate)
     ap.add_argument("--retry-rate", type=float, default=Shape.retry_rate)
     ap.add_argument("--max-stay-lines", type=int, default=5000)
+    ap.add_argument(
+        "--h2load",
+        action="store_true",
+        help="also drive Ping, and a Settle replayed with one prebuilt request, with h2load",
+    )
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--plot", help="write a PNG of throughput and latency over time here")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
@@ -619,8 +701,20 @@ def main(argv: list[str] | None = None) -> int:
                 "per_s": n / max(o.elapsed for o in pouts),
                 **summary(merge_hists(pouts)["Ping"]),
             }
-        outs = run_phase(jobs("visits", args.duration), "Visits", args.quiet)
+        rss: list[float] = []
+        watch = threading.Event()
+        if args.spawn:  # the server's memory once a second (a soak must stay flat)
+            threading.Thread(
+                target=_sample_rss, args=(server.proc, rss, watch), daemon=True
+            ).start()
+        try:
+            outs = run_phase(jobs("visits", args.duration), "Visits", args.quiet)
+        finally:
+            watch.set()
         books = check_books(target, args.institution, run_id, outs)
+        native = None
+        if args.h2load:
+            native = h2load_baseline(target, args, outs)
     elapsed = max(o.elapsed for o in outs)
     hists = merge_hists(outs)
     settles = sum(o.settles for o in outs)
@@ -645,7 +739,9 @@ def main(argv: list[str] | None = None) -> int:
         "ping": ping,
         "settle_to_ping": (settles / elapsed) / ping["per_s"] if ping else None,
         "books": books,
+        "h2load": native,
         "timeline": per_second(outs),
+        "server_rss_mb": rss,
     }
     s = report["latency"].get("Settle", {})
     print(
@@ -660,6 +756,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"Ping {ping['per_s']:,.0f}/s (p99 {ping['p99_ms']:.1f} ms): Settle/Ping ="
             f" {report['settle_to_ping']:.2f}"
+        )
+    if native:
+        print(
+            f"h2load: Ping {native['ping']['per_s']:,.0f}/s, Settle replayed (one prebuilt"
+            " request, answered from the idempotency record)"
+            f" {native['settle_replay']['per_s']:,.0f}/s"
         )
     print(
         f"books: {books['acknowledged']:,} acknowledged ({books['cancelled']} cancelled),"
