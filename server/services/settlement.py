@@ -218,19 +218,13 @@ class SettlementService:
         if self.center is not None:
             return await self.center.settle(request)
         env = self.env
-        outcome = Outcome()
-        try:
-            resp = await self.calls.write(
-                "Settle",
-                request,
-                lambda conn, caller, now: settle.settle(conn, env, caller, request, now),
-                outcome=outcome,
-            )
-        except ClientError as exc:
-            metrics.settle_refused("local", "frontend", exc.code)
-            raise
-        metrics.settle_answered("local", "frontend", resp, outcome.replayed)
-        return resp
+        return await self._counted(
+            "Settle",
+            request,
+            lambda conn, caller, now: settle.settle(conn, env, caller, request, now),
+            metrics.settle_answered,
+            metrics.settle_refused,
+        )
 
     async def CancelSettlement(
         self, request: settlement_pb2.CancelSettlementRequest, context: Ctx
@@ -238,18 +232,30 @@ class SettlementService:
         if self.center is not None:
             return await self.center.cancel(request)
         env = self.env
+        return await self._counted(
+            "CancelSettlement",
+            request,
+            lambda conn, caller, now: settle.cancel_call(conn, env, caller, request, now),
+            metrics.cancel_answered,
+            metrics.cancel_refused,
+        )
+
+    async def _counted(
+        self,
+        method: str,
+        request: Any,
+        body: WriteBody,
+        answered: Callable[[str, str, bytes, bool], None],
+        refused: Callable[[str, str, grpc.StatusCode], None],
+    ) -> bytes:
+        """A local-mode write whose outcome the business metrics count once it is durable."""
         outcome = Outcome()
         try:
-            resp = await self.calls.write(
-                "CancelSettlement",
-                request,
-                lambda conn, caller, now: settle.cancel_call(conn, env, caller, request, now),
-                outcome=outcome,
-            )
+            resp = await self.calls.write(method, request, body, outcome=outcome)
         except ClientError as exc:
-            metrics.cancel_refused("local", "frontend", exc.code)
+            refused("local", "frontend", exc.code)
             raise
-        metrics.cancel_answered("local", "frontend", resp, outcome.replayed)
+        answered("local", "frontend", resp, outcome.replayed)
         return resp
 
     async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Ctx) -> bytes:
