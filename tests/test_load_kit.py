@@ -62,3 +62,17 @@ def test_open_loop_keeps_its_schedule(tmp_path: Path) -> None:
     # A Poisson schedule of 40 visits/s over 4 s: about 160 visits, whatever the server does.
     assert 80 <= r["visits"] <= 260, r["visits"]
     assert r["ping"] is None and r["settle_to_ping"] is None
+
+
+def test_prepared_visits_time_only_their_settle(tmp_path: Path) -> None:
+    code, r, text = run_kit(
+        tmp_path,
+        *("--prepared", "300", "--duration", "60", "--ping-duration", "1"),
+        *("--retry-rate", "0.2", "--cancel-rate", "0"),
+    )
+    assert code == 0, text
+    # Every prepared visit settled once, then the run ended without waiting out its minute.
+    assert r["settles"] == r["visits"] == r["books"]["acknowledged"] == 300
+    assert r["books"]["balanced"] and r["retries_identical"] > 0
+    assert "Register" not in r["latency"] and "UploadFees" not in r["latency"]
+    assert r["latency"]["Settle"]["count"] == 300
