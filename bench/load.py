@@ -60,6 +60,7 @@ from clients.reconcile import today
 from server import demo_data
 
 US_MAX = 120_000_000  # histograms hold 1 us .. 120 s
+POPULATION_FIRST = 1_000_000  # generated persons are numbered from here, clear of the demo's
 
 
 @dataclass
@@ -559,33 +560,6 @@ def summary(h: HdrHistogram) -> dict[str, float]:
     }
 
 
-def generated_persons(n: int, seed: int = 7) -> list[catalog_pb2.PersonRecord]:
-    """n insured persons beyond the demo set: employees (some retired) and residents."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        employee = rng.random() < 0.6
-        retired = employee and rng.random() < 0.3
-        year = int(rng.integers(1940, 2000)) if employee else int(rng.integers(1935, 2024))
-        out.append(
-            catalog_pb2.PersonRecord(
-                psn_no=f"44019{i:011d}",
-                psn_name=f"负载{i}",
-                psn_cert_no=f"LOAD{i:014d}",
-                card_no=f"LC{i:010d}",
-                voucher=f"LV{i:016d}",
-                gend=1 + i % 2,
-                brdy=year * 10000 + 101,
-                psn_type=(12 if retired else 11) if employee else 31,
-                insutype=310 if employee else 390,
-                insuplc_admdvs="440100",
-                retired=retired,
-                balc=int(rng.integers(0, 500_000)) if employee else 0,
-            )
-        )
-    return out
-
-
 def load_population(target: str, institution: str, persons: list[catalog_pb2.PersonRecord]) -> None:
     with grpc.insecure_channel(target) as ch:
         st = settlement_pb2_grpc.SettlementStub(ch)
@@ -766,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
             target = args.target
         people = [(p.psn_no, p.insutype) for p in demo_data.persons()]
         if args.persons:
-            extra = generated_persons(args.persons)
+            extra = demo_data.crowd(POPULATION_FIRST, args.persons, seed=7)
             t0 = time.perf_counter()
             load_population(target, args.institution, extra)
             print(f"loaded {len(extra):,} persons in {time.perf_counter() - t0:.1f} s")

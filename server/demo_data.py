@@ -235,15 +235,22 @@ def persons() -> list[catalog_pb2.PersonRecord]:
             balc=410_000,
         ),
     ]
-    rng = np.random.default_rng(44)
+    return named + crowd(9, 200)
+
+
+def crowd(first: int, count: int, seed: int = 44) -> list[catalog_pb2.PersonRecord]:
+    """`count` persons numbered from `first`: employees (some retired, some civil servants)
+    and residents (some on medical assistance), half of them cross-region filed. The demo
+    set is `crowd(9, 200)`; the load kit draws larger populations from here."""
+    rng = np.random.default_rng(seed)
     surnames = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
     given = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀英华"
-    crowd = []
-    for n in range(9, 209):
+    out = []
+    for n in range(first, first + count):
         employee = rng.random() < 0.6
         retired = employee and rng.random() < 0.3
         year = int(rng.integers(1940, 2000)) if employee else int(rng.integers(1935, 2024))
-        crowd.append(
+        out.append(
             _person(
                 n,
                 surnames[n % len(surnames)]
@@ -260,7 +267,7 @@ def persons() -> list[catalog_pb2.PersonRecord]:
                 balc=int(rng.integers(0, 500_000)) if employee else 0,
             )
         )
-    return named + crowd
+    return out
 
 
 def seed(store: Store) -> bool:

@@ -12,8 +12,9 @@ marking dead workers with `mark_dead`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -172,12 +173,24 @@ class _Series:
         self.handling = HANDLING.labels(*labels)
         self._handled: dict[str, Any] = {}
 
-    def done(self, code: str, t0: float) -> None:
-        handled = self._handled.get(code)
-        if handled is None:
-            handled = self._handled[code] = HANDLED.labels(*self.labels, code)
-        handled.inc()
-        self.handling.observe(time.perf_counter() - t0)
+    @contextlib.contextmanager
+    def call(self, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+        """One call: started now, handled with the status it ends with, timed."""
+        self.started.inc()
+        t0 = time.perf_counter()
+        exc: BaseException | None = None
+        try:
+            yield
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            code = _code(context, exc)
+            handled = self._handled.get(code)
+            if handled is None:
+                handled = self._handled[code] = HANDLED.labels(*self.labels, code)
+            handled.inc()
+            self.handling.observe(time.perf_counter() - t0)
 
 
 def _code(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> str:
@@ -231,41 +244,25 @@ def _unary(behavior: Behavior, s: _Series, *, streamed_in: bool) -> Behavior:
             yield r
 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        s.started.inc()
-        t0 = time.perf_counter()
-        if streamed_in:
-            request = counted_in(request)
-        else:
-            s.received.inc()
-        exc: BaseException | None = None
-        try:
+        with s.call(context):
+            if streamed_in:
+                request = counted_in(request)
+            else:
+                s.received.inc()
             response = await behavior(request, context)
             s.sent.inc()
             return response
-        except BaseException as e:
-            exc = e
-            raise
-        finally:
-            s.done(_code(context, exc), t0)
 
     return call
 
 
 def _stream_out(behavior: Behavior, s: _Series) -> Behavior:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        s.started.inc()
-        s.received.inc()
-        t0 = time.perf_counter()
-        exc: BaseException | None = None
-        try:
+        with s.call(context):
+            s.received.inc()
             async for item in behavior(request, context):
                 s.sent.inc()
                 yield item
-        except BaseException as e:
-            exc = e
-            raise
-        finally:
-            s.done(_code(context, exc), t0)
 
     return call
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,8 +89,6 @@ def test_two_stores_take_turns_on_one_file(tmp_path: Path) -> None:
 
     a, b = Store(str(db), readers=1), Store(str(db), readers=1)
     try:
-        import threading
-
         threads = [threading.Thread(target=run, args=(s, 300)) for s in (a, b)]
         for t in threads:
             t.start()

@@ -10,7 +10,8 @@ acknowledged before it is on disk.
 
 Running the operations on the loop's thread, rather than on a writer thread, spares each
 settle the hand-offs of the GIL between two busy threads. What may block runs on the
-commit thread: taking the write turn (`WriterLock`, then BEGIN IMMEDIATE) and COMMIT.
+commit thread: waiting for a write turn another worker holds (`WriterLock`, then BEGIN
+IMMEDIATE) and COMMIT's fsync; a free turn is taken on the loop's thread without a hop.
 
 Because every operation runs inside a write transaction, what an operation reads is current,
 including across worker processes sharing the file: per-person accumulator updates are
@@ -75,6 +76,7 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._flushing = False
+        self._task: asyncio.Task[None] | None = None
         self._idle = threading.Event()
         self._idle.set()
         self._sync_lock = threading.Lock()
@@ -235,12 +237,15 @@ class WriterLock:
         self._fd: int | None = None
         self._thread_lock = threading.Lock()  # flock does not order this process's threads
 
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
+
     def acquire(self) -> None:
         self._thread_lock.acquire()
         try:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fcntl.flock(self._file(), fcntl.LOCK_EX)
         except BaseException:
             self._thread_lock.release()
             raise
@@ -250,9 +255,7 @@ class WriterLock:
         if not self._thread_lock.acquire(blocking=False):
             return False
         try:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._file(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._thread_lock.release()
             return False
