@@ -13,8 +13,10 @@ runs an open loop: visits start on a Poisson schedule whatever the server does, 
 call's latency counts from the moment it was due, so a stall is not hidden (coordinated
 omission). Without it a closed loop keeps `--concurrency` visits in flight. `--clients`
 processes share the load. `--persons N` loads a generated population of N persons through
-the admin RPC first. The report (`--json`) has the figures and a timeline; `--plot` draws
-throughput and latency over time.
+the admin RPC first; `--catalog N` imports a generated catalog of N items as a new version
+with the institution's item master drawn from it (`--his-items`), and `--policy FILE` puts a
+policy in force, so the engine works on reference data of the size under test. The report
+(`--json`) has the figures and a timeline; `--plot` draws throughput and latency over time.
 
 The books: every settlement this run acknowledged (by its msgid prefix) is at the server in
 the state the run left it, with the amounts it was answered with, and none more.
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing
 import re
 import secrets
@@ -58,9 +61,11 @@ from clients.pb.medsettle.v1 import (
 )
 from clients.reconcile import today
 from server import demo_data
+from server.synth.catalog import make_catalog
 
 US_MAX = 120_000_000  # histograms hold 1 us .. 120 s
 POPULATION_FIRST = 1_000_000  # generated persons are numbered from here, clear of the demo's
+CATALOG_SEED = 11  # a generated catalog differs from the demo's (seed 2026)
 
 
 @dataclass
@@ -89,6 +94,7 @@ class Job:
     kind: str  # visits | ping
     begndate: int
     prepared: int = 0  # visits registered and uploaded first; then only their Settle is timed
+    items: tuple[demo_data.HisItem, ...] | None = None  # the item master (None: the demo's)
 
 
 @dataclass
@@ -102,6 +108,7 @@ class Outcome:
     retries_different: int = 0
     cancels: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    error_details: dict[str, str] = field(default_factory=dict)  # the first of each kind
     settled: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # live, amounts
     cancelled: list[str] = field(default_factory=list)
     hist: dict[str, bytes] = field(default_factory=dict)
@@ -145,6 +152,13 @@ class Client:
             h = self.hists[rpc] = _hist()
         h.record_value(max(1, min(US_MAX, int(seconds * 1e6))))
 
+    def error(self, rpc: str, err: grpc.RpcError) -> None:
+        code = err.code().name if hasattr(err, "code") else "UNKNOWN"
+        key = f"{rpc} {code}"
+        self.out.errors[key] = self.out.errors.get(key, 0) + 1
+        if key not in self.out.error_details and hasattr(err, "details"):
+            self.out.error_details[key] = str(err.details())
+
     async def timed(self, rpc: str, call: Any, request: Any, t0: float | None = None) -> Any:
         start = time.perf_counter() if t0 is None else t0
         resp = await call(request, timeout=60)
@@ -186,7 +200,11 @@ class Client:
                 due,
             )
             lines = fee_lines(
-                self.job.institution, n, int(self.rng.integers(1 << 30)), self.job.begndate
+                self.job.institution,
+                n,
+                int(self.rng.integers(1 << 30)),
+                self.job.begndate,
+                self.job.items,
             )
             stage = "StreamFees" if inpatient else "UploadFees"
             if inpatient:
@@ -225,9 +243,7 @@ class Client:
             await self.settle(stub, settle, psn_no, inpatient, None)
             self.out.visits += 1
         except grpc.RpcError as err:
-            code = err.code().name if hasattr(err, "code") else "UNKNOWN"
-            key = f"{self.stage if stage == 'Settle' else stage} {code}"
-            self.out.errors[key] = self.out.errors.get(key, 0) + 1
+            self.error(f"{self.stage if stage == 'Settle' else stage}", err)
         finally:
             self.busy.discard(psn_no)
 
@@ -298,8 +314,7 @@ class Client:
             await self.settle(stub, req, psn_no, False, due)
             self.out.visits += 1
         except grpc.RpcError as err:
-            key = f"{self.stage} {err.code().name}"
-            self.out.errors[key] = self.out.errors.get(key, 0) + 1
+            self.error(self.stage, err)
 
     async def prepare(self, stubs: list[Any]) -> None:
         """Register and upload this process's `prepared` outpatient visits (not timed)."""
@@ -314,6 +329,7 @@ class Client:
                 int(self.rng.integers(lo, hi + 1)),
                 int(self.rng.integers(1 << 30)),
                 self.job.begndate,
+                self.job.items,
             )
             async with sem:
                 st = stubs[i % len(stubs)]
@@ -391,7 +407,7 @@ class Client:
             try:
                 await stub.Ping(req, timeout=10)
             except grpc.RpcError as err:
-                self.out.errors[err.code().name] = self.out.errors.get(err.code().name, 0) + 1
+                self.error("Ping", err)
                 continue
             self.record("Ping", time.perf_counter() - t)
             self.out.pings += 1
@@ -544,6 +560,23 @@ def _sample_rss(proc: Any, out: list[float], stop: threading.Event) -> None:
         out.append(round(total / 1e6, 1))
 
 
+def rss_trend(rss: list[float]) -> dict[str, float] | None:
+    """The server's RSS at the start, middle and end, and its least-squares slope over the
+    second half of the run in MB per minute (a flat soak has a slope near zero there once
+    its caches have filled)."""
+    if len(rss) < 20:
+        return None
+    half = rss[len(rss) // 2 :]
+    slope = float(np.polyfit(np.arange(len(half)) / 60.0, np.asarray(half), 1)[0])
+    return {
+        "first_mb": rss[0],
+        "middle_mb": rss[len(rss) // 2],
+        "last_mb": rss[-1],
+        "max_mb": max(rss),
+        "second_half_mb_per_min": round(slope, 3),
+    }
+
+
 def merge_hists(outs: list[Outcome]) -> dict[str, HdrHistogram]:
     merged: dict[str, HdrHistogram] = {}
     for o in outs:
@@ -581,6 +614,81 @@ def load_population(target: str, institution: str, persons: list[catalog_pb2.Per
             )
 
 
+def load_reference(
+    target: str, institution: str, catalog_size: int, his_items: int, policy: str | None
+) -> tuple[tuple[demo_data.HisItem, ...] | None, dict[str, Any]]:
+    """A generated catalog of `catalog_size` items imported as a new version, the
+    institution's item master of `his_items` drawn from it with its mappings, and the policy
+    file (TOML or JSON) put in force; returns the item master the visits draw their fee
+    lines from (None when the demo catalog stays), and what was loaded, for the report."""
+    master = None
+    loaded: dict[str, Any] = {}
+    with grpc.insecure_channel(target) as ch:
+        st = settlement_pb2_grpc.SettlementStub(ch)
+        cat_stub = catalog_pb2_grpc.CatalogStub(ch)
+
+        def hdr(sign_no: str = "") -> common_pb2.RequestHeader:
+            return common_pb2.RequestHeader(
+                msgid=f"LR{secrets.token_hex(6)}",
+                fixmedins_code=institution,
+                opter="load",
+                sign_no=sign_no,
+            )
+
+        sign_no = st.SignIn(settlement_pb2.SignInRequest(header=hdr()), timeout=30).sign_no
+        if catalog_size:
+            t0 = time.perf_counter()
+            cat = make_catalog(catalog_size, seed=CATALOG_SEED)
+            items = demo_data.catalog_items(cat)
+            master = demo_data.hospital_master(
+                cat,
+                institution,
+                min(his_items, catalog_size // 2),
+                demo_data.MAPPED_SHARE,
+                tag=f"C{catalog_size}-",
+            )
+            built = time.perf_counter() - t0
+            version = int(time.time())  # newer than any earlier run's
+            chunks = (
+                catalog_pb2.CatalogChunk(
+                    header=hdr(sign_no) if i == 0 else None,
+                    version=version,
+                    items=items[i : i + 5000],
+                )
+                for i in range(0, len(items), 5000)
+            )
+            got = cat_stub.ImportCatalog(chunks, timeout=600)
+            maps = demo_data.mappings(institution, master)
+            for i in range(0, len(maps), 5000):
+                cat_stub.PutMappings(
+                    catalog_pb2.PutMappingsRequest(
+                        header=hdr(sign_no), mappings=maps[i : i + 5000]
+                    ),
+                    timeout=120,
+                )
+            print(
+                f"catalog version {got.version}: {got.item_count:,} items ({built:.1f} s to"
+                f" generate, {time.perf_counter() - t0 - built:.1f} s to load);"
+                f" item master {len(master):,}, {len(maps):,} mapped"
+            )
+            loaded.update(
+                catalog_version=got.version,
+                catalog_items=got.item_count,
+                his_items=len(master),
+                mapped=len(maps),
+            )
+        if policy:
+            text = Path(policy).read_text("utf-8")
+            fmt = "json" if policy.endswith(".json") else "toml"
+            pv = cat_stub.PutPolicy(
+                catalog_pb2.PutPolicyRequest(header=hdr(sign_no), format=fmt, text=text),
+                timeout=60,
+            )
+            print(f"policy {pv.policy_id} version {pv.version} ({pv.name}) in force")
+            loaded.update(policy_id=pv.policy_id, policy_version=pv.version)
+    return master, loaded
+
+
 def check_books(target: str, institution: str, run_id: str, outs: list[Outcome]) -> dict[str, Any]:
     """The server's settlements of this run (by msgid prefix) against what it acknowledged."""
     acked: dict[str, tuple[int, int, int]] = {}
@@ -588,28 +696,32 @@ def check_books(target: str, institution: str, run_id: str, outs: list[Outcome])
         acked.update(o.settled)
     cancelled = {s for o in outs for s in o.cancelled}
     day = today()
-    # A busy day's Details is one message of ~110 bytes a settlement (the server sends up to
-    # its max_message_bytes, 16 MB by default); grpc's client default takes only 4 MB.
-    with grpc.insecure_channel(
-        target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    ) as ch:
+    mine: list[Any] = []
+    with grpc.insecure_channel(target) as ch:
         st = settlement_pb2_grpc.SettlementStub(ch)
         hdr = common_pb2.RequestHeader(
             msgid=f"LB{secrets.token_hex(6)}", fixmedins_code=institution, opter="load"
         )
         sign_no = st.SignIn(settlement_pb2.SignInRequest(header=hdr), timeout=30).sign_no
         rec = reconciliation_pb2_grpc.ReconciliationStub(ch)
-        details = rec.Details(
-            reconciliation_pb2.DetailsRequest(
-                header=common_pb2.RequestHeader(
-                    fixmedins_code=institution, opter="load", sign_no=sign_no
+        token = ""
+        while True:  # a busy day is many messages' worth: page through it
+            page = rec.Details(
+                reconciliation_pb2.DetailsRequest(
+                    header=common_pb2.RequestHeader(
+                        fixmedins_code=institution, opter="load", sign_no=sign_no
+                    ),
+                    begin_date=day,
+                    end_date=day,
+                    page_size=10_000,
+                    page_token=token,
                 ),
-                begin_date=day,
-                end_date=day,
-            ),
-            timeout=120,
-        )
-    mine = [r.ours for r in details.results if r.ours.msgid.startswith(f"{run_id}-")]
+                timeout=120,
+            )
+            mine += [r.ours for r in page.results if r.ours.msgid.startswith(f"{run_id}-")]
+            token = page.next_page_token
+            if not token:
+                break
     held = {d.setl_id: d for d in mine}
     problems: list[str] = []
     if len(held) != len(mine):
@@ -635,6 +747,49 @@ def check_books(target: str, institution: str, run_id: str, outs: list[Outcome])
         "at_server": len(held),
         "balanced": not problems,
         "problems": problems[:20],
+    }
+
+
+def server_latency(metrics_url: str, method: str = "Settle") -> dict[str, Any]:
+    """The server's own view of `method`'s latency, from its `grpc_server_handling_seconds`
+    histogram (every call since it started, all codes, replays included): the share answered
+    within each bucket bound, and p50/p99 interpolated within buckets the way PromQL's
+    histogram_quantile does. Against the generator's figures it tells how much of a tail is
+    the server's."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    cum: dict[float, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "grpc_server_handling_seconds":
+            continue
+        for s in fam.samples:
+            if s.name.endswith("_bucket") and s.labels.get("grpc_method") == method:
+                le = float(s.labels["le"])
+                cum[le] = cum.get(le, 0.0) + s.value
+    bounds = sorted(cum)
+    total = cum[math.inf] if bounds else 0
+    if not total:
+        return {"count": 0}
+
+    def quantile(q: float) -> float:
+        rank, lo, below = q * total, 0.0, 0.0
+        for b in bounds:
+            if cum[b] >= rank:
+                if math.isinf(b):
+                    return lo * 1000
+                return (lo + (b - lo) * (rank - below) / max(cum[b] - below, 1e-9)) * 1000
+            lo, below = b, cum[b]
+        return lo * 1000
+
+    return {
+        "count": int(total),
+        "p50_ms": quantile(0.5),
+        "p99_ms": quantile(0.99),
+        "within_ms": {f"{b * 1000:g}": cum[b] / total for b in bounds if not math.isinf(b)},
     }
 
 
@@ -698,6 +853,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--institution", default="H44010100001")
     ap.add_argument("--persons", type=int, default=0, help="generated persons to load first")
     ap.add_argument(
+        "--catalog",
+        type=int,
+        default=0,
+        help="import a generated catalog of this many items first (0: the server's own)",
+    )
+    ap.add_argument(
+        "--his-items",
+        type=int,
+        default=demo_data.HOSPITAL_ITEMS,
+        help="with --catalog: the institution's item master drawn from it (92 %% mapped)",
+    )
+    ap.add_argument("--policy", help="a policy file (TOML, or JSON by its name) to put in force")
+    ap.add_argument(
         "--prepared",
         type=int,
         default=0,
@@ -718,6 +886,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also drive Ping, and a Settle replayed with one prebuilt request, with h2load",
     )
+    ap.add_argument(
+        "--metrics",
+        help="the server's /metrics URL, for its own view of Settle latency (set by --spawn)",
+    )
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--plot", help="write a PNG of throughput and latency over time here")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
@@ -731,11 +903,17 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         if args.spawn:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medsettle-load-")))
+            mport = free_port()
             server = LocalServer(
-                tmp / "load.db", port=free_port(), workers=args.workers, log=tmp / "server.log"
+                tmp / "load.db",
+                port=free_port(),
+                workers=args.workers,
+                log=tmp / "server.log",
+                extra=["--metrics-port", str(mport)],
             ).start()
             stack.callback(server.stop)
             target = server.target
+            args.metrics = args.metrics or f"http://127.0.0.1:{mport}/metrics"
         else:
             target = args.target
         people = [(p.psn_no, p.insutype) for p in demo_data.persons()]
@@ -745,6 +923,12 @@ def main(argv: list[str] | None = None) -> int:
             load_population(target, args.institution, extra)
             print(f"loaded {len(extra):,} persons in {time.perf_counter() - t0:.1f} s")
             people += [(p.psn_no, p.insutype) for p in extra]
+        master: tuple[demo_data.HisItem, ...] | None = None
+        reference: dict[str, Any] = {}
+        if args.catalog or args.policy:
+            master, reference = load_reference(
+                target, args.institution, args.catalog, args.his_items, args.policy
+            )
         run_id = f"L{secrets.token_hex(4)}"
 
         def jobs(kind: str, duration: float) -> list[Job]:
@@ -762,6 +946,7 @@ def main(argv: list[str] | None = None) -> int:
                     kind=kind,
                     begndate=demo_data.YEAR * 10000 + 615,
                     prepared=args.prepared // args.clients if kind == "visits" else 0,
+                    items=master,
                 )
                 for i in range(args.clients)
             ]
@@ -794,6 +979,7 @@ def main(argv: list[str] | None = None) -> int:
                 "balanced": False,
                 "problems": [f"the books could not be read: {err.code().name}"],
             }
+        seen_by_server = server_latency(args.metrics) if args.metrics else None
         native = None
         if args.h2load:
             native = h2load_baseline(target, args, outs)
@@ -812,18 +998,23 @@ def main(argv: list[str] | None = None) -> int:
         "shape": asdict(shape),
         "settles": settles,
         "settles_per_s": settles / elapsed,
+        "fund_pay_sumamt": sum(f for o in outs for _, f, _ in o.settled.values()),
+        "reference": reference,
         "visits": sum(o.visits for o in outs),
         "retries_identical": sum(o.retries_identical for o in outs),
         "retries_different": sum(o.retries_different for o in outs),
         "cancels": sum(o.cancels for o in outs),
         "errors": dict(errors),
+        "error_details": {k: v for o in outs for k, v in o.error_details.items()},
         "latency": {k: summary(h) for k, h in sorted(hists.items())},
+        "server_settle_latency": seen_by_server,
         "ping": ping,
         "settle_to_ping": (settles / elapsed) / ping["per_s"] if ping else None,
         "books": books,
         "h2load": native,
         "timeline": per_second(outs),
         "server_rss_mb": rss,
+        "server_rss_trend": rss_trend(rss),
     }
     s = report["latency"].get("Settle", {})
     print(
@@ -839,6 +1030,12 @@ def main(argv: list[str] | None = None) -> int:
             f"Ping {ping['per_s']:,.0f}/s (p99 {ping['p99_ms']:.1f} ms): Settle/Ping ="
             f" {report['settle_to_ping']:.2f}"
         )
+    if seen_by_server and seen_by_server["count"]:
+        print(
+            f"the server's own histogram, {seen_by_server['count']:,} Settle calls:"
+            f" p50 ~{seen_by_server['p50_ms']:.1f} ms, p99 ~{seen_by_server['p99_ms']:.1f} ms,"
+            f" {seen_by_server['within_ms']['20']:.1%} within 20 ms"
+        )
     if native:
         print(
             f"h2load: Ping {native['ping']['per_s']:,.0f}/s, Settle replayed (one prebuilt"
@@ -852,6 +1049,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for p in books["problems"]:
         print(f"  {p}")
+    if report["server_rss_trend"]:
+        t = report["server_rss_trend"]
+        print(
+            f"server RSS {t['first_mb']:.0f} -> {t['middle_mb']:.0f} -> {t['last_mb']:.0f} MB"
+            f" (max {t['max_mb']:.0f}); second half {t['second_half_mb_per_min']:+.2f} MB/min"
+        )
+    for k, v in report["error_details"].items():
+        print(f"  first {k}: {v}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:

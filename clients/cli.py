@@ -26,6 +26,10 @@ def _serve(args: argparse.Namespace) -> int:
         "center_target": args.center_target,
         "centers": args.centers,
         "metrics_port": args.metrics_port,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_ca": args.tls_ca,
+        "require_client_cert": True if args.require_client_cert else None,
     }
     try:
         cfg = config.load(args.config, flags)
@@ -38,6 +42,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return app.serve(cfg)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from server.security import certs
+
+    for path in certs.init(Path(args.dir), args.institution, args.center, args.host or None):
+        print(path)
+    return 0
 
 
 def _client(args: argparse.Namespace) -> MedsettleClient:
@@ -79,9 +93,35 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--center-target", help="host:port of the center (front-end, center mode)")
     s.add_argument("--centers", help="centers by insured region: 440100=host:port,...")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (0: none)")
+    s.add_argument("--tls-cert", help="PEM certificate: serve TLS (with --tls-key)")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    s.add_argument(
+        "--tls-ca", help="PEM CA whose certificates peers present (client certs, center)"
+    )
+    s.add_argument(
+        "--require-client-cert", action="store_true", help="mutual TLS: refuse callers without one"
+    )
     s.add_argument("--config", help="TOML file with a [server] table (MEDSETTLE_* env overrides)")
     s.add_argument("--demo", action="store_true", help="load the demo data set into an empty db")
     s.set_defaults(fn=_serve)
+
+    ce = sub.add_parser("certs", help="development certificates: a private CA and leaves")
+    ce_sub = ce.add_subparsers(dest="certs_cmd", required=True)
+    ci = ce_sub.add_parser(
+        "init", help="create the CA in --dir (kept when it exists) and issue certificates"
+    )
+    ci.add_argument("--dir", required=True, help="where ca.pem and the leaves go")
+    ci.add_argument(
+        "--institution", action="append", default=[], help="fixmedins_code (repeatable)"
+    )
+    ci.add_argument("--center", action="append", default=[], help="a center's name (repeatable)")
+    ci.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="DNS name or IP the leaves serve on (default localhost and 127.0.0.1)",
+    )
+    ci.set_defaults(fn=_certs)
 
     d = sub.add_parser("demo", help="scripted HIS visit against a fresh demo front-end")
     d.add_argument("--keep-db", help="keep the SQLite file at this path")

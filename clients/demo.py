@@ -22,10 +22,15 @@ LINES = 500
 
 
 def fee_lines(
-    fixmedins_code: str, n: int, seed: int, begndate: int
+    fixmedins_code: str,
+    n: int,
+    seed: int,
+    begndate: int,
+    items: tuple[demo_data.HisItem, ...] | None = None,
 ) -> list[settlement_pb2.FeeLine]:
-    """n fee lines a HIS would send for a stay, from the hospital's own item master."""
-    items = demo_data.his_items(fixmedins_code)
+    """n fee lines a HIS would send for a stay, from the hospital's own item master (its
+    demo one unless `items` is given)."""
+    items = items or demo_data.his_items(fixmedins_code)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):

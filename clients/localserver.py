@@ -35,6 +35,7 @@ class LocalServer:
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
         log: Path | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.db = str(db)
         self.port = port or free_port()
@@ -43,6 +44,7 @@ class LocalServer:
         self.extra = extra or []
         self.env = env or {}
         self.log_path = log
+        self.credentials = credentials  # a TLS server: how to reach it (health checks)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -78,7 +80,12 @@ class LocalServer:
 
     def wait_serving(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as ch:
+        ch = (
+            grpc.secure_channel(self.target, self.credentials)
+            if self.credentials is not None
+            else grpc.insecure_channel(self.target)
+        )
+        with ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while True:
                 if self.proc is not None and self.proc.poll() is not None:

@@ -103,13 +103,18 @@ class MedsettleClient:
         retries: int = 3,
         backoff_s: float = 0.2,
         channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.channel = channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
+        options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+        # `credentials` (grpc.ssl_channel_credentials, with the institution's certificate
+        # and key for mutual TLS) makes the channel TLS; without it, plaintext.
+        self.channel = channel or (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=options)
         )
         self.settlement = settlement_pb2_grpc.SettlementStub(self.channel)
         self.catalog = catalog_pb2_grpc.CatalogStub(self.channel)
@@ -367,6 +372,28 @@ class MedsettleClient:
                 compare=compare,
             ),
         )
+
+    def detail_pages(
+        self, begin_date: int, end_date: int, page_size: int = 5000
+    ) -> Iterator[reconciliation_pb2.DetailsResponse]:
+        """The range's settlements a page at a time (a busy day's list is more than one
+        message may carry)."""
+        token = ""
+        while True:
+            page = self.call(
+                self.reconciliation.Details,
+                reconciliation_pb2.DetailsRequest(
+                    header=self.header(),
+                    begin_date=begin_date,
+                    end_date=end_date,
+                    page_size=page_size,
+                    page_token=token,
+                ),
+            )
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
 
     # ------------------------------------------------------------------ Catalog (admin)
     def put_mappings(

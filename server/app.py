@@ -107,15 +107,19 @@ async def _handlers(
             generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center),
             generic_handler(
                 CENTER_SERVICES["medsettle.v1.Reconciliation"],
-                CenterReconciliationService(cfg.db),
+                CenterReconciliationService(cfg.db, cfg.max_message_bytes),
             ),
         ]
         return handlers, CENTER_SERVICES, pg_store.close
     store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
     env = make_env(cfg)
     calls = Calls(store, env)
+    tls = cfg.tls()
     routes: CenterRoutes | None = CenterRoutes(
-        cfg.center_target, cfg.center_routes(), cfg.center_deadline_s
+        cfg.center_target,
+        cfg.center_routes(),
+        cfg.center_deadline_s,
+        tls.channel_credentials() if tls and tls.ca else None,
     )
     if not routes:
         routes = None
@@ -141,7 +145,10 @@ async def _handlers(
             SERVICES["medsettle.v1.Settlement"], SettlementService(store, env, center_mode)
         ),
         generic_handler(SERVICES["medsettle.v1.Catalog"], CatalogService(calls)),
-        generic_handler(SERVICES["medsettle.v1.Reconciliation"], ReconciliationService(calls)),
+        generic_handler(
+            SERVICES["medsettle.v1.Reconciliation"],
+            ReconciliationService(calls, cfg.max_message_bytes),
+        ),
     ]
 
     async def close_sqlite() -> None:
@@ -183,15 +190,24 @@ async def serve_worker(cfg: Config, index: int = 0) -> None:
         ],
         server,
     )
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    tls = cfg.tls()
+    address = f"{cfg.host}:{cfg.port}"
+    port = (
+        server.add_secure_port(address, tls.server_credentials(cfg.require_client_cert))
+        if tls and tls.cert
+        else server.add_insecure_port(address)
+    )
     if port == 0:
         raise SystemExit(f"cannot listen on {cfg.host}:{cfg.port}")
     await server.start()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    security = "plaintext"
+    if tls and tls.cert:
+        security = "mutual TLS" if cfg.require_client_cert else "TLS"
     print(
         f"medsettle {cfg.role} ({cfg.mode} mode) listening on {cfg.host}:{port}"
-        f" pid {os.getpid()} db {cfg.db}",
+        f" pid {os.getpid()} db {cfg.db} ({security})",
         flush=True,
     )
     stop = asyncio.Event()

@@ -24,9 +24,12 @@ def center_setl_id(node_id: str, fixmedins_code: str, msgid: str) -> str:
 
 
 class CenterLink:
-    def __init__(self, target: str, deadline_s: float) -> None:
+    def __init__(
+        self, target: str, deadline_s: float, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         self.target = target
         self.deadline_s = deadline_s
+        self.credentials = credentials  # mutual TLS when set
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None  # the generated stub's types describe the sync channel
         self._up = metrics.CENTER_LINK_UP.labels(target)
@@ -35,13 +38,15 @@ class CenterLink:
         if self._stub is None:  # created on the serving loop, on first use
             # Reconnect quickly after the line returns: gRPC's default backoff grows to two
             # minutes, during which every call would fail at once.
-            self._channel = grpc.aio.insecure_channel(
-                self.target,
-                options=[
-                    ("grpc.initial_reconnect_backoff_ms", 200),
-                    ("grpc.min_reconnect_backoff_ms", 200),
-                    ("grpc.max_reconnect_backoff_ms", 2000),
-                ],
+            options = [
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ]
+            self._channel = (
+                grpc.aio.secure_channel(self.target, self.credentials, options=options)
+                if self.credentials is not None
+                else grpc.aio.insecure_channel(self.target, options=options)
             )
             self._stub = center_pb2_grpc.CenterStub(self._channel)
         return self._stub
@@ -117,9 +122,15 @@ class CenterRoutes:
     """The center of each insured region (one PostgreSQL-backed center per pooling region),
     with a default for the rest."""
 
-    def __init__(self, default: str, by_region: dict[str, str], deadline_s: float) -> None:
+    def __init__(
+        self,
+        default: str,
+        by_region: dict[str, str],
+        deadline_s: float,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.links = {
-            target: CenterLink(target, deadline_s)
+            target: CenterLink(target, deadline_s, credentials)
             for target in {default, *by_region.values()}
             if target
         }

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.security.certs import TlsFiles
+
 
 @dataclass
 class Config:
@@ -54,6 +56,15 @@ class Config:
     # directory of this server's under the system's temporary directory, emptied at start).
     metrics_port: int = 0
     metrics_dir: str = ""
+    # TLS (PEM files; `medsettle certs init` makes development ones). With tls_cert and
+    # tls_key the listener speaks only TLS; tls_ca is the authority whose certificates this
+    # node accepts from its peers: client certificates on the listener (required with
+    # require_client_cert, as at a center), and the center's on a front-end's link, which
+    # then presents tls_cert itself (mutual TLS between front-end and center).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    require_client_cert: bool = False
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -83,6 +94,20 @@ class Config:
             raise ValueError("center_target: a front-end in center mode needs the center's address")
         if self.workers < 1:
             raise ValueError("workers: must be at least 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert, tls_key: give both or neither")
+        if self.require_client_cert and not (self.tls_cert and self.tls_ca):
+            raise ValueError("require_client_cert: needs tls_cert, tls_key and tls_ca")
+        for key in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, key)
+            if path and not Path(path).is_file():
+                raise ValueError(f"{key}: {path} is not a readable file")
+
+    def tls(self) -> TlsFiles | None:
+        """This node's TLS files, or None for plaintext."""
+        if not (self.tls_cert or self.tls_ca):
+            return None
+        return TlsFiles(self.tls_cert, self.tls_key, self.tls_ca)
 
 
 def parse_routes(text: str) -> dict[str, str]:

@@ -56,8 +56,10 @@ def catalog() -> SynthCatalog:
     return make_catalog(CATALOG_SIZE, seed=2026)
 
 
-def catalog_items() -> list[catalog_pb2.CatalogItem]:
-    cat = catalog()
+def catalog_items(cat: SynthCatalog | None = None) -> list[catalog_pb2.CatalogItem]:
+    """The catalog's items as the Catalog service takes them (the demo catalog by default;
+    the load kit passes one of its own size)."""
+    cat = cat or catalog()
     cols = {
         k: unpack_strings(cat.items[k])
         for k in ("code", "name", "spec", "dosage_form", "manufacturer", "diagnoses")
@@ -110,11 +112,20 @@ class HisItem:
 
 @cache
 def his_items(fixmedins_code: str) -> tuple[HisItem, ...]:
-    """The institution's item master: its codes and prices; most are mapped."""
-    cat = catalog()
+    """The institution's item master over the demo catalog: its codes and prices; most are
+    mapped."""
+    return hospital_master(catalog(), fixmedins_code, HOSPITAL_ITEMS, MAPPED_SHARE)
+
+
+def hospital_master(
+    cat: SynthCatalog, fixmedins_code: str, n: int, mapped_share: float, tag: str = ""
+) -> tuple[HisItem, ...]:
+    """n items of an institution's item master drawn from `cat` (deterministic by the
+    institution's code), a `mapped_share` of them mapped; `tag` goes into every item code,
+    so masters over different catalogs do not share codes."""
     seed = int(fixmedins_code[-3:]) + 7 * (fixmedins_code[1:7] == "440300")
-    hosp = make_hospital_items(cat, HOSPITAL_ITEMS, seed=seed)
-    mapped = hosp.mapped(MAPPED_SHARE, seed=seed)
+    hosp = make_hospital_items(cat, n, seed=seed)
+    mapped = hosp.mapped(mapped_share, seed=seed)
     rng = np.random.default_rng(seed)
     caps = cat.items["price_cap"]
     out = []
@@ -125,7 +136,7 @@ def his_items(fixmedins_code: str) -> tuple[HisItem, ...]:
         price = max(1, int(base * rng.choice([0.8, 0.95, 1.0, 1.0, 1.15])))
         out.append(
             HisItem(
-                code=f"{fixmedins_code[-5:]}-{code}",
+                code=f"{fixmedins_code[-5:]}-{tag}{code}",
                 name=hosp.name[j],
                 spec=hosp.spec[j],
                 price=price,
@@ -135,12 +146,15 @@ def his_items(fixmedins_code: str) -> tuple[HisItem, ...]:
     return tuple(out)
 
 
-def mappings(fixmedins_code: str) -> list[catalog_pb2.Mapping]:
+def mappings(
+    fixmedins_code: str, items: tuple[HisItem, ...] | None = None
+) -> list[catalog_pb2.Mapping]:
+    """The mappings (对照) of an item master (the institution's demo one by default)."""
     return [
         catalog_pb2.Mapping(
             medins_list_codg=h.code, med_list_codg=h.mapped_to, medins_list_name=h.name
         )
-        for h in his_items(fixmedins_code)
+        for h in (his_items(fixmedins_code) if items is None else items)
         if h.mapped_to
     ]
 

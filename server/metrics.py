@@ -38,6 +38,7 @@ LATENCY_BUCKETS = (
     0.0025,
     0.005,
     0.01,
+    0.02,  # the load targets' p99 bound for an outpatient Settle
     0.025,
     0.05,
     0.1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -351,3 +352,47 @@ def test_signed_out_or_unsigned_callers_are_refused(frontend: LocalServer) -> No
         stranger.sign_in()
     assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert c.ping(b"abc").payload == b"abc"  # Ping needs no sign-in
+
+
+def test_details_pages_a_busy_day_and_refuses_an_answer_too_big(tmp_path: Path) -> None:
+    """A listing larger than the server's message limit is refused with advice to page, and
+    paging returns the same rows in the same order, each once."""
+    server = LocalServer(
+        tmp_path / "small.db",
+        env={"MEDSETTLE_MAX_MESSAGE_BYTES": "3000"},
+        log=tmp_path / "small.log",
+    ).start()
+    try:
+        c = client(server)
+        for seed in range(30, 52):
+            mdtrt_id, ls = admit(c, EMPLOYEE, n_lines=2, seed=seed, med_type=11)
+            c.settle(mdtrt_id, EMPLOYEE.psn_no, medfee_sumamt=total(ls))
+        day = int(time.strftime("%Y%m%d", time.gmtime(time.time() + 8 * 3600)))
+        with pytest.raises(MedsettleError) as err:
+            c.details(day, day)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "22 settlements" in str(err.value) and "page_size" in str(err.value)
+        pages = list(c.detail_pages(day, day, page_size=5))
+        assert [p.ours_count for p in pages] == [5, 5, 5, 5, 2]
+        assert [bool(p.next_page_token) for p in pages] == [True] * 4 + [False]
+        ids = [r.ours.setl_id for p in pages for r in p.results]
+        assert len(set(ids)) == 22
+        times = [r.ours.setl_time.ToMilliseconds() for p in pages for r in p.results]
+        assert times == sorted(times)
+        for bad, says in (
+            ({"page_size": 10_001}, "page_size"),
+            ({"page_size": 5, "compare": True}, "page_size"),
+            ({"page_token": "x"}, "page_token"),
+            ({"page_size": 5, "page_token": "nonsense"}, "page_token"),
+        ):
+            with pytest.raises(MedsettleError) as err:
+                c.call(
+                    c.reconciliation.Details,
+                    reconciliation_pb2.DetailsRequest(
+                        header=c.header(), begin_date=day, end_date=day, **bad
+                    ),
+                )
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT, bad
+            assert [f for f, _ in err.value.violations] == [says], bad
+    finally:
+        server.stop()

@@ -76,3 +76,24 @@ def test_prepared_visits_time_only_their_settle(tmp_path: Path) -> None:
     assert r["books"]["balanced"] and r["retries_identical"] > 0
     assert "Register" not in r["latency"] and "UploadFees" not in r["latency"]
     assert r["latency"]["Settle"]["count"] == 300
+
+
+def test_generated_catalog_and_policy_of_a_chosen_size(tmp_path: Path) -> None:
+    policy = (ROOT / "server" / "data" / "demo_city_policy.toml").read_text("utf-8")
+    assert "version = 2026_01" in policy
+    mine = tmp_path / "policy.toml"
+    mine.write_text(policy.replace("version = 2026_01", "version = 2026_07"), "utf-8")
+    code, r, text = run_kit(
+        tmp_path,
+        *("--catalog", "6000", "--his-items", "1500", "--policy", str(mine)),
+        *("--prepared", "60", "--duration", "30", "--ping-duration", "0", "--cancel-rate", "0"),
+    )
+    assert code == 0, text
+    ref = r["reference"]
+    assert ref["catalog_items"] == 6000 and ref["catalog_version"] > 1
+    assert ref["his_items"] == 1500 and 1300 < ref["mapped"] < 1500  # 92 % mapped
+    assert (ref["policy_id"], ref["policy_version"]) == ("demo-city", 2026_07)
+    assert r["books"]["balanced"] and r["settles"] == 60
+    # The lines carry codes only the new item master has: had its mappings not been loaded,
+    # every line would be unmapped, self-paid, and no fund would pay anything.
+    assert r["fund_pay_sumamt"] > 0

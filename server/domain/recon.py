@@ -14,7 +14,7 @@ from typing import Any
 
 from clients.pb.medsettle.v1 import catalog_pb2, reconciliation_pb2
 from server.domain.visits import valid_date
-from server.errors import Violations
+from server.errors import ResourceExhausted, Violations
 from server.store import ACC_FIELDS
 
 Key = tuple[int, int, int]  # (day, insutype, clr_type)
@@ -144,16 +144,30 @@ def _row_diff(a: reconciliation_pb2.TotalsRow, b: reconciliation_pb2.TotalsRow) 
 
 
 def detail_rows(
-    fetch: Fetch, code: str, begin: int, end: int
+    fetch: Fetch,
+    code: str,
+    begin: int,
+    end: int,
+    after: tuple[int, str] | None = None,
+    limit: int = 0,
 ) -> list[reconciliation_pb2.DetailRow]:
-    rows = fetch(
+    """The institution's settlements made or cancelled on days begin..end in settlement-time
+    order; a page of `limit` rows after the (setl_time, setl_id) `after` when given."""
+    sql = (
         "SELECT setl_id, msgid, mdtrt_id, psn_no, insutype, clr_type, state, setl_time,"
         " cancel_time, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay"
         " FROM settlements WHERE fixmedins_code = ?"
         " AND (setl_date BETWEEN ? AND ? OR cancel_date BETWEEN ? AND ?)"
-        " ORDER BY setl_time, setl_id",
-        (code, begin, end, begin, end),
     )
+    args: list[Any] = [code, begin, end, begin, end]
+    if after is not None:
+        sql += " AND (setl_time > ? OR (setl_time = ? AND setl_id > ?))"
+        args += [after[0], after[0], after[1]]
+    sql += " ORDER BY setl_time, setl_id"
+    if limit:
+        sql += " LIMIT ?"
+        args.append(limit)
+    rows = fetch(sql, args)
     out = []
     for r in rows:
         d = reconciliation_pb2.DetailRow(
@@ -186,12 +200,57 @@ def _same(a: reconciliation_pb2.DetailRow, b: reconciliation_pb2.DetailRow) -> b
     )
 
 
+MAX_PAGE = 10_000
+
+
+def _page(req: reconciliation_pb2.DetailsRequest) -> tuple[int, tuple[int, str] | None]:
+    """The page size and the position after which it starts (None: the first page)."""
+    v = Violations()
+    v.require(0 <= req.page_size <= MAX_PAGE, "page_size", f"must be 0..{MAX_PAGE}")
+    if req.page_size and (req.theirs or req.compare):
+        v.add("page_size", "pages a listing; a comparison takes the whole range")
+    if req.page_token and not req.page_size:
+        v.add("page_token", "needs page_size")
+    after = None
+    if req.page_token and req.page_size:
+        t, sep, setl_id = req.page_token.partition(":")
+        if not (sep and t.isdigit() and setl_id):
+            v.add("page_token", "is not a token this server issued")
+        else:
+            after = (int(t), setl_id)
+    v.raise_if_any()
+    return req.page_size, after
+
+
 def details(
+    fetch: Fetch, code: str, req: reconciliation_pb2.DetailsRequest, max_bytes: int = 0
+) -> reconciliation_pb2.DetailsResponse:
+    """The rows of the range (a page of them), or the differences from `theirs`; an
+    unpaged answer over `max_bytes` (the server's message limit) is RESOURCE_EXHAUSTED with
+    the advice to page."""
+    resp = _details(fetch, code, req)
+    if max_bytes and not req.page_size and resp.ByteSize() > max_bytes - 1024:
+        raise ResourceExhausted(
+            f"the answer would be {resp.ByteSize():,} bytes ({resp.ours_count:,} settlements),"
+            f" over this server's {max_bytes:,}; ask with page_size (up to {MAX_PAGE:,})"
+            " or a shorter date range"
+        )
+    return resp
+
+
+def _details(
     fetch: Fetch, code: str, req: reconciliation_pb2.DetailsRequest
 ) -> reconciliation_pb2.DetailsResponse:
     _check_range(req.begin_date, req.end_date)
-    ours = detail_rows(fetch, code, req.begin_date, req.end_date)
+    size, after = _page(req)
+    ours = detail_rows(fetch, code, req.begin_date, req.end_date, after, size + 1 if size else 0)
+    more = bool(size) and len(ours) > size
+    if more:
+        del ours[size:]
     resp = reconciliation_pb2.DetailsResponse(ours_count=len(ours), balanced=True)
+    if more:
+        last = ours[-1]
+        resp.next_page_token = f"{last.setl_time.ToMilliseconds()}:{last.setl_id}"
     if not req.theirs and not req.compare:
         resp.results.extend(
             reconciliation_pb2.DetailResult(match=reconciliation_pb2.MATCHED, ours=o) for o in ours

@@ -4,7 +4,9 @@ Handlers are built from the service descriptors (not the generated `add_*_to_ser
 handler may answer with the stored response *bytes* of an idempotent replay: the response
 serializer passes bytes through untouched, which is what makes a retry's answer identical
 byte for byte. Every handler is wrapped so a `ClientError` becomes its precise status with
-`google.rpc.Status` details, and anything else is logged and answered INTERNAL.
+`google.rpc.Status` details, and anything else is logged and answered INTERNAL. A caller
+with a client certificate speaks only for its institution: every request header it sends
+is checked against the certificate here, for every service.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from server.errors import ClientError
+from server.security.identity import ANONYMOUS, Peer, peer_of
 
 log = logging.getLogger("medsettle.rpc")
 
@@ -63,10 +66,26 @@ async def _abort(
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
 
 
-def _wrap_unary(method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+async def _gated(chunks: AsyncIterator[Any], peer: Peer) -> AsyncIterator[Any]:
+    """A request stream whose every message's header is checked against the peer."""
+    n = 0
+    async for chunk in chunks:
+        peer.check_header(getattr(chunk, "header", None), f"messages[{n}].header")
+        n += 1
+        yield chunk
+
+
+def _wrap_unary(
+    method: str, fn: Callable[..., Awaitable[Any]], streaming_in: bool = False
+) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             check_parsed(request)
+            peer = peer_of(context)
+            if streaming_in:
+                request = _gated(request, peer)
+            elif peer is not ANONYMOUS:
+                peer.check_header(getattr(request, "header", None))
             return await fn(request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -84,6 +103,7 @@ def _wrap_stream_out(
     ) -> AsyncIterator[Any]:
         try:
             check_parsed(request)
+            peer_of(context).check_header(getattr(request, "header", None))
             async for item in fn(request, context):
                 yield item
         except Exception as exc:
@@ -105,7 +125,9 @@ def generic_handler(service: ServiceDescriptor, impl: object) -> grpc.GenericRpc
         deser = _deserializer(request_cls)
         if m.client_streaming and not m.server_streaming:
             handlers[m.name] = grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(m.name, fn), request_deserializer=deser, response_serializer=_serialize
+                _wrap_unary(m.name, fn, streaming_in=True),
+                request_deserializer=deser,
+                response_serializer=_serialize,
             )
         elif m.server_streaming and not m.client_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(

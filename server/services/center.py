@@ -136,8 +136,9 @@ class CenterReconciliationService:
     the two sides can be laid side by side. Reads run on a short-lived connection in a thread
     (reconciliation is rare; the queries are shared with the front-end's SQLite ledger)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, max_bytes: int) -> None:
         self.dsn = dsn
+        self.max_bytes = max_bytes  # the server's message limit
 
     @staticmethod
     def _code(header: common_pb2.RequestHeader) -> str:
@@ -153,10 +154,11 @@ class CenterReconciliationService:
         code = self._code(request.header)
 
         def answer(fetch: recon.Fetch) -> reconciliation_pb2.DetailsResponse:
-            resp = recon.details(fetch, code, request)
-            resp.accumulator_differences.extend(
-                recon.accumulator_differences(fetch, code, request.begin_date, request.end_date)
-            )
+            resp = recon.details(fetch, code, request, self.max_bytes)
+            if not request.page_token:  # with the first (or only) page
+                resp.accumulator_differences.extend(
+                    recon.accumulator_differences(fetch, code, request.begin_date, request.end_date)
+                )
             return resp
 
         return await asyncio.to_thread(read_pg, self.dsn, answer)

@@ -11,8 +11,9 @@ from server.services.settlement import Calls, Ctx
 
 
 class ReconciliationService:
-    def __init__(self, calls: Calls) -> None:
+    def __init__(self, calls: Calls, max_bytes: int) -> None:
         self.calls = calls
+        self.max_bytes = max_bytes  # the server's message limit
 
     async def Totals(self, request: reconciliation_pb2.TotalsRequest, context: Ctx) -> Any:
         return await self.calls.read(
@@ -26,6 +27,6 @@ class ReconciliationService:
         return await self.calls.read(
             request,
             lambda conn, caller: recon.details(
-                recon.sqlite_fetch(conn), caller.inst.fixmedins_code, request
+                recon.sqlite_fetch(conn), caller.inst.fixmedins_code, request, self.max_bytes
             ),
         )

@@ -1,0 +1,56 @@
+"""Who is calling, from the TLS handshake: the institution (or center) named in the peer's
+certificate, and the rule that a caller with such a certificate may speak only for that
+institution (the `fixmedins_code` of every request header it sends).
+
+A caller without a certificate (plaintext, or TLS without client authentication for HIS
+callers) is identified by its sign-in alone, as before; a deployment that wants every HIS
+to present one sets `require_client_cert`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from server.errors import PermissionDenied
+from server.security.certs import CENTER_URI, INSTITUTION_URI
+
+
+@dataclass(frozen=True)
+class Peer:
+    institution: str = ""  # the fixmedins_code its certificate names
+    center: str = ""  # or the center it names
+
+    def check_header(self, header: Any, where: str = "header") -> None:
+        """PERMISSION_DENIED when a header speaks for another institution than the
+        certificate's (a center's certificate speaks for none)."""
+        code = getattr(header, "fixmedins_code", "")
+        if self.institution and code and code != self.institution:
+            raise PermissionDenied(
+                f"{where}.fixmedins_code: {code} is not the institution of the client"
+                f" certificate ({self.institution})"
+            )
+        if self.center and code:
+            raise PermissionDenied(
+                f"{where}.fixmedins_code: a center's certificate ({self.center}) does not"
+                " speak for an institution"
+            )
+
+
+ANONYMOUS = Peer()
+
+
+def peer_of(context: Any) -> Peer:
+    """The identity in the peer's verified certificate; ANONYMOUS without one."""
+    auth = context.auth_context()
+    if not auth or auth.get("transport_security_type") != [b"ssl"]:
+        return ANONYMOUS
+    for raw in auth.get("x509_subject_alternative_name", []):
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if name.startswith(INSTITUTION_URI):
+            return Peer(institution=name[len(INSTITUTION_URI) :])
+        if name.startswith(CENTER_URI):
+            return Peer(center=name[len(CENTER_URI) :])
+    if auth.get("x509_common_name"):  # a certificate that names nobody medsettle knows
+        raise PermissionDenied("the client certificate names no medsettle institution")
+    return ANONYMOUS
