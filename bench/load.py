@@ -48,6 +48,7 @@ import grpc
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+import engine_rs
 from clients.demo import fee_lines
 from clients.localserver import LocalServer, free_port
 from clients.pb.medsettle.v1 import (
@@ -60,7 +61,16 @@ from clients.pb.medsettle.v1 import (
     settlement_pb2_grpc,
 )
 from clients.reconcile import today
+from clients.signing import (
+    HMAC,
+    SM2,
+    AioSigningInterceptor,
+    Signer,
+    SigningInterceptor,
+)
 from server import demo_data
+from server.security import certs
+from server.security.signing import InstitutionKey, new_sm2_secret, write_keys
 from server.synth.catalog import make_catalog
 
 US_MAX = 120_000_000  # histograms hold 1 us .. 120 s
@@ -80,6 +90,46 @@ class Shape:
     stream_chunk: int = 1000
 
 
+@dataclass(frozen=True)
+class Security:
+    """How the kit reaches the server: TLS with the institution's certificate (cert, key,
+    CA files) and, with `sign_key` (its SM2 secret, or its HMAC-SM3 secret with
+    `sign_type` HMAC), every call signed."""
+
+    tls: tuple[str, str, str] | None = None
+    sign_key: bytes = b""
+    sign_type: str = SM2
+
+    def signer(self) -> Signer | None:
+        return Signer(self.sign_type, self.sign_key) if self.sign_key else None
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        if self.tls is None:
+            return None
+        cert, key, ca = (Path(p).read_bytes() for p in self.tls)
+        return grpc.ssl_channel_credentials(ca, key, cert)
+
+    def channel(self, target: str, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+        creds = self._credentials()
+        ch = (
+            grpc.secure_channel(target, creds, options=options)
+            if creds is not None
+            else grpc.insecure_channel(target, options=options)
+        )
+        signer = self.signer()
+        if signer is not None:
+            ch = grpc.intercept_channel(ch, SigningInterceptor(signer))
+        return ch
+
+    def aio_channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
+        creds = self._credentials()
+        signer = self.signer()
+        icpt = [AioSigningInterceptor(signer)] if signer is not None else None
+        if creds is not None:
+            return grpc.aio.secure_channel(target, creds, options=options, interceptors=icpt)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=icpt)
+
+
 @dataclass
 class Job:
     target: str
@@ -95,6 +145,7 @@ class Job:
     begndate: int
     prepared: int = 0  # visits registered and uploaded first; then only their Settle is timed
     items: tuple[demo_data.HisItem, ...] | None = None  # the item master (None: the demo's)
+    security: Security = field(default_factory=Security)
 
 
 @dataclass
@@ -135,6 +186,9 @@ class Client:
         self.sign_no = ""
         self.stage = ""
         self.todo: Iterator[tuple[settlement_pb2.SettleRequest, str]] | None = None
+        # Prepared Settles signed before the clock starts (the HIS's signing is not the
+        # server's cost); a retry is signed afresh, with a new nonce, as a HIS would.
+        self.presigned: dict[str, tuple[tuple[str, str], ...]] = {}
         self.exhausted = False
 
     def msgid(self, what: str) -> str:
@@ -260,7 +314,8 @@ class Client:
         shape = self.job.shape
         self.stage = "Settle"
         t = time.perf_counter() if due is None else due
-        raw = await stub.Settle(settle, timeout=60)
+        md = self.presigned.pop(settle.header.msgid, None)
+        raw = await stub.Settle(settle, timeout=60, metadata=md)
         latency = time.perf_counter() - t
         self.record("Settle", latency)
         self.record("Settle inpatient" if inpatient else "Settle outpatient", latency)
@@ -364,6 +419,11 @@ class Client:
             )
 
         await asyncio.gather(*(one(i) for i in range(self.job.prepared)))
+        signer = self.job.security.signer()
+        if signer is not None:
+            for req, _ in out:
+                md = signer.metadata("/medsettle.v1.Settlement/Settle", req)
+                self.presigned[req.header.msgid] = tuple(md)
         self.todo = iter(out)
 
     async def run(self) -> Outcome:
@@ -372,7 +432,7 @@ class Client:
             stubs = []
             for _ in range(4):  # connections: SO_REUSEPORT spreads connections over workers
                 ch = await stack.enter_async_context(
-                    grpc.aio.insecure_channel(
+                    job.security.aio_channel(
                         job.target, options=[("grpc.use_local_subchannel_pool", 1)]
                     )
                 )
@@ -593,8 +653,10 @@ def summary(h: HdrHistogram) -> dict[str, float]:
     }
 
 
-def load_population(target: str, institution: str, persons: list[catalog_pb2.PersonRecord]) -> None:
-    with grpc.insecure_channel(target) as ch:
+def load_population(
+    target: str, institution: str, persons: list[catalog_pb2.PersonRecord], sec: Security
+) -> None:
+    with sec.channel(target) as ch:
         st = settlement_pb2_grpc.SettlementStub(ch)
         cat = catalog_pb2_grpc.CatalogStub(ch)
         hdr = common_pb2.RequestHeader(
@@ -615,7 +677,12 @@ def load_population(target: str, institution: str, persons: list[catalog_pb2.Per
 
 
 def load_reference(
-    target: str, institution: str, catalog_size: int, his_items: int, policy: str | None
+    target: str,
+    institution: str,
+    catalog_size: int,
+    his_items: int,
+    policy: str | None,
+    sec: Security,
 ) -> tuple[tuple[demo_data.HisItem, ...] | None, dict[str, Any]]:
     """A generated catalog of `catalog_size` items imported as a new version, the
     institution's item master of `his_items` drawn from it with its mappings, and the policy
@@ -623,7 +690,7 @@ def load_reference(
     lines from (None when the demo catalog stays), and what was loaded, for the report."""
     master = None
     loaded: dict[str, Any] = {}
-    with grpc.insecure_channel(target) as ch:
+    with sec.channel(target) as ch:
         st = settlement_pb2_grpc.SettlementStub(ch)
         cat_stub = catalog_pb2_grpc.CatalogStub(ch)
 
@@ -689,7 +756,9 @@ def load_reference(
     return master, loaded
 
 
-def check_books(target: str, institution: str, run_id: str, outs: list[Outcome]) -> dict[str, Any]:
+def check_books(
+    target: str, institution: str, run_id: str, outs: list[Outcome], sec: Security
+) -> dict[str, Any]:
     """The server's settlements of this run (by msgid prefix) against what it acknowledged."""
     acked: dict[str, tuple[int, int, int]] = {}
     for o in outs:
@@ -697,7 +766,7 @@ def check_books(target: str, institution: str, run_id: str, outs: list[Outcome])
     cancelled = {s for o in outs for s in o.cancelled}
     day = today()
     mine: list[Any] = []
-    with grpc.insecure_channel(target) as ch:
+    with sec.channel(target) as ch:
         st = settlement_pb2_grpc.SettlementStub(ch)
         hdr = common_pb2.RequestHeader(
             msgid=f"LB{secrets.token_hex(6)}", fixmedins_code=institution, opter="load"
@@ -886,6 +955,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also drive Ping, and a Settle replayed with one prebuilt request, with h2load",
     )
+    ap.add_argument("--tls", action="store_true", help="with --spawn: mutual TLS (fresh CA)")
+    ap.add_argument(
+        "--signing",
+        nargs="?",
+        const="sm2",
+        choices=["sm2", "hmac"],
+        help="with --spawn: every call signed (SM3withSM2, or HMAC-SM3)",
+    )
+    ap.add_argument("--tls-dir", help="with --target: a `certs init` directory (mutual TLS)")
+    ap.add_argument("--sign-key", help="with --target: the institution's SM2 secret (hex file)")
     ap.add_argument(
         "--metrics",
         help="the server's /metrics URL, for its own view of Settle latency (set by --spawn)",
@@ -901,15 +980,43 @@ def main(argv: list[str] | None = None) -> int:
         retry_rate=args.retry_rate,
     )
     with contextlib.ExitStack() as stack:
+        sec = Security()
+        if args.tls_dir:
+            d, inst = Path(args.tls_dir), args.institution
+            sec = Security(tls=(str(d / f"{inst}.pem"), str(d / f"{inst}.key"), str(d / "ca.pem")))
+        if args.sign_key:
+            sec = Security(sec.tls, bytes.fromhex(Path(args.sign_key).read_text().strip()))
         if args.spawn:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medsettle-load-")))
             mport = free_port()
+            flags = ["--metrics-port", str(mport)]
+            if args.tls:  # mutual TLS with a fresh private CA
+                certs.init(tmp / "pki", [args.institution], [])
+                files = [
+                    str(tmp / "pki" / f)
+                    for f in (f"{args.institution}.pem", f"{args.institution}.key", "ca.pem")
+                ]
+                sec = Security(tls=(files[0], files[1], files[2]))
+                flags += ["--tls-cert", files[0], "--tls-key", files[1], "--tls-ca", files[2]]
+                flags += ["--require-client-cert"]
+            if args.signing == "sm2":  # the institution's SM2 key registered
+                secret = new_sm2_secret()
+                key = InstitutionKey(sm2_public_key=engine_rs.sm2_public_key(secret))
+                sec = Security(sec.tls, secret, SM2)
+            elif args.signing == "hmac":  # a shared HMAC-SM3 secret
+                secret = secrets.token_bytes(32)
+                key = InstitutionKey(hmac_key=secret)
+                sec = Security(sec.tls, secret, HMAC)
+            if args.signing:  # every call signed
+                write_keys(tmp / "keys.toml", {args.institution: key})
+                flags += ["--signing", "required", "--signing-keys", str(tmp / "keys.toml")]
             server = LocalServer(
                 tmp / "load.db",
                 port=free_port(),
                 workers=args.workers,
                 log=tmp / "server.log",
-                extra=["--metrics-port", str(mport)],
+                extra=flags,
+                credentials=sec._credentials(),
             ).start()
             stack.callback(server.stop)
             target = server.target
@@ -920,14 +1027,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.persons:
             extra = demo_data.crowd(POPULATION_FIRST, args.persons, seed=7)
             t0 = time.perf_counter()
-            load_population(target, args.institution, extra)
+            load_population(target, args.institution, extra, sec)
             print(f"loaded {len(extra):,} persons in {time.perf_counter() - t0:.1f} s")
             people += [(p.psn_no, p.insutype) for p in extra]
         master: tuple[demo_data.HisItem, ...] | None = None
         reference: dict[str, Any] = {}
         if args.catalog or args.policy:
             master, reference = load_reference(
-                target, args.institution, args.catalog, args.his_items, args.policy
+                target, args.institution, args.catalog, args.his_items, args.policy, sec
             )
         run_id = f"L{secrets.token_hex(4)}"
 
@@ -947,6 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
                     begndate=demo_data.YEAR * 10000 + 615,
                     prepared=args.prepared // args.clients if kind == "visits" else 0,
                     items=master,
+                    security=sec,
                 )
                 for i in range(args.clients)
             ]
@@ -970,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             watch.set()
         try:
-            books = check_books(target, args.institution, run_id, outs)
+            books = check_books(target, args.institution, run_id, outs, sec)
         except grpc.RpcError as err:  # the figures are still worth the report
             books = {
                 "acknowledged": sum(len(o.settled) for o in outs),

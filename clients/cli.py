@@ -30,6 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "tls_ca": args.tls_ca,
         "require_client_cert": True if args.require_client_cert else None,
+        "signing": args.signing,
+        "signing_keys": args.signing_keys,
     }
     try:
         cfg = config.load(args.config, flags)
@@ -51,6 +53,31 @@ def _certs(args: argparse.Namespace) -> int:
 
     for path in certs.init(Path(args.dir), args.institution, args.center, args.host or None):
         print(path)
+    return 0
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    """An SM2 key pair for an institution: the secret to `<dir>/<code>.sm2` (hex, mode
+    0600, for the HIS), the public half registered in the keys file the server reads."""
+    import os
+    from pathlib import Path
+
+    import engine_rs
+    from server.security.signing import InstitutionKey, load_keys, new_sm2_secret, write_keys
+
+    keys_file = Path(args.keys_file)
+    keys = load_keys(keys_file) if keys_file.exists() else {}
+    secret = new_sm2_secret()
+    public = engine_rs.sm2_public_key(secret)
+    out = Path(args.dir) / f"{args.institution}.sm2"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex() + "\n")
+    keys[args.institution] = InstitutionKey(sm2_public_key=public)
+    write_keys(keys_file, keys)
+    print(f"{out}: the secret key (give it to the institution's HIS; keep it private)")
+    print(f"{keys_file}: {args.institution} registered with public key {public.hex()}")
     return 0
 
 
@@ -101,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument(
         "--require-client-cert", action="store_true", help="mutual TLS: refuse callers without one"
     )
+    s.add_argument("--signing", choices=["off", "required"], help="request signatures")
+    s.add_argument("--signing-keys", help="TOML file of the institutions' signing keys")
     s.add_argument("--config", help="TOML file with a [server] table (MEDSETTLE_* env overrides)")
     s.add_argument("--demo", action="store_true", help="load the demo data set into an empty db")
     s.set_defaults(fn=_serve)
@@ -122,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         help="DNS name or IP the leaves serve on (default localhost and 127.0.0.1)",
     )
     ci.set_defaults(fn=_certs)
+
+    k = sub.add_parser("keys", help="request-signing keys of institutions")
+    k_sub = k.add_subparsers(dest="keys_cmd", required=True)
+    kn = k_sub.add_parser("new", help="an SM2 key pair; its public half registered")
+    kn.add_argument("--institution", required=True, help="fixmedins_code")
+    kn.add_argument("--dir", required=True, help="where the secret key file goes")
+    kn.add_argument("--keys-file", required=True, help="the server's signing_keys TOML file")
+    kn.set_defaults(fn=_keys_new)
 
     d = sub.add_parser("demo", help="scripted HIS visit against a fresh demo front-end")
     d.add_argument("--keep-db", help="keep the SQLite file at this path")

@@ -38,6 +38,7 @@ from clients.pb.medsettle.v1 import (
     settlement_pb2,
     settlement_pb2_grpc,
 )
+from clients.signing import Signer, SigningInterceptor
 
 T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -104,6 +105,7 @@ class MedsettleClient:
         backoff_s: float = 0.2,
         channel: grpc.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        signer: Signer | None = None,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -116,6 +118,8 @@ class MedsettleClient:
             if credentials is not None
             else grpc.insecure_channel(target, options=options)
         )
+        if signer is not None:  # every call signed (clients/signing.py)
+            self.channel = grpc.intercept_channel(self.channel, SigningInterceptor(signer))
         self.settlement = settlement_pb2_grpc.SettlementStub(self.channel)
         self.catalog = catalog_pb2_grpc.CatalogStub(self.channel)
         self.reconciliation = reconciliation_pb2_grpc.ReconciliationStub(self.channel)

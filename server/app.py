@@ -41,6 +41,7 @@ from server.domain.settle import OfflineLimits
 from server.forwarder import Forwarder
 from server.refdata import RefData
 from server.refdata_pull import RefdataPuller
+from server.security.signing import RequestVerifier, load_keys
 from server.services.base import generic_handler
 from server.services.catalog import CatalogService
 from server.services.center import CenterReconciliationService, CenterService
@@ -140,14 +141,22 @@ async def _handlers(
         if cfg.refdata_pull_s > 0:
             puller = RefdataPuller(store, env, routes, cfg.refdata_pull_s)
             puller.start()
+    verifier = (
+        RequestVerifier(load_keys(cfg.signing_keys), cfg.signing_window_s * 1000)
+        if cfg.signing == "required"
+        else None
+    )
     handlers = [
         generic_handler(
-            SERVICES["medsettle.v1.Settlement"], SettlementService(store, env, center_mode)
+            SERVICES["medsettle.v1.Settlement"],
+            SettlementService(store, env, center_mode),
+            verifier,
         ),
-        generic_handler(SERVICES["medsettle.v1.Catalog"], CatalogService(calls)),
+        generic_handler(SERVICES["medsettle.v1.Catalog"], CatalogService(calls), verifier),
         generic_handler(
             SERVICES["medsettle.v1.Reconciliation"],
             ReconciliationService(calls, cfg.max_message_bytes),
+            verifier,
         ),
     ]
 

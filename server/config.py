@@ -65,6 +65,12 @@ class Config:
     tls_key: str = ""
     tls_ca: str = ""
     require_client_cert: bool = False
+    # Request signing (clients/signing.py) of HIS calls to a front-end: "off", or
+    # "required" with the institutions' keys registered in the TOML file signing_keys;
+    # a call's timestamp must be within signing_window_s of the server's clock.
+    signing: str = "off"
+    signing_keys: str = ""
+    signing_window_s: int = 300
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -94,6 +100,14 @@ class Config:
             raise ValueError("center_target: a front-end in center mode needs the center's address")
         if self.workers < 1:
             raise ValueError("workers: must be at least 1")
+        if self.signing not in ("off", "required"):
+            raise ValueError(f"signing: {self.signing!r} is not off or required")
+        if self.signing == "required":
+            if not self.signing_keys:
+                raise ValueError("signing_keys: signing = required needs the keys file")
+            from server.security.signing import load_keys
+
+            load_keys(self.signing_keys)  # a bad file is refused at start
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert, tls_key: give both or neither")
         if self.require_client_cert and not (self.tls_cert and self.tls_ca):

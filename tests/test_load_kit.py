@@ -97,3 +97,16 @@ def test_generated_catalog_and_policy_of_a_chosen_size(tmp_path: Path) -> None:
     # The lines carry codes only the new item master has: had its mappings not been loaded,
     # every line would be unmapped, self-paid, and no fund would pay anything.
     assert r["fund_pay_sumamt"] > 0
+
+
+def test_mutual_tls_and_signed_calls(tmp_path: Path) -> None:
+    """The kit against a front-end that requires client certificates and signatures: every
+    call (SignIn, Register, UploadFees, Settle, retries, cancels, the books) gets through."""
+    code, r, text = run_kit(
+        tmp_path,
+        *("--tls", "--signing", "--prepared", "80", "--duration", "30"),
+        *("--ping-duration", "0", "--retry-rate", "0.2", "--cancel-rate", "0.1"),
+    )
+    assert code == 0, text
+    assert r["settles"] == 80 and r["errors"] == {}
+    assert r["books"]["balanced"] and r["retries_identical"] > 0 and r["cancels"] > 0

@@ -8,12 +8,15 @@
 pub mod catalog;
 pub mod columns;
 pub mod error;
+pub mod gm;
 pub mod matching;
 pub mod policy;
 pub mod preprocess;
 pub mod rounding;
 pub mod split;
 
+#[cfg(feature = "python")]
+mod py_gm;
 #[cfg(feature = "python")]
 mod py_matching;
 #[cfg(feature = "python")]

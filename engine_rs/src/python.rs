@@ -418,6 +418,7 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCatalogSlot>()?;
     crate::py_settle::register(m)?;
     crate::py_matching::register(m)?;
+    crate::py_gm::register(m)?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 
 from server.errors import ClientError
 from server.security.identity import ANONYMOUS, Peer, peer_of
+from server.security.signing import RequestVerifier
 
 log = logging.getLogger("medsettle.rpc")
 
@@ -66,26 +67,40 @@ async def _abort(
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
 
 
-async def _gated(chunks: AsyncIterator[Any], peer: Peer) -> AsyncIterator[Any]:
-    """A request stream whose every message's header is checked against the peer."""
+async def _gated(
+    chunks: AsyncIterator[Any], peer: Peer, signed: tuple[RequestVerifier, str, Any] | None
+) -> AsyncIterator[Any]:
+    """A request stream whose every message's header is checked against the peer; when
+    signatures are required, the call's signature must verify for its first message (the
+    one with the header; the rest ride the same authenticated stream)."""
     n = 0
     async for chunk in chunks:
         peer.check_header(getattr(chunk, "header", None), f"messages[{n}].header")
+        if n == 0 and signed is not None:
+            verifier, method, context = signed
+            await verifier.check(method, chunk, context.invocation_metadata())
         n += 1
         yield chunk
 
 
 def _wrap_unary(
-    method: str, fn: Callable[..., Awaitable[Any]], streaming_in: bool = False
+    method: str,
+    fn: Callable[..., Awaitable[Any]],
+    streaming_in: bool = False,
+    verifier: RequestVerifier | None = None,
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             check_parsed(request)
             peer = peer_of(context)
             if streaming_in:
-                request = _gated(request, peer)
-            elif peer is not ANONYMOUS:
-                peer.check_header(getattr(request, "header", None))
+                signed = None if verifier is None else (verifier, method, context)
+                request = _gated(request, peer, signed)
+            else:
+                if peer is not ANONYMOUS:
+                    peer.check_header(getattr(request, "header", None))
+                if verifier is not None:
+                    await verifier.check(method, request, context.invocation_metadata())
             return await fn(request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -96,7 +111,7 @@ def _wrap_unary(
 
 
 def _wrap_stream_out(
-    method: str, fn: Callable[..., AsyncIterator[Any]]
+    method: str, fn: Callable[..., AsyncIterator[Any]], verifier: RequestVerifier | None = None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -104,6 +119,8 @@ def _wrap_stream_out(
         try:
             check_parsed(request)
             peer_of(context).check_header(getattr(request, "header", None))
+            if verifier is not None:
+                await verifier.check(method, request, context.invocation_metadata())
             async for item in fn(request, context):
                 yield item
         except Exception as exc:
@@ -114,30 +131,36 @@ def _wrap_stream_out(
     return handler
 
 
-def generic_handler(service: ServiceDescriptor, impl: object) -> grpc.GenericRpcHandler:
-    """A handler for every method of `service` that `impl` has, calling `impl.<MethodName>`."""
+def generic_handler(
+    service: ServiceDescriptor, impl: object, verifier: RequestVerifier | None = None
+) -> grpc.GenericRpcHandler:
+    """A handler for every method of `service` that `impl` has, calling `impl.<MethodName>`;
+    with a `verifier`, every call must carry a valid request signature."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in service.methods:
         fn = getattr(impl, m.name, None)
         if fn is None:  # not served yet: grpc answers UNIMPLEMENTED
             continue
+        path = f"/{service.full_name}/{m.name}"  # what the caller signed
         request_cls = message_factory.GetMessageClass(m.input_type)
         deser = _deserializer(request_cls)
         if m.client_streaming and not m.server_streaming:
             handlers[m.name] = grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(m.name, fn, streaming_in=True),
+                _wrap_unary(path, fn, streaming_in=True, verifier=verifier),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )
         elif m.server_streaming and not m.client_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_out(m.name, fn),
+                _wrap_stream_out(path, fn, verifier),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )
         elif not m.client_streaming:
             handlers[m.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(m.name, fn), request_deserializer=deser, response_serializer=_serialize
+                _wrap_unary(path, fn, verifier=verifier),
+                request_deserializer=deser,
+                response_serializer=_serialize,
             )
         else:  # pragma: no cover - the contract has no bidirectional calls
             raise NotImplementedError(m.full_name)
