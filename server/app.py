@@ -42,7 +42,7 @@ from server.forwarder import Forwarder
 from server.refdata import RefData
 from server.refdata_pull import RefdataPuller
 from server.security.signing import RequestVerifier, load_keys
-from server.services.base import generic_handler
+from server.services.base import Deadlines, generic_handler
 from server.services.catalog import CatalogService
 from server.services.center import CenterReconciliationService, CenterService
 from server.services.center_mode import CenterMode
@@ -100,15 +100,18 @@ async def _handlers(
     cfg: Config, index: int
 ) -> tuple[list[grpc.GenericRpcHandler], dict[str, Any], Closer]:
     """The services of this role over its open store, and how to close the store."""
+    deadlines = Deadlines(cfg.require_deadline, cfg.max_deadline_s)
     if cfg.role == "center":
         pg_store = pg.PgStore(cfg.db)
         await pg_store.open()
         center = CenterService(pg_store, CenterEnv.new(cfg.tz_offset_min), cfg.db)
         handlers = [
-            generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center),
+            generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center, None, deadlines),
             generic_handler(
                 CENTER_SERVICES["medsettle.v1.Reconciliation"],
                 CenterReconciliationService(cfg.db, cfg.max_message_bytes),
+                None,
+                deadlines,
             ),
         ]
         return handlers, CENTER_SERVICES, pg_store.close
@@ -151,12 +154,16 @@ async def _handlers(
             SERVICES["medsettle.v1.Settlement"],
             SettlementService(store, env, center_mode),
             verifier,
+            deadlines,
         ),
-        generic_handler(SERVICES["medsettle.v1.Catalog"], CatalogService(calls), verifier),
+        generic_handler(
+            SERVICES["medsettle.v1.Catalog"], CatalogService(calls), verifier, deadlines
+        ),
         generic_handler(
             SERVICES["medsettle.v1.Reconciliation"],
             ReconciliationService(calls, cfg.max_message_bytes),
             verifier,
+            deadlines,
         ),
     ]
 
@@ -183,6 +190,10 @@ async def serve_worker(cfg: Config, index: int = 0) -> None:
             ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(cfg.min_ping_interval_s * 1000)),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.keepalive_permit_without_calls", 0),
         ],
     )
     handlers, services, close = await _handlers(cfg, index)

@@ -35,6 +35,14 @@ class Config:
     max_lines_per_call: int = 10_000  # UploadFees / one StreamFees message
     max_lines_per_visit: int = 100_000
     max_message_bytes: int = 16 * 1024 * 1024
+    # Hostile input: every call must carry a deadline (grpc-timeout) of at most
+    # max_deadline_s; a connection carries at most max_streams_per_connection calls at once
+    # (more wait in the client); a client pinging more often than min_ping_interval_s
+    # without data is sent away (GOAWAY too_many_pings).
+    require_deadline: bool = True
+    max_deadline_s: float = 600.0
+    max_streams_per_connection: int = 100
+    min_ping_interval_s: float = 10.0
     commit_batch_max: int = 256  # group commit: most operations sharing one fsync
     readers: int = 4  # reader threads (queries, pre-settlement)
     demo: bool = False  # seed the demo data set into an empty database

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -67,6 +68,26 @@ async def _abort(
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    """Every call must say how long its caller waits (its gRPC deadline), and not longer
+    than `max_s`: a call without one could hold a stream and its buffers forever."""
+
+    required: bool = True
+    max_s: float = 600.0
+
+    def check(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if not self.required:
+            return
+        left = context.time_remaining()
+        if left is None:
+            raise ClientError(
+                "deadline: every call needs one (grpc-timeout); set a timeout on the call"
+            )
+        if left > self.max_s + 1:
+            raise ClientError(f"deadline: {left:.0f} s is more than this server's {self.max_s:g} s")
+
+
 async def _gated(
     chunks: AsyncIterator[Any], peer: Peer, signed: tuple[RequestVerifier, str, Any] | None
 ) -> AsyncIterator[Any]:
@@ -88,9 +109,12 @@ def _wrap_unary(
     fn: Callable[..., Awaitable[Any]],
     streaming_in: bool = False,
     verifier: RequestVerifier | None = None,
+    deadlines: Deadlines | None = None,
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if deadlines is not None:
+                deadlines.check(context)
             check_parsed(request)
             peer = peer_of(context)
             if streaming_in:
@@ -111,12 +135,17 @@ def _wrap_unary(
 
 
 def _wrap_stream_out(
-    method: str, fn: Callable[..., AsyncIterator[Any]], verifier: RequestVerifier | None = None
+    method: str,
+    fn: Callable[..., AsyncIterator[Any]],
+    verifier: RequestVerifier | None = None,
+    deadlines: Deadlines | None = None,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
+            if deadlines is not None:
+                deadlines.check(context)
             check_parsed(request)
             peer_of(context).check_header(getattr(request, "header", None))
             if verifier is not None:
@@ -132,10 +161,14 @@ def _wrap_stream_out(
 
 
 def generic_handler(
-    service: ServiceDescriptor, impl: object, verifier: RequestVerifier | None = None
+    service: ServiceDescriptor,
+    impl: object,
+    verifier: RequestVerifier | None = None,
+    deadlines: Deadlines | None = None,
 ) -> grpc.GenericRpcHandler:
     """A handler for every method of `service` that `impl` has, calling `impl.<MethodName>`;
-    with a `verifier`, every call must carry a valid request signature."""
+    with a `verifier`, every call must carry a valid request signature; with `deadlines`,
+    a deadline within the server's cap."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in service.methods:
         fn = getattr(impl, m.name, None)
@@ -146,19 +179,19 @@ def generic_handler(
         deser = _deserializer(request_cls)
         if m.client_streaming and not m.server_streaming:
             handlers[m.name] = grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(path, fn, streaming_in=True, verifier=verifier),
+                _wrap_unary(path, fn, streaming_in=True, verifier=verifier, deadlines=deadlines),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )
         elif m.server_streaming and not m.client_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_out(path, fn, verifier),
+                _wrap_stream_out(path, fn, verifier, deadlines),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )
         elif not m.client_streaming:
             handlers[m.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(path, fn, verifier=verifier),
+                _wrap_unary(path, fn, verifier=verifier, deadlines=deadlines),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )

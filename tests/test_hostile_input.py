@@ -1,0 +1,163 @@
+"""Server limits against hostile or careless callers, on a real front-end: a call without a
+deadline, or with one beyond the server's cap, is INVALID_ARGUMENT and writes nothing; an
+oversize message is RESOURCE_EXHAUSTED and other callers go on; a flood of open streams on
+one connection is held to the per-connection limit while another connection is served."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from clients.localserver import LocalServer, free_port
+from clients.pb.medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
+from tests.frontend import INST_A, RETIRED, client, lines
+
+STREAMS = 20
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    d = tmp_path_factory.mktemp("hostile")
+    s = LocalServer(
+        d / "h.db",
+        extra=["--metrics-port", str(mport := free_port())],
+        env={
+            "MEDSETTLE_MAX_MESSAGE_BYTES": str(256 * 1024),
+            "MEDSETTLE_MAX_STREAMS_PER_CONNECTION": str(STREAMS),
+            "MEDSETTLE_MAX_DEADLINE_S": "120",
+        },
+        log=d / "h.log",
+    ).start()
+    s.metrics_url = f"http://127.0.0.1:{mport}/metrics"  # type: ignore[attr-defined]
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def visits(server: LocalServer) -> int:
+    with sqlite3.connect(server.db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM visits").fetchone()[0])
+
+
+def register_request(sign_no: str, msgid: str) -> settlement_pb2.RegisterRequest:
+    return settlement_pb2.RegisterRequest(
+        header=common_pb2.RequestHeader(
+            msgid=msgid, fixmedins_code=INST_A, opter="x", sign_no=sign_no
+        ),
+        psn_no=RETIRED.psn_no,
+        insutype=RETIRED.insutype,
+        med_type=11,
+        begndate=20260615,
+        ipt_otp_no="H1",
+    )
+
+
+@pytest.mark.parametrize(("timeout", "says"), [(None, "needs one"), (3600.0, "more than")])
+def test_calls_need_a_bounded_deadline(
+    server: LocalServer, timeout: float | None, says: str
+) -> None:
+    sign_no = client(server).sign_no
+    before = visits(server)
+    with grpc.insecure_channel(server.target) as ch:
+        stub = settlement_pb2_grpc.SettlementStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Register(register_request(sign_no, f"DL{timeout}"), timeout=timeout)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert says in (err.value.details() or "")
+        assert visits(server) == before
+        stub.Register(register_request(sign_no, f"DL-ok{timeout}"), timeout=10)  # with one: served
+    assert visits(server) == before + 1
+
+
+def test_oversize_message_is_refused_and_others_go_on(server: LocalServer) -> None:
+    c = client(server)
+    v = c.register(
+        RETIRED.psn_no, insutype=RETIRED.insutype, med_type=11, begndate=20260615, ipt_otp_no="O1"
+    )
+    big = lines(6000, seed=3)  # ~300 KB, over the 256 KB limit
+    with grpc.insecure_channel(server.target) as ch:
+        stub = settlement_pb2_grpc.SettlementStub(ch)
+        req = settlement_pb2.UploadFeesRequest(header=c.header("BIG1"), mdtrt_id=v.mdtrt_id)
+        req.lines.extend(big)
+        assert req.ByteSize() > 256 * 1024
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UploadFees(req, timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    done = c.upload_fees(v.mdtrt_id, big[:10])  # the same caller, a sane message
+    assert done.visit_line_count == 10
+
+
+def _started(server: LocalServer, method: str) -> float:
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:  # type: ignore[attr-defined]
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("grpc_server_started_total{") and f'grpc_method="{method}"' in line
+    )
+
+
+def _handled(server: LocalServer, method: str, code: str) -> float:
+    """Calls of `method` the server answered with `code` (any code when empty)."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:  # type: ignore[attr-defined]
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("grpc_server_handled_total{")
+        and f'grpc_method="{method}"' in line
+        and (not code or f'grpc_code="{code}"' in line)
+    )
+
+
+def test_stream_flood_is_held_to_the_connection_limit(server: LocalServer) -> None:
+    c = client(server)
+    v = c.register(
+        RETIRED.psn_no, insutype=RETIRED.insutype, med_type=11, begndate=20260615, ipt_otp_no="F1"
+    )
+    base = _started(server, "StreamFees")
+
+    async def flood() -> None:
+        release = asyncio.Event()
+
+        async def held(
+            i: int,
+        ) -> AsyncIterator[
+            settlement_pb2.UploadFeesRequest
+        ]:  # a first message, then nothing until released
+            yield settlement_pb2.UploadFeesRequest(
+                header=c.header(f"FLOOD{i}"), mdtrt_id=v.mdtrt_id, lines=lines(1, seed=i)
+            )
+            await release.wait()
+
+        own = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own, not shared
+        async with grpc.aio.insecure_channel(server.target, options=own) as ch:
+            stub = settlement_pb2_grpc.SettlementStub(ch)
+            calls = [stub.StreamFees(held(i), timeout=60) for i in range(5 * STREAMS)]
+            await asyncio.sleep(2.0)
+            # The server took at most its limit of streams from this one connection ...
+            assert _started(server, "StreamFees") - base <= STREAMS
+            # ... and another connection is served meanwhile.
+            async with grpc.aio.insecure_channel(server.target, options=own) as other:
+                pong = await settlement_pb2_grpc.SettlementStub(other).Ping(
+                    settlement_pb2.PingRequest(), timeout=5
+                )
+                assert pong is not None
+            release.set()
+            await asyncio.gather(*calls, return_exceptions=True)
+        # Once released, the flood drains: every stream was taken and answered by the
+        # server, none with INTERNAL (the streams share one visit, so most are refused as
+        # client errors; the client library may then report its own late send as INTERNAL,
+        # which is why the server's counters are asked, not the client's).
+        taken = _started(server, "StreamFees") - base
+        assert STREAMS < taken <= 5 * STREAMS  # the queued streams were taken in turn
+        assert _handled(server, "StreamFees", "") == _started(server, "StreamFees")
+        assert _handled(server, "StreamFees", "INTERNAL") == 0
+
+    asyncio.run(flood())
