@@ -93,27 +93,26 @@ def test_oversize_message_is_refused_and_others_go_on(server: LocalServer) -> No
     assert done.visit_line_count == 10
 
 
-def _started(server: LocalServer, method: str) -> float:
+def _count(server: LocalServer, series: str, method: str, code: str = "") -> float:
+    """A counter of `method` from the server's /metrics, summed (over codes unless one is
+    given)."""
     with urllib.request.urlopen(server.metrics_url, timeout=5) as r:  # type: ignore[attr-defined]
         text = r.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("grpc_server_started_total{") and f'grpc_method="{method}"' in line
-    )
-
-
-def _handled(server: LocalServer, method: str, code: str) -> float:
-    """Calls of `method` the server answered with `code` (any code when empty)."""
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:  # type: ignore[attr-defined]
-        text = r.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("grpc_server_handled_total{")
+        if line.startswith(series + "{")
         and f'grpc_method="{method}"' in line
         and (not code or f'grpc_code="{code}"' in line)
     )
+
+
+def _started(server: LocalServer, method: str) -> float:
+    return _count(server, "grpc_server_started_total", method)
+
+
+def _handled(server: LocalServer, method: str, code: str) -> float:
+    return _count(server, "grpc_server_handled_total", method, code)
 
 
 def test_stream_flood_is_held_to_the_connection_limit(server: LocalServer) -> None:
