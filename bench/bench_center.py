@@ -39,10 +39,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from bench import operators
 from bench.bench_frontend import INST, _figures, _prepare_async, run_load
 from bench.cpu import cores_used, cpu_snapshot
 from clients.localserver import LocalServer, free_port
@@ -91,6 +93,8 @@ def pg_count(dsn: str, query: str) -> int:
 
 
 def sign_in(target: str) -> str:
+    with grpc.insecure_channel(target) as ch:
+        operators.ensure(ch, INST, "bench")
     admin = MedsettleClient(target, fixmedins_code=INST, opter="bench")
     try:
         return admin.sign_in().sign_no

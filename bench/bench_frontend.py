@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from bench import operators
 from bench.cpu import cores_used, cpu_snapshot
 from clients.demo import fee_lines
 from clients.localserver import LocalServer
@@ -264,6 +265,8 @@ def main() -> None:
         )
         server.start()
         try:
+            with grpc.insecure_channel(server.target) as ch:
+                operators.ensure(ch, INST, "bench")
             admin = MedsettleClient(server.target, fixmedins_code=INST, opter="bench")
             sign_no = admin.sign_in().sign_no
             t0 = time.perf_counter()

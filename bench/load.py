@@ -49,6 +49,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 import engine_rs
+from bench import operators
 from clients.demo import fee_lines
 from clients.localserver import LocalServer, free_port
 from clients.pb.medsettle.v1 import (
@@ -73,6 +74,7 @@ from server.security import certs
 from server.security.signing import InstitutionKey, new_sm2_secret, write_keys
 from server.synth.catalog import make_catalog
 
+OPERATOR = "load"  # the run's operator: settles, cancels, loads reference data, checks books
 US_MAX = 120_000_000  # histograms hold 1 us .. 120 s
 POPULATION_FIRST = 1_000_000  # generated persons are numbered from here, clear of the demo's
 CATALOG_SEED = 11  # a generated catalog differs from the demo's (seed 2026)
@@ -197,7 +199,7 @@ class Client:
 
     def header(self, msgid: str = "") -> common_pb2.RequestHeader:
         return common_pb2.RequestHeader(
-            msgid=msgid, fixmedins_code=self.job.institution, opter="load", sign_no=self.sign_no
+            msgid=msgid, fixmedins_code=self.job.institution, opter=OPERATOR, sign_no=self.sign_no
         )
 
     def record(self, rpc: str, seconds: float) -> None:
@@ -660,14 +662,14 @@ def load_population(
         st = settlement_pb2_grpc.SettlementStub(ch)
         cat = catalog_pb2_grpc.CatalogStub(ch)
         hdr = common_pb2.RequestHeader(
-            msgid=f"LP{secrets.token_hex(6)}", fixmedins_code=institution, opter="load"
+            msgid=f"LP{secrets.token_hex(6)}", fixmedins_code=institution, opter=OPERATOR
         )
         sign_no = st.SignIn(settlement_pb2.SignInRequest(header=hdr), timeout=30).sign_no
         for i in range(0, len(persons), 2000):
             hdr = common_pb2.RequestHeader(
                 msgid=f"LP{secrets.token_hex(6)}",
                 fixmedins_code=institution,
-                opter="load",
+                opter=OPERATOR,
                 sign_no=sign_no,
             )
             cat.PutPersons(
@@ -698,7 +700,7 @@ def load_reference(
             return common_pb2.RequestHeader(
                 msgid=f"LR{secrets.token_hex(6)}",
                 fixmedins_code=institution,
-                opter="load",
+                opter=OPERATOR,
                 sign_no=sign_no,
             )
 
@@ -769,7 +771,7 @@ def check_books(
     with sec.channel(target) as ch:
         st = settlement_pb2_grpc.SettlementStub(ch)
         hdr = common_pb2.RequestHeader(
-            msgid=f"LB{secrets.token_hex(6)}", fixmedins_code=institution, opter="load"
+            msgid=f"LB{secrets.token_hex(6)}", fixmedins_code=institution, opter=OPERATOR
         )
         sign_no = st.SignIn(settlement_pb2.SignInRequest(header=hdr), timeout=30).sign_no
         rec = reconciliation_pb2_grpc.ReconciliationStub(ch)
@@ -778,7 +780,7 @@ def check_books(
             page = rec.Details(
                 reconciliation_pb2.DetailsRequest(
                     header=common_pb2.RequestHeader(
-                        fixmedins_code=institution, opter="load", sign_no=sign_no
+                        fixmedins_code=institution, opter=OPERATOR, sign_no=sign_no
                     ),
                     begin_date=day,
                     end_date=day,
@@ -1023,6 +1025,9 @@ def main(argv: list[str] | None = None) -> int:
             args.metrics = args.metrics or f"http://127.0.0.1:{mport}/metrics"
         else:
             target = args.target
+        with sec.channel(target) as ch:  # the run's operator `load`, with every role
+            if not operators.ensure(ch, args.institution, OPERATOR):
+                print(f"no {operators.SECURITY_OFFICER} at the server: {OPERATOR} must be known")
         people = [(p.psn_no, p.insutype) for p in demo_data.persons()]
         if args.persons:
             extra = demo_data.crowd(POPULATION_FIRST, args.persons, seed=7)

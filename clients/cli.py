@@ -1,12 +1,13 @@
 """The `medsettle` command line: `serve` runs a server; `demo` runs the scripted HIS visit
 against a fresh front-end; `slip` prints a stored settlement; `reconcile` prints a day's
-totals for an institution."""
+totals for an institution; `certs`, `keys` and `operators` set up who may call."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Any
 
 from clients.sdk import MedsettleClient, MedsettleError
 from clients.slip import render
@@ -79,6 +80,98 @@ def _keys_new(args: argparse.Namespace) -> int:
     print(f"{out}: the secret key (give it to the institution's HIS; keep it private)")
     print(f"{keys_file}: {args.institution} registered with public key {public.hex()}")
     return 0
+
+
+def _operators(args: argparse.Namespace) -> int:
+    """The operator registry on the front-end's database itself: how the first security
+    officer of a new front-end is registered (later ones by `PutOperators`)."""
+    from server.domain import operators
+    from server.domain.common import now_ms
+    from server.security import roles
+    from server.store.sqlite import Store, init_db
+
+    init_db(args.db)
+    store = Store(args.db, readers=1)
+    try:
+        if args.operators_cmd == "put":
+            try:
+                held = roles.parse(args.roles or "", "--roles")
+            except Exception as exc:
+                print(f"medsettle operators: {exc}", file=sys.stderr)
+                return 2
+            if not held and not args.disable:
+                print("medsettle operators: --roles is required", file=sys.stderr)
+                return 2
+            op = operators.Operator(args.opter, args.name, held, args.disable)
+            store.write_sync(lambda conn: operators.put(conn, args.institution, [op], now_ms()))
+        for o in store.read_sync(lambda conn: operators.listing(conn, args.institution)):
+            state = "disabled" if o.disabled else roles.render(o.roles)
+            print(f"{args.institution}\t{o.opter}\t{o.opter_name}\t{state}")
+    finally:
+        store.close()
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    """Check the audit chain of a front-end's SQLite file or a center's PostgreSQL; exit 1
+    naming the first bad record."""
+    from pathlib import Path
+
+    from server import config
+    from server.domain.common import now_ms
+    from server.security import audit
+
+    center = not Path(args.db).exists() and ("=" in args.db or "://" in args.db)
+    if not center and not Path(args.db).is_file():
+        print(f"medsettle audit: {args.db}: no such database file", file=sys.stderr)
+        return 2
+    cfg = config.Config(role="center" if center else "frontend", db=args.db)
+    cfg.data_key_file = args.key_file or ""
+    try:
+        keys = cfg.data_keys() if center or args.key_file else _existing_keys(args.db)
+    except (ValueError, OSError) as exc:
+        print(f"medsettle audit: {exc}", file=sys.stderr)
+        return 2
+    now = now_ms()
+    want = None
+    if args.head:
+        want_seq, _, want_hash = args.head.partition(":")
+        want = (args.chain, int(want_seq))
+    if center:
+        from server.store import pg
+
+        verdict = pg.audit_verify(args.db, keys.audit, now, args.retention_days, want)
+    else:
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
+        try:
+            verdict = audit.verify_sqlite(conn, keys.audit, now, args.retention_days, want)
+        finally:
+            conn.close()
+    if not verdict.ok:
+        print(f"audit: BROKEN after {verdict.records} good records: {verdict.bad}")
+        return 1
+    for chain, (seq, h) in sorted(verdict.heads.items()):
+        print(f"audit: chain {chain!r} head seq {seq} hash {h.hex()}")
+    if args.head:
+        if verdict.found is None or verdict.found.hex() != want_hash.lower():
+            print(f"audit: BROKEN: the head {args.head} recorded earlier is not in the chain")
+            return 1
+    print(f"audit: {verdict.records} records intact")
+    return 0
+
+
+def _existing_keys(db: str) -> Any:
+    """A front-end's keys from the environment or its default file, never made here."""
+    import os
+    from pathlib import Path
+
+    from server.security import datakeys
+
+    if not os.environ.get(datakeys.ENV) and not Path(db + ".key").exists():
+        raise ValueError(f"no data key: {db}.key is missing and {datakeys.ENV} is not set")
+    return datakeys.load("", db + ".key")
 
 
 def _client(args: argparse.Namespace) -> MedsettleClient:
@@ -160,6 +253,30 @@ def main(argv: list[str] | None = None) -> int:
     kn.add_argument("--keys-file", required=True, help="the server's signing_keys TOML file")
     kn.set_defaults(fn=_keys_new)
 
+    o = sub.add_parser("operators", help="a front-end's operator registry, on its database")
+    o_sub = o.add_subparsers(dest="operators_cmd", required=True)
+    op = o_sub.add_parser("put", help="register or change an operator (ends their sign-ins)")
+    ol = o_sub.add_parser("list", help="an institution's operators")
+    for q in (op, ol):
+        q.add_argument("--db", required=True, help="the front-end's SQLite file")
+        q.add_argument("--institution", required=True, help="fixmedins_code")
+    op.add_argument("--opter", required=True, help="operator id")
+    op.add_argument("--name", default="", help="operator name")
+    op.add_argument("--roles", help="comma-separated: cashier,supervisor,finance,admin,security")
+    op.add_argument("--disable", action="store_true", help="may no longer sign in")
+    for q in (op, ol):
+        q.set_defaults(fn=_operators)
+
+    a = sub.add_parser("audit", help="the tamper-evident audit trail")
+    a_sub = a.add_subparsers(dest="audit_cmd", required=True)
+    av = a_sub.add_parser("verify", help="check the chain; name the first bad record")
+    av.add_argument("--db", required=True, help="front-end SQLite file, or the center's DSN")
+    av.add_argument("--key-file", help="the data key file (default: MEDSETTLE_DATA_KEY, <db>.key)")
+    av.add_argument("--retention-days", type=int, default=180)
+    av.add_argument("--head", help="SEQ:HASH printed by an earlier verify: must still be there")
+    av.add_argument("--chain", default="", help="the chain of --head (center: fixmedins_code)")
+    av.set_defaults(fn=_audit_verify)
+
     d = sub.add_parser("demo", help="scripted HIS visit against a fresh demo front-end")
     d.add_argument("--keep-db", help="keep the SQLite file at this path")
     d.add_argument("--port", type=int, default=0, help="0 = a free port")
@@ -172,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         c = sub.add_parser(name, help=helptext)
         c.add_argument("--target", default="127.0.0.1:50051")
         c.add_argument("--institution", required=True, help="fixmedins_code")
-        c.add_argument("--opter", default="clerk")
+        c.add_argument(
+            "--opter",
+            required=True,
+            help="a registered operator: cashier or finance for slip, finance for reconcile",
+        )
         if name == "slip":
             c.add_argument("setl_id")
         else:

@@ -59,9 +59,15 @@ def run_visit(target: str) -> int:
     c = MedsettleClient(
         target, fixmedins_code=INSTITUTION, opter="cashier01", opter_name="收费员甲"
     )
-    with c:
-        step(f"sign in (9001) as {INSTITUTION}")
-        print(f"   sign_no {c.sign_in().sign_no}")
+    # The duties are separated: the supervisor cancels, the finance clerk reconciles.
+    boss = MedsettleClient(target, fixmedins_code=INSTITUTION, opter="super01")
+    fin = MedsettleClient(target, fixmedins_code=INSTITUTION, opter="finance01")
+    with c, boss, fin:
+        step(f"sign in (9001) as {INSTITUTION}: cashier, supervisor, finance clerk")
+        me = c.sign_in()
+        print(f"   sign_no {me.sign_no} ({', '.join(me.roles)})")
+        boss.sign_in()
+        fin.sign_in()
         person_rec = demo_data.persons()[0]
         step(f"person (1101) by ID card {person_rec.psn_cert_no[:6]}...")
         person = c.get_person("02", person_rec.psn_cert_no)
@@ -103,14 +109,14 @@ def run_visit(target: str) -> int:
             visit.mdtrt_id, person.psn_no, medfee_sumamt=total, acct_used=True, invono="FP0000001"
         ).setlinfo
         print(f"   setl_id {first.setl_id}")
-        step("query by visit")
-        found = c.query_settlements(mdtrt_id=visit.mdtrt_id).settlements
+        step("query by visit (supervisor)")
+        found = boss.query_settlements(mdtrt_id=visit.mdtrt_id).settlements
         print(
             f"   {len(found)} settlement(s): "
             + ", ".join(f"{s.setl_id} state {s.state}" for s in found)
         )
-        step("cancel the settlement (2305)")
-        cancelled = c.cancel_settlement(first.setl_id, mdtrt_id=visit.mdtrt_id).setlinfo
+        step("cancel the settlement (2305, supervisor)")
+        cancelled = boss.cancel_settlement(first.setl_id, mdtrt_id=visit.mdtrt_id).setlinfo
         restored = c.get_person("02", person_rec.psn_cert_no)
         print(f"   {cancelled.cancel_id}; account back to {yuan(restored.balc)}")
         step("settle again")
@@ -129,9 +135,9 @@ def run_visit(target: str) -> int:
             )
         )
         print(f"   setl_id {again.setl_id}; same amounts as the first: {same}")
-        step("reconcile the day (3201)")
+        step("reconcile the day (3201, finance clerk)")
         day = int(time.strftime("%Y%m%d", time.gmtime(time.time() + 8 * 3600)))
-        tot = c.totals(day, day)
+        tot = fin.totals(day, day)
         for r in tot.rows:
             print(
                 f"   {r.setl_date} insutype {r.insutype} clr_type {r.clr_type}:"

@@ -4,11 +4,14 @@ SIGTERM (drain) or SIGKILL (crash tests)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,16 +70,34 @@ class LocalServer:
             *self.extra,
         ]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        env = {**os.environ, **self.env}
+        if "center" in self.extra and not {"MEDSETTLE_DATA_KEY", "MEDSETTLE_DATA_KEY_FILE"} & set(
+            env
+        ):
+            env["MEDSETTLE_DATA_KEY_FILE"] = str(self.center_key_file())
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
+            env=env,
             start_new_session=True,
         )
         self.wait_serving(timeout)
         return self
+
+    def center_key_file(self) -> Path:
+        """A center needs its data key given (it has no directory of its own to make one
+        in); a local center gets one per database, kept across restarts, in the system's
+        temporary directory."""
+        from server.security import datakeys
+
+        d = Path(tempfile.gettempdir()) / "medsettle-center-keys"
+        d.mkdir(mode=0o700, exist_ok=True)
+        path = d / (hashlib.sha256(self.db.encode()).hexdigest()[:16] + ".key")
+        with contextlib.suppress(FileExistsError):
+            datakeys.create(path)
+        return path
 
     def wait_serving(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -442,6 +442,17 @@ class MedsettleClient:
             ),
         )
 
+    def put_operators(
+        self, operators: Sequence[catalog_pb2.Operator]
+    ) -> catalog_pb2.PutCountResponse:
+        """Register or change operators of this institution (security officer only)."""
+        return self.call(
+            self.catalog.PutOperators,
+            catalog_pb2.PutOperatorsRequest(
+                header=self.header(self.new_msgid()), operators=list(operators)
+            ),
+        )
+
     def import_catalog(
         self, version: int, items: Sequence[catalog_pb2.CatalogItem], *, chunk: int = 2000
     ) -> catalog_pb2.ImportCatalogResponse:

@@ -36,13 +36,15 @@ from server import demo_data, metrics
 from server.center_link import CenterRoutes
 from server.config import Config
 from server.domain.center import CenterEnv
-from server.domain.common import Env
+from server.domain.common import Env, now_ms
 from server.domain.settle import OfflineLimits
 from server.forwarder import Forwarder
 from server.refdata import RefData
 from server.refdata_pull import RefdataPuller
+from server.security import audit, roles
 from server.security.signing import RequestVerifier, load_keys
-from server.services.base import Deadlines, generic_handler
+from server.services.auditing import AuditPruner, FrontendAuditor
+from server.services.base import Access, Deadlines, generic_handler
 from server.services.catalog import CatalogService
 from server.services.center import CenterReconciliationService, CenterService
 from server.services.center_mode import CenterMode
@@ -76,6 +78,7 @@ def make_env(cfg: Config) -> Env:
         mode=common_pb2.LOCAL if cfg.mode == "local" else common_pb2.CENTER,
         max_lines_per_call=cfg.max_lines_per_call,
         max_lines_per_visit=cfg.max_lines_per_visit,
+        keys=cfg.data_keys(),
     )
 
 
@@ -83,10 +86,12 @@ def prepare(cfg: Config) -> None:
     """Schema migrations and the demo data, once, before any worker serves."""
     if cfg.role == "center":
         pg.init_db(cfg.db)
+        cfg.data_keys()  # a center without its data key does not start
         if cfg.demo and demo_data.seed_center(cfg.db):
             log.info("demo persons and policy loaded into the center database")
         return
     init_db(cfg.db)
+    cfg.data_keys()  # made here, once, when the default file is still missing
     if cfg.demo:
         store = Store(cfg.db, readers=1)
         try:
@@ -104,20 +109,51 @@ async def _handlers(
     if cfg.role == "center":
         pg_store = pg.PgStore(cfg.db)
         await pg_store.open()
-        center = CenterService(pg_store, CenterEnv.new(cfg.tz_offset_min), cfg.db)
+        keys = cfg.data_keys()
+        center = CenterService(pg_store, CenterEnv.new(cfg.tz_offset_min), cfg.db, keys.audit)
+        plaintext = cfg.tls() is None
+        if plaintext and index == 0:
+            log.warning(
+                "center without TLS: its services answer any caller (development only);"
+                " production serves front-ends over mutual TLS"
+            )
+        access = Access(roles.CENTER_RULES, by_peer=True, plaintext_open=plaintext)
+        center_pruner = None
+        if index == 0:
+            days = cfg.audit_retention_days
+
+            async def prune_op(conn: pg.Conn) -> int:
+                return await pg.audit_prune(conn, keys.audit, now_ms(), days)
+
+            center_pruner = AuditPruner(lambda: pg_store.transaction(prune_op), days)
+            center_pruner.start()
         handlers = [
-            generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center, None, deadlines),
+            generic_handler(
+                CENTER_SERVICES["medsettle.v1.Center"],
+                center,
+                None,
+                deadlines,
+                access,
+                center.auditor,
+            ),
             generic_handler(
                 CENTER_SERVICES["medsettle.v1.Reconciliation"],
                 CenterReconciliationService(cfg.db, cfg.max_message_bytes),
                 None,
                 deadlines,
+                access,
+                center.auditor,
             ),
         ]
-        return handlers, CENTER_SERVICES, pg_store.close
+
+        async def close_pg() -> None:
+            if center_pruner is not None:
+                await center_pruner.stop()
+            await pg_store.close()
+
+        return handlers, CENTER_SERVICES, close_pg
     store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
     env = make_env(cfg)
-    calls = Calls(store, env)
     tls = cfg.tls()
     routes: CenterRoutes | None = CenterRoutes(
         cfg.center_target,
@@ -138,6 +174,13 @@ async def _handlers(
     # One forwarder per front-end, in its first worker: local mode forwards everything,
     # center mode what it settled offline.
     forwarder = puller = None
+    pruner = None
+    if index == 0:
+        key, days = env.keys.audit, cfg.audit_retention_days
+        pruner = AuditPruner(
+            lambda: store.write(lambda conn: audit.prune(conn, key, now_ms(), days)), days
+        )
+        pruner.start()
     if routes is not None and index == 0:
         forwarder = Forwarder(store, env, routes)
         forwarder.start()
@@ -149,25 +192,38 @@ async def _handlers(
         if cfg.signing == "required"
         else None
     )
+    access = Access(roles.FRONTEND_RULES)  # operator roles, checked by `authenticate`
+    auditor = FrontendAuditor(store, env.keys.audit)
     handlers = [
         generic_handler(
             SERVICES["medsettle.v1.Settlement"],
             SettlementService(store, env, center_mode),
             verifier,
             deadlines,
+            access,
+            auditor,
         ),
         generic_handler(
-            SERVICES["medsettle.v1.Catalog"], CatalogService(calls), verifier, deadlines
+            SERVICES["medsettle.v1.Catalog"],
+            CatalogService(Calls(store, env, "Catalog")),
+            verifier,
+            deadlines,
+            access,
+            auditor,
         ),
         generic_handler(
             SERVICES["medsettle.v1.Reconciliation"],
-            ReconciliationService(calls, cfg.max_message_bytes),
+            ReconciliationService(Calls(store, env, "Reconciliation"), cfg.max_message_bytes),
             verifier,
             deadlines,
+            access,
+            auditor,
         ),
     ]
 
     async def close_sqlite() -> None:
+        if pruner is not None:
+            await pruner.stop()
         if forwarder is not None:
             await forwarder.stop()
         if puller is not None:

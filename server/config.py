@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.security import datakeys
 from server.security.certs import TlsFiles
+from server.security.datakeys import DataKeys
 
 
 @dataclass
@@ -79,6 +81,11 @@ class Config:
     signing: str = "off"
     signing_keys: str = ""
     signing_window_s: int = 300
+    # Data at rest (server/security/datakeys.py): the master key's file (or the environment's
+    # MEDSETTLE_DATA_KEY); a front-end without either makes `<db>.key`. Audit records are
+    # kept audit_retention_days, then pruned from the start of the chain.
+    data_key_file: str = ""
+    audit_retention_days: int = 180
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -118,12 +125,22 @@ class Config:
             load_keys(self.signing_keys)  # a bad file is refused at start
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert, tls_key: give both or neither")
+        if self.role == "center" and self.tls_cert and not self.require_client_cert:
+            raise ValueError(
+                "require_client_cert: a center with TLS answers front-ends by their"
+                " certificates (mutual TLS); set it"
+            )
         if self.require_client_cert and not (self.tls_cert and self.tls_ca):
             raise ValueError("require_client_cert: needs tls_cert, tls_key and tls_ca")
         for key in ("tls_cert", "tls_key", "tls_ca"):
             path = getattr(self, key)
             if path and not Path(path).is_file():
                 raise ValueError(f"{key}: {path} is not a readable file")
+
+    def data_keys(self) -> DataKeys:
+        """The keys of this node's data; a front-end's default key file sits beside its db."""
+        default = self.db + ".key" if self.role == "frontend" else None
+        return datakeys.load(self.data_key_file, default)
 
     def tls(self) -> TlsFiles | None:
         """This node's TLS files, or None for plaintext."""

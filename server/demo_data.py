@@ -17,10 +17,12 @@ from importlib import resources
 import numpy as np
 
 from clients.pb.medsettle.v1 import catalog_pb2
-from server.domain import reference
+from server.domain import operators, reference
 from server.domain.common import now_ms
+from server.domain.operators import Operator
 from server.domain.reference import catalog_row
 from server.engine.columns import unpack_strings
+from server.security import roles
 from server.store import ACC_FIELDS
 from server.store.sqlite import Store
 from server.synth.catalog import SynthCatalog, make_catalog, make_hospital_items
@@ -284,6 +286,16 @@ def crowd(first: int, count: int, seed: int = 44) -> list[catalog_pb2.PersonReco
     return out
 
 
+# Every demo institution's operators: one per role, as a hospital separates the duties.
+OPERATORS = (
+    Operator("cashier01", "收费员甲", frozenset({roles.CASHIER})),
+    Operator("super01", "收费主管乙", frozenset({roles.SUPERVISOR})),
+    Operator("finance01", "财务丙", frozenset({roles.FINANCE})),
+    Operator("admin01", "医保办丁", frozenset({roles.ADMIN})),
+    Operator("security01", "信息科戊", frozenset({roles.SECURITY})),
+)
+
+
 def seed(store: Store) -> bool:
     """Load the demo data set through `store.write_sync` if the database has no
     institution yet; returns whether it did."""
@@ -311,6 +323,8 @@ def seed(store: Store) -> bool:
                 for m in mappings(code)
             ]
             conn.executemany("INSERT INTO mappings VALUES (?, ?, ?, ?)", rows)
+        for inst in INSTITUTIONS:
+            operators.put(conn, inst.fixmedins_code, OPERATORS, now)
         conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'refdata_gen'")
 
     store.write_sync(load)

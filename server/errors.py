@@ -18,6 +18,7 @@ class ClientError(Exception):
     """A request the server refuses; `code` is the gRPC status it answers with."""
 
     code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+    audited = False  # an audit record of this refusal is written (server/services/auditing.py)
 
     def __init__(self, message: str, violations: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)

@@ -9,9 +9,10 @@ from typing import Any
 
 from clients.demo import fee_lines
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import settlement_pb2
+from clients.pb.medsettle.v1 import catalog_pb2, settlement_pb2
 from clients.sdk import MedsettleClient
 from server import demo_data
+from server.security import roles
 from server.store import ACC_FIELDS
 
 __all__ = ["ACC_FIELDS"]
@@ -50,11 +51,35 @@ SECOND_STAY = demo_data.persons()[5]  # employee with one admission already this
 FILED = demo_data.persons()[6]  # cross-region filed
 
 
-def client(server: LocalServer, inst: str = INST_A, *, sign_in: bool = True) -> MedsettleClient:
-    c = MedsettleClient(server.target, fixmedins_code=inst, opter="cashier01", retries=0)
+# The demo operators of every demo institution, one per role.
+OPERATOR_OF = {next(iter(o.roles)): o.opter for o in demo_data.OPERATORS}
+CASHIER, SUPERVISOR, FINANCE, ADMIN = (
+    OPERATOR_OF[r] for r in (roles.CASHIER, roles.SUPERVISOR, roles.FINANCE, roles.ADMIN)
+)
+# A test operator holding every role, for the tests of something other than privileges
+# (test_roles.py tests those): `client` registers it through PutOperators, as the
+# institution's security officer does.
+ALL_ROLES = "tester"
+DEMO_CODES = {i.fixmedins_code for i in demo_data.INSTITUTIONS}
+
+
+def client(
+    server: LocalServer, inst: str = INST_A, *, sign_in: bool = True, opter: str = ALL_ROLES
+) -> MedsettleClient:
+    if opter == ALL_ROLES and inst in DEMO_CODES:
+        register(server, inst, ALL_ROLES, *roles.OPERATOR_ROLES)
+    c = MedsettleClient(server.target, fixmedins_code=inst, opter=opter, retries=0)
     if sign_in:
         c.sign_in()
     return c
+
+
+def register(server: LocalServer, inst: str, opter: str, *held: str) -> None:
+    """Register `opter` with the roles `held` at `inst`, as its security officer does."""
+    sec = MedsettleClient(server.target, fixmedins_code=inst, opter="security01", retries=0)
+    with sec:
+        sec.sign_in()
+        sec.put_operators([catalog_pb2.Operator(opter=opter, opter_name=opter, roles=held)])
 
 
 def lines(
@@ -90,8 +115,12 @@ def admit(
     return v.mdtrt_id, ls
 
 
+AUDIT_TABLES = ("audit", "audit_anchor")
+
+
 def snapshot(db: str | Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, in a stable order (for "nothing was written")."""
+    """Every row of every table but the audit trail's, in a stable order (for "nothing was
+    written": a refused call's audit record is the one row it may add, see `audit_rows`)."""
     conn = sqlite3.connect(db)
     try:
         tables = [
@@ -99,8 +128,20 @@ def snapshot(db: str | Path) -> dict[str, list[tuple[Any, ...]]]:
             for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
             )
+            if r[0] not in AUDIT_TABLES
         ]
         return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+    finally:
+        conn.close()
+
+
+def audit_rows(db: str | Path) -> list[tuple[Any, ...]]:
+    """The audit records, oldest first: (fixmedins_code, opter, rpc, outcome)."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(
+            "SELECT fixmedins_code, opter, rpc, outcome FROM audit ORDER BY seq"
+        ).fetchall()
     finally:
         conn.close()
 

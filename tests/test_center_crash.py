@@ -83,7 +83,9 @@ def test_kill_9_of_the_center_loses_nothing_acknowledged(pg_dsn: str, tmp_path: 
         lock = threading.Lock()
 
         def drive(part: list[tuple[str, str, int]]) -> None:
-            d = MedsettleClient(front.target, fixmedins_code=c.fixmedins_code, opter="x", retries=0)
+            d = MedsettleClient(
+                front.target, fixmedins_code=c.fixmedins_code, opter=c.opter, retries=0
+            )
             d.sign_no = c.sign_no
             for psn_no, mdtrt_id, amount in part:
                 try:

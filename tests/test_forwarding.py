@@ -172,6 +172,8 @@ def reconcile(
             front.target,
             "--institution",
             INST_A,
+            "--opter",
+            "finance01",
             "--date",
             day,
             "--center",

@@ -35,6 +35,7 @@ from tests.frontend import (
     INST_A,
     INST_B,
     RETIRED,
+    audit_rows,
     client,
     lines,
     snapshot,
@@ -939,6 +940,7 @@ def test_bad_request(bad: Case, request: pytest.FixtureRequest) -> None:
     w: World = request.getfixturevalue(bad.server)
     send = bad.prepare(w)
     before = snapshot(w.server.db)
+    trail = len(audit_rows(w.server.db))
 
     with pytest.raises(MedsettleError) as caught:
         send()
@@ -953,3 +955,7 @@ def test_bad_request(bad: Case, request: pytest.FixtureRequest) -> None:
         else:
             assert bad.field in names, names
     assert snapshot(w.server.db) == before
+    # At most the refusal's own audit record, naming its code.
+    added = audit_rows(w.server.db)[trail:]
+    assert len(added) <= 1
+    assert all(r[3].startswith(f"{bad.code.name}: ") for r in added), added

@@ -39,7 +39,19 @@ import pytest
 from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from clients.sdk import MedsettleClient
-from tests.frontend import ACC_FIELDS, DAY, EMPLOYEE, INST_A, SETL_AMOUNTS, client, lines, total
+from server.security import roles
+from tests.frontend import (
+    ACC_FIELDS,
+    ALL_ROLES,
+    DAY,
+    EMPLOYEE,
+    INST_A,
+    SETL_AMOUNTS,
+    client,
+    lines,
+    register,
+    total,
+)
 
 N = 50
 LINES_PER_VISIT = 4  # ~40,000 fen in scope each: the deductible spans two visits
@@ -58,8 +70,9 @@ def new_msgid() -> str:
 def own_connection_client(server: LocalServer) -> MedsettleClient:
     """A signed-in client on its own TCP connection (so with two workers, calls spread)."""
     ch = grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+    register(server, INST_A, ALL_ROLES, *roles.OPERATOR_ROLES)
     c = MedsettleClient(
-        server.target, fixmedins_code=INST_A, opter="cashier01", retries=0, channel=ch
+        server.target, fixmedins_code=INST_A, opter=ALL_ROLES, retries=0, channel=ch
     )
     c.sign_in()
     return c

@@ -50,6 +50,7 @@ from server import demo_data
 from server.store import line_results
 from tests.frontend import (
     ACC_FIELDS,
+    ALL_ROLES,
     DAY,
     INST_A,
     INST_B,
@@ -66,7 +67,7 @@ LINES_PER_VISIT = 10
 OUTPATIENT_POOL = 40  # prepared outpatient visits per round (drivers make more themselves)
 INSTITUTIONS = (INST_A, INST_B, INST_FAR)
 SETTLE = "/medsettle.v1.Settlement/Settle"
-OPTER = "cashier01"
+OPTER = ALL_ROLES  # the operator `client` signs in
 SAFETY_S = 30.0
 # The named demo persons (employees, residents, a second stay with opening accumulators,
 # a civil servant, ...) and some of the crowd: employees and residents of 440100.

@@ -15,7 +15,7 @@ import pytest
 
 from clients.localserver import LocalServer, free_port
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
-from tests.frontend import INST_A, RETIRED, client, lines
+from tests.frontend import ALL_ROLES, INST_A, RETIRED, client, lines
 
 STREAMS = 20
 
@@ -48,7 +48,7 @@ def visits(server: LocalServer) -> int:
 def register_request(sign_no: str, msgid: str) -> settlement_pb2.RegisterRequest:
     return settlement_pb2.RegisterRequest(
         header=common_pb2.RequestHeader(
-            msgid=msgid, fixmedins_code=INST_A, opter="x", sign_no=sign_no
+            msgid=msgid, fixmedins_code=INST_A, opter=ALL_ROLES, sign_no=sign_no
         ),
         psn_no=RETIRED.psn_no,
         insutype=RETIRED.insutype,

@@ -58,15 +58,24 @@ def test_operator_commands_print_the_slip_and_the_day(frontend: LocalServer) -> 
     mdtrt_id, ls = admit(c, EMPLOYEE, n_lines=6, seed=31, med_type=11)
     info = c.settle(mdtrt_id, EMPLOYEE.psn_no, medfee_sumamt=total(ls)).setlinfo
     slip = _cli(
-        "slip", "--target", frontend.target, "--institution", c.fixmedins_code, info.setl_id
+        "slip",
+        *("--target", frontend.target, "--institution", c.fixmedins_code),
+        *("--opter", "cashier01", info.setl_id),
     )
     assert slip.returncode == 0, slip.stderr
     assert info.setl_id in slip.stdout and "hifp_pay 统筹基金支付" in slip.stdout
     day = str(info.setl_time.ToDatetime().year)  # the reconcile day is today's (local) date
-    rec = _cli("reconcile", "--target", frontend.target, "--institution", c.fixmedins_code)
+    rec = _cli(
+        "reconcile",
+        *("--target", frontend.target, "--institution", c.fixmedins_code, "--opter", "finance01"),
+    )
     assert rec.returncode == 0, rec.stderr
     assert day in rec.stdout and " 1 " in rec.stdout
-    missing = _cli("slip", "--target", frontend.target, "--institution", c.fixmedins_code, "S0")
+    missing = _cli(
+        "slip",
+        *("--target", frontend.target, "--institution", c.fixmedins_code),
+        *("--opter", "cashier01", "S0"),
+    )
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
 
 

@@ -43,7 +43,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     )
     assert out.stdout.split() == [
-        str(d / f) for f in ("ca.pem", f"{INST_A}.pem", f"{INST_B}.pem", "center-gz.pem")
+        str(d / f)
+        for f in (
+            "ca.pem",
+            f"{INST_A}.pem",
+            f"frontend-{INST_A}.pem",
+            f"{INST_B}.pem",
+            f"frontend-{INST_B}.pem",
+            "center-gz.pem",
+        )
     ]
     return d
 
@@ -87,6 +95,15 @@ def test_certificates_name_the_institution_and_keys_are_private(pki: Path) -> No
         x509.UniformResourceIdentifier
     )
     assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    # The front-end machine's certificate names the institution and its front-end role.
+    fe = x509.load_pem_x509_certificate((pki / f"frontend-{INST_A}.pem").read_bytes())
+    fe.verify_directly_issued_by(ca)
+    assert fe.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"urn:medsettle:institution:{INST_A}",
+        f"urn:medsettle:frontend:{INST_A}",
+    ]
     for key in ("ca.key", f"{INST_A}.key", "center-gz.key"):
         assert stat.S_IMODE(os.stat(pki / key).st_mode) == 0o600
     # A second init keeps the CA: certificates issued before stay valid.
@@ -180,7 +197,7 @@ def test_front_end_reaches_its_center_over_mutual_tls(
                 tmp_path / f"front-{stem}.db",
                 extra=[
                     *("--mode", "center", "--center-target", f"localhost:{center.port}"),
-                    *tls_flags(pki, stem, require=False),
+                    *tls_flags(pki, f"frontend-{stem}", require=False),
                 ],
                 env={"MEDSETTLE_CENTER_DEADLINE_S": "3"},
                 log=tmp_path / f"front-{stem}.log",

@@ -17,11 +17,14 @@ from server import metrics
 from server.errors import (
     AlreadyExists,
     FailedPrecondition,
+    PermissionDenied,
     Unauthenticated,
     Violations,
     field_error,
 )
 from server.refdata import Institution, RefData, Snapshot
+from server.security import audit, roles
+from server.security.datakeys import DataKeys
 
 MSGID_MAX = 64
 REVERSED = "REVERSED"
@@ -71,6 +74,7 @@ class Env:
     mode: int  # SettlementMode of this front-end
     max_lines_per_call: int
     max_lines_per_visit: int
+    keys: DataKeys
     signins: SignInCache = field(default_factory=SignInCache)
 
 
@@ -79,6 +83,7 @@ class Caller:
     inst: Institution
     opter: str
     snap: Snapshot
+    roles: frozenset[str] = frozenset()
 
 
 def check_header(
@@ -97,18 +102,25 @@ def check_header(
 
 
 def authenticate(
-    conn: sqlite3.Connection, env: Env, header: common_pb2.RequestHeader, now: int
+    conn: sqlite3.Connection,
+    env: Env,
+    header: common_pb2.RequestHeader,
+    now: int,
+    method: str,
 ) -> Caller:
-    """The signed-in caller, or UNAUTHENTICATED. The institution must exist and own the
-    sign_no; a signed-out or expired sign_no is refused."""
+    """The signed-in caller, or UNAUTHENTICATED; PERMISSION_DENIED unless the operator the
+    sign_no was issued to is the header's and holds a role `method` requires. The
+    institution must exist and own the sign_no; a signed-out or expired sign_no is refused."""
     snap = env.refdata.current(conn)
     row = env.signins.get(header.sign_no, now)
     if row is None:
-        row = conn.execute(
-            "SELECT fixmedins_code, expires_at, sign_out_time FROM signins WHERE sign_no = ?",
+        found = conn.execute(
+            "SELECT fixmedins_code, expires_at, sign_out_time, opter, roles FROM signins"
+            " WHERE sign_no = ?",
             (header.sign_no,),
         ).fetchone()
-        if row is not None:
+        if found is not None:
+            row = (*found[:4], roles.parse(found[4]))
             env.signins.put(header.sign_no, row, now)
     if row is None or row[0] != header.fixmedins_code:
         raise Unauthenticated("header.sign_no: unknown for this institution; SignIn first")
@@ -116,12 +128,17 @@ def authenticate(
         raise Unauthenticated("header.sign_no: signed out; SignIn again")
     if now >= row[1]:
         raise Unauthenticated("header.sign_no: expired; SignIn again")
+    if header.opter != row[3]:
+        raise PermissionDenied(
+            f"header.opter: {header.opter} is not the operator this sign_no was issued to"
+        )
+    roles.require(method, roles.FRONTEND_RULES, row[4], f"operator {row[3]}")
     inst = snap.institutions.get(header.fixmedins_code)
     if inst is None:  # pragma: no cover - sign-in checked it; an institution removed since
         raise Unauthenticated("header.fixmedins_code: unknown institution")
     if header.mdtrtarea_admvs and header.mdtrtarea_admvs != inst.admdvs:
         raise field_error("header.mdtrtarea_admvs", f"is not {inst.admdvs}, the institution's")
-    return Caller(inst, header.opter, snap)
+    return Caller(inst, header.opter, snap, row[4])
 
 
 def request_hash(method: str, request: Message) -> bytes:
@@ -165,6 +182,28 @@ class Outcome:
     replayed: bool = False
 
 
+@dataclass(frozen=True)
+class Trail:
+    """The audit record a write leaves in its own transaction, but for its outcome."""
+
+    key: bytes
+    rpc: str
+    caller: Caller | None  # None: SignIn, before there is one
+    opter: str
+    objects: str
+    show_ref: bool = True  # False for SignIn, whose ref is the sign_no (a credential)
+
+    @classmethod
+    def of(cls, env: Env, rpc: str, caller: Caller, request: Any) -> Trail:
+        return cls(env.keys.audit, rpc, caller, caller.opter, audit.objects_of(request))
+
+    def write(self, conn: sqlite3.Connection, now: int, code: str, outcome: str, ref: str) -> None:
+        held = roles.render(self.caller.roles) if self.caller is not None else ""
+        objects = ";".join(o for o in (self.objects, f"ref={ref}" if ref else "") if o)
+        rec = audit.Record(now, code, self.opter, held, self.rpc, objects, outcome)
+        audit.append(conn, self.key, rec)
+
+
 def idempotent(
     conn: sqlite3.Connection,
     fixmedins_code: str,
@@ -173,21 +212,25 @@ def idempotent(
     req_hash: bytes,
     now: int,
     body: Callable[[], tuple[bytes, str]],
-    outcome: Outcome | None = None,
+    outcome: Outcome | None,
+    trail: Trail,
 ) -> bytes:
     """The stored answer of an earlier call with this msgid, or `body()`'s answer stored
-    with it. The same msgid with another request (or method) is refused."""
+    with it, with the audit record of either in the same transaction. The same msgid with
+    another request (or method) is refused."""
     stored = replay_of(conn, fixmedins_code, msgid, method, req_hash)
     if stored is not None:
         metrics.REPLAYS.labels(method).inc()
         if outcome is not None:
             outcome.replayed = True
+        trail.write(conn, now, fixmedins_code, "REPLAY", "")
         return stored
     response, ref = body()
     conn.execute(
         "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?)",
         (fixmedins_code, msgid, method, req_hash, response, ref, now),
     )
+    trail.write(conn, now, fixmedins_code, "OK", ref if trail.show_ref else "")
     return response
 
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import engine_rs
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from server import metrics
+from server.domain import operators
 from server.domain.common import Caller, Env, issue_id, require_fresh_refdata
 from server.engine.columns import pack_strings
 from server.errors import (
@@ -27,6 +28,7 @@ from server.errors import (
     Violations,
     field_error,
 )
+from server.security import roles
 
 INPATIENT_MED_TYPES = frozenset({21, 24, 52})
 SPECIAL_MED_TYPES = frozenset({14})
@@ -66,13 +68,14 @@ def sign_in(
         raise Unauthenticated("header.fixmedins_code: unknown institution")
     if header.mdtrtarea_admvs and header.mdtrtarea_admvs != inst.admdvs:
         raise field_error("header.mdtrtarea_admvs", f"is not {inst.admdvs}, the institution's")
+    held = operators.for_sign_in(conn, header.fixmedins_code, header.opter)
     sign_no = secrets.token_hex(16)
     expires = now + env.sign_ttl_s * 1000
     conn.execute(
-        "INSERT INTO signins VALUES (?, ?, ?, ?, ?, NULL)",
-        (sign_no, header.fixmedins_code, header.opter, now, expires),
+        "INSERT INTO signins VALUES (?, ?, ?, ?, ?, NULL, ?)",
+        (sign_no, header.fixmedins_code, header.opter, now, expires, roles.render(held)),
     )
-    resp = settlement_pb2.SignInResponse(sign_no=sign_no)
+    resp = settlement_pb2.SignInResponse(sign_no=sign_no, roles=sorted(held))
     resp.sign_time.FromMilliseconds(now)
     resp.expires_at.FromMilliseconds(expires)
     return resp.SerializeToString(), sign_no

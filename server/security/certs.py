@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 INSTITUTION_URI = "urn:medsettle:institution:"
 CENTER_URI = "urn:medsettle:center:"
+FRONTEND_URI = "urn:medsettle:frontend:"
 CA_DAYS = 3650
 LEAF_DAYS = 825
 
@@ -98,12 +99,13 @@ class Authority:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert)
 
-    def issue(self, directory: Path, stem: str, uri: str, hosts: list[str]) -> Path:
-        """A leaf for `uri` (and the DNS names / IP addresses in `hosts`), written as
+    def issue(self, directory: Path, stem: str, uris: list[str], hosts: list[str]) -> Path:
+        """A leaf for `uris` (and the DNS names / IP addresses in `hosts`), written as
         `<stem>.pem` and `<stem>.key`; returns the certificate's path."""
         key = ec.generate_private_key(ec.SECP256R1())
+        uri = uris[-1]
         cn = uri.rsplit(":", 1)[-1]
-        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
         for h in hosts:
             try:
                 sans.append(x509.IPAddress(ipaddress.ip_address(h)))
@@ -112,7 +114,7 @@ class Authority:
         now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(cn, "center" if uri.startswith(CENTER_URI) else "institution"))
+            .subject_name(_name(cn, uri.split(":")[2]))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -143,14 +145,21 @@ def init(
     centers: list[str],
     hosts: list[str] | None = None,
 ) -> list[Path]:
-    """The CA (kept when it exists) and a certificate for each institution and center."""
+    """The CA (kept when it exists); for each institution a certificate for its HIS
+    (`<code>.pem`) and one for its front-end machine (`frontend-<code>.pem`); one for each
+    center (`center-<name>.pem`)."""
     hosts = hosts if hosts is not None else ["localhost", "127.0.0.1"]
     ca = Authority.load_or_create(directory)
     out = [directory / "ca.pem"]
     for code in institutions:
-        out.append(ca.issue(directory, code, INSTITUTION_URI + code, hosts))
+        out.append(ca.issue(directory, code, [INSTITUTION_URI + code], hosts))
+        out.append(
+            ca.issue(
+                directory, f"frontend-{code}", [INSTITUTION_URI + code, FRONTEND_URI + code], hosts
+            )
+        )
     for name in centers:
-        out.append(ca.issue(directory, f"center-{name}", CENTER_URI + name, hosts))
+        out.append(ca.issue(directory, f"center-{name}", [CENTER_URI + name], hosts))
     return out
 
 

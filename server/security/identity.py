@@ -13,13 +13,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.errors import PermissionDenied
-from server.security.certs import CENTER_URI, INSTITUTION_URI
+from server.security import roles
+from server.security.certs import CENTER_URI, FRONTEND_URI, INSTITUTION_URI
 
 
 @dataclass(frozen=True)
 class Peer:
     institution: str = ""  # the fixmedins_code its certificate names
     center: str = ""  # or the center it names
+    frontend: bool = False  # a front-end machine of `institution`
+
+    @property
+    def roles(self) -> frozenset[str]:
+        return frozenset({roles.CENTER_SERVICE}) if self.frontend else frozenset()
+
+    def describe(self) -> str:
+        if self.center:
+            return f"center {self.center}"
+        if self.institution:
+            kind = "front-end" if self.frontend else "institution"
+            return f"the {kind} certificate of {self.institution}"
+        return "a caller without a certificate"
 
     def check_header(self, header: Any, where: str = "header") -> None:
         """PERMISSION_DENIED when a header speaks for another institution than the
@@ -45,8 +59,16 @@ def peer_of(context: Any) -> Peer:
     auth = context.auth_context()
     if not auth or auth.get("transport_security_type") != [b"ssl"]:
         return ANONYMOUS
-    for raw in auth.get("x509_subject_alternative_name", []):
-        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+    names = [
+        raw.decode() if isinstance(raw, bytes) else str(raw)
+        for raw in auth.get("x509_subject_alternative_name", [])
+    ]
+    for name in names:
+        if name.startswith(FRONTEND_URI):
+            code = name[len(FRONTEND_URI) :]
+            if INSTITUTION_URI + code in names:
+                return Peer(institution=code, frontend=True)
+    for name in names:
         if name.startswith(INSTITUTION_URI):
             return Peer(institution=name[len(INSTITUTION_URI) :])
         if name.startswith(CENTER_URI):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import message_factory
@@ -22,6 +22,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from server.errors import ClientError
+from server.security import roles
 from server.security.identity import ANONYMOUS, Peer, peer_of
 from server.security.signing import RequestVerifier
 
@@ -58,10 +59,23 @@ def _serialize(response: Message | bytes) -> bytes:
     return response.SerializeToString()
 
 
+class Auditor(Protocol):
+    async def denied(self, rpc: str, peer: Peer, request: Any, exc: ClientError) -> None: ...
+
+
 async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: BaseException,
+    method: str,
+    audit: tuple[Auditor, Peer, Any] | None = None,
 ) -> None:
     if isinstance(exc, ClientError):
+        if audit is not None:
+            auditor, peer, request = audit
+            try:
+                await auditor.denied(method, peer, request, exc)
+            except Exception:  # the refusal still goes out; the log says what was not kept
+                log.exception("audit record of a refused %s not written", method)
         status = exc.to_status()
         await context.abort(status.code, status.details, status.trailing_metadata)
     log.exception("unexpected error in %s", method, exc_info=exc)
@@ -88,6 +102,24 @@ class Deadlines:
             raise ClientError(f"deadline: {left:.0f} s is more than this server's {self.max_s:g} s")
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may call what (roles.py): `rules` name a role for every method served. With
+    `by_peer` the role comes from the caller's certificate (the center's services, called by
+    front-end machines); otherwise from the sign_no, checked by `authenticate`. A plaintext
+    development server (`plaintext_open`, warned about at start) lets callers without a
+    certificate through, since it has no way to know them."""
+
+    rules: dict[str, frozenset[str]]
+    by_peer: bool = False
+    plaintext_open: bool = False
+
+    def check(self, method: str, peer: Peer) -> None:
+        if not self.by_peer or (peer is ANONYMOUS and self.plaintext_open):
+            return
+        roles.require(method, self.rules, peer.roles, peer.describe())
+
+
 async def _gated(
     chunks: AsyncIterator[Any], peer: Peer, signed: tuple[RequestVerifier, str, Any] | None
 ) -> AsyncIterator[Any]:
@@ -110,13 +142,18 @@ def _wrap_unary(
     streaming_in: bool = False,
     verifier: RequestVerifier | None = None,
     deadlines: Deadlines | None = None,
+    access: Access | None = None,
+    auditor: Auditor | None = None,
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        peer = ANONYMOUS
         try:
             if deadlines is not None:
                 deadlines.check(context)
             check_parsed(request)
             peer = peer_of(context)
+            if access is not None:
+                access.check(method, peer)
             if streaming_in:
                 signed = None if verifier is None else (verifier, method, context)
                 request = _gated(request, peer, signed)
@@ -129,7 +166,9 @@ def _wrap_unary(
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            await _abort(context, exc, method)
+            await _abort(
+                context, exc, method, None if auditor is None else (auditor, peer, request)
+            )
 
     return handler
 
@@ -139,15 +178,21 @@ def _wrap_stream_out(
     fn: Callable[..., AsyncIterator[Any]],
     verifier: RequestVerifier | None = None,
     deadlines: Deadlines | None = None,
+    access: Access | None = None,
+    auditor: Auditor | None = None,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
+        peer = ANONYMOUS
         try:
             if deadlines is not None:
                 deadlines.check(context)
             check_parsed(request)
-            peer_of(context).check_header(getattr(request, "header", None))
+            peer = peer_of(context)
+            if access is not None:
+                access.check(method, peer)
+            peer.check_header(getattr(request, "header", None))
             if verifier is not None:
                 await verifier.check(method, request, context.invocation_metadata())
             async for item in fn(request, context):
@@ -155,7 +200,9 @@ def _wrap_stream_out(
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            await _abort(context, exc, method)
+            await _abort(
+                context, exc, method, None if auditor is None else (auditor, peer, request)
+            )
 
     return handler
 
@@ -165,33 +212,39 @@ def generic_handler(
     impl: object,
     verifier: RequestVerifier | None = None,
     deadlines: Deadlines | None = None,
+    access: Access | None = None,
+    auditor: Auditor | None = None,
 ) -> grpc.GenericRpcHandler:
     """A handler for every method of `service` that `impl` has, calling `impl.<MethodName>`;
     with a `verifier`, every call must carry a valid request signature; with `deadlines`,
-    a deadline within the server's cap."""
+    a deadline within the server's cap; with `access`, the roles of every method (one
+    without a rule is a programming error, refused at start); with `auditor`, an
+    authentication or authorisation failure leaves an audit record."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in service.methods:
         fn = getattr(impl, m.name, None)
         if fn is None:  # not served yet: grpc answers UNIMPLEMENTED
             continue
         path = f"/{service.full_name}/{m.name}"  # what the caller signed
+        if access is not None and path not in access.rules:
+            raise RuntimeError(f"{path} has no role rule in server/security/roles.py")
         request_cls = message_factory.GetMessageClass(m.input_type)
         deser = _deserializer(request_cls)
         if m.client_streaming and not m.server_streaming:
             handlers[m.name] = grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(path, fn, streaming_in=True, verifier=verifier, deadlines=deadlines),
+                _wrap_unary(path, fn, True, verifier, deadlines, access, auditor),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )
         elif m.server_streaming and not m.client_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_out(path, fn, verifier, deadlines),
+                _wrap_stream_out(path, fn, verifier, deadlines, access, auditor),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )
         elif not m.client_streaming:
             handlers[m.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(path, fn, verifier=verifier, deadlines=deadlines),
+                _wrap_unary(path, fn, False, verifier, deadlines, access, auditor),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from clients.pb.medsettle.v1 import catalog_pb2
-from server.domain import recon, reference
+from server.domain import operators, recon, reference
 from server.domain.common import add_chunk, chunk_hasher
 from server.errors import field_error
 from server.services.base import check_parsed
@@ -52,6 +52,7 @@ class CatalogService:
         self, request: catalog_pb2.DownloadCatalogRequest, context: Ctx
     ) -> AsyncIterator[catalog_pb2.CatalogChunk]:
         chunks = await self.calls.read(
+            "DownloadCatalog",
             request,
             lambda conn, caller: reference.catalog_chunks(
                 recon.sqlite_fetch(conn), request.since_version, request.chunk_size
@@ -69,7 +70,7 @@ class CatalogService:
 
     async def MatchItems(self, request: catalog_pb2.MatchItemsRequest, context: Ctx) -> Any:
         return await self.calls.read(
-            request, lambda conn, caller: reference.match_items(conn, caller, request)
+            "MatchItems", request, lambda conn, caller: reference.match_items(conn, caller, request)
         )
 
     async def PutPolicy(self, request: catalog_pb2.PutPolicyRequest, context: Ctx) -> bytes:
@@ -79,7 +80,7 @@ class CatalogService:
 
     async def GetPolicy(self, request: catalog_pb2.GetPolicyRequest, context: Ctx) -> Any:
         return await self.calls.read(
-            request, lambda conn, caller: reference.get_policy(conn, request.version)
+            "GetPolicy", request, lambda conn, caller: reference.get_policy(conn, request.version)
         )
 
     async def PutInstitutions(
@@ -94,4 +95,13 @@ class CatalogService:
     async def PutPersons(self, request: catalog_pb2.PutPersonsRequest, context: Ctx) -> bytes:
         return await self.calls.write(
             "PutPersons", request, lambda conn, caller, now: reference.put_persons(conn, request)
+        )
+
+    async def PutOperators(self, request: catalog_pb2.PutOperatorsRequest, context: Ctx) -> bytes:
+        return await self.calls.write(
+            "PutOperators",
+            request,
+            lambda conn, caller, now: operators.put_operators(
+                conn, caller.inst.fixmedins_code, request, now
+            ),
         )

@@ -16,17 +16,77 @@ from server import metrics
 from server.domain import center, recon, reference
 from server.domain.common import Outcome, now_ms, request_hash
 from server.errors import ClientError, FailedPrecondition, field_error
+from server.security import audit, roles
+from server.security.identity import Peer
+from server.services.auditing import AUTH_CODES, outcome_of
 from server.store import pg
 from server.store.pg import Conn, PgStore
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
+SETTLE = "/medsettle.v1.Center/SettleSummary"
+CANCEL = "/medsettle.v1.Center/CancelSettlement"
+FORWARD = "/medsettle.v1.Center/Forward"
+
+
+class CenterAuditor:
+    """The center's audit records: one chain per institution, written in the transaction of
+    the settlement, cancel or forwarded batch they record; refusals and authentication or
+    authorisation failures in a transaction of their own."""
+
+    def __init__(self, store: PgStore, key: bytes) -> None:
+        self.store = store
+        self.key = key
+
+    @staticmethod
+    def _record(rpc: str, request: Any, now: int, outcome: str, extra: str) -> audit.Record:
+        h = request.header
+        objects = audit.objects_of(request, f"node={h.node_id}" if h.node_id else "", extra)
+        role = roles.CENTER_SERVICE
+        return audit.Record(now, h.fixmedins_code, h.opter, role, rpc, objects, outcome)
+
+    async def append(
+        self, conn: Conn, rpc: str, request: Any, now: int, replayed: bool, extra: str = ""
+    ) -> None:
+        rec = self._record(rpc, request, now, "REPLAY" if replayed else "OK", extra)
+        await pg.audit_append(conn, self.key, rec, request.header.fixmedins_code)
+
+    async def refused(self, rpc: str, request: Any, exc: ClientError) -> None:
+        exc.audited = True
+        rec = self._record(rpc, request, now_ms(), outcome_of(exc), "")
+
+        async def op(conn: Conn) -> None:
+            await pg.audit_append(conn, self.key, rec, request.header.fixmedins_code)
+
+        await self.store.transaction(op)
+
+    async def denied(self, rpc: str, peer: Peer, request: Any, exc: ClientError) -> None:
+        if exc.audited or exc.code not in AUTH_CODES:
+            return
+        exc.audited = True
+        h = getattr(request, "header", None)
+        code = getattr(h, "fixmedins_code", "") or peer.institution
+        rec = audit.Record(
+            now_ms(),
+            code,
+            getattr(h, "opter", ""),
+            roles.render(peer.roles),
+            rpc,
+            f"peer={peer.describe()}",
+            outcome_of(exc),
+        )
+
+        async def op(conn: Conn) -> None:
+            await pg.audit_append(conn, self.key, rec, code)
+
+        await self.store.transaction(op)
 
 
 class CenterService:
-    def __init__(self, store: PgStore, env: center.CenterEnv, dsn: str) -> None:
+    def __init__(self, store: PgStore, env: center.CenterEnv, dsn: str, audit_key: bytes) -> None:
         self.store = store
         self.env = env
+        self.auditor = CenterAuditor(store, audit_key)
         increments = CenterIncrements(dsn)
         self.CatalogSince = increments.CatalogSince
         self.PolicySince = increments.PolicySince
@@ -41,7 +101,10 @@ class CenterService:
 
         async def op(conn: Conn) -> bytes:
             outcome.replayed = False  # a serialisation retry runs it again
-            return await center.settle_summary(conn, env, request, digest, now, outcome)
+            resp = await center.settle_summary(conn, env, request, digest, now, outcome)
+            if not request.pre_settle:
+                await self.auditor.append(conn, SETTLE, request, now, outcome.replayed)
+            return resp
 
         if request.pre_settle:
             return await self.store.read(op)
@@ -49,9 +112,12 @@ class CenterService:
             resp = await self.store.transaction(op)
         except UniqueViolation:  # a concurrent settle of the same visit got there first
             metrics.settle_refused("center", "center", FailedPrecondition.code)
-            raise FailedPrecondition(f"mdtrt_id: {request.mdtrt_id} is already settled") from None
+            exc = FailedPrecondition(f"mdtrt_id: {request.mdtrt_id} is already settled")
+            await self.auditor.refused(SETTLE, request, exc)
+            raise exc from None
         except ClientError as exc:
             metrics.settle_refused("center", "center", exc.code)
+            await self.auditor.refused(SETTLE, request, exc)
             raise
         metrics.settle_answered("center", "center", resp, outcome.replayed)
         return resp
@@ -61,7 +127,11 @@ class CenterService:
         now = now_ms()
 
         async def op(conn: Conn) -> center_pb2.ForwardResponse:
-            return await center.forward(conn, env, request, now)
+            resp = await center.forward(conn, env, request, now)
+            await self.auditor.append(
+                conn, FORWARD, request, now, False, f"items={len(request.items)}"
+            )
+            return resp
 
         try:
             return await self.store.transaction(op)
@@ -76,9 +146,15 @@ class CenterService:
         env = self.env
 
         async def op(conn: Conn) -> bytes:
-            return await center.cancel(conn, env, request, digest, now)
+            resp = await center.cancel(conn, env, request, digest, now)
+            await self.auditor.append(conn, CANCEL, request, now, False)
+            return resp
 
-        return await self.store.transaction(op)
+        try:
+            return await self.store.transaction(op)
+        except ClientError as exc:
+            await self.auditor.refused(CANCEL, request, exc)
+            raise
 
 
 def read_pg(dsn: str, fn: Callable[[recon.Fetch], T]) -> T:

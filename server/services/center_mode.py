@@ -22,6 +22,7 @@ from server.domain import settle
 from server.domain.common import (
     Env,
     Outcome,
+    Trail,
     authenticate,
     check_header,
     idempotent,
@@ -34,6 +35,10 @@ from server.domain.settle import Computed, OfflineLimits
 from server.errors import ClientError, Unavailable
 from server.store import ACC_FIELDS
 from server.store.sqlite import Store
+
+SETTLE = "/medsettle.v1.Settlement/Settle"
+PRE_SETTLE = "/medsettle.v1.Settlement/PreSettle"
+CANCEL = "/medsettle.v1.Settlement/CancelSettlement"
 
 
 def _center_request(
@@ -85,7 +90,7 @@ class CenterMode:
         env = self.env
 
         def prepare(conn: sqlite3.Connection) -> bytes | settle.Computed:
-            caller = authenticate(conn, env, header, now)
+            caller = authenticate(conn, env, header, now, SETTLE)
             stored = replay_of(conn, header.fixmedins_code, header.msgid, "Settle", digest)
             return stored if stored is not None else settle.compute(conn, caller, req)
 
@@ -126,7 +131,7 @@ class CenterMode:
         after = {f: getattr(answer.accumulators, f) for f in ACC_FIELDS}
 
         def keep(conn: sqlite3.Connection) -> bytes:
-            caller = authenticate(conn, env, header, now)
+            caller = authenticate(conn, env, header, now, SETTLE)
             return idempotent(
                 conn,
                 header.fixmedins_code,
@@ -138,6 +143,7 @@ class CenterMode:
                     conn, env, caller, req, got, answer.setlinfo, after, now
                 ),
                 outcome,
+                Trail.of(env, SETTLE, caller, req),
             )
 
         return await self.store.write(keep)
@@ -156,7 +162,7 @@ class CenterMode:
         env = self.env
 
         def op(conn: sqlite3.Connection) -> bytes:
-            caller = authenticate(conn, env, header, now)
+            caller = authenticate(conn, env, header, now, SETTLE)
             return idempotent(
                 conn,
                 header.fixmedins_code,
@@ -166,6 +172,7 @@ class CenterMode:
                 now,
                 lambda: settle.settle(conn, env, caller, req, now, offline=limits),
                 outcome,
+                Trail.of(env, SETTLE, caller, req),
             )
 
         return await self.store.write(op)
@@ -177,7 +184,7 @@ class CenterMode:
         env = self.env
 
         def prepare(conn: sqlite3.Connection) -> settle.Computed:
-            return settle.compute(conn, authenticate(conn, env, header, now), req)
+            return settle.compute(conn, authenticate(conn, env, header, now, PRE_SETTLE), req)
 
         c = await self.store.read(prepare)
         answer = await self.routes.link_for(c.insured_region).settle(
@@ -197,7 +204,7 @@ class CenterMode:
         env = self.env
 
         def look(conn: sqlite3.Connection) -> bytes | tuple[int, int, str]:
-            caller = authenticate(conn, env, header, now)
+            caller = authenticate(conn, env, header, now, CANCEL)
             stored = replay_of(
                 conn, header.fixmedins_code, header.msgid, "CancelSettlement", digest
             )
@@ -228,7 +235,7 @@ class CenterMode:
             )
 
         def keep(conn: sqlite3.Connection) -> bytes:
-            caller = authenticate(conn, env, header, now)
+            caller = authenticate(conn, env, header, now, CANCEL)
             return idempotent(
                 conn,
                 header.fixmedins_code,
@@ -237,6 +244,8 @@ class CenterMode:
                 digest,
                 now,
                 lambda: settle.cancel_call(conn, env, caller, req, now),
+                None,
+                Trail.of(env, CANCEL, caller, req),
             )
 
         return await self.store.write(keep)

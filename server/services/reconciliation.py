@@ -17,6 +17,7 @@ class ReconciliationService:
 
     async def Totals(self, request: reconciliation_pb2.TotalsRequest, context: Ctx) -> Any:
         return await self.calls.read(
+            "Totals",
             request,
             lambda conn, caller: recon.totals(
                 recon.sqlite_fetch(conn), caller.inst.fixmedins_code, request
@@ -25,6 +26,7 @@ class ReconciliationService:
 
     async def Details(self, request: reconciliation_pb2.DetailsRequest, context: Ctx) -> Any:
         return await self.calls.read(
+            "Details",
             request,
             lambda conn, caller: recon.details(
                 recon.sqlite_fetch(conn), caller.inst.fixmedins_code, request, self.max_bytes

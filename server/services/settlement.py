@@ -8,8 +8,8 @@ same msgid or do the work and store its answer with the msgid. Reads run on a sn
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -20,6 +20,7 @@ from server.domain.common import (
     Caller,
     Env,
     Outcome,
+    Trail,
     add_chunk,
     authenticate,
     check_header,
@@ -29,20 +30,25 @@ from server.domain.common import (
     request_hash,
 )
 from server.errors import ClientError, field_error
+from server.services.auditing import PERSONAL_READS, FrontendAuditor
 from server.services.base import check_parsed
-from server.services.center_mode import CenterMode
+from server.services.center_mode import CANCEL, PRE_SETTLE, SETTLE, CenterMode
 from server.store.sqlite import Store
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+SIGN_IN = "/medsettle.v1.Settlement/SignIn"
+T = TypeVar("T")
 WriteBody = Callable[[sqlite3.Connection, Caller, int], tuple[bytes, str]]
 
 
 class Calls:
-    """The two shapes every call takes: an idempotent write, or a read."""
+    """The two shapes every call of `service` takes: an idempotent write, or a read."""
 
-    def __init__(self, store: Store, env: Env) -> None:
+    def __init__(self, store: Store, env: Env, service: str) -> None:
         self.store = store
         self.env = env
+        self.service = service
+        self.auditor = FrontendAuditor(store, env.keys.audit)
 
     async def write(
         self,
@@ -57,10 +63,11 @@ class Calls:
         check_header(header, needs_msgid=True)
         digest = req_hash if req_hash is not None else request_hash(method, request)
         now = now_ms()
+        path = f"/medsettle.v1.{self.service}/{method}"
         env = self.env
 
         def op(conn: sqlite3.Connection) -> bytes:
-            caller = authenticate(conn, env, header, now)
+            caller = authenticate(conn, env, header, now, path)
             return idempotent(
                 conn,
                 header.fixmedins_code,
@@ -70,25 +77,40 @@ class Calls:
                 now,
                 lambda: body(conn, caller, now),
                 outcome,
+                Trail.of(env, path, caller, request),
             )
 
-        return await self.store.write(op)
+        try:
+            return await self.store.write(op)
+        except ClientError as exc:
+            await self.auditor.refused(path, request, exc, write=True)
+            raise
 
-    async def read(self, request: Any, body: Callable[[sqlite3.Connection, Caller], Any]) -> Any:
+    async def read(
+        self, method: str, request: Any, body: Callable[[sqlite3.Connection, Caller], Any]
+    ) -> Any:
         header = request.header
         check_header(header, needs_msgid=False)
         now = now_ms()
         env = self.env
+        path = f"/medsettle.v1.{self.service}/{method}"
 
-        def op(conn: sqlite3.Connection) -> Any:
-            return body(conn, authenticate(conn, env, header, now))
+        def op(conn: sqlite3.Connection) -> tuple[Caller, Any]:
+            caller = authenticate(conn, env, header, now, path)
+            return caller, body(conn, caller)
 
-        return await self.store.read(op)
+        try:
+            caller, answer = await self.store.read(op)
+        except ClientError as exc:
+            await self.auditor.refused(path, request, exc, write=False)
+            raise
+        await self.auditor.read(path, caller, request)
+        return answer
 
 
 class SettlementService:
     def __init__(self, store: Store, env: Env, center: CenterMode | None = None) -> None:
-        self.calls = Calls(store, env)
+        self.calls = Calls(store, env, "Settlement")
         self.store = store
         self.env = env
         self.center = center  # set in center mode
@@ -100,6 +122,8 @@ class SettlementService:
         now = now_ms()
         env = self.env
 
+        trail = Trail(env.keys.audit, SIGN_IN, None, header.opter, "", show_ref=False)
+
         def op(conn: sqlite3.Connection) -> bytes:
             return idempotent(
                 conn,
@@ -109,6 +133,8 @@ class SettlementService:
                 digest,
                 now,
                 lambda: visits.sign_in(conn, env, header, now),
+                None,
+                trail,
             )
 
         return await self.store.write(op)
@@ -124,7 +150,9 @@ class SettlementService:
         return visits.sign_out(conn, sign_no, now)
 
     async def GetPerson(self, request: settlement_pb2.GetPersonRequest, context: Ctx) -> Any:
-        return await self.calls.read(request, lambda conn, caller: visits.get_person(conn, request))
+        return await self.calls.read(
+            "GetPerson", request, lambda conn, caller: visits.get_person(conn, request)
+        )
 
     async def Register(self, request: settlement_pb2.RegisterRequest, context: Ctx) -> bytes:
         env = self.env
@@ -207,16 +235,27 @@ class SettlementService:
             lambda conn, caller, now: visits.delete_fees(conn, caller, request),
         )
 
+    async def _in_center_mode(self, path: str, request: Any, answer: Awaitable[T]) -> T:
+        """A call center mode answers, with the audit records Calls would write."""
+        try:
+            value = await answer
+        except ClientError as exc:
+            await self.calls.auditor.refused(path, request, exc, write=True)
+            raise
+        if path in PERSONAL_READS:
+            await self.calls.auditor.read_by_header(path, request)
+        return value
+
     async def PreSettle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> Any:
         if self.center is not None:
-            return await self.center.pre_settle(request)
+            return await self._in_center_mode(PRE_SETTLE, request, self.center.pre_settle(request))
         return await self.calls.read(
-            request, lambda conn, caller: settle.pre_settle(conn, caller, request)
+            "PreSettle", request, lambda conn, caller: settle.pre_settle(conn, caller, request)
         )
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> bytes:
         if self.center is not None:
-            return await self.center.settle(request)
+            return await self._in_center_mode(SETTLE, request, self.center.settle(request))
         env = self.env
         return await self._counted(
             "Settle",
@@ -230,7 +269,7 @@ class SettlementService:
         self, request: settlement_pb2.CancelSettlementRequest, context: Ctx
     ) -> bytes:
         if self.center is not None:
-            return await self.center.cancel(request)
+            return await self._in_center_mode(CANCEL, request, self.center.cancel(request))
         env = self.env
         return await self._counted(
             "CancelSettlement",
@@ -270,14 +309,18 @@ class SettlementService:
         self, request: settlement_pb2.GetSettlementRequest, context: Ctx
     ) -> Any:
         return await self.calls.read(
-            request, lambda conn, caller: settle.get_settlement(conn, caller, request.setl_id)
+            "GetSettlement",
+            request,
+            lambda conn, caller: settle.get_settlement(conn, caller, request.setl_id),
         )
 
     async def QuerySettlements(
         self, request: settlement_pb2.QuerySettlementsRequest, context: Ctx
     ) -> Any:
         return await self.calls.read(
-            request, lambda conn, caller: settle.query_settlements(conn, caller, request)
+            "QuerySettlements",
+            request,
+            lambda conn, caller: settle.query_settlements(conn, caller, request),
         )
 
     async def Ping(self, request: settlement_pb2.PingRequest, context: Ctx) -> Any:

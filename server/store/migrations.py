@@ -275,6 +275,54 @@ CREATE TABLE outbox (
 """,
     ),
     (2, "line results as one blob per settlement; partial indexes", _v2_line_results),
+    (
+        3,
+        "operator registry; roles bound to each sign-in",
+        """
+-- Who may sign in for an institution, holding which roles (server/security/roles.py).
+CREATE TABLE operators (
+    fixmedins_code TEXT NOT NULL,
+    opter TEXT NOT NULL,
+    opter_name TEXT NOT NULL,
+    roles TEXT NOT NULL,            -- comma-separated role names
+    disabled INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (fixmedins_code, opter)
+) WITHOUT ROWID;
+-- Sign-ins made before the registry carry no role: their operators sign in again.
+ALTER TABLE signins ADD COLUMN roles TEXT NOT NULL DEFAULT '';
+CREATE INDEX signins_opter ON signins (fixmedins_code, opter) WHERE sign_out_time IS NULL;
+""",
+    ),
+    (
+        4,
+        "the hash-chained audit trail",
+        """
+-- The audit trail (server/security/audit.py): hash-chained per `chain`.
+CREATE TABLE audit (
+    chain TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    fixmedins_code TEXT NOT NULL,
+    opter TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    rpc TEXT NOT NULL,
+    objects TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
+CREATE INDEX audit_at ON audit (at);
+-- The last pruned record of each chain: where the remaining records start.
+CREATE TABLE audit_anchor (
+    chain TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    pruned_before INTEGER NOT NULL,
+    mac BLOB NOT NULL
+);
+""",
+    ),
 ]
 
 

@@ -27,6 +27,7 @@ import psycopg
 from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
 
+from server.security import audit
 from server.store import ACC_FIELDS
 from server.store.pg_migrations import migrate
 
@@ -175,3 +176,67 @@ async def write_accumulators(
 ) -> None:
     """Store new current accumulators; call after `lock_accumulators` in the same transaction."""
     await conn.execute(_UPDATE, {"psn_no": psn_no, "year": year, "pool": pool, **values})
+
+
+# ------------------------------------------------------------------ audit (security/audit.py)
+AUDIT_LOCK = 0x6D65_6461  # advisory lock class of the audit chains; the chain's hash is the key
+
+
+async def audit_append(conn: Conn, key: bytes, rec: audit.Record, chain: str) -> int:
+    """Add `rec` to the end of `chain` in the caller's transaction; the chain's lock is held
+    until it ends (one chain per institution, so others do not wait)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (AUDIT_LOCK, chain))
+    cur = await conn.execute(
+        "SELECT seq, hash FROM audit WHERE chain = %s ORDER BY seq DESC LIMIT 1", (chain,)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        cur = await conn.execute("SELECT seq, hash FROM audit_anchor WHERE chain = %s", (chain,))
+        row = await cur.fetchone() or (0, audit.GENESIS)
+    seq, prev = int(row[0]) + 1, bytes(row[1])
+    await conn.execute(
+        "INSERT INTO audit VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (chain, seq, *rec.fields(), audit.link(key, chain, seq, prev, rec)),
+    )
+    return seq
+
+
+async def audit_prune(conn: Conn, key: bytes, now: int, retention_days: int) -> int:
+    cutoff = now - retention_days * audit.DAY_MS
+    cur = await conn.execute(
+        "SELECT DISTINCT ON (chain) chain, seq, hash FROM audit WHERE at < %s"
+        " ORDER BY chain, seq DESC",
+        (cutoff,),
+    )
+    gone = 0
+    for chain, seq, h in await cur.fetchall():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (AUDIT_LOCK, chain))
+        mac = audit.anchor_mac(key, chain, seq, bytes(h), cutoff)
+        await conn.execute(
+            "INSERT INTO audit_anchor VALUES (%s, %s, %s, %s, %s) ON CONFLICT (chain) DO UPDATE"
+            " SET seq = EXCLUDED.seq, hash = EXCLUDED.hash,"
+            " pruned_before = EXCLUDED.pruned_before, mac = EXCLUDED.mac",
+            (chain, seq, h, cutoff, mac),
+        )
+        done = await conn.execute("DELETE FROM audit WHERE chain = %s AND seq <= %s", (chain, seq))
+        gone += done.rowcount
+    return gone
+
+
+def audit_verify(
+    dsn: str,
+    key: bytes,
+    now: int,
+    retention_days: int,
+    want: tuple[str, int] | None = None,
+) -> audit.Verdict:
+    """Check every chain of the center's audit trail, streaming the rows."""
+    with connect(dsn) as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        anchors = {
+            r[0]: (int(r[1]), bytes(r[2]), int(r[3]), bytes(r[4]))
+            for r in conn.execute("SELECT chain, seq, hash, pruned_before, mac FROM audit_anchor")
+        }
+        with conn.cursor(name="audit_rows") as cur:
+            cur.execute("SELECT * FROM audit ORDER BY chain, seq")
+            return audit.verify(iter(cur), anchors, key, now, retention_days, want)

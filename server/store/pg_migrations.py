@@ -201,6 +201,33 @@ CREATE UNIQUE INDEX settlements_one_active ON settlements (fixmedins_code, mdtrt
     WHERE state = 1;
 """,
     ),
+    (
+        3,
+        "the hash-chained audit trail, one chain per institution",
+        """
+CREATE TABLE audit (
+    chain TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    fixmedins_code TEXT NOT NULL,
+    opter TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    rpc TEXT NOT NULL,
+    objects TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    hash BYTEA NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
+CREATE INDEX audit_at ON audit (at);
+CREATE TABLE audit_anchor (
+    chain TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    hash BYTEA NOT NULL,
+    pruned_before BIGINT NOT NULL,
+    mac BYTEA NOT NULL
+);
+""",
+    ),
 ]
 
 

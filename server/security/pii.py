@@ -1,0 +1,77 @@
+"""Personal identifiers at rest: names, ID (certificate) numbers, card numbers and e-voucher
+tokens are stored sealed, and found by a keyed hash instead of their clear text.
+
+A sealed value is `version (1 byte) || nonce (12) || ciphertext || tag (16)`: version 1 is
+AES-256-GCM, version 2 SM4-GCM (for deployments that require the national cipher; its key is
+the first 16 bytes of the same derived key). The associated data names the field and the
+person it belongs to, so a value copied onto another person's row, or into another field,
+does not open. Lookups (`GetPerson` by ID card, social-security card or e-voucher) use
+`index`: HMAC-SHA256 under its own key, truncated to 16 bytes, which leaks equality only
+(two rows with the same number have the same index), never the number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from server.security import sm4gcm
+from server.security.datakeys import DataKeys
+
+AES_256_GCM = 1
+SM4_GCM = 2
+CIPHERS = {"aes-256-gcm": AES_256_GCM, "sm4-gcm": SM4_GCM}
+NONCE = 12
+INDEX_BYTES = 16
+
+
+class PiiError(ValueError):
+    """A sealed value that does not open: damaged, moved, or sealed under another key."""
+
+
+class Vault:
+    def __init__(self, keys: DataKeys, cipher: str = "aes-256-gcm") -> None:
+        if cipher not in CIPHERS:
+            raise ValueError(f"pii_cipher: {cipher!r} is not one of {', '.join(CIPHERS)}")
+        self.version = CIPHERS[cipher]
+        self._aes = AESGCM(keys.pii_seal)
+        self._sm4_key = keys.pii_seal[:16]
+        self._index_key = keys.pii_index
+
+    @staticmethod
+    def _aad(field: str, owner: str) -> bytes:
+        return f"medsettle/pii/1|{field}|{owner}".encode()
+
+    def seal(self, field: str, owner: str, value: str) -> bytes:
+        aad = self._aad(field, owner)
+        if self.version == SM4_GCM:
+            return bytes([SM4_GCM]) + sm4gcm.seal(self._sm4_key, value.encode(), aad)
+        nonce = os.urandom(NONCE)
+        return bytes([AES_256_GCM]) + nonce + self._aes.encrypt(nonce, value.encode(), aad)
+
+    def open(self, field: str, owner: str, sealed: bytes) -> str:
+        """The clear value; either cipher opens, whatever this vault seals with now (so a
+        deployment can switch without re-sealing first)."""
+        if not sealed:
+            raise PiiError(f"{field} of {owner}: empty")
+        aad = self._aad(field, owner)
+        try:
+            if sealed[0] == AES_256_GCM:
+                nonce, body = sealed[1 : 1 + NONCE], sealed[1 + NONCE :]
+                return self._aes.decrypt(nonce, body, aad).decode()
+            if sealed[0] == SM4_GCM:
+                return sm4gcm.open_sealed(self._sm4_key, sealed[1:], aad).decode()
+        except (InvalidTag, sm4gcm.SealError):
+            raise PiiError(f"{field} of {owner}: does not open (moved, damaged or another key)")
+        raise PiiError(f"{field} of {owner}: unknown version {sealed[0]}")
+
+    def index(self, field: str, value: str) -> bytes | None:
+        """The lookup hash of a value; None for an empty one (nothing to find it by)."""
+        if not value:
+            return None
+        mac = hmac.new(self._index_key, f"{field}|{value}".encode(), hashlib.sha256)
+        return mac.digest()[:INDEX_BYTES]
