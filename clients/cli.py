@@ -90,7 +90,11 @@ def _operators(args: argparse.Namespace) -> int:
     from server.security import roles
     from server.store.sqlite import Store, init_db
 
-    init_db(args.db)
+    try:  # to migrate a database that holds persons, the steps that seal them need the key
+        keys = _existing_keys(args.db)
+    except ValueError:
+        keys = None
+    init_db(args.db, keys)
     store = Store(args.db, readers=1)
     try:
         if args.operators_cmd == "put":

@@ -42,6 +42,7 @@ from server.forwarder import Forwarder
 from server.refdata import RefData
 from server.refdata_pull import RefdataPuller
 from server.security import audit, roles
+from server.security.pii import Vault
 from server.security.signing import RequestVerifier, load_keys
 from server.services.auditing import AuditPruner, FrontendAuditor
 from server.services.base import Access, Deadlines, generic_handler
@@ -78,24 +79,27 @@ def make_env(cfg: Config) -> Env:
         mode=common_pb2.LOCAL if cfg.mode == "local" else common_pb2.CENTER,
         max_lines_per_call=cfg.max_lines_per_call,
         max_lines_per_visit=cfg.max_lines_per_visit,
-        keys=cfg.data_keys(),
+        keys=(keys := cfg.data_keys()),
+        pii=Vault(keys, cfg.pii_cipher),
     )
 
 
 def prepare(cfg: Config) -> None:
     """Schema migrations and the demo data, once, before any worker serves."""
+    # A center without its data key does not start; a front-end's default key is made here,
+    # once, before any worker reads it.
+    keys = cfg.data_keys()
+    vault = Vault(keys, cfg.pii_cipher)
     if cfg.role == "center":
-        pg.init_db(cfg.db)
-        cfg.data_keys()  # a center without its data key does not start
-        if cfg.demo and demo_data.seed_center(cfg.db):
+        pg.init_db(cfg.db, keys)
+        if cfg.demo and demo_data.seed_center(cfg.db, vault):
             log.info("demo persons and policy loaded into the center database")
         return
-    init_db(cfg.db)
-    cfg.data_keys()  # made here, once, when the default file is still missing
+    init_db(cfg.db, keys)
     if cfg.demo:
         store = Store(cfg.db, readers=1)
         try:
-            if demo_data.seed(store):
+            if demo_data.seed(store, vault):
                 log.info("demo data set loaded into %s", cfg.db)
         finally:
             store.close()
@@ -110,7 +114,8 @@ async def _handlers(
         pg_store = pg.PgStore(cfg.db)
         await pg_store.open()
         keys = cfg.data_keys()
-        center = CenterService(pg_store, CenterEnv.new(cfg.tz_offset_min), cfg.db, keys.audit)
+        center_env = CenterEnv.new(cfg.tz_offset_min, Vault(keys, cfg.pii_cipher))
+        center = CenterService(pg_store, center_env, cfg.db, keys.audit)
         plaintext = cfg.tls() is None
         if plaintext and index == 0:
             log.warning(

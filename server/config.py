@@ -86,6 +86,9 @@ class Config:
     # kept audit_retention_days, then pruned from the start of the chain.
     data_key_file: str = ""
     audit_retention_days: int = 180
+    # How personal identifiers are sealed at rest: aes-256-gcm, or sm4-gcm where the
+    # national cipher is required (values sealed either way open either way).
+    pii_cipher: str = "aes-256-gcm"
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:

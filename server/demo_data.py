@@ -23,7 +23,9 @@ from server.domain.operators import Operator
 from server.domain.reference import catalog_row
 from server.engine.columns import unpack_strings
 from server.security import roles
+from server.security.pii import Vault
 from server.store import ACC_FIELDS
+from server.store import persons as persons_table
 from server.store.sqlite import Store
 from server.synth.catalog import SynthCatalog, make_catalog, make_hospital_items
 
@@ -296,7 +298,7 @@ OPERATORS = (
 )
 
 
-def seed(store: Store) -> bool:
+def seed(store: Store, vault: Vault) -> bool:
     """Load the demo data set through `store.write_sync` if the database has no
     institution yet; returns whether it did."""
 
@@ -315,7 +317,7 @@ def seed(store: Store) -> bool:
             conn, catalog_pb2.PutPolicyRequest(format="toml", text=policy_text()), now
         )
         reference.import_catalog(conn, CATALOG_VERSION, catalog_items(), now)
-        reference.put_persons(conn, catalog_pb2.PutPersonsRequest(persons=persons()))
+        reference.put_persons(conn, vault, catalog_pb2.PutPersonsRequest(persons=persons()))
         for inst in INSTITUTIONS:
             code = inst.fixmedins_code
             rows = [
@@ -331,7 +333,7 @@ def seed(store: Store) -> bool:
     return True
 
 
-def seed_center(dsn: str) -> bool:
+def seed_center(dsn: str, vault: Vault) -> bool:
     """Load institutions, the policy and the persons (with their opening accumulators) into
     an empty center database; returns whether it did."""
     import engine_rs
@@ -360,27 +362,7 @@ def seed_center(dsn: str) -> bool:
             "INSERT INTO catalog_versions VALUES (%s, %s, %s)", (CATALOG_VERSION, now, CATALOG_SIZE)
         )
         for p in persons():
-            conn.execute(
-                f"INSERT INTO persons VALUES ({', '.join(['%s'] * 16)})",
-                (
-                    p.psn_no,
-                    p.psn_name,
-                    p.psn_cert_no,
-                    p.card_no,
-                    p.voucher,
-                    p.gend,
-                    p.brdy,
-                    p.psn_type,
-                    p.insutype,
-                    p.insuplc_admdvs,
-                    int(p.cvlserv_flag),
-                    int(p.maf_flag),
-                    int(p.retired),
-                    p.cross_region,
-                    p.balc,
-                    p.balc,
-                ),
-            )
+            conn.execute(persons_table.insert_sql("%s"), persons_table.record_row(vault, p, p.balc))
             for a in p.accumulators:
                 values = [getattr(a, f) for f in ACC_FIELDS]
                 conn.execute(

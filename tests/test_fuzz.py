@@ -1,5 +1,6 @@
-"""Mutated and random protobuf messages to every RPC of a running front-end: never a crash,
-never INTERNAL or UNKNOWN, and a call that is refused writes nothing.
+"""Mutated and random protobuf messages to every RPC of a running front-end and of a running
+center: never a crash, never INTERNAL or UNKNOWN, and a refused call writes nothing (but its
+audit record).
 
 Each method gets a template request that gets far into its handler (a signed-in header, a
 fresh msgid, the ids of a real visit and settlement), then mutations of its bytes: bit
@@ -12,15 +13,19 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
+import pytest
 from google.protobuf import message_factory
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import settlement_pb2, settlement_pb2_grpc
-from server.app import SERVICES
-from tests.frontend import AUDIT_TABLES, EMPLOYEE, admit, client, total
+from clients.pb.medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
+from server.app import CENTER_SERVICES, SERVICES
+from tests.frontend import AUDIT_TABLES, EMPLOYEE, INST_A, admit, client, total
+from tests.pg import center_server
 
 PER_METHOD = int(os.environ.get("FUZZ_PER_METHOD", "12"))
 REFUSED_OK = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -152,4 +157,54 @@ def test_mutated_messages_to_every_rpc(frontend: LocalServer) -> None:
     assert {"Register", "UploadFees", "Settle", "GetSettlement", "Totals"} <= deep, seen
     assert len(seen) == sum(len(d.methods) for d in SERVICES.values())
     log = frontend.log_path.read_text() if frontend.log_path else ""
+    assert "unexpected error" not in log
+
+
+def pg_counts(dsn: str) -> dict[str, int]:
+    """Rows per table of the center, but the audit trail's."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+            if r[0] not in AUDIT_TABLES
+        ]
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in names}  # type: ignore[index]
+
+
+class _FrontEnd:
+    """The header a front-end puts on its calls to the center."""
+
+    def header(self, msgid: str) -> common_pb2.RequestHeader:
+        return common_pb2.RequestHeader(msgid=msgid, fixmedins_code=INST_A, opter="front-end")
+
+
+@pytest.mark.pg
+def test_mutated_messages_to_every_center_rpc(pg_dsn: str, tmp_path: Path) -> None:
+    center = center_server(pg_dsn, tmp_path).start()
+    ids = {"psn_no": EMPLOYEE.psn_no, "mdtrt_id": "M01000000000001", "setl_id": "S01X"}
+    rng = random.Random(20261202)
+    bad: list[str] = []
+    seen: dict[str, set[str]] = {}
+    try:
+        with grpc.insecure_channel(center.target) as ch:
+            for service, desc in CENTER_SERVICES.items():
+                for method in desc.methods:
+                    for n in range(PER_METHOD):
+                        data = template(method, ids, _FrontEnd(), n)
+                        if n:
+                            data = mutate(data, rng)
+                        before = pg_counts(pg_dsn)
+                        code = call(ch, method, service, data)
+                        seen.setdefault(method.name, set()).add(code.name)
+                        if code in REFUSED_OK:
+                            bad.append(f"{method.name} {code.name} for {data.hex()}")
+                        elif code != grpc.StatusCode.OK and pg_counts(pg_dsn) != before:
+                            bad.append(f"{method.name} {code.name} wrote rows for {data.hex()}")
+    finally:
+        center.stop()
+    assert not bad, bad[:10]
+    assert len(seen) == sum(len(d.methods) for d in CENTER_SERVICES.values())
+    log = center.log_path.read_text() if center.log_path else ""
     assert "unexpected error" not in log

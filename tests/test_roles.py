@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import catalog_pb2, common_pb2
+from clients.pb.medsettle.v1 import catalog_pb2
 from clients.sdk import MedsettleClient, MedsettleError
 from server.app import CENTER_SERVICES, SERVICES
 from server.security import certs, roles
@@ -32,7 +32,7 @@ from tests.frontend import (
     total,
 )
 from tests.pg import center_server
-from tests.test_fuzz import call, counts, template
+from tests.test_fuzz import _FrontEnd, call, counts, template
 from tests.test_tls import files, tls_flags
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,13 +178,6 @@ def test_operators_command_bootstraps_a_front_end(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown role root" in bad.stderr
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT opter, roles FROM operators").fetchall() == [("sec1", "security")]
-
-
-class _FrontEnd:
-    """The header a front-end puts on its calls to the center."""
-
-    def header(self, msgid: str) -> common_pb2.RequestHeader:
-        return common_pb2.RequestHeader(msgid=msgid, fixmedins_code=INST_A, opter="front-end")
 
 
 @pytest.mark.pg

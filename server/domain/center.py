@@ -29,13 +29,10 @@ from server.errors import (
     field_error,
 )
 from server.refdata import Institution
+from server.security.pii import Vault
 from server.store import ACC_FIELDS
+from server.store.persons import READ_COLUMNS, open_person
 from server.store.pg import Conn, lock_accumulators, write_accumulators
-
-_PERSON_COLS = (
-    "psn_no, psn_name, psn_cert_no, gend, brdy, psn_type, insutype, insuplc_admdvs,"
-    " cvlserv_flag, maf_flag, retired, cross_region, balc"
-)
 
 
 @dataclass
@@ -46,10 +43,11 @@ class CenterEnv:
     policies: dict[int, engine_rs.Policy]
     institutions: dict[str, Institution]
     lock: asyncio.Lock
+    pii: Vault
 
     @classmethod
-    def new(cls, tz_offset_min: int) -> CenterEnv:
-        return cls(tz_offset_min, {}, {}, asyncio.Lock())
+    def new(cls, tz_offset_min: int, pii: Vault) -> CenterEnv:
+        return cls(tz_offset_min, {}, {}, asyncio.Lock(), pii)
 
     async def policy(self, conn: Conn, version: int) -> engine_rs.Policy:
         pol = self.policies.get(version)
@@ -128,12 +126,12 @@ def check_settle_request(req: center_pb2.CenterSettleRequest) -> None:
     v.raise_if_any()
 
 
-async def _person(conn: Conn, psn_no: str, *, lock: bool) -> PersonRow:
-    sql = f"SELECT {_PERSON_COLS} FROM persons WHERE psn_no = %s" + (" FOR UPDATE" if lock else "")
+async def _person(conn: Conn, vault: Vault, psn_no: str, *, lock: bool) -> PersonRow:
+    sql = f"SELECT {READ_COLUMNS} FROM persons WHERE psn_no = %s" + (" FOR UPDATE" if lock else "")
     row = await (await conn.execute(sql, (psn_no,))).fetchone()
     if row is None:
         raise NotFound(f"psn_no: no insured person {psn_no} at the center")
-    r = list(row)
+    r = open_person(vault, row)
     return PersonRow(
         r[0],
         r[1],
@@ -216,7 +214,7 @@ async def settle_summary(
             raise FailedPrecondition(f"mdtrt_id: {req.mdtrt_id} is already settled as {active[0]}")
     inst = await env.institution(conn, h.fixmedins_code)
     policy = await env.policy(conn, req.policy_version)
-    person = await _person(conn, req.psn_no, lock=not req.pre_settle)
+    person = await _person(conn, env.pii, req.psn_no, lock=not req.pre_settle)
     if req.insutype != person.insutype:
         raise field_error("insutype", f"the person is insured under {person.insutype}")
     ctx = SplitContext(

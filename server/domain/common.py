@@ -25,6 +25,7 @@ from server.errors import (
 from server.refdata import Institution, RefData, Snapshot
 from server.security import audit, roles
 from server.security.datakeys import DataKeys
+from server.security.pii import Vault
 
 MSGID_MAX = 64
 REVERSED = "REVERSED"
@@ -75,6 +76,7 @@ class Env:
     max_lines_per_call: int
     max_lines_per_visit: int
     keys: DataKeys
+    pii: Vault
     signins: SignInCache = field(default_factory=SignInCache)
 
 
@@ -83,7 +85,8 @@ class Caller:
     inst: Institution
     opter: str
     snap: Snapshot
-    roles: frozenset[str] = frozenset()
+    roles: frozenset[str]
+    pii: Vault
 
 
 def check_header(
@@ -138,7 +141,7 @@ def authenticate(
         raise Unauthenticated("header.fixmedins_code: unknown institution")
     if header.mdtrtarea_admvs and header.mdtrtarea_admvs != inst.admdvs:
         raise field_error("header.mdtrtarea_admvs", f"is not {inst.admdvs}, the institution's")
-    return Caller(inst, header.opter, snap, row[4])
+    return Caller(inst, header.opter, snap, row[4], env.pii)
 
 
 def request_hash(method: str, request: Message) -> bytes:

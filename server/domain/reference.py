@@ -19,7 +19,8 @@ from server.domain.visits import valid_date
 from server.engine.columns import pack_strings
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, Violations, field_error
 from server.refdata import bump
-from server.store import ACC_FIELDS
+from server.security.pii import Vault
+from server.store import ACC_FIELDS, persons
 
 _ITEM_COLS = (
     "med_list_codg, name, spec, dosage_form, manufacturer, kind, chrgitm_lv, med_chrgitm_type,"
@@ -368,7 +369,9 @@ def put_institutions(
     return catalog_pb2.PutCountResponse(count=len(req.institutions)).SerializeToString(), ""
 
 
-def put_persons(conn: sqlite3.Connection, req: catalog_pb2.PutPersonsRequest) -> tuple[bytes, str]:
+def put_persons(
+    conn: sqlite3.Connection, vault: Vault, req: catalog_pb2.PutPersonsRequest
+) -> tuple[bytes, str]:
     """Upsert persons; given accumulators become the opening row, and the current row is
     recomputed as opening + the deltas of the person's active settlements."""
     if not req.persons:
@@ -400,25 +403,8 @@ def put_persons(conn: sqlite3.Connection, req: catalog_pb2.PutPersonsRequest) ->
             (p.psn_no,),
         ).fetchone()[0]
         conn.execute(
-            f"INSERT OR REPLACE INTO persons VALUES ({', '.join('?' * 16)})",
-            (
-                p.psn_no,
-                p.psn_name,
-                p.psn_cert_no,
-                p.card_no,
-                p.voucher,
-                p.gend,
-                p.brdy,
-                p.psn_type,
-                p.insutype,
-                p.insuplc_admdvs,
-                int(p.cvlserv_flag),
-                int(p.maf_flag),
-                int(p.retired),
-                p.cross_region,
-                p.balc - spent,
-                p.balc,
-            ),
+            persons.insert_sql("?", "INSERT OR REPLACE"),
+            persons.record_row(vault, p, p.balc - spent),
         )
         for a in p.accumulators:
             opening = {f: getattr(a, f) for f in ACC_FIELDS}

@@ -119,7 +119,7 @@ def compute(
     ).fetchall()
     if not rows:
         raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} has no fee lines to settle")
-    person = load_person(conn, visit.psn_no)
+    person = load_person(conn, caller.pii, visit.psn_no)
     assert person is not None
     sns = [r[0] for r in rows]
     nums = np.array([r[3:8] for r in rows], dtype=np.int64)

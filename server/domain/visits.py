@@ -29,6 +29,8 @@ from server.errors import (
     field_error,
 )
 from server.security import roles
+from server.security.pii import Vault
+from server.store.persons import INDEX_OF, READ_COLUMNS, open_person
 
 INPATIENT_MED_TYPES = frozenset({21, 24, 52})
 SPECIAL_MED_TYPES = frozenset({14})
@@ -106,19 +108,13 @@ class PersonRow:
     balc: int
 
 
-_PERSON_COLS = (
-    "psn_no, psn_name, psn_cert_no, gend, brdy, psn_type, insutype, insuplc_admdvs,"
-    " cvlserv_flag, maf_flag, retired, cross_region, balc"
-)
+def load_person(conn: sqlite3.Connection, vault: Vault, psn_no: str) -> PersonRow | None:
+    row = conn.execute(f"SELECT {READ_COLUMNS} FROM persons WHERE psn_no = ?", (psn_no,)).fetchone()
+    return _person(vault, row) if row else None
 
 
-def load_person(conn: sqlite3.Connection, psn_no: str) -> PersonRow | None:
-    row = conn.execute(f"SELECT {_PERSON_COLS} FROM persons WHERE psn_no = ?", (psn_no,)).fetchone()
-    return _person(row) if row else None
-
-
-def _person(r: tuple[Any, ...]) -> PersonRow:
-    a: list[Any] = list(r)
+def _person(vault: Vault, r: tuple[Any, ...]) -> PersonRow:
+    a = open_person(vault, r)
     return PersonRow(
         a[0],
         a[1],
@@ -137,19 +133,22 @@ def _person(r: tuple[Any, ...]) -> PersonRow:
 
 
 def get_person(
-    conn: sqlite3.Connection, req: settlement_pb2.GetPersonRequest
+    conn: sqlite3.Connection, vault: Vault, req: settlement_pb2.GetPersonRequest
 ) -> settlement_pb2.Person:
-    column = CERT_TYPES.get(req.mdtrt_cert_type)
+    """A person by a certificate number, found by its keyed hash (the numbers are sealed)."""
+    field = CERT_TYPES.get(req.mdtrt_cert_type)
     v = Violations()
-    v.require(column is not None, "mdtrt_cert_type", "must be 01, 02 or 03")
+    v.require(field is not None, "mdtrt_cert_type", "must be 01, 02 or 03")
     v.require(bool(req.mdtrt_cert_no), "mdtrt_cert_no", "is required")
     v.raise_if_any()
+    assert field is not None
     row = conn.execute(
-        f"SELECT {_PERSON_COLS} FROM persons WHERE {column} = ?", (req.mdtrt_cert_no,)
+        f"SELECT {READ_COLUMNS} FROM persons WHERE {INDEX_OF[field]} = ?",
+        (vault.index(field, req.mdtrt_cert_no),),
     ).fetchone()
     if row is None:
         raise NotFound("mdtrt_cert_no: no insured person with this certificate")
-    p = _person(row)
+    p = _person(vault, row)
     return person_message(p)
 
 
@@ -220,7 +219,7 @@ def register(
     for i, d in enumerate(req.dise_codg):
         v.require(0 < len(d) <= 16 and "," not in d, f"dise_codg[{i}]", "not an ICD-10 code")
     v.raise_if_any()
-    person = load_person(conn, req.psn_no)
+    person = load_person(conn, caller.pii, req.psn_no)
     if person is None:
         raise NotFound(f"psn_no: no insured person {req.psn_no}")
     if req.insutype != person.insutype:
@@ -354,7 +353,7 @@ def upload_fees(
             f"lines: feedetl_sn {', '.join(sorted(dup)[:5])} already uploaded for this visit;"
             " delete them first to resend"
         )
-    person = load_person(conn, visit.psn_no)
+    person = load_person(conn, caller.pii, visit.psn_no)
     assert person is not None  # registration checked it; persons are never deleted
     hosp = [ln.medins_list_codg for ln in lines]
     ins = [ln.med_list_codg for ln in lines]

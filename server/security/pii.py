@@ -66,7 +66,9 @@ class Vault:
             if sealed[0] == SM4_GCM:
                 return sm4gcm.open_sealed(self._sm4_key, sealed[1:], aad).decode()
         except (InvalidTag, sm4gcm.SealError):
-            raise PiiError(f"{field} of {owner}: does not open (moved, damaged or another key)")
+            raise PiiError(
+                f"{field} of {owner}: does not open (moved, damaged or another key)"
+            ) from None
         raise PiiError(f"{field} of {owner}: unknown version {sealed[0]}")
 
     def index(self, field: str, value: str) -> bytes | None:

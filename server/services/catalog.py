@@ -94,7 +94,9 @@ class CatalogService:
 
     async def PutPersons(self, request: catalog_pb2.PutPersonsRequest, context: Ctx) -> bytes:
         return await self.calls.write(
-            "PutPersons", request, lambda conn, caller, now: reference.put_persons(conn, request)
+            "PutPersons",
+            request,
+            lambda conn, caller, now: reference.put_persons(conn, caller.pii, request),
         )
 
     async def PutOperators(self, request: catalog_pb2.PutOperatorsRequest, context: Ctx) -> bytes:

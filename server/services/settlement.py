@@ -151,7 +151,7 @@ class SettlementService:
 
     async def GetPerson(self, request: settlement_pb2.GetPersonRequest, context: Ctx) -> Any:
         return await self.calls.read(
-            "GetPerson", request, lambda conn, caller: visits.get_person(conn, request)
+            "GetPerson", request, lambda conn, caller: visits.get_person(conn, caller.pii, request)
         )
 
     async def Register(self, request: settlement_pb2.RegisterRequest, context: Ctx) -> bytes:

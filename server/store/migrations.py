@@ -16,12 +16,17 @@ from collections.abc import Callable
 
 import numpy as np
 
+from server.security.datakeys import DataKeys
+from server.security.pii import Vault
 from server.store import line_results
+from server.store.persons import PERSON_COLUMNS, SEALED_PERSON_COLUMNS, sealed_person_row
 
-Step = str | Callable[[sqlite3.Connection], None]
+# A step is SQL, or a function of the connection and the data keys (for steps that seal or
+# re-seal personal data; None when the caller has no keys, fine while the table is empty).
+Step = str | Callable[[sqlite3.Connection, DataKeys | None], None]
 
 
-def _v2_line_results(conn: sqlite3.Connection) -> None:
+def _v2_line_results(conn: sqlite3.Connection, keys: DataKeys | None) -> None:
     """Per-line results move from `setl_lines` rows into one blob per settlement; the
     cancel-date, invoice and outbox indexes keep only the rows they are searched for."""
     conn.execute("ALTER TABLE settlements ADD COLUMN line_results BLOB NOT NULL DEFAULT x''")
@@ -42,6 +47,56 @@ def _v2_line_results(conn: sqlite3.Connection) -> None:
         " WHERE invono <> ''",
         # The forwarder's scans (and the backlog gauge) read only the unsent rows.
         "CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL",
+    ):
+        conn.execute(stmt)
+
+
+def _v5_sealed_persons(conn: sqlite3.Connection, keys: DataKeys | None) -> None:
+    """Names, ID numbers, card numbers and e-voucher tokens sealed (server/security/pii.py),
+    with keyed-hash columns to find a person by them; the clear columns and their indexes
+    go."""
+    rows = conn.execute(f"SELECT {', '.join(PERSON_COLUMNS)} FROM persons").fetchall()
+    if rows and keys is None:
+        raise RuntimeError("migration 5 seals personal data: it needs the data key")
+    # The pages the clear table frees are zeroed, not left in the file for anyone to read.
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.execute(
+        """CREATE TABLE persons_sealed (
+    psn_no TEXT PRIMARY KEY,
+    psn_name BLOB NOT NULL,         -- sealed (server/security/pii.py), as the next three
+    psn_cert_no BLOB NOT NULL,
+    card_no BLOB NOT NULL,
+    voucher BLOB NOT NULL,
+    cert_idx BLOB,                  -- keyed hashes of the three numbers, for lookups
+    card_idx BLOB,
+    voucher_idx BLOB,
+    gend INTEGER NOT NULL,
+    brdy INTEGER NOT NULL,
+    psn_type INTEGER NOT NULL,
+    insutype INTEGER NOT NULL,
+    insuplc_admdvs TEXT NOT NULL,
+    cvlserv_flag INTEGER NOT NULL,
+    maf_flag INTEGER NOT NULL,
+    retired INTEGER NOT NULL,
+    cross_region INTEGER NOT NULL,
+    balc INTEGER NOT NULL,
+    opening_balc INTEGER NOT NULL
+) WITHOUT ROWID"""
+    )
+    if rows:
+        assert keys is not None
+        vault = Vault(keys)
+        conn.executemany(
+            f"INSERT INTO persons_sealed ({', '.join(SEALED_PERSON_COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(SEALED_PERSON_COLUMNS))})",
+            [sealed_person_row(vault, dict(zip(PERSON_COLUMNS, r, strict=True))) for r in rows],
+        )
+    for stmt in (
+        "DROP TABLE persons",
+        "ALTER TABLE persons_sealed RENAME TO persons",
+        "CREATE INDEX persons_cert ON persons (cert_idx)",
+        "CREATE INDEX persons_card ON persons (card_idx)",
+        "CREATE INDEX persons_voucher ON persons (voucher_idx)",
     ):
         conn.execute(stmt)
 
@@ -323,10 +378,11 @@ CREATE TABLE audit_anchor (
 );
 """,
     ),
+    (5, "personal identifiers sealed, found by keyed hash", _v5_sealed_persons),
 ]
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def migrate(conn: sqlite3.Connection, keys: DataKeys | None = None) -> int:
     """Apply the migrations this database lacks; returns the schema version after."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -339,7 +395,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             if version in have:
                 continue
             if callable(step):
-                step(conn)
+                step(conn, keys)
             else:
                 for stmt in _statements(step):
                     conn.execute(stmt)

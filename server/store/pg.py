@@ -28,6 +28,7 @@ from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
 
 from server.security import audit
+from server.security.datakeys import DataKeys
 from server.store import ACC_FIELDS
 from server.store.pg_migrations import migrate
 
@@ -46,10 +47,11 @@ def connect(dsn: str) -> psycopg.Connection[tuple[Any, ...]]:
     return conn
 
 
-def init_db(dsn: str) -> int:
-    """Create or upgrade the schema; returns its version. Safe to run from many processes."""
+def init_db(dsn: str, keys: DataKeys | None = None) -> int:
+    """Create or upgrade the schema; returns its version. Safe to run from many processes.
+    `keys` for the steps that seal personal data already stored."""
     with connect(dsn) as conn:
-        return migrate(conn)
+        return migrate(conn, keys)
 
 
 async def _configure(conn: Conn) -> None:

@@ -15,14 +15,71 @@ front-end that made a row) and `accumulator_differences`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
+from server.security.datakeys import DataKeys
+from server.security.pii import Vault
+from server.store.persons import PERSON_COLUMNS, SEALED_PERSON_COLUMNS, sealed_person_row
+
 # Arbitrary but fixed: every center process must take the same advisory lock.
 MIGRATION_LOCK = 0x6D65_6473_6574_6C01  # "medsetl" + 1
 
-MIGRATIONS: list[tuple[int, str, str]] = [
+
+def _v4_sealed_persons(conn: psycopg.Connection[Any], keys: DataKeys | None) -> None:
+    """Names, ID numbers, card numbers and e-voucher tokens sealed (server/security/pii.py),
+    with keyed-hash columns to find a person by them (as the front-end's migration 5)."""
+    rows = conn.execute(f"SELECT {', '.join(PERSON_COLUMNS)} FROM persons").fetchall()
+    if rows and keys is None:
+        raise RuntimeError("migration 4 seals personal data: it needs the data key")
+    conn.execute(
+        """
+CREATE TABLE persons_sealed (
+    psn_no TEXT PRIMARY KEY,
+    psn_name BYTEA NOT NULL,        -- sealed (server/security/pii.py), as the next three
+    psn_cert_no BYTEA NOT NULL,
+    card_no BYTEA NOT NULL,
+    voucher BYTEA NOT NULL,
+    cert_idx BYTEA,                 -- keyed hashes of the three numbers, for lookups
+    card_idx BYTEA,
+    voucher_idx BYTEA,
+    gend INTEGER NOT NULL,
+    brdy INTEGER NOT NULL,
+    psn_type INTEGER NOT NULL,
+    insutype INTEGER NOT NULL,
+    insuplc_admdvs TEXT NOT NULL,
+    cvlserv_flag INTEGER NOT NULL,
+    maf_flag INTEGER NOT NULL,
+    retired INTEGER NOT NULL,
+    cross_region INTEGER NOT NULL,
+    balc BIGINT NOT NULL,
+    opening_balc BIGINT NOT NULL
+)"""
+    )
+    if rows:
+        assert keys is not None
+        vault = Vault(keys)
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO persons_sealed ({', '.join(SEALED_PERSON_COLUMNS)})"
+                f" VALUES ({', '.join(['%s'] * len(SEALED_PERSON_COLUMNS))})",
+                [sealed_person_row(vault, dict(zip(PERSON_COLUMNS, r, strict=True))) for r in rows],
+            )
+    conn.execute(
+        "DROP TABLE persons;"
+        " ALTER TABLE persons_sealed RENAME TO persons;"
+        " ALTER INDEX persons_sealed_pkey RENAME TO persons_pkey;"
+        " CREATE INDEX persons_cert ON persons (cert_idx);"
+        " CREATE INDEX persons_card ON persons (card_idx);"
+        " CREATE INDEX persons_voucher ON persons (voucher_idx)"
+    )
+
+
+Step = str | Callable[[psycopg.Connection[Any], DataKeys | None], None]
+
+MIGRATIONS: list[tuple[int, str, Step]] = [
     (
         1,
         "initial center schema",
@@ -228,10 +285,11 @@ CREATE TABLE audit_anchor (
 );
 """,
     ),
+    (4, "personal identifiers sealed, found by keyed hash", _v4_sealed_persons),
 ]
 
 
-def migrate(conn: psycopg.Connection[Any]) -> int:
+def migrate(conn: psycopg.Connection[Any], keys: DataKeys | None = None) -> int:
     """Apply the migrations this database lacks; returns the schema version after.
 
     `conn` must be in autocommit mode: each step is its own explicit transaction.
@@ -243,7 +301,7 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
             " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
-    for version, name, sql in MIGRATIONS:
+    for version, name, step in MIGRATIONS:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             done = conn.execute(
@@ -251,7 +309,10 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
             ).fetchone()
             if done:
                 continue
-            conn.execute(sql)  # no parameters, so several statements go in one call
+            if callable(step):
+                step(conn, keys)
+            else:
+                conn.execute(step)  # no parameters, so several statements go in one call
             conn.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
             )

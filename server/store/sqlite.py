@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from server import metrics
+from server.security.datakeys import DataKeys
 from server.store.migrations import migrate
 
 T = TypeVar("T")
@@ -51,11 +52,12 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def init_db(path: str) -> int:
-    """Create or upgrade the schema; returns its version."""
+def init_db(path: str, keys: DataKeys | None = None) -> int:
+    """Create or upgrade the schema; returns its version (`keys` for the steps that seal
+    personal data already stored)."""
     conn = connect(path)
     try:
-        return migrate(conn)
+        return migrate(conn, keys)
     finally:
         conn.close()
 
