@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.rpc import error_details_pb2
@@ -38,6 +38,7 @@ from clients.pb.medsettle.v1 import (
     settlement_pb2,
     settlement_pb2_grpc,
 )
+from clients.sealing import SealedStub
 from clients.signing import Signer, SigningInterceptor
 
 T = TypeVar("T")
@@ -106,6 +107,7 @@ class MedsettleClient:
         channel: grpc.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         signer: Signer | None = None,
+        payload_key: bytes | None = None,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -120,9 +122,27 @@ class MedsettleClient:
         )
         if signer is not None:  # every call signed (clients/signing.py)
             self.channel = grpc.intercept_channel(self.channel, SigningInterceptor(signer))
-        self.settlement = settlement_pb2_grpc.SettlementStub(self.channel)
-        self.catalog = catalog_pb2_grpc.CatalogStub(self.channel)
-        self.reconciliation = reconciliation_pb2_grpc.ReconciliationStub(self.channel)
+        if payload_key is not None:  # every message sealed with SM4-GCM (clients/sealing.py)
+
+            def sealed(d: Any, name: str) -> Any:
+                return SealedStub(
+                    self.channel, d.services_by_name[name], fixmedins_code, payload_key
+                )
+
+            self.settlement = cast(
+                settlement_pb2_grpc.SettlementStub, sealed(settlement_pb2.DESCRIPTOR, "Settlement")
+            )
+            self.catalog = cast(
+                catalog_pb2_grpc.CatalogStub, sealed(catalog_pb2.DESCRIPTOR, "Catalog")
+            )
+            self.reconciliation = cast(
+                reconciliation_pb2_grpc.ReconciliationStub,
+                sealed(reconciliation_pb2.DESCRIPTOR, "Reconciliation"),
+            )
+        else:
+            self.settlement = settlement_pb2_grpc.SettlementStub(self.channel)
+            self.catalog = catalog_pb2_grpc.CatalogStub(self.channel)
+            self.reconciliation = reconciliation_pb2_grpc.ReconciliationStub(self.channel)
         self.fixmedins_code = fixmedins_code
         self.opter = opter
         self.opter_name = opter_name

@@ -105,9 +105,13 @@ class _Details(grpc.ClientCallDetails):
         self.compression = base.compression
 
 
-class SigningInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
-    """Adds the signature metadata to every unary call of a channel, and to every upload
-    stream, whose signature covers its first message (the one with the header)."""
+class SigningInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+):
+    """Adds the signature metadata to every call of a channel: of its request message, or of
+    an upload stream's first message (the one with the header)."""
 
     def __init__(self, signer: Signer) -> None:
         self.signer = signer
@@ -118,6 +122,11 @@ class SigningInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClien
         md: list[tuple[str, str | bytes]] = list(details.metadata or [])
         md += self.signer.metadata(details.method, request)
         return continuation(_Details(details, md), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[[Any, Any], Any], details: Any, request: Any
+    ) -> Any:
+        return self.intercept_unary_unary(continuation, details, request)
 
     def intercept_stream_unary(
         self, continuation: Callable[[Any, Any], Any], details: Any, request_iterator: Any

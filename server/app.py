@@ -42,10 +42,12 @@ from server.forwarder import Forwarder
 from server.refdata import RefData
 from server.refdata_pull import RefdataPuller
 from server.security import audit, roles
+from server.security.payload import PayloadKeys
+from server.security.payload import load_keys as load_payload_keys
 from server.security.pii import Vault
 from server.security.signing import RequestVerifier, load_keys
 from server.services.auditing import AuditPruner, FrontendAuditor
-from server.services.base import Access, Deadlines, generic_handler
+from server.services.base import Access, Deadlines, Guards, generic_handler
 from server.services.catalog import CatalogService
 from server.services.center import CenterReconciliationService, CenterService
 from server.services.center_mode import CenterMode
@@ -123,6 +125,7 @@ async def _handlers(
                 " production serves front-ends over mutual TLS"
             )
         access = Access(roles.CENTER_RULES, by_peer=True, plaintext_open=plaintext)
+        guards = Guards(deadlines, access, auditor=center.auditor)
         center_pruner = None
         if index == 0:
             days = cfg.audit_retention_days
@@ -133,21 +136,11 @@ async def _handlers(
             center_pruner = AuditPruner(lambda: pg_store.transaction(prune_op), days)
             center_pruner.start()
         handlers = [
-            generic_handler(
-                CENTER_SERVICES["medsettle.v1.Center"],
-                center,
-                None,
-                deadlines,
-                access,
-                center.auditor,
-            ),
+            generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center, guards),
             generic_handler(
                 CENTER_SERVICES["medsettle.v1.Reconciliation"],
                 CenterReconciliationService(cfg.db, cfg.max_message_bytes),
-                None,
-                deadlines,
-                access,
-                center.auditor,
+                guards,
             ),
         ]
 
@@ -199,30 +192,27 @@ async def _handlers(
     )
     access = Access(roles.FRONTEND_RULES)  # operator roles, checked by `authenticate`
     auditor = FrontendAuditor(store, env.keys.audit)
+    payload = (
+        PayloadKeys(load_payload_keys(cfg.payload_keys))
+        if cfg.payload_encryption == "sm4-gcm"
+        else None
+    )
+    guards = Guards(deadlines, access, verifier, payload, auditor)
     handlers = [
         generic_handler(
             SERVICES["medsettle.v1.Settlement"],
             SettlementService(store, env, center_mode),
-            verifier,
-            deadlines,
-            access,
-            auditor,
+            guards,
         ),
         generic_handler(
             SERVICES["medsettle.v1.Catalog"],
             CatalogService(Calls(store, env, "Catalog")),
-            verifier,
-            deadlines,
-            access,
-            auditor,
+            guards,
         ),
         generic_handler(
             SERVICES["medsettle.v1.Reconciliation"],
             ReconciliationService(Calls(store, env, "Reconciliation"), cfg.max_message_bytes),
-            verifier,
-            deadlines,
-            access,
-            auditor,
+            guards,
         ),
     ]
 

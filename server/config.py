@@ -81,6 +81,10 @@ class Config:
     signing: str = "off"
     signing_keys: str = ""
     signing_window_s: int = 300
+    # Sealed payloads (clients/sealing.py): "off", or "sm4-gcm" with the institutions'
+    # 16-byte SM4 keys in the TOML file payload_keys: every call's messages sealed.
+    payload_encryption: str = "off"
+    payload_keys: str = ""
     # Data at rest (server/security/datakeys.py): the master key's file (or the environment's
     # MEDSETTLE_DATA_KEY); a front-end without either makes `<db>.key`. Audit records are
     # kept audit_retention_days, then pruned from the start of the chain.
@@ -126,6 +130,18 @@ class Config:
             from server.security.signing import load_keys
 
             load_keys(self.signing_keys)  # a bad file is refused at start
+        if self.payload_encryption not in ("off", "sm4-gcm"):
+            raise ValueError(
+                f"payload_encryption: {self.payload_encryption!r} is not off or sm4-gcm"
+            )
+        if self.payload_encryption == "sm4-gcm":
+            if not self.payload_keys:
+                raise ValueError("payload_keys: payload_encryption = sm4-gcm needs the keys file")
+            from server.security.payload import load_keys as load_payload_keys
+
+            load_payload_keys(self.payload_keys)  # a bad file is refused at start
+        if self.pii_cipher not in ("aes-256-gcm", "sm4-gcm"):
+            raise ValueError(f"pii_cipher: {self.pii_cipher!r} is not aes-256-gcm or sm4-gcm")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert, tls_key: give both or neither")
         if self.role == "center" and self.tls_cert and not self.require_client_cert:

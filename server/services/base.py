@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from server.errors import ClientError
 from server.security import roles
 from server.security.identity import ANONYMOUS, Peer, peer_of
+from server.security.payload import PayloadKeys
 from server.security.signing import RequestVerifier
 
 log = logging.getLogger("medsettle.rpc")
@@ -120,18 +121,42 @@ class Access:
         roles.require(method, self.rules, peer.roles, peer.describe())
 
 
+@dataclass(frozen=True)
+class Guards:
+    """What every call of a server passes before its handler: a deadline within the cap
+    (`deadlines`), the role of the method (`access`), a valid request signature
+    (`verifier`), sealed payloads (`payload`); `auditor` records the authentication and
+    authorisation failures among the refusals."""
+
+    deadlines: Deadlines | None = None
+    access: Access | None = None
+    verifier: RequestVerifier | None = None
+    payload: PayloadKeys | None = None
+    auditor: Auditor | None = None
+
+
 async def _gated(
-    chunks: AsyncIterator[Any], peer: Peer, signed: tuple[RequestVerifier, str, Any] | None
+    chunks: AsyncIterator[Any],
+    peer: Peer,
+    signed: tuple[RequestVerifier, str, Any] | None,
+    opened: tuple[PayloadKeys, str, bytes, str, Callable[[bytes], Any]] | None,
 ) -> AsyncIterator[Any]:
-    """A request stream whose every message's header is checked against the peer; when
+    """A request stream whose every message is opened when payloads are sealed, and whose
+    every header is checked against the peer (and the sealing institution); when
     signatures are required, the call's signature must verify for its first message (the
     one with the header; the rest ride the same authenticated stream)."""
     n = 0
-    async for chunk in chunks:
+    async for raw in chunks:
+        chunk = raw
+        if opened is not None:
+            payload, inst, key, method, parse = opened
+            chunk = parse(payload.open(key, method, n, raw))
+            check_parsed(chunk)
+            payload.check_institution(inst, getattr(chunk, "header", None), f"messages[{n}].header")
         peer.check_header(getattr(chunk, "header", None), f"messages[{n}].header")
         if n == 0 and signed is not None:
-            verifier, method, context = signed
-            await verifier.check(method, chunk, context.invocation_metadata())
+            verifier, path, context = signed
+            await verifier.check(path, chunk, context.invocation_metadata())
         n += 1
         yield chunk
 
@@ -139,112 +164,124 @@ async def _gated(
 def _wrap_unary(
     method: str,
     fn: Callable[..., Awaitable[Any]],
-    streaming_in: bool = False,
-    verifier: RequestVerifier | None = None,
-    deadlines: Deadlines | None = None,
-    access: Access | None = None,
-    auditor: Auditor | None = None,
+    streaming_in: bool,
+    parse: Callable[[bytes], Any],
+    g: Guards,
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         peer = ANONYMOUS
         try:
-            if deadlines is not None:
-                deadlines.check(context)
-            check_parsed(request)
+            if g.deadlines is not None:
+                g.deadlines.check(context)
+            key = b""
+            if g.payload is not None:
+                inst, key = g.payload.key_for(context.invocation_metadata())
+                if not streaming_in:
+                    request = parse(g.payload.open(key, method, 0, request))
+            if not streaming_in:
+                check_parsed(request)
+                if g.payload is not None:
+                    g.payload.check_institution(inst, getattr(request, "header", None))
             peer = peer_of(context)
-            if access is not None:
-                access.check(method, peer)
+            if g.access is not None:
+                g.access.check(method, peer)
             if streaming_in:
-                signed = None if verifier is None else (verifier, method, context)
-                request = _gated(request, peer, signed)
+                signed = None if g.verifier is None else (g.verifier, method, context)
+                opened = None if g.payload is None else (g.payload, inst, key, method, parse)
+                request = _gated(request, peer, signed, opened)
             else:
                 if peer is not ANONYMOUS:
                     peer.check_header(getattr(request, "header", None))
-                if verifier is not None:
-                    await verifier.check(method, request, context.invocation_metadata())
-            return await fn(request, context)
+                if g.verifier is not None:
+                    await g.verifier.check(method, request, context.invocation_metadata())
+            answer = await fn(request, context)
+            if g.payload is not None:
+                return g.payload.seal(key, method, 0, _serialize(answer))
+            return answer
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            await _abort(
-                context, exc, method, None if auditor is None else (auditor, peer, request)
-            )
+            audit = None if g.auditor is None else (g.auditor, peer, request)
+            await _abort(context, exc, method, audit)
 
     return handler
 
 
 def _wrap_stream_out(
-    method: str,
-    fn: Callable[..., AsyncIterator[Any]],
-    verifier: RequestVerifier | None = None,
-    deadlines: Deadlines | None = None,
-    access: Access | None = None,
-    auditor: Auditor | None = None,
+    method: str, fn: Callable[..., AsyncIterator[Any]], parse: Callable[[bytes], Any], g: Guards
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         peer = ANONYMOUS
         try:
-            if deadlines is not None:
-                deadlines.check(context)
+            if g.deadlines is not None:
+                g.deadlines.check(context)
+            key = b""
+            if g.payload is not None:
+                inst, key = g.payload.key_for(context.invocation_metadata())
+                request = parse(g.payload.open(key, method, 0, request))
             check_parsed(request)
+            if g.payload is not None:
+                g.payload.check_institution(inst, getattr(request, "header", None))
             peer = peer_of(context)
-            if access is not None:
-                access.check(method, peer)
+            if g.access is not None:
+                g.access.check(method, peer)
             peer.check_header(getattr(request, "header", None))
-            if verifier is not None:
-                await verifier.check(method, request, context.invocation_metadata())
+            if g.verifier is not None:
+                await g.verifier.check(method, request, context.invocation_metadata())
+            n = 0
             async for item in fn(request, context):
+                if g.payload is not None:
+                    item = g.payload.seal(key, method, n, _serialize(item))
+                n += 1
                 yield item
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            await _abort(
-                context, exc, method, None if auditor is None else (auditor, peer, request)
-            )
+            audit = None if g.auditor is None else (g.auditor, peer, request)
+            await _abort(context, exc, method, audit)
 
     return handler
 
 
+def _raw(data: bytes) -> bytes:
+    return data
+
+
 def generic_handler(
-    service: ServiceDescriptor,
-    impl: object,
-    verifier: RequestVerifier | None = None,
-    deadlines: Deadlines | None = None,
-    access: Access | None = None,
-    auditor: Auditor | None = None,
+    service: ServiceDescriptor, impl: object, guards: Guards | None = None
 ) -> grpc.GenericRpcHandler:
-    """A handler for every method of `service` that `impl` has, calling `impl.<MethodName>`;
-    with a `verifier`, every call must carry a valid request signature; with `deadlines`,
-    a deadline within the server's cap; with `access`, the roles of every method (one
-    without a rule is a programming error, refused at start); with `auditor`, an
-    authentication or authorisation failure leaves an audit record."""
+    """A handler for every method of `service` that `impl` has, calling `impl.<MethodName>`,
+    behind `guards` (a method without a role rule is a programming error, refused at
+    start). With sealed payloads the messages reach the handler as bytes and are opened
+    there, where the call's metadata names the key."""
+    g = guards or Guards()
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in service.methods:
         fn = getattr(impl, m.name, None)
         if fn is None:  # not served yet: grpc answers UNIMPLEMENTED
             continue
         path = f"/{service.full_name}/{m.name}"  # what the caller signed
-        if access is not None and path not in access.rules:
+        if g.access is not None and path not in g.access.rules:
             raise RuntimeError(f"{path} has no role rule in server/security/roles.py")
-        request_cls = message_factory.GetMessageClass(m.input_type)
-        deser = _deserializer(request_cls)
+        parse = _deserializer(message_factory.GetMessageClass(m.input_type))
+        deser = _raw if g.payload is not None else parse
         if m.client_streaming and not m.server_streaming:
             handlers[m.name] = grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(path, fn, True, verifier, deadlines, access, auditor),
+                _wrap_unary(path, fn, True, parse, g),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )
         elif m.server_streaming and not m.client_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_out(path, fn, verifier, deadlines, access, auditor),
+                _wrap_stream_out(path, fn, parse, g),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )
         elif not m.client_streaming:
             handlers[m.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(path, fn, False, verifier, deadlines, access, auditor),
+                _wrap_unary(path, fn, False, parse, g),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )
