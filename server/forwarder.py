@@ -21,6 +21,7 @@ from server.background import Background
 from server.center_link import CenterRoutes
 from server.domain.common import Env, now_ms
 from server.errors import ClientError
+from server.security.pii import Vault
 from server.store import ACC_FIELDS
 from server.store.sqlite import Store
 
@@ -32,7 +33,7 @@ def _acc(year: int, pool: str, values: dict[str, int]) -> catalog_pb2.Accumulato
 
 
 def pending(
-    conn: sqlite3.Connection, limit: int
+    conn: sqlite3.Connection, vault: Vault, limit: int
 ) -> list[tuple[int, center_pb2.ForwardItem, tuple[str, str]]]:
     """The oldest unsent outbox rows as forward items, each with (institution, the person's
     insured region): a batch goes to one center for one institution."""
@@ -62,7 +63,9 @@ def pending(
         if kind == "settle":
             before = json.loads(before_s)
             delta = json.loads(delta_s)
-            item.setlinfo.CopyFrom(common_pb2.SetlInfo.FromString(info))
+            item.setlinfo.CopyFrom(
+                common_pb2.SetlInfo.FromString(vault.open_bytes("setlinfo", ref, info))
+            )
             item.accumulators_before.CopyFrom(_acc(year, pool, before))
             item.accumulators_after.CopyFrom(
                 _acc(year, pool, {f: before[f] + delta[f] for f in ACC_FIELDS})
@@ -124,7 +127,8 @@ class Forwarder(Background):
 
     async def drain_once(self) -> int:
         """Send one batch per institution found among the oldest rows; returns rows sent."""
-        items = await self.store.read(lambda conn: pending(conn, self.batch))
+        vault = self.env.pii
+        items = await self.store.read(lambda conn: pending(conn, vault, self.batch))
         if not items:
             return 0
         groups: dict[tuple[str, str], list[tuple[int, center_pb2.ForwardItem]]] = {}

@@ -27,6 +27,8 @@ from clients.pb.medsettle.v1 import (
 )
 from clients.reconcile import today
 from server.forwarder import pending
+from server.security import datakeys
+from server.security.pii import Vault
 from server.store.sqlite import Store
 from tests.frontend import CIVIL, EMPLOYEE, INST_A, RETIRED, admit, client, total
 
@@ -127,7 +129,7 @@ def test_link_cut_backlog_drains_and_books_balance(
         # Replaying everything, twice and reversed, changes nothing at the center.
         store = Store(str(front.db), readers=1)
         try:
-            items = store.read_sync(lambda conn: pending_all(conn))
+            items = store.read_sync(lambda conn: pending_all(conn, str(front.db)))
         finally:
             store.close()
         with grpc.insecure_channel(back.target) as ch:
@@ -187,10 +189,11 @@ def reconcile(
     )
 
 
-def pending_all(conn: sqlite3.Connection) -> list[center_pb2.ForwardItem]:
+def pending_all(conn: sqlite3.Connection, db: str) -> list[center_pb2.ForwardItem]:
     """Every outbox row as a forward item, sent or not (for the replay)."""
+    vault = Vault(datakeys.load("", db + ".key"))  # the front-end's own key beside its db
     conn.execute("UPDATE outbox SET sent_at = NULL")  # a snapshot-local change, rolled back
-    return [item for _, item, _ in pending(conn, 10_000)]
+    return [item for _, item, _ in pending(conn, vault, 10_000)]
 
 
 def test_a_person_settled_elsewhere_is_recorded_as_a_difference(

@@ -47,6 +47,8 @@ from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from clients.sdk import MedsettleClient
 from server import demo_data
+from server.security import datakeys
+from server.security.pii import Vault
 from server.store import line_results
 from tests.frontend import (
     ACC_FIELDS,
@@ -166,6 +168,16 @@ def make_visit(
 
 
 # ---------------------------------------------------------------------------- the ledger
+def vault_of(db: str | Path) -> Vault:
+    """The front-end's own data key, beside its database: stored records are sealed."""
+    return Vault(datakeys.load("", str(db) + ".key"))
+
+
+def answer(vault: Vault, code: str, msgid: str, stored: bytes) -> bytes:
+    """A stored answer, opened (a reversal's marker row has none)."""
+    return vault.open_bytes("response", f"{code}|{msgid}", stored) if stored else stored
+
+
 def ledger_problems(db: str | Path) -> list[str]:
     """Everything that makes the stored ledger inconsistent (empty when it is whole)."""
     problems: list[str] = []
@@ -186,8 +198,9 @@ def ledger_problems(db: str | Path) -> list[str]:
             sid: len(line_results.decode(blob))
             for sid, blob in conn.execute("SELECT setl_id, line_results FROM settlements")
         }
+        vault = vault_of(db)
         idem = {
-            (r[0], r[1]): (r[2], bytes(r[3]), r[4])
+            (r[0], r[1]): (r[2], answer(vault, r[0], r[1], bytes(r[3])), r[4])
             for r in conn.execute(
                 "SELECT fixmedins_code, msgid, method, response, ref FROM idempotency"
             )
@@ -222,7 +235,7 @@ def ledger_problems(db: str | Path) -> list[str]:
             blob,
         ) in setls:
             where = f"settlement {setl_id}"
-            info = common_pb2.SetlInfo.FromString(blob)
+            info = common_pb2.SetlInfo.FromString(vault.open_bytes("setlinfo", setl_id, blob))
             if (info.setl_id, info.mdtrt_id, info.psn_no, info.msgid) != (
                 setl_id,
                 mdtrt_id,
@@ -323,12 +336,13 @@ def ack_problems(db: str | Path, acked: dict[str, Ack]) -> list[str]:
     problems: list[str] = []
     conn = sqlite3.connect(db)
     try:
+        vault = vault_of(db)
         rows = {
-            r[0]: (r[1], r[2], bytes(r[3]))
+            r[0]: (r[1], r[2], vault.open_bytes("setlinfo", r[0], bytes(r[3])))
             for r in conn.execute("SELECT setl_id, msgid, state, info FROM settlements")
         }
         idem = {
-            (r[0], r[1]): bytes(r[2])
+            (r[0], r[1]): answer(vault, r[0], r[1], bytes(r[2]))
             for r in conn.execute("SELECT fixmedins_code, msgid, response FROM idempotency")
         }
     finally:
@@ -401,7 +415,8 @@ class Round:
                 req = with_sign_no(att.request, self.sign_no[v.inst])
                 first = settle(req, timeout=SAFETY_S)
                 if present:
-                    assert first == bytes(idem[1]), f"{msgid}: retry answered other bytes"
+                    stored = answer(vault_of(self.server.db), v.inst, msgid, bytes(idem[1]))
+                    assert first == stored, f"{msgid}: retry answered other bytes"
                 again = settle(req, timeout=SAFETY_S)
                 assert again == first, f"{msgid}: second retry answered other bytes"
                 info = settlement_pb2.SettleResponse.FromString(first).setlinfo

@@ -16,7 +16,7 @@ from server.security.datakeys import DataKeys
 from server.security.pii import AES_256_GCM, SM4_GCM, PiiError, Vault
 from server.store import migrations
 from server.store.persons import PERSON_COLUMNS
-from tests.frontend import EMPLOYEE, client
+from tests.frontend import EMPLOYEE, admit, client, total
 
 KEYS = DataKeys.derive(bytes(range(32)))
 
@@ -57,6 +57,12 @@ def raw_bytes(db: str) -> bytes:
 
 def test_no_identifier_in_clear_in_the_database_file(frontend: LocalServer) -> None:
     c = client(frontend)
+    # A settlement and its cancel: the stored records and answers name the person.
+    mdtrt_id, ls = admit(c, EMPLOYEE, n_lines=5, seed=51, med_type=11)
+    info = c.settle(mdtrt_id, EMPLOYEE.psn_no, medfee_sumamt=total(ls)).setlinfo
+    assert info.psn_name == EMPLOYEE.psn_name
+    assert c.get_settlement(info.setl_id).setlinfo.psn_name == EMPLOYEE.psn_name
+    c.cancel_settlement(info.setl_id)
     # Found by each kind of certificate, through the keyed hashes.
     for kind, value in (
         ("02", EMPLOYEE.psn_cert_no),
@@ -77,6 +83,7 @@ def test_no_identifier_in_clear_in_the_database_file(frontend: LocalServer) -> N
     by_no = {p.psn_no: p.psn_name for p in demo_data.persons()}
     assert names and all(isinstance(n, bytes) and n[0] == AES_256_GCM for _, n in names)
     assert all(by_no[no].encode() not in n for no, n in names)
+    assert EMPLOYEE.psn_name.encode() not in data
 
 
 def test_sm4_gcm_by_setting(tmp_path: Path) -> None:
@@ -117,7 +124,7 @@ def test_the_migration_seals_a_database_of_the_layout_before(
     with pytest.raises(RuntimeError, match="needs the data key"):
         migrations.migrate(conn)  # rolled back: the clear rows stay as they were
     assert conn.execute("SELECT psn_name FROM persons").fetchone()[0] == p.psn_name
-    assert migrations.migrate(conn, KEYS) == 5
+    assert migrations.migrate(conn, KEYS) == max(v for v, _, _ in full)
     got = conn.execute("SELECT psn_no, psn_name, cert_idx FROM persons").fetchone()
     vault = Vault(KEYS)
     assert vault.open("psn_name", p.psn_no, got[1]) == p.psn_name

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.security.datakeys import DataKeys
+from server.security.pii import Vault
 from server.store import line_results
 from server.store.migrations import MIGRATIONS, _statements, migrate
 from server.store.sqlite import Store, init_db
@@ -139,10 +141,16 @@ def test_version_1_database_upgrades_its_line_results(tmp_path: Path) -> None:
     conn.executemany("INSERT INTO setl_lines VALUES ('S1', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", old)
     conn.close()
 
-    assert init_db(str(db)) == max(v for v, _, _ in MIGRATIONS)
+    keys = DataKeys.derive(bytes(range(32)))
+    with pytest.raises(RuntimeError, match="needs the data key"):  # it holds a settlement
+        init_db(str(db))
+    assert init_db(str(db), keys) == max(v for v, _, _ in MIGRATIONS)
     conn = sqlite3.connect(db)
-    (blob,) = conn.execute("SELECT line_results FROM settlements WHERE setl_id = 'S1'").fetchone()
+    (blob, info) = conn.execute(
+        "SELECT line_results, info FROM settlements WHERE setl_id = 'S1'"
+    ).fetchone()
     assert line_results.decode(blob) == sorted(old)
+    assert Vault(keys).open_bytes("setlinfo", "S1", info) == b""  # sealed by migration 6
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "setl_lines" not in tables
     (cancel_idx,) = conn.execute(

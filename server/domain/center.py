@@ -149,7 +149,9 @@ async def _person(conn: Conn, vault: Vault, psn_no: str, *, lock: bool) -> Perso
     )
 
 
-async def _replay(conn: Conn, code: str, msgid: str, method: str, req_hash: bytes) -> bytes | None:
+async def _replay(
+    conn: Conn, vault: Vault, code: str, msgid: str, method: str, req_hash: bytes
+) -> bytes | None:
     row = await (
         await conn.execute(
             "SELECT method, req_hash, response FROM idempotency"
@@ -163,11 +165,12 @@ async def _replay(conn: Conn, code: str, msgid: str, method: str, req_hash: byte
         raise AlreadyExists(
             f"header.msgid: {msgid} was already used for a different request ({row[0]})"
         )
-    return bytes(row[2])
+    return vault.open_bytes("response", f"{code}|{msgid}", bytes(row[2]))
 
 
 async def _remember(
     conn: Conn,
+    vault: Vault,
     code: str,
     msgid: str,
     method: str,
@@ -178,7 +181,15 @@ async def _remember(
 ) -> None:
     await conn.execute(
         "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (code, msgid, method, req_hash, resp, ref, now),
+        (
+            code,
+            msgid,
+            method,
+            req_hash,
+            vault.seal_bytes("response", f"{code}|{msgid}", resp),
+            ref,
+            now,
+        ),
     )
 
 
@@ -193,7 +204,7 @@ async def settle_summary(
     """Settle (or, with `pre_settle`, only compute) one visit from its summary."""
     h = req.header
     if not req.pre_settle:
-        replay = await _replay(conn, h.fixmedins_code, h.msgid, "SettleSummary", req_hash)
+        replay = await _replay(conn, env.pii, h.fixmedins_code, h.msgid, "SettleSummary", req_hash)
         if replay is not None:
             if outcome is not None:
                 outcome.replayed = True
@@ -256,7 +267,7 @@ async def settle_summary(
     info.msgid = h.msgid
     info.state = common_pb2.SETTLED
     info.setl_time.FromMilliseconds(now)
-    blob = info.SerializeToString()
+    blob = env.pii.seal_bytes("setlinfo", req.setl_id, info.SerializeToString())
     delta = {f: after[f] - before[f] for f in ACC_FIELDS}
     await conn.execute(
         "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
@@ -304,7 +315,7 @@ async def settle_summary(
         setlinfo=info, accumulators=acc_after
     ).SerializeToString()
     await _remember(
-        conn, h.fixmedins_code, h.msgid, "SettleSummary", req_hash, resp, req.setl_id, now
+        conn, env.pii, h.fixmedins_code, h.msgid, "SettleSummary", req_hash, resp, req.setl_id, now
     )
     return resp
 
@@ -329,7 +340,7 @@ async def cancel(
     if not req.cancel_id:
         raise field_error("cancel_id", "is required")
     h = req.header
-    replay = await _replay(conn, h.fixmedins_code, h.msgid, "CancelSettlement", req_hash)
+    replay = await _replay(conn, env.pii, h.fixmedins_code, h.msgid, "CancelSettlement", req_hash)
     if replay is not None:
         return replay
     row: Any = await (
@@ -356,7 +367,9 @@ async def cancel(
         " cancel_date = %s WHERE setl_id = %s",
         (req.cancel_id, h.msgid, now, local_date(now, env.tz_offset_min), req.setl_id),
     )
-    info = common_pb2.SetlInfo.FromString(bytes(row[7]))
+    info = common_pb2.SetlInfo.FromString(
+        env.pii.open_bytes("setlinfo", req.setl_id, bytes(row[7]))
+    )
     info.state = common_pb2.CANCELLED
     info.cancel_id = req.cancel_id
     info.cancel_msgid = h.msgid
@@ -365,7 +378,15 @@ async def cancel(
         setlinfo=info, accumulators=catalog_pb2.Accumulator(year=year, pool=pool, **restored)
     ).SerializeToString()
     await _remember(
-        conn, h.fixmedins_code, h.msgid, "CancelSettlement", req_hash, resp, req.setl_id, now
+        conn,
+        env.pii,
+        h.fixmedins_code,
+        h.msgid,
+        "CancelSettlement",
+        req_hash,
+        resp,
+        req.setl_id,
+        now,
     )
     return resp
 
@@ -454,7 +475,7 @@ async def _forward_settle(
             before.year,
             before.pool,
             Jsonb(delta),
-            info.SerializeToString(),
+            env.pii.seal_bytes("setlinfo", info.setl_id, info.SerializeToString()),
             now,
         ),
     )

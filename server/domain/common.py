@@ -190,6 +190,7 @@ class Trail:
     """The audit record a write leaves in its own transaction, but for its outcome."""
 
     key: bytes
+    pii: Vault  # the stored answer names a person: it is sealed
     rpc: str
     caller: Caller | None  # None: SignIn, before there is one
     opter: str
@@ -198,7 +199,7 @@ class Trail:
 
     @classmethod
     def of(cls, env: Env, rpc: str, caller: Caller, request: Any) -> Trail:
-        return cls(env.keys.audit, rpc, caller, caller.opter, audit.objects_of(request))
+        return cls(env.keys.audit, env.pii, rpc, caller, caller.opter, audit.objects_of(request))
 
     def write(self, conn: sqlite3.Connection, now: int, code: str, outcome: str, ref: str) -> None:
         held = roles.render(self.caller.roles) if self.caller is not None else ""
@@ -221,7 +222,7 @@ def idempotent(
     """The stored answer of an earlier call with this msgid, or `body()`'s answer stored
     with it, with the audit record of either in the same transaction. The same msgid with
     another request (or method) is refused."""
-    stored = replay_of(conn, fixmedins_code, msgid, method, req_hash)
+    stored = replay_of(conn, trail.pii, fixmedins_code, msgid, method, req_hash)
     if stored is not None:
         metrics.REPLAYS.labels(method).inc()
         if outcome is not None:
@@ -229,16 +230,22 @@ def idempotent(
         trail.write(conn, now, fixmedins_code, "REPLAY", "")
         return stored
     response, ref = body()
+    sealed = trail.pii.seal_bytes("response", f"{fixmedins_code}|{msgid}", response)
     conn.execute(
         "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (fixmedins_code, msgid, method, req_hash, response, ref, now),
+        (fixmedins_code, msgid, method, req_hash, sealed, ref, now),
     )
     trail.write(conn, now, fixmedins_code, "OK", ref if trail.show_ref else "")
     return response
 
 
 def replay_of(
-    conn: sqlite3.Connection, fixmedins_code: str, msgid: str, method: str, req_hash: bytes
+    conn: sqlite3.Connection,
+    vault: Vault,
+    fixmedins_code: str,
+    msgid: str,
+    method: str,
+    req_hash: bytes,
 ) -> bytes | None:
     """The stored answer of this msgid's earlier call, None if there was none; refuses the
     msgid when it was used for another request or burnt by a reversal."""
@@ -256,7 +263,7 @@ def replay_of(
                 f"header.msgid: {msgid} was already used for a different request ({row[0]});"
                 " a retry must resend the same request, a new request needs a new msgid"
             )
-        return bytes(row[2])
+        return vault.open_bytes("response", f"{fixmedins_code}|{msgid}", bytes(row[2]))
     return None
 
 

@@ -32,6 +32,7 @@ from server.domain.visits import (
     load_visit,
 )
 from server.errors import FailedPrecondition, NotFound, Unavailable, field_error
+from server.security.pii import Vault
 from server.store import ACC_FIELDS, line_results
 
 # acc_delta / acc_before as the JSON object {field: value} in ACC_FIELDS order, formatted
@@ -285,7 +286,7 @@ def record(
     setl_id = info.setl_id
     info.msgid = req.header.msgid
     info.state = common_pb2.SETTLED
-    blob = info.SerializeToString()
+    blob = env.pii.seal_bytes("setlinfo", setl_id, info.SerializeToString())  # names a person
     before = c.acc_before
     conn.execute(
         "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no,"
@@ -356,9 +357,9 @@ def load_settlement(conn: sqlite3.Connection, caller: Caller, setl_id: str) -> t
     return tuple(row)
 
 
-def setl_info(row: tuple[Any, ...]) -> common_pb2.SetlInfo:
-    """A stored settlement with its current state."""
-    info = common_pb2.SetlInfo.FromString(row[11])
+def setl_info(vault: Vault, row: tuple[Any, ...]) -> common_pb2.SetlInfo:
+    """A stored settlement (sealed: it names the person) with its current state."""
+    info = common_pb2.SetlInfo.FromString(vault.open_bytes("setlinfo", row[1], bytes(row[11])))
     info.state = row[6]
     if row[6] == common_pb2.CANCELLED:
         info.cancel_id = row[12]
@@ -401,7 +402,7 @@ def cancel(
             "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('cancel', ?, ?, ?)",
             (setl_id, cancel_id.encode(), now),
         )
-    info = setl_info((*row[:6], common_pb2.CANCELLED, *row[7:12], cancel_id, msgid, now))
+    info = setl_info(env.pii, (*row[:6], common_pb2.CANCELLED, *row[7:12], cancel_id, msgid, now))
     return info, setl_id
 
 
@@ -453,7 +454,7 @@ def reverse(
         srow = load_settlement(conn, caller, ref)
         if srow[6] == common_pb2.CANCELLED:
             resp.reversed = f"Settle: settlement {ref} was already cancelled ({srow[12]})"
-            resp.setlinfo.CopyFrom(setl_info(srow))
+            resp.setlinfo.CopyFrom(setl_info(caller.pii, srow))
         else:
             info, _ = cancel(conn, env, caller, ref, "", "", req.header.msgid, now)
             resp.reversed = f"Settle: settlement {ref} cancelled as {info.cancel_id}"
@@ -486,7 +487,8 @@ def reverse(
 def get_settlement(
     conn: sqlite3.Connection, caller: Caller, setl_id: str
 ) -> settlement_pb2.SettleResponse:
-    return settlement_pb2.SettleResponse(setlinfo=setl_info(load_settlement(conn, caller, setl_id)))
+    row = load_settlement(conn, caller, setl_id)
+    return settlement_pb2.SettleResponse(setlinfo=setl_info(caller.pii, row))
 
 
 def query_settlements(
@@ -517,4 +519,6 @@ def query_settlements(
         " ORDER BY id LIMIT ?",
         (code, *args, limit),
     ).fetchall()
-    return settlement_pb2.QuerySettlementsResponse(settlements=[setl_info(tuple(r)) for r in rows])
+    return settlement_pb2.QuerySettlementsResponse(
+        settlements=[setl_info(caller.pii, tuple(r)) for r in rows]
+    )

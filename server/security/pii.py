@@ -47,24 +47,31 @@ class Vault:
         return f"medsettle/pii/1|{field}|{owner}".encode()
 
     def seal(self, field: str, owner: str, value: str) -> bytes:
-        aad = self._aad(field, owner)
-        if self.version == SM4_GCM:
-            return bytes([SM4_GCM]) + sm4gcm.seal(self._sm4_key, value.encode(), aad)
-        nonce = os.urandom(NONCE)
-        return bytes([AES_256_GCM]) + nonce + self._aes.encrypt(nonce, value.encode(), aad)
+        return self.seal_bytes(field, owner, value.encode())
 
     def open(self, field: str, owner: str, sealed: bytes) -> str:
         """The clear value; either cipher opens, whatever this vault seals with now (so a
         deployment can switch without re-sealing first)."""
+        return self.open_bytes(field, owner, sealed).decode()
+
+    def seal_bytes(self, field: str, owner: str, data: bytes) -> bytes:
+        """`seal` for a stored message that carries personal data (a settlement, an answer)."""
+        aad = self._aad(field, owner)
+        if self.version == SM4_GCM:
+            return bytes([SM4_GCM]) + sm4gcm.seal(self._sm4_key, data, aad)
+        nonce = os.urandom(NONCE)
+        return bytes([AES_256_GCM]) + nonce + self._aes.encrypt(nonce, data, aad)
+
+    def open_bytes(self, field: str, owner: str, sealed: bytes) -> bytes:
         if not sealed:
             raise PiiError(f"{field} of {owner}: empty")
         aad = self._aad(field, owner)
         try:
             if sealed[0] == AES_256_GCM:
                 nonce, body = sealed[1 : 1 + NONCE], sealed[1 + NONCE :]
-                return self._aes.decrypt(nonce, body, aad).decode()
+                return self._aes.decrypt(nonce, body, aad)
             if sealed[0] == SM4_GCM:
-                return sm4gcm.open_sealed(self._sm4_key, sealed[1:], aad).decode()
+                return sm4gcm.open_sealed(self._sm4_key, sealed[1:], aad)
         except (InvalidTag, sm4gcm.SealError):
             raise PiiError(
                 f"{field} of {owner}: does not open (moved, damaged or another key)"

@@ -91,7 +91,7 @@ class CenterMode:
 
         def prepare(conn: sqlite3.Connection) -> bytes | settle.Computed:
             caller = authenticate(conn, env, header, now, SETTLE)
-            stored = replay_of(conn, header.fixmedins_code, header.msgid, "Settle", digest)
+            stored = replay_of(conn, env.pii, header.fixmedins_code, header.msgid, "Settle", digest)
             return stored if stored is not None else settle.compute(conn, caller, req)
 
         outcome = Outcome()
@@ -206,7 +206,7 @@ class CenterMode:
         def look(conn: sqlite3.Connection) -> bytes | tuple[int, int, str]:
             caller = authenticate(conn, env, header, now, CANCEL)
             stored = replay_of(
-                conn, header.fixmedins_code, header.msgid, "CancelSettlement", digest
+                conn, env.pii, header.fixmedins_code, header.msgid, "CancelSettlement", digest
             )
             if stored is not None:
                 return stored

@@ -122,7 +122,7 @@ class SettlementService:
         now = now_ms()
         env = self.env
 
-        trail = Trail(env.keys.audit, SIGN_IN, None, header.opter, "", show_ref=False)
+        trail = Trail(env.keys.audit, env.pii, SIGN_IN, None, header.opter, "", show_ref=False)
 
         def op(conn: sqlite3.Connection) -> bytes:
             return idempotent(

@@ -101,6 +101,30 @@ def _v5_sealed_persons(conn: sqlite3.Connection, keys: DataKeys | None) -> None:
         conn.execute(stmt)
 
 
+def _v6_sealed_records(conn: sqlite3.Connection, keys: DataKeys | None) -> None:
+    """The stored settlements and answers name their person (SetlInfo.psn_name): sealed
+    like the persons table, bound to the settlement or to (institution, msgid)."""
+    settlements = conn.execute("SELECT setl_id, info FROM settlements").fetchall()
+    answers = conn.execute(
+        "SELECT fixmedins_code, msgid, response FROM idempotency WHERE response <> x''"
+    ).fetchall()
+    if (settlements or answers) and keys is None:
+        raise RuntimeError("migration 6 seals stored settlements: it needs the data key")
+    if not (settlements or answers):
+        return
+    assert keys is not None
+    vault = Vault(keys)
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.executemany(
+        "UPDATE settlements SET info = ? WHERE setl_id = ?",
+        [(vault.seal_bytes("setlinfo", s, bytes(b)), s) for s, b in settlements],
+    )
+    conn.executemany(
+        "UPDATE idempotency SET response = ? WHERE fixmedins_code = ? AND msgid = ?",
+        [(vault.seal_bytes("response", f"{c}|{m}", bytes(b)), c, m) for c, m, b in answers],
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (
         1,
@@ -379,6 +403,7 @@ CREATE TABLE audit_anchor (
 """,
     ),
     (5, "personal identifiers sealed, found by keyed hash", _v5_sealed_persons),
+    (6, "stored settlements and answers sealed", _v6_sealed_records),
 ]
 
 

@@ -77,6 +77,30 @@ CREATE TABLE persons_sealed (
     )
 
 
+def _v5_sealed_records(conn: psycopg.Connection[Any], keys: DataKeys | None) -> None:
+    """The stored settlements and answers name their person: sealed (as the front-end's
+    migration 6)."""
+    settlements = conn.execute("SELECT setl_id, info FROM settlements").fetchall()
+    answers = conn.execute(
+        "SELECT fixmedins_code, msgid, response FROM idempotency WHERE response <> ''::bytea"
+    ).fetchall()
+    if (settlements or answers) and keys is None:
+        raise RuntimeError("migration 5 seals stored settlements: it needs the data key")
+    if not (settlements or answers):
+        return
+    assert keys is not None
+    vault = Vault(keys)
+    with conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE settlements SET info = %s WHERE setl_id = %s",
+            [(vault.seal_bytes("setlinfo", s, bytes(b)), s) for s, b in settlements],
+        )
+        cur.executemany(
+            "UPDATE idempotency SET response = %s WHERE fixmedins_code = %s AND msgid = %s",
+            [(vault.seal_bytes("response", f"{c}|{m}", bytes(b)), c, m) for c, m, b in answers],
+        )
+
+
 Step = str | Callable[[psycopg.Connection[Any], DataKeys | None], None]
 
 MIGRATIONS: list[tuple[int, str, Step]] = [
@@ -286,6 +310,7 @@ CREATE TABLE audit_anchor (
 """,
     ),
     (4, "personal identifiers sealed, found by keyed hash", _v4_sealed_persons),
+    (5, "stored settlements and answers sealed", _v5_sealed_records),
 ]
 
 
