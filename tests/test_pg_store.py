@@ -305,3 +305,45 @@ def test_lock_accumulators_serialises_concurrent_updaters(pg_dsn: str) -> None:
             " WHERE psn_no = 'P0001' AND opening = 0"
         ).fetchone()
     assert row == (2 * rounds, 2 * rounds * 25, 1)
+
+
+def test_the_sealing_migrations_seal_what_a_center_holds(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A center database of the layout before (clear persons and stored answers) is sealed
+    by migrations 4 and 5; without the data key they refuse and change nothing."""
+    from server import demo_data
+    from server.security.datakeys import DataKeys
+    from server.security.pii import Vault
+    from server.store import pg_migrations
+    from server.store.persons import PERSON_COLUMNS
+
+    full = list(pg_migrations.MIGRATIONS)
+    monkeypatch.setattr(pg_migrations, "MIGRATIONS", [m for m in full if m[0] <= 3])
+    assert init_db(pg_dsn) == 3
+    p = demo_data.persons()[1]
+    row = {c: getattr(p, c, 0) for c in PERSON_COLUMNS}
+    row.update(cvlserv_flag=0, maf_flag=0, retired=0, balc=100, opening_balc=100)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            f"INSERT INTO persons ({', '.join(PERSON_COLUMNS)})"
+            f" VALUES ({', '.join(['%s'] * len(PERSON_COLUMNS))})",
+            [row[c] for c in PERSON_COLUMNS],
+        )
+        conn.execute(
+            "INSERT INTO idempotency VALUES ('H1', 'M1', 'SettleSummary', '\\x00', %s, 'S1', 0)",
+            (p.psn_name.encode(),),
+        )
+    monkeypatch.setattr(pg_migrations, "MIGRATIONS", full)
+    with pytest.raises(RuntimeError, match="needs the data key"):
+        init_db(pg_dsn)
+    assert _one(pg_dsn, "SELECT psn_name FROM persons") == p.psn_name
+    keys = DataKeys.derive(bytes(range(32)))
+    assert init_db(pg_dsn, keys) == LATEST
+    vault = Vault(keys)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        name, idx = conn.execute("SELECT psn_name, cert_idx FROM persons").fetchone()  # type: ignore[misc]
+        (answer,) = conn.execute("SELECT response FROM idempotency").fetchone()  # type: ignore[misc]
+    assert vault.open("psn_name", p.psn_no, bytes(name)) == p.psn_name
+    assert bytes(idx) == vault.index("psn_cert_no", p.psn_cert_no)
+    assert vault.open_bytes("response", "H1|M1", bytes(answer)) == p.psn_name.encode()
