@@ -20,6 +20,7 @@ from typing import Any
 from server.security import datakeys
 from server.security.certs import TlsFiles
 from server.security.datakeys import DataKeys
+from server.security.pii import CIPHERS
 
 
 @dataclass
@@ -140,8 +141,8 @@ class Config:
             from server.security.payload import load_keys as load_payload_keys
 
             load_payload_keys(self.payload_keys)  # a bad file is refused at start
-        if self.pii_cipher not in ("aes-256-gcm", "sm4-gcm"):
-            raise ValueError(f"pii_cipher: {self.pii_cipher!r} is not aes-256-gcm or sm4-gcm")
+        if self.pii_cipher not in CIPHERS:
+            raise ValueError(f"pii_cipher: {self.pii_cipher!r} is not one of {', '.join(CIPHERS)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert, tls_key: give both or neither")
         if self.role == "center" and self.tls_cert and not self.require_client_cert:

@@ -63,9 +63,7 @@ def pending(
         if kind == "settle":
             before = json.loads(before_s)
             delta = json.loads(delta_s)
-            item.setlinfo.CopyFrom(
-                common_pb2.SetlInfo.FromString(vault.open_bytes("setlinfo", ref, info))
-            )
+            item.setlinfo.CopyFrom(common_pb2.SetlInfo.FromString(vault.open_setlinfo(ref, info)))
             item.accumulators_before.CopyFrom(_acc(year, pool, before))
             item.accumulators_after.CopyFrom(
                 _acc(year, pool, {f: before[f] + delta[f] for f in ACC_FIELDS})

@@ -175,7 +175,7 @@ def vault_of(db: str | Path) -> Vault:
 
 def answer(vault: Vault, code: str, msgid: str, stored: bytes) -> bytes:
     """A stored answer, opened (a reversal's marker row has none)."""
-    return vault.open_bytes("response", f"{code}|{msgid}", stored) if stored else stored
+    return vault.open_answer(code, msgid, stored) if stored else stored
 
 
 def ledger_problems(db: str | Path) -> list[str]:
@@ -235,7 +235,7 @@ def ledger_problems(db: str | Path) -> list[str]:
             blob,
         ) in setls:
             where = f"settlement {setl_id}"
-            info = common_pb2.SetlInfo.FromString(vault.open_bytes("setlinfo", setl_id, blob))
+            info = common_pb2.SetlInfo.FromString(vault.open_setlinfo(setl_id, blob))
             if (info.setl_id, info.mdtrt_id, info.psn_no, info.msgid) != (
                 setl_id,
                 mdtrt_id,
@@ -338,7 +338,7 @@ def ack_problems(db: str | Path, acked: dict[str, Ack]) -> list[str]:
     try:
         vault = vault_of(db)
         rows = {
-            r[0]: (r[1], r[2], vault.open_bytes("setlinfo", r[0], bytes(r[3])))
+            r[0]: (r[1], r[2], vault.open_setlinfo(r[0], bytes(r[3])))
             for r in conn.execute("SELECT setl_id, msgid, state, info FROM settlements")
         }
         idem = {

@@ -119,17 +119,23 @@ def call(ch: grpc.Channel, method: Any, service: str, data: bytes) -> grpc.Statu
     return grpc.StatusCode.OK
 
 
-def test_mutated_messages_to_every_rpc(frontend: LocalServer) -> None:
-    c = client(frontend)
-    mdtrt_id, ls = admit(c, EMPLOYEE, n_lines=5, seed=77, med_type=11)
+def real_ids(c: Any, seed: int) -> dict[str, str]:
+    """Ids the templates fill in: a settled visit's settlement, another visit still open,
+    the person and their ID number (so a template gets past the lookups)."""
+    mdtrt_id, ls = admit(c, EMPLOYEE, n_lines=5, seed=seed, med_type=11)
     setl = c.settle(mdtrt_id, EMPLOYEE.psn_no, medfee_sumamt=total(ls)).setlinfo
-    other, _ = admit(c, EMPLOYEE, n_lines=3, seed=78, med_type=11)
-    ids = {
+    other, _ = admit(c, EMPLOYEE, n_lines=3, seed=seed + 1, med_type=11)
+    return {
         "mdtrt_id": other,
         "psn_no": EMPLOYEE.psn_no,
         "setl_id": setl.setl_id,
         "mdtrt_cert_no": EMPLOYEE.psn_cert_no,
     }
+
+
+def test_mutated_messages_to_every_rpc(frontend: LocalServer) -> None:
+    c = client(frontend)
+    ids = real_ids(c, 77)
     rng = random.Random(20261201)
     seen: dict[str, set[str]] = {}
     bad: list[str] = []

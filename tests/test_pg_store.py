@@ -346,4 +346,4 @@ def test_the_sealing_migrations_seal_what_a_center_holds(
         (answer,) = conn.execute("SELECT response FROM idempotency").fetchone()  # type: ignore[misc]
     assert vault.open("psn_name", p.psn_no, bytes(name)) == p.psn_name
     assert bytes(idx) == vault.index("psn_cert_no", p.psn_cert_no)
-    assert vault.open_bytes("response", "H1|M1", bytes(answer)) == p.psn_name.encode()
+    assert vault.open_answer("H1", "M1", bytes(answer)) == p.psn_name.encode()

@@ -21,18 +21,15 @@ from server.app import CENTER_SERVICES, SERVICES
 from server.security import certs, roles
 from tests.frontend import (
     CASHIER,
-    EMPLOYEE,
     INST_A,
     INST_B,
     OPERATOR_OF,
-    admit,
     audit_rows,
     client,
     register,
-    total,
 )
 from tests.pg import center_server
-from tests.test_fuzz import _FrontEnd, call, counts, template
+from tests.test_fuzz import _FrontEnd, call, counts, real_ids, template
 from tests.test_tls import files, tls_flags
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,16 +57,7 @@ def test_every_rpc_has_a_rule() -> None:
 
 
 def test_every_front_end_rpc_against_every_role(frontend: LocalServer) -> None:
-    c = client(frontend)
-    mdtrt_id, ls = admit(c, EMPLOYEE, n_lines=5, seed=91, med_type=11)
-    setl = c.settle(mdtrt_id, EMPLOYEE.psn_no, medfee_sumamt=total(ls)).setlinfo
-    other, _ = admit(c, EMPLOYEE, n_lines=3, seed=92, med_type=11)
-    ids = {
-        "mdtrt_id": other,
-        "psn_no": EMPLOYEE.psn_no,
-        "setl_id": setl.setl_id,
-        "mdtrt_cert_no": EMPLOYEE.psn_cert_no,
-    }
+    ids = real_ids(client(frontend), 91)
     matrix: dict[tuple[str, str], str] = {}
     wrong: list[str] = []
     with grpc.insecure_channel(frontend.target) as ch:

@@ -150,7 +150,7 @@ def test_version_1_database_upgrades_its_line_results(tmp_path: Path) -> None:
         "SELECT line_results, info FROM settlements WHERE setl_id = 'S1'"
     ).fetchone()
     assert line_results.decode(blob) == sorted(old)
-    assert Vault(keys).open_bytes("setlinfo", "S1", info) == b""  # sealed by migration 6
+    assert Vault(keys).open_setlinfo("S1", info) == b""  # sealed by migration 6
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "setl_lines" not in tables
     (cancel_idx,) = conn.execute(

@@ -165,7 +165,7 @@ async def _replay(
         raise AlreadyExists(
             f"header.msgid: {msgid} was already used for a different request ({row[0]})"
         )
-    return vault.open_bytes("response", f"{code}|{msgid}", bytes(row[2]))
+    return vault.open_answer(code, msgid, bytes(row[2]))
 
 
 async def _remember(
@@ -186,7 +186,7 @@ async def _remember(
             msgid,
             method,
             req_hash,
-            vault.seal_bytes("response", f"{code}|{msgid}", resp),
+            vault.seal_answer(code, msgid, resp),
             ref,
             now,
         ),
@@ -267,7 +267,7 @@ async def settle_summary(
     info.msgid = h.msgid
     info.state = common_pb2.SETTLED
     info.setl_time.FromMilliseconds(now)
-    blob = env.pii.seal_bytes("setlinfo", req.setl_id, info.SerializeToString())
+    blob = env.pii.seal_setlinfo(req.setl_id, info.SerializeToString())
     delta = {f: after[f] - before[f] for f in ACC_FIELDS}
     await conn.execute(
         "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
@@ -367,9 +367,7 @@ async def cancel(
         " cancel_date = %s WHERE setl_id = %s",
         (req.cancel_id, h.msgid, now, local_date(now, env.tz_offset_min), req.setl_id),
     )
-    info = common_pb2.SetlInfo.FromString(
-        env.pii.open_bytes("setlinfo", req.setl_id, bytes(row[7]))
-    )
+    info = common_pb2.SetlInfo.FromString(env.pii.open_setlinfo(req.setl_id, bytes(row[7])))
     info.state = common_pb2.CANCELLED
     info.cancel_id = req.cancel_id
     info.cancel_msgid = h.msgid
@@ -475,7 +473,7 @@ async def _forward_settle(
             before.year,
             before.pool,
             Jsonb(delta),
-            env.pii.seal_bytes("setlinfo", info.setl_id, info.SerializeToString()),
+            env.pii.seal_setlinfo(info.setl_id, info.SerializeToString()),
             now,
         ),
     )

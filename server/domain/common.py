@@ -230,7 +230,7 @@ def idempotent(
         trail.write(conn, now, fixmedins_code, "REPLAY", "")
         return stored
     response, ref = body()
-    sealed = trail.pii.seal_bytes("response", f"{fixmedins_code}|{msgid}", response)
+    sealed = trail.pii.seal_answer(fixmedins_code, msgid, response)
     conn.execute(
         "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?)",
         (fixmedins_code, msgid, method, req_hash, sealed, ref, now),
@@ -263,7 +263,7 @@ def replay_of(
                 f"header.msgid: {msgid} was already used for a different request ({row[0]});"
                 " a retry must resend the same request, a new request needs a new msgid"
             )
-        return vault.open_bytes("response", f"{fixmedins_code}|{msgid}", bytes(row[2]))
+        return vault.open_answer(fixmedins_code, msgid, bytes(row[2]))
     return None
 
 

@@ -62,12 +62,8 @@ def put_operators(
     for i, o in enumerate(req.operators):
         q = f"operators[{i}]"
         v.require(0 < len(o.opter) <= OPTER_MAX, f"{q}.opter", f"is required, <= {OPTER_MAX}")
-        unknown = sorted(set(o.roles) - set(roles.OPERATOR_ROLES))
-        v.require(
-            not unknown,
-            f"{q}.roles",
-            f"unknown role {', '.join(unknown)} (roles: {', '.join(roles.OPERATOR_ROLES)})",
-        )
+        reason = roles.unknown(o.roles)
+        v.require(not reason, f"{q}.roles", reason)
         v.require(bool(o.roles) or o.disabled, f"{q}.roles", "at least one unless disabled")
         ops.append(Operator(o.opter, o.opter_name, frozenset(o.roles), o.disabled))
     v.raise_if_any()

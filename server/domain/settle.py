@@ -286,7 +286,7 @@ def record(
     setl_id = info.setl_id
     info.msgid = req.header.msgid
     info.state = common_pb2.SETTLED
-    blob = env.pii.seal_bytes("setlinfo", setl_id, info.SerializeToString())  # names a person
+    blob = env.pii.seal_setlinfo(setl_id, info.SerializeToString())  # names a person
     before = c.acc_before
     conn.execute(
         "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no,"
@@ -359,7 +359,7 @@ def load_settlement(conn: sqlite3.Connection, caller: Caller, setl_id: str) -> t
 
 def setl_info(vault: Vault, row: tuple[Any, ...]) -> common_pb2.SetlInfo:
     """A stored settlement (sealed: it names the person) with its current state."""
-    info = common_pb2.SetlInfo.FromString(vault.open_bytes("setlinfo", row[1], bytes(row[11])))
+    info = common_pb2.SetlInfo.FromString(vault.open_setlinfo(row[1], bytes(row[11])))
     info.state = row[6]
     if row[6] == common_pb2.CANCELLED:
         info.cancel_id = row[12]

@@ -78,6 +78,21 @@ class Vault:
             ) from None
         raise PiiError(f"{field} of {owner}: unknown version {sealed[0]}")
 
+    # The two stored records that name a person, each bound to its own key in the store.
+    def seal_setlinfo(self, setl_id: str, data: bytes) -> bytes:
+        """A stored settlement (`settlements.info`, a SetlInfo with the person's name)."""
+        return self.seal_bytes("setlinfo", setl_id, data)
+
+    def open_setlinfo(self, setl_id: str, sealed: bytes) -> bytes:
+        return self.open_bytes("setlinfo", setl_id, sealed)
+
+    def seal_answer(self, fixmedins_code: str, msgid: str, data: bytes) -> bytes:
+        """The stored answer of an idempotent call (`idempotency.response`)."""
+        return self.seal_bytes("response", f"{fixmedins_code}|{msgid}", data)
+
+    def open_answer(self, fixmedins_code: str, msgid: str, sealed: bytes) -> bytes:
+        return self.open_bytes("response", f"{fixmedins_code}|{msgid}", sealed)
+
     def index(self, field: str, value: str) -> bytes | None:
         """The lookup hash of a value; None for an empty one (nothing to find it by)."""
         if not value:

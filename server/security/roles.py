@@ -90,15 +90,20 @@ CENTER_RULES: dict[str, frozenset[str]] = {
 }
 
 
+def unknown(names: Iterable[str]) -> str:
+    """Why `names` are not all operator roles; "" when they are."""
+    bad = sorted(set(names) - set(OPERATOR_ROLES))
+    if not bad:
+        return ""
+    return f"unknown role {', '.join(bad)} (roles: {', '.join(OPERATOR_ROLES)})"
+
+
 def parse(text: str, where: str = "roles") -> frozenset[str]:
     """Operator roles from their stored or typed form, `cashier,supervisor`."""
     roles = frozenset(r.strip() for r in text.split(",") if r.strip())
-    unknown = sorted(roles - set(OPERATOR_ROLES))
-    if unknown:
-        raise InvalidArgument(
-            f"{where}: unknown role {', '.join(unknown)} (roles: {', '.join(OPERATOR_ROLES)})",
-            [(where, f"unknown role {', '.join(unknown)}")],
-        )
+    reason = unknown(roles)
+    if reason:
+        raise InvalidArgument(f"{where}: {reason}", [(where, reason)])
     return roles
 
 

@@ -19,7 +19,12 @@ import numpy as np
 from server.security.datakeys import DataKeys
 from server.security.pii import Vault
 from server.store import line_results
-from server.store.persons import PERSON_COLUMNS, SEALED_PERSON_COLUMNS, sealed_person_row
+from server.store.persons import (
+    PERSON_COLUMNS,
+    SEALED_PERSON_COLUMNS,
+    sealed_person_row,
+    sealed_records,
+)
 
 # A step is SQL, or a function of the connection and the data keys (for steps that seal or
 # re-seal personal data; None when the caller has no keys, fine while the table is empty).
@@ -115,13 +120,10 @@ def _v6_sealed_records(conn: sqlite3.Connection, keys: DataKeys | None) -> None:
     assert keys is not None
     vault = Vault(keys)
     conn.execute("PRAGMA secure_delete = ON")
+    infos, responses = sealed_records(vault, settlements, answers)
+    conn.executemany("UPDATE settlements SET info = ? WHERE setl_id = ?", infos)
     conn.executemany(
-        "UPDATE settlements SET info = ? WHERE setl_id = ?",
-        [(vault.seal_bytes("setlinfo", s, bytes(b)), s) for s, b in settlements],
-    )
-    conn.executemany(
-        "UPDATE idempotency SET response = ? WHERE fixmedins_code = ? AND msgid = ?",
-        [(vault.seal_bytes("response", f"{c}|{m}", bytes(b)), c, m) for c, m, b in answers],
+        "UPDATE idempotency SET response = ? WHERE fixmedins_code = ? AND msgid = ?", responses
     )
 
 

@@ -1,7 +1,8 @@
 """The persons table, as both stores keep it: which columns are sealed personal data
 (server/security/pii.py), which keyed-hash column finds a person by which number, and the
-row a person record becomes. Migrations that sealed the table (SQLite 5, PostgreSQL 4) use
-it too, so a later change of the layout is a new migration, never an edit here alone."""
+row a person record becomes; and the sealing of the stored records that name a person.
+The migrations that sealed them (SQLite 5 and 6, PostgreSQL 4 and 5) use it too, so a later
+change of the layout is a new migration, never an edit here alone."""
 
 from __future__ import annotations
 
@@ -69,6 +70,20 @@ def insert_sql(placeholder: str, upsert: str = "INSERT") -> str:
     cols = ", ".join(SEALED_PERSON_COLUMNS)
     marks = ", ".join([placeholder] * len(SEALED_PERSON_COLUMNS))
     return f"{upsert} INTO persons ({cols}) VALUES ({marks})"
+
+
+def sealed_records(
+    vault: Vault,
+    settlements: list[tuple[Any, ...]],
+    answers: list[tuple[Any, ...]],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The update parameters that seal stored settlements `(setl_id, info)` and stored
+    answers `(fixmedins_code, msgid, response)`, which name their person: `(info, setl_id)`
+    and `(response, fixmedins_code, msgid)` (SQLite 6, PostgreSQL 5)."""
+    return (
+        [(vault.seal_setlinfo(s, bytes(b)), s) for s, b in settlements],
+        [(vault.seal_answer(c, m, bytes(b)), c, m) for c, m, b in answers],
+    )
 
 
 def open_person(vault: Vault, row: tuple[Any, ...]) -> list[Any]:

@@ -22,7 +22,12 @@ import psycopg
 
 from server.security.datakeys import DataKeys
 from server.security.pii import Vault
-from server.store.persons import PERSON_COLUMNS, SEALED_PERSON_COLUMNS, sealed_person_row
+from server.store.persons import (
+    PERSON_COLUMNS,
+    SEALED_PERSON_COLUMNS,
+    sealed_person_row,
+    sealed_records,
+)
 
 # Arbitrary but fixed: every center process must take the same advisory lock.
 MIGRATION_LOCK = 0x6D65_6473_6574_6C01  # "medsetl" + 1
@@ -90,14 +95,12 @@ def _v5_sealed_records(conn: psycopg.Connection[Any], keys: DataKeys | None) -> 
         return
     assert keys is not None
     vault = Vault(keys)
+    infos, responses = sealed_records(vault, settlements, answers)
     with conn.cursor() as cur:
-        cur.executemany(
-            "UPDATE settlements SET info = %s WHERE setl_id = %s",
-            [(vault.seal_bytes("setlinfo", s, bytes(b)), s) for s, b in settlements],
-        )
+        cur.executemany("UPDATE settlements SET info = %s WHERE setl_id = %s", infos)
         cur.executemany(
             "UPDATE idempotency SET response = %s WHERE fixmedins_code = %s AND msgid = %s",
-            [(vault.seal_bytes("response", f"{c}|{m}", bytes(b)), c, m) for c, m, b in answers],
+            responses,
         )
 
 
