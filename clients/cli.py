@@ -33,6 +33,8 @@ def _serve(args: argparse.Namespace) -> int:
         "require_client_cert": True if args.require_client_cert else None,
         "signing": args.signing,
         "signing_keys": args.signing_keys,
+        "node_id": args.node_id,
+        "insecure": True if args.insecure else None,
     }
     try:
         cfg = config.load(args.config, flags)
@@ -227,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("--signing", choices=["off", "required"], help="request signatures")
     s.add_argument("--signing-keys", help="TOML file of the institutions' signing keys")
+    s.add_argument(
+        "--node-id", help="this front-end's two-digit id within its institution (default 01)"
+    )
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening beyond loopback without mutual TLS (closed test networks only)",
+    )
     s.add_argument("--config", help="TOML file with a [server] table (MEDSETTLE_* env overrides)")
     s.add_argument("--demo", action="store_true", help="load the demo data set into an empty db")
     s.set_defaults(fn=_serve)

@@ -11,6 +11,7 @@ import grpc
 
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, center_pb2_grpc
 from server import metrics
+from server.domain.common import id_prefix
 from server.errors import FailedPrecondition, Relayed, Unavailable
 
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -20,7 +21,7 @@ def center_setl_id(node_id: str, fixmedins_code: str, msgid: str) -> str:
     """The id of a center-mode settlement, the same on every retry of one HIS call: a retry
     after a crash meets the center's record of it instead of settling twice."""
     digest = hashlib.sha256(f"{fixmedins_code}\0{msgid}".encode()).hexdigest()[:12]
-    return f"S{node_id}H{digest}"
+    return f"{id_prefix('S', fixmedins_code, node_id)}H{digest}"
 
 
 class CenterLink:

@@ -9,6 +9,7 @@ silently.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import shutil
 import tempfile
@@ -31,7 +32,10 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 1  # processes sharing the port (SO_REUSEPORT)
-    node_id: str = "01"  # prefixes the ids this node issues
+    # This front-end machine's id within its institution (two digits): with the
+    # institution's code it makes the ids this node issues unique across the province; two
+    # front-ends of one institution need different node ids.
+    node_id: str = "01"
     sign_ttl_s: int = 5 * 24 * 3600  # a sign_no lasts 5 days (seed 002)
     tz_offset_min: int = 480  # the local day of reconciliation (UTC+8)
     grace_s: float = 10.0  # SIGTERM: how long in-flight calls may finish
@@ -94,6 +98,21 @@ class Config:
     # How personal identifiers are sealed at rest: aes-256-gcm, or sm4-gcm where the
     # national cipher is required (values sealed either way open either way).
     pii_cipher: str = "aes-256-gcm"
+    # A server listening beyond loopback must have TLS with client authentication
+    # (require_client_cert); `insecure` lets it start without, for a closed test network.
+    insecure: bool = False
+    # Sign-in: after signin_max_failures wrong passwords in a row an operator is locked out
+    # for signin_lockout_s (every failure is audited).
+    signin_max_failures: int = 5
+    signin_lockout_s: int = 900
+    # Sanity bounds on money (fen): one fee line, and one visit's total; above them a call
+    # is INVALID_ARGUMENT, so no sum of stored amounts can overflow.
+    max_line_fee_fen: int = 1_000_000_000  # 10,000,000.00 yuan
+    max_visit_fee_fen: int = 10_000_000_000  # 100,000,000.00 yuan
+    # Calls one peer address may have in flight at once (RESOURCE_EXHAUSTED beyond).
+    max_calls_per_peer: int = 200
+    # Audit records of refused calls per second (per worker) before they are only counted.
+    max_refusal_audits_per_s: float = 50.0
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -121,6 +140,18 @@ class Config:
             and not (self.center_target or self.centers)
         ):
             raise ValueError("center_target: a front-end in center mode needs the center's address")
+        if not (len(self.node_id) == 2 and self.node_id.isdigit()):
+            raise ValueError(f"node_id: {self.node_id!r} is not two digits")
+        if not self.insecure and not is_loopback(self.host):
+            if not (self.tls_cert and self.require_client_cert):
+                raise ValueError(
+                    f"host: {self.host} is beyond loopback without TLS and client"
+                    " certificates (tls_cert, tls_key, tls_ca, require_client_cert);"
+                    " set insecure (--insecure) only on a closed test network"
+                )
+        for key in ("max_line_fee_fen", "max_visit_fee_fen", "max_calls_per_peer"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}: must be positive")
         if self.workers < 1:
             raise ValueError("workers: must be at least 1")
         if self.signing not in ("off", "required"):
@@ -169,6 +200,21 @@ class Config:
         return TlsFiles(self.tls_cert, self.tls_key, self.tls_ca)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) listens on loopback only."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# MEDSETTLE_* variables that are not settings but are read elsewhere: the data key
+# (datakeys.ENV), the tests' PostgreSQL and property-test scale, prometheus' directory.
+OTHER_VARIABLES = frozenset({"data_key", "test_pg", "property_scale"})
+
+
 def parse_routes(text: str) -> dict[str, str]:
     routes: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -207,7 +253,7 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
     env = {
         k[len("MEDSETTLE_") :].lower(): v
         for k, v in os.environ.items()
-        if k.startswith("MEDSETTLE_") and k[len("MEDSETTLE_") :].lower() in Config.fields()
+        if k.startswith("MEDSETTLE_") and k[len("MEDSETTLE_") :].lower() not in OTHER_VARIABLES
     }
     cfg.update(env, "environment")
     cfg.update({k: v for k, v in overrides.items() if v is not None}, "command line")

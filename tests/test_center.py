@@ -52,8 +52,8 @@ def request(
         header=center_pb2.NodeHeader(
             node_id=node, fixmedins_code=inst, msgid=f"C-{node}-{n}", opter="t"
         ),
-        setl_id=f"S{node}{n:012d}",
-        mdtrt_id=f"M{node}{n:012d}",
+        setl_id=f"S{inst}{node}{n:012d}",
+        mdtrt_id=f"M{inst}{node}{n:012d}",
         psn_no=psn.psn_no,
         insutype=psn.insutype,
         med_type=med_type,
@@ -176,7 +176,7 @@ def test_retries_refusals_and_cancel(center: LocalServer, pg_dsn: str) -> None:
             grpc.StatusCode.FAILED_PRECONDITION
         )
         foreign = request(RETIRED, in_scope(1000), node="02")
-        foreign.setl_id = "S01999"
+        foreign.setl_id = f"S{INST_A}01999"
         assert code(stub.SettleSummary, foreign) == grpc.StatusCode.INVALID_ARGUMENT
         nobody = request(RETIRED, in_scope(1000))
         nobody.psn_no = "0"
@@ -188,7 +188,7 @@ def test_retries_refusals_and_cancel(center: LocalServer, pg_dsn: str) -> None:
         cancel = center_pb2.CenterCancelRequest(
             header=center_pb2.NodeHeader(node_id="01", fixmedins_code=INST_A, msgid="CX-1"),
             setl_id=req.setl_id,
-            cancel_id="C01000000000001",
+            cancel_id=f"C{INST_A}01000000000001",
         )
         done = stub.CancelSettlement(cancel, timeout=10).setlinfo
         assert done.state == common_pb2.CANCELLED

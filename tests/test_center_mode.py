@@ -18,6 +18,7 @@ from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2
 from clients.sdk import MedsettleError
 from tests.frontend import (
+    INST_A,
     RETIRED,
     SECOND_STAY,
     SETL_AMOUNTS,
@@ -73,7 +74,7 @@ def test_center_mode_answers_like_local_mode(
             (g.fund_pay_type, g.fund_payamt, g.setl_proc_info) for g in local.setldetail
         ]
         assert central.mode == common_pb2.CENTER and local.mode == common_pb2.LOCAL
-        assert central.setl_id.startswith("S01H")
+        assert central.setl_id.startswith(f"S{INST_A}01H")
         held = center_rows(
             pg_dsn,
             "SELECT state, medfee_sumamt FROM settlements WHERE setl_id = %s",

@@ -206,8 +206,8 @@ def test_a_person_settled_elsewhere_is_recorded_as_a_difference(
         stub.SettleSummary(
             center_pb2.CenterSettleRequest(
                 header=center_pb2.NodeHeader(node_id="09", fixmedins_code=INST_A, msgid="X-1"),
-                setl_id="S09000000000001",
-                mdtrt_id="M09000000000001",
+                setl_id=f"S{INST_A}09000000000001",
+                mdtrt_id=f"M{INST_A}09000000000001",
                 psn_no=EMPLOYEE.psn_no,
                 insutype=310,
                 med_type=11,

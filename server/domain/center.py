@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 import engine_rs
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
-from server.domain.common import Outcome, local_date
+from server.domain.common import Outcome, id_prefix, local_date
 from server.domain.fundsplit import SplitContext, choose_rule, fund_split
 from server.domain.visits import MED_TYPES, PersonRow, treatment_of, valid_date
 from server.errors import (
@@ -94,11 +94,13 @@ def check_node_header(header: center_pb2.NodeHeader, *, needs_msgid: bool = True
 
 def check_settle_request(req: center_pb2.CenterSettleRequest) -> None:
     check_node_header(req.header, needs_msgid=not req.pre_settle)
+    h = req.header
+    mine = id_prefix("S", h.fixmedins_code, h.node_id)
     v = Violations()
     v.require(
-        req.pre_settle or req.setl_id.startswith(f"S{req.header.node_id}"),
+        req.pre_settle or req.setl_id.startswith(mine),
         "setl_id",
-        f"must be issued by node {req.header.node_id} (S{req.header.node_id}...)",
+        f"must be issued by node {h.node_id} of {h.fixmedins_code} ({mine}...)",
     )
     v.require(bool(req.mdtrt_id), "mdtrt_id", "is required")
     v.require(bool(req.psn_no), "psn_no", "is required")
@@ -420,7 +422,8 @@ async def _forward_settle(
     conn: Conn, env: CenterEnv, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem, now: int
 ) -> tuple[int, str]:
     info = item.setlinfo
-    if info.fixmedins_code != h.fixmedins_code or not info.setl_id.startswith(f"S{h.node_id}"):
+    mine = id_prefix("S", h.fixmedins_code, h.node_id)
+    if info.fixmedins_code != h.fixmedins_code or not info.setl_id.startswith(mine):
         return center_pb2.REJECTED, f"{info.setl_id} is not this node's settlement"
     seen = await (
         await conn.execute("SELECT 1 FROM settlements WHERE setl_id = %s", (info.setl_id,))

@@ -267,9 +267,16 @@ def replay_of(
     return None
 
 
-def issue_id(env: Env, prefix: str, rowid: int) -> str:
-    """A client-facing id: kind prefix, node, and the row id (unique in this database)."""
-    return f"{prefix}{env.node_id}{rowid:012d}"
+def id_prefix(kind: str, fixmedins_code: str, node_id: str) -> str:
+    """How every id a front-end issues begins: its kind (S settlement, C cancel, M visit),
+    the institution and the node. Two front-ends never issue the same id (institutions
+    differ, or one institution's nodes do), and the center can tell whose an id is."""
+    return f"{kind}{fixmedins_code}{node_id}"
+
+
+def issue_id(env: Env, kind: str, fixmedins_code: str, rowid: int) -> str:
+    """A client-facing id: `id_prefix` and the row id (unique in this database)."""
+    return f"{id_prefix(kind, fixmedins_code, env.node_id)}{rowid:012d}"
 
 
 def require_fresh_refdata(caller: Caller) -> None:

@@ -233,7 +233,7 @@ def settle(
         offline.check(conn, caller.snap.policy, c.info, local_date(now, env.tz_offset_min))
     rowid = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM settlements").fetchone()[0]
     info = c.info
-    info.setl_id = issue_id(env, "S", rowid)
+    info.setl_id = issue_id(env, "S", caller.inst.fixmedins_code, rowid)
     info.setl_time.FromMilliseconds(now)
     info.mode = common_pb2.LOCAL
     info.offline = offline is not None
@@ -391,7 +391,7 @@ def cancel(
     if row[7]:
         conn.execute("UPDATE persons SET balc = balc + ? WHERE psn_no = ?", (row[7], row[5]))
     conn.execute("UPDATE visits SET state = 'registered' WHERE id = ?", (row[4],))
-    cancel_id = issue_id(env, "C", row[0])
+    cancel_id = issue_id(env, "C", row[2], row[0])
     conn.execute(
         "UPDATE settlements SET state = 2, cancel_id = ?, cancel_msgid = ?, cancel_time = ?,"
         " cancel_date = ? WHERE id = ?",

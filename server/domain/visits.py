@@ -235,7 +235,7 @@ def register(
                 f"psn_no: already admitted here as {open_stay[0]}; discharge or cancel it first"
             )
     rowid = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM visits").fetchone()[0]
-    mdtrt_id = issue_id(env, "M", rowid)
+    mdtrt_id = issue_id(env, "M", caller.inst.fixmedins_code, rowid)
     conn.execute(
         "INSERT INTO visits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'registered', ?, ?)",
         (

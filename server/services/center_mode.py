@@ -230,7 +230,7 @@ class CenterMode:
                         opter=header.opter,
                     ),
                     setl_id=req.setl_id,
-                    cancel_id=issue_id(env, "C", rowid),
+                    cancel_id=issue_id(env, "C", header.fixmedins_code, rowid),
                 )
             )
 
