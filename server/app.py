@@ -83,6 +83,10 @@ def make_env(cfg: Config) -> Env:
         max_lines_per_visit=cfg.max_lines_per_visit,
         keys=(keys := cfg.data_keys()),
         pii=Vault(keys, cfg.pii_cipher),
+        max_line_fee_fen=cfg.max_line_fee_fen,
+        max_visit_fee_fen=cfg.max_visit_fee_fen,
+        signin_max_failures=cfg.signin_max_failures,
+        signin_lockout_s=cfg.signin_lockout_s,
     )
 
 

@@ -78,6 +78,11 @@ class Env:
     keys: DataKeys
     pii: Vault
     signins: SignInCache = field(default_factory=SignInCache)
+    # Sanity bounds on money (fen) and the sign-in lock-out (config.py explains them).
+    max_line_fee_fen: int = 1_000_000_000
+    max_visit_fee_fen: int = 10_000_000_000
+    signin_max_failures: int = 5
+    signin_lockout_s: int = 900
 
 
 @dataclass

@@ -30,13 +30,13 @@ from server.domain.common import (
     request_hash,
 )
 from server.errors import ClientError, field_error
+from server.services import signin
 from server.services.auditing import PERSONAL_READS, FrontendAuditor
 from server.services.base import check_parsed
 from server.services.center_mode import CANCEL, PRE_SETTLE, SETTLE, CenterMode
 from server.store.sqlite import Store
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-SIGN_IN = "/medsettle.v1.Settlement/SignIn"
 T = TypeVar("T")
 WriteBody = Callable[[sqlite3.Connection, Caller, int], tuple[bytes, str]]
 
@@ -116,28 +116,7 @@ class SettlementService:
         self.center = center  # set in center mode
 
     async def SignIn(self, request: settlement_pb2.SignInRequest, context: Ctx) -> bytes:
-        header = request.header
-        check_header(header, needs_msgid=True, needs_sign=False)
-        digest = request_hash("SignIn", request)
-        now = now_ms()
-        env = self.env
-
-        trail = Trail(env.keys.audit, env.pii, SIGN_IN, None, header.opter, "", show_ref=False)
-
-        def op(conn: sqlite3.Connection) -> bytes:
-            return idempotent(
-                conn,
-                header.fixmedins_code,
-                header.msgid,
-                "SignIn",
-                digest,
-                now,
-                lambda: visits.sign_in(conn, env, header, now),
-                None,
-                trail,
-            )
-
-        return await self.store.write(op)
+        return await signin.sign_in(self.store, self.env, self.calls.auditor, request)
 
     async def SignOut(self, request: settlement_pb2.SignOutRequest, context: Ctx) -> bytes:
         sign_no = request.header.sign_no
