@@ -39,7 +39,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -92,18 +91,18 @@ def pg_count(dsn: str, query: str) -> int:
     return int(row[0])
 
 
-def sign_in(target: str) -> str:
-    with grpc.insecure_channel(target) as ch:
-        operators.ensure(ch, INST, "bench")
-    admin = MedsettleClient(target, fixmedins_code=INST, opter="bench")
+def sign_in(front: LocalServer) -> str:
+    password = operators.register(front, INST, "bench")
+    admin = MedsettleClient(front.target, fixmedins_code=INST, opter="bench", password=password)
     try:
         return admin.sign_in().sign_no
     finally:
         admin.close()
 
 
-def prepare(target: str, n: int) -> tuple[str, list[tuple[str, str, int]]]:
-    sign_no = sign_in(target)
+def prepare(front: LocalServer, n: int) -> tuple[str, list[tuple[str, str, int]]]:
+    sign_no = sign_in(front)
+    target = front.target
     t0 = time.perf_counter()
     visits = asyncio.run(_prepare_async(target, sign_no, n, 10, 64))
     dt = time.perf_counter() - t0
@@ -114,7 +113,7 @@ def prepare(target: str, n: int) -> tuple[str, list[tuple[str, str, int]]]:
 def settle_load(
     front: LocalServer, args: argparse.Namespace, center: LocalServer | None = None
 ) -> dict[str, Any]:
-    sign_no, visits = prepare(front.target, args.visits)
+    sign_no, visits = prepare(front, args.visits)
     servers = {"front_end": front, **({"center": center} if center is not None else {})}
     before = cpu_snapshot(servers)
     t0 = time.perf_counter()
@@ -192,7 +191,7 @@ def drain(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         log=tmp / "drain-front.log",
     )
     with running(front):
-        sign_no, visits = prepare(front.target, args.backlog)
+        sign_no, visits = prepare(front, args.backlog)
         t0 = time.perf_counter()
         # No time limit but the visits themselves: every prepared visit is settled.
         r = run_load(

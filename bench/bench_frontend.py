@@ -220,8 +220,10 @@ def _cpu(r: dict[str, Any]) -> str:
     )
 
 
-def inpatient_stay(target: str, n_lines: int) -> dict[str, float]:
-    c = MedsettleClient(target, fixmedins_code=INST, opter="bench", deadline_s=60)
+def inpatient_stay(target: str, n_lines: int, password: str) -> dict[str, float]:
+    c = MedsettleClient(
+        target, fixmedins_code=INST, opter="bench", deadline_s=60, password=password
+    )
     c.sign_in()
     p = demo_data.persons()[0]
     v = c.register(
@@ -265,9 +267,10 @@ def main() -> None:
         )
         server.start()
         try:
-            with grpc.insecure_channel(server.target) as ch:
-                operators.ensure(ch, INST, "bench")
-            admin = MedsettleClient(server.target, fixmedins_code=INST, opter="bench")
+            password = operators.register(server, INST, "bench")
+            admin = MedsettleClient(
+                server.target, fixmedins_code=INST, opter="bench", password=password
+            )
             sign_no = admin.sign_in().sign_no
             t0 = time.perf_counter()
             visits = asyncio.run(_prepare_async(server.target, sign_no, args.visits, 10, 64))
@@ -310,7 +313,9 @@ def main() -> None:
             conn = sqlite3.connect(server.db)
             stored = conn.execute("SELECT COUNT(*) FROM settlements WHERE state = 1").fetchone()[0]
             conn.close()
-            stays = [inpatient_stay(server.target, args.stay_lines) for _ in range(args.stays)]
+            stays = [
+                inpatient_stay(server.target, args.stay_lines, password) for _ in range(args.stays)
+            ]
             totals = sorted(s["total_ms"] for s in stays)
             med = stays[[s["total_ms"] for s in stays].index(totals[len(totals) // 2])]
             print(

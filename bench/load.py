@@ -40,7 +40,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +96,15 @@ class Shape:
 class Security:
     """How the kit reaches the server: TLS with the institution's certificate (cert, key,
     CA files) and, with `sign_key` (its SM2 secret, or its HMAC-SM3 secret with
-    `sign_type` HMAC), every call signed."""
+    `sign_type` HMAC), every call signed; its operator signs in with `password`."""
 
     tls: tuple[str, str, str] | None = None
     sign_key: bytes = b""
     sign_type: str = SM2
+    password: str = ""
+
+    def sign_in(self, header: common_pb2.RequestHeader) -> settlement_pb2.SignInRequest:
+        return settlement_pb2.SignInRequest(header=header, password=self.password)
 
     def signer(self) -> Signer | None:
         return Signer(self.sign_type, self.sign_key) if self.sign_key else None
@@ -160,6 +164,9 @@ class Outcome:
     retries_identical: int = 0
     retries_different: int = 0
     cancels: int = 0
+    # Cancels the server refused because a later settlement of the person relied on the
+    # accumulators (cancel newest first): the settlement stands, as the books expect.
+    cancels_refused: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     error_details: dict[str, str] = field(default_factory=dict)  # the first of each kind
     settled: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # live, amounts
@@ -168,6 +175,14 @@ class Outcome:
     timeline: list[tuple[float, float]] = field(default_factory=list)  # (done at, latency s)
     first_settle: bytes = b""  # a settled request, for h2load to replay
     elapsed: float = 0.0
+
+
+def first_line(path: str | None) -> str:
+    """The first line of a password file; "" without one."""
+    if not path:
+        return ""
+    lines = Path(path).read_text("utf-8").splitlines()
+    return lines[0] if lines else ""
 
 
 def _hist() -> HdrHistogram:
@@ -341,13 +356,19 @@ class Client:
                 self.out.retries_different += 1
         if self.rng.random() < shape.cancel_rate:
             self.stage = "CancelSettlement"
-            await self.timed(
-                "CancelSettlement",
-                stub.CancelSettlement,
-                settlement_pb2.CancelSettlementRequest(
-                    header=self.header(self.msgid("C")), setl_id=info.setl_id
-                ),
-            )
+            try:
+                await self.timed(
+                    "CancelSettlement",
+                    stub.CancelSettlement,
+                    settlement_pb2.CancelSettlementRequest(
+                        header=self.header(self.msgid("C")), setl_id=info.setl_id
+                    ),
+                )
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                self.out.cancels_refused += 1  # the person settled again meanwhile
+                return
             self.out.cancelled.append(info.setl_id)
             self.out.cancels += 1
             self.stage = "CancelRegistration"  # the HIS voids the visit too
@@ -440,7 +461,7 @@ class Client:
                 )
                 stubs.append(_raw_settle_stub(ch))
             signed = await stubs[0].SignIn(
-                settlement_pb2.SignInRequest(header=self.header(self.msgid("I"))), timeout=30
+                job.security.sign_in(self.header(self.msgid("I"))), timeout=30
             )
             self.sign_no = settlement_pb2.SignInResponse.FromString(signed).sign_no
             if job.prepared:
@@ -664,7 +685,7 @@ def load_population(
         hdr = common_pb2.RequestHeader(
             msgid=f"LP{secrets.token_hex(6)}", fixmedins_code=institution, opter=OPERATOR
         )
-        sign_no = st.SignIn(settlement_pb2.SignInRequest(header=hdr), timeout=30).sign_no
+        sign_no = st.SignIn(sec.sign_in(hdr), timeout=30).sign_no
         for i in range(0, len(persons), 2000):
             hdr = common_pb2.RequestHeader(
                 msgid=f"LP{secrets.token_hex(6)}",
@@ -704,7 +725,7 @@ def load_reference(
                 sign_no=sign_no,
             )
 
-        sign_no = st.SignIn(settlement_pb2.SignInRequest(header=hdr()), timeout=30).sign_no
+        sign_no = st.SignIn(sec.sign_in(hdr()), timeout=30).sign_no
         if catalog_size:
             t0 = time.perf_counter()
             cat = make_catalog(catalog_size, seed=CATALOG_SEED)
@@ -773,7 +794,7 @@ def check_books(
         hdr = common_pb2.RequestHeader(
             msgid=f"LB{secrets.token_hex(6)}", fixmedins_code=institution, opter=OPERATOR
         )
-        sign_no = st.SignIn(settlement_pb2.SignInRequest(header=hdr), timeout=30).sign_no
+        sign_no = st.SignIn(sec.sign_in(hdr), timeout=30).sign_no
         rec = reconciliation_pb2_grpc.ReconciliationStub(ch)
         token = ""
         while True:  # a busy day is many messages' worth: page through it
@@ -968,6 +989,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-dir", help="with --target: a `certs init` directory (mutual TLS)")
     ap.add_argument("--sign-key", help="with --target: the institution's SM2 secret (hex file)")
     ap.add_argument(
+        "--password-file",
+        help=f"with --target: the password of the run's operator {OPERATOR!r} (first line)",
+    )
+    ap.add_argument(
+        "--security-password-file",
+        help=f"with --target: {operators.SECURITY_OFFICER}'s password: the kit registers"
+        f" {OPERATOR!r} itself (with --password-file's password, or a fresh one)",
+    )
+    ap.add_argument(
         "--metrics",
         help="the server's /metrics URL, for its own view of Settle latency (set by --spawn)",
     )
@@ -1023,11 +1053,19 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(server.stop)
             target = server.target
             args.metrics = args.metrics or f"http://127.0.0.1:{mport}/metrics"
+            officer = server.demo_password()
         else:
             target = args.target
+            officer = first_line(args.security_password_file)
+        sec = replace(sec, password=first_line(args.password_file) or operators.new_password())
         with sec.channel(target) as ch:  # the run's operator `load`, with every role
-            if not operators.ensure(ch, args.institution, OPERATOR):
-                print(f"no {operators.SECURITY_OFFICER} at the server: {OPERATOR} must be known")
+            if not (
+                officer and operators.ensure(ch, args.institution, OPERATOR, sec.password, officer)
+            ):
+                print(
+                    f"{operators.SECURITY_OFFICER} did not sign in: {OPERATOR} must be known"
+                    " with the password of --password-file"
+                )
         people = [(p.psn_no, p.insutype) for p in demo_data.persons()]
         if args.persons:
             extra = demo_data.crowd(POPULATION_FIRST, args.persons, seed=7)
@@ -1117,6 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
         "retries_identical": sum(o.retries_identical for o in outs),
         "retries_different": sum(o.retries_different for o in outs),
         "cancels": sum(o.cancels for o in outs),
+        "cancels_refused": sum(o.cancels_refused for o in outs),
         "errors": dict(errors),
         "error_details": {k: v for o in outs for k, v in o.error_details.items()},
         "latency": {k: summary(h) for k, h in sorted(hists.items())},

@@ -1,7 +1,9 @@
 """The operator a benchmark or load run calls as: registered with every operator role at
-the institution by its security officer (the demo registry's `security01`), since one run
-settles, cancels, loads reference data and checks the books. A server whose registry has no
-such officer is taken to know the operator already (`--opter` of the load kit)."""
+the institution by its security officer (the demo registry's `security01`, who signs in with
+the demo database's password), since one run settles, cancels, loads reference data and
+checks the books. It gets a fresh password of its own each run. A server whose security
+officer cannot be signed in is taken to know the operator already (the load kit's
+`--password-file`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import secrets
 
 import grpc
 
+from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -21,8 +24,15 @@ from server.security import roles
 SECURITY_OFFICER = "security01"
 
 
-def ensure(channel: grpc.Channel, institution: str, opter: str) -> bool:
-    """Register `opter` with every operator role; False when there is no officer to ask."""
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def ensure(
+    channel: grpc.Channel, institution: str, opter: str, password: str, officer_password: str
+) -> bool:
+    """Register `opter` with every operator role and `password`; False when the security
+    officer cannot sign in with `officer_password`."""
     st = settlement_pb2_grpc.SettlementStub(channel)
     cat = catalog_pb2_grpc.CatalogStub(channel)
 
@@ -35,13 +45,26 @@ def ensure(channel: grpc.Channel, institution: str, opter: str) -> bool:
         )
 
     try:
-        signed = st.SignIn(settlement_pb2.SignInRequest(header=header()), timeout=30)
+        signed = st.SignIn(
+            settlement_pb2.SignInRequest(header=header(), password=officer_password), timeout=30
+        )
     except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.PERMISSION_DENIED:
+        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
             return False
         raise
-    op = catalog_pb2.Operator(opter=opter, opter_name=opter, roles=list(roles.OPERATOR_ROLES))
+    op = catalog_pb2.Operator(
+        opter=opter, opter_name=opter, roles=list(roles.OPERATOR_ROLES), password=password
+    )
     cat.PutOperators(
         catalog_pb2.PutOperatorsRequest(header=header(signed.sign_no), operators=[op]), timeout=30
     )
     return True
+
+
+def register(server: LocalServer, institution: str, opter: str) -> str:
+    """Register `opter` at the demo `server` with a fresh password; returns the password."""
+    password = new_password()
+    with grpc.insecure_channel(server.target) as ch:
+        if not ensure(ch, institution, opter, password, server.demo_password()):
+            raise RuntimeError(f"{SECURITY_OFFICER} of {institution} could not sign in")
+    return password

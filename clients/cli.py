@@ -1,15 +1,23 @@
 """The `medsettle` command line: `serve` runs a server; `demo` runs the scripted HIS visit
 against a fresh front-end; `slip` prints a stored settlement; `reconcile` prints a day's
-totals for an institution; `certs`, `keys` and `operators` set up who may call."""
+totals for an institution; `certs`, `keys` and `operators` set up who may call.
+
+Every command exits with one of the codes in clients/connect.py (0 done, 1 not balanced or
+broken, 2 usage or configuration, 3 could not connect, 4 refused by the server); an expected
+failure (a missing file or directory, a missing data key, a bad database URL, a port in
+use) is one line on standard error, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
-from clients.sdk import MedsettleClient, MedsettleError
+from clients import connect
+from clients.sdk import MedsettleError
 from clients.slip import render
 
 
@@ -84,14 +92,73 @@ def _keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_init(args: argparse.Namespace) -> int:
+    """A fresh data key (the master key of server/security/datakeys.py) in a new file."""
+    from server.security import datakeys
+
+    out = Path(args.out)
+    if out.exists():
+        print(f"medsettle keys: {out} exists; a data key is never replaced", file=sys.stderr)
+        return connect.USAGE
+    if not out.parent.is_dir():
+        print(f"medsettle keys: {out.parent}: no such directory", file=sys.stderr)
+        return connect.USAGE
+    datakeys.create(out)
+    print(f"{out}: a new data key (mode 0600); give it to the server as data_key_file")
+    print("  (MEDSETTLE_DATA_KEY_FILE, or data_key_file in the [server] table), and back it")
+    print("  up apart from the database: without it the data cannot be read")
+    return connect.OK
+
+
+def _new_password(args: argparse.Namespace) -> str | None:
+    """The password `operators put` sets (None: keep the operator's), from a file, from
+    standard input, or asked twice at a terminal with `--password`."""
+    import getpass
+
+    if args.password_file:
+        lines = Path(args.password_file).read_text("utf-8").splitlines()
+        return lines[0] if lines else ""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if args.password:
+        first = getpass.getpass(f"new password of {args.opter}: ")
+        if getpass.getpass("again: ") != first:
+            raise ValueError("--password: the two entries differ")
+        return first
+    return None
+
+
+_NEEDS_PASSWORD = (
+    "a new operator needs a password (--password-file, --password-stdin or --password)"
+)
+
+
 def _operators(args: argparse.Namespace) -> int:
     """The operator registry on the front-end's database itself: how the first security
-    officer of a new front-end is registered (later ones by `PutOperators`)."""
+    officer of a new front-end is registered (`put --create`; later ones by `PutOperators`),
+    and how a forgotten password is reset by whoever runs the machine."""
     from server.domain import operators
     from server.domain.common import now_ms
-    from server.security import roles
+    from server.security import passwords, roles
     from server.store.sqlite import Store, init_db
 
+    create = args.operators_cmd == "put" and args.create
+    if not Path(args.db).is_file() and not create:
+        hint = " (put --create makes a new front-end's)" if args.operators_cmd == "put" else ""
+        print(f"medsettle operators: {args.db}: no such database{hint}", file=sys.stderr)
+        return connect.USAGE
+    op = None
+    if args.operators_cmd == "put":
+        held = roles.parse(args.roles or "", "--roles")
+        if not held and not args.disable:
+            raise ValueError("--roles is required")
+        new = _new_password(args)
+        if new is not None and passwords.weakness(new):
+            raise ValueError(f"the password: {passwords.weakness(new)}")
+        if not new and not args.disable and not Path(args.db).is_file():
+            raise ValueError(_NEEDS_PASSWORD)  # before the new database is made
+        hashed = passwords.make(new) if new else ""
+        op = operators.Operator(args.opter, args.name, held, args.disable, hashed)
     try:  # to migrate a database that holds persons, the steps that seal them need the key
         keys = _existing_keys(args.db)
     except ValueError:
@@ -99,23 +166,22 @@ def _operators(args: argparse.Namespace) -> int:
     init_db(args.db, keys)
     store = Store(args.db, readers=1)
     try:
-        if args.operators_cmd == "put":
-            try:
-                held = roles.parse(args.roles or "", "--roles")
-            except Exception as exc:
-                print(f"medsettle operators: {exc}", file=sys.stderr)
-                return 2
-            if not held and not args.disable:
-                print("medsettle operators: --roles is required", file=sys.stderr)
-                return 2
-            op = operators.Operator(args.opter, args.name, held, args.disable)
-            store.write_sync(lambda conn: operators.put(conn, args.institution, [op], now_ms()))
+        if op is not None:
+            put = op
+
+            def write(conn: sqlite3.Connection) -> None:
+                known = operators.exists(conn, args.institution, put.opter)
+                if not (known or put.password_hash or put.disabled):
+                    raise ValueError(_NEEDS_PASSWORD)
+                operators.put(conn, args.institution, [put], now_ms())
+
+            store.write_sync(write)
         for o in store.read_sync(lambda conn: operators.listing(conn, args.institution)):
             state = "disabled" if o.disabled else roles.render(o.roles)
             print(f"{args.institution}\t{o.opter}\t{o.opter_name}\t{state}")
     finally:
         store.close()
-    return 0
+    return connect.OK
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -180,23 +246,19 @@ def _existing_keys(db: str) -> Any:
     return datakeys.load("", db + ".key")
 
 
-def _client(args: argparse.Namespace) -> MedsettleClient:
-    c = MedsettleClient(args.target, fixmedins_code=args.institution, opter=args.opter)
-    c.sign_in()
-    return c
-
-
 def _slip(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with connect.client(args) as c:
         print(render(c.get_settlement(args.setl_id).setlinfo))
-    return 0
+    return connect.OK
 
 
 def _reconcile(args: argparse.Namespace) -> int:
     from clients import reconcile
 
-    with _client(args) as c:
-        return reconcile.run(c, args.center, args.date or reconcile.today())
+    center_credentials = connect.credentials(args)  # the front-end machine's certificate
+    with connect.client(args) as c:
+        day = args.date or reconcile.today()
+        return reconcile.run(c, args.center, day, center_credentials)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -259,8 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ci.set_defaults(fn=_certs)
 
-    k = sub.add_parser("keys", help="request-signing keys of institutions")
+    k = sub.add_parser("keys", help="data keys; request-signing keys of institutions")
     k_sub = k.add_subparsers(dest="keys_cmd", required=True)
+    ki = k_sub.add_parser(
+        "init",
+        help="a new data key file (mode 0600) for a center or a front-end",
+        description="Make the master key a server seals personal data and chains its audit"
+        " trail with (server/security/datakeys.py). A center needs one before its first start;"
+        " a front-end makes <db>.key itself unless given one. Name the file in data_key_file"
+        " (MEDSETTLE_DATA_KEY_FILE) and back it up apart from the database.",
+    )
+    ki.add_argument("--out", required=True, help="the new key file (never overwritten)")
+    ki.set_defaults(fn=_keys_init)
     kn = k_sub.add_parser("new", help="an SM2 key pair; its public half registered")
     kn.add_argument("--institution", required=True, help="fixmedins_code")
     kn.add_argument("--dir", required=True, help="where the secret key file goes")
@@ -272,12 +344,19 @@ def main(argv: list[str] | None = None) -> int:
     op = o_sub.add_parser("put", help="register or change an operator (ends their sign-ins)")
     ol = o_sub.add_parser("list", help="an institution's operators")
     for q in (op, ol):
-        q.add_argument("--db", required=True, help="the front-end's SQLite file")
+        q.add_argument("--db", required=True, help="the front-end's SQLite file (must exist)")
         q.add_argument("--institution", required=True, help="fixmedins_code")
     op.add_argument("--opter", required=True, help="operator id")
     op.add_argument("--name", default="", help="operator name")
     op.add_argument("--roles", help="comma-separated: cashier,supervisor,finance,admin,security")
     op.add_argument("--disable", action="store_true", help="may no longer sign in")
+    op.add_argument(
+        "--create", action="store_true", help="create the database (a new front-end's first)"
+    )
+    pw = op.add_mutually_exclusive_group()
+    pw.add_argument("--password-file", help="set the password: the first line of this file")
+    pw.add_argument("--password-stdin", action="store_true", help="set it from standard input")
+    pw.add_argument("--password", action="store_true", help="set it: asked twice at a terminal")
     for q in (op, ol):
         q.set_defaults(fn=_operators)
 
@@ -300,9 +379,14 @@ def main(argv: list[str] | None = None) -> int:
         ("slip", _slip, "print a stored settlement's slip"),
         ("reconcile", _reconcile, "a day's books (3201/3202); --center compares both sides"),
     ):
-        c = sub.add_parser(name, help=helptext)
-        c.add_argument("--target", default="127.0.0.1:50051")
-        c.add_argument("--institution", required=True, help="fixmedins_code")
+        c = sub.add_parser(
+            name,
+            help=helptext,
+            description=helptext,
+            epilog=connect.EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        connect.add_options(c)
         c.add_argument(
             "--opter",
             required=True,
@@ -312,17 +396,38 @@ def main(argv: list[str] | None = None) -> int:
             c.add_argument("setl_id")
         else:
             c.add_argument("--date", type=int, help="yyyymmdd, default today (UTC+8)")
-            c.add_argument("--center", help="host:port of the center: compare both sides")
+            c.add_argument(
+                "--center",
+                help="host:port of the center: compare both sides (over mutual TLS, give the"
+                " front-end machine's certificate as --tls-cert/--tls-key)",
+            )
         c.set_defaults(fn=fn)
 
-    args = p.parse_args(argv)
+    args = p.parse_args(argv)  # a usage error exits 2
+    import psycopg
+
+    from server.errors import ClientError
+
+    expected = (OSError, ValueError, RuntimeError, sqlite3.Error, psycopg.Error, ClientError)
     try:
         return int(args.fn(args))
     except MedsettleError as exc:
         print(f"medsettle {args.cmd}: {exc}", file=sys.stderr)
         for field, reason in exc.violations:
             print(f"  {field}: {reason}", file=sys.stderr)
-        return 1
+        return connect.exit_code(exc)
+    except expected as exc:
+        print(f"medsettle {args.cmd}: {one_line(exc)}", file=sys.stderr)
+        return connect.USAGE
+
+
+def one_line(exc: BaseException) -> str:
+    """An expected failure as one line: a file's name and what is wrong with it, or the
+    first line of the message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

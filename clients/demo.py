@@ -55,13 +55,19 @@ def step(text: str) -> None:
     print(f"-- {text}", flush=True)
 
 
-def run_visit(target: str) -> int:
+def run_visit(target: str, password: str) -> int:
+    """The scripted visit, as the demo operators (who share the demo database's generated
+    `password`, server/demo_data.py)."""
     c = MedsettleClient(
-        target, fixmedins_code=INSTITUTION, opter="cashier01", opter_name="收费员甲"
+        target,
+        fixmedins_code=INSTITUTION,
+        opter="cashier01",
+        opter_name="收费员甲",
+        password=password,
     )
     # The duties are separated: the supervisor cancels, the finance clerk reconciles.
-    boss = MedsettleClient(target, fixmedins_code=INSTITUTION, opter="super01")
-    fin = MedsettleClient(target, fixmedins_code=INSTITUTION, opter="finance01")
+    boss = MedsettleClient(target, fixmedins_code=INSTITUTION, opter="super01", password=password)
+    fin = MedsettleClient(target, fixmedins_code=INSTITUTION, opter="finance01", password=password)
     with c, boss, fin:
         step(f"sign in (9001) as {INSTITUTION}: cashier, supervisor, finance clerk")
         me = c.sign_in()
@@ -160,7 +166,7 @@ def main(keep_db: str | None = None, port: int = 0) -> int:
         step(f"start a front-end (local mode, SQLite {db})")
         server.start()
         try:
-            code = run_visit(server.target)
+            code = run_visit(server.target, server.demo_password())
         finally:
             stopped = server.stop()
             step(f"server stopped (exit {stopped})")

@@ -86,6 +86,13 @@ class LocalServer:
         self.wait_serving(timeout)
         return self
 
+    def demo_password(self) -> str:
+        """The demo operators' password of this server's demo database (server/demo_data.py
+        writes it beside the database when it loads the demo data set)."""
+        from server import demo_data
+
+        return demo_data.read_password(self.db)
+
     def center_key_file(self) -> Path:
         """A center needs its data key given (it has no directory of its own to make one
         in); a local center gets one per database, kept across restarts, in the system's

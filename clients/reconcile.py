@@ -16,7 +16,7 @@ from clients.pb.medsettle.v1 import (
     reconciliation_pb2,
     reconciliation_pb2_grpc,
 )
-from clients.sdk import MedsettleClient
+from clients.sdk import MedsettleClient, MedsettleError
 from clients.slip import yuan
 from server.store import ACC_FIELDS
 
@@ -79,22 +79,50 @@ def print_accumulator_differences(diffs: list[reconciliation_pb2.AccumulatorDiff
     return True
 
 
-def run(front: MedsettleClient, center_target: str | None, day: int) -> int:
+def center_books(
+    front: MedsettleClient,
+    center_target: str,
+    day: int,
+    credentials: grpc.ChannelCredentials | None,
+) -> tuple[reconciliation_pb2.TotalsResponse, reconciliation_pb2.DetailsResponse]:
+    """The center's totals and details of the day for the front-end's institution; over
+    mutual TLS `credentials` carry the front-end machine's certificate (the center answers
+    front-ends only). A failure is a MedsettleError, as the SDK's are."""
+    header = common_pb2.RequestHeader(fixmedins_code=front.fixmedins_code, opter=front.opter)
+    ch = (
+        grpc.secure_channel(center_target, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(center_target)
+    )
+    with ch:
+        center = reconciliation_pb2_grpc.ReconciliationStub(ch)
+        try:
+            theirs = center.Totals(
+                reconciliation_pb2.TotalsRequest(header=header, begin_date=day, end_date=day),
+                timeout=front.deadline_s,
+            )
+            their_details = center.Details(
+                reconciliation_pb2.DetailsRequest(header=header, begin_date=day, end_date=day),
+                timeout=front.deadline_s,
+            )
+        except grpc.RpcError as err:
+            raise MedsettleError.from_rpc(err) from None
+    return theirs, their_details
+
+
+def run(
+    front: MedsettleClient,
+    center_target: str | None,
+    day: int,
+    center_credentials: grpc.ChannelCredentials | None = None,
+) -> int:
+    """Print the books; 0 when they balance (or there is no center to compare with), 1
+    when they do not."""
     mine = front.totals(day, day)
     print_totals(f"对总账 totals of {front.fixmedins_code} on {day} (front-end)", list(mine.rows))
     if center_target is None:
         return 0
-    header = common_pb2.RequestHeader(fixmedins_code=front.fixmedins_code, opter=front.opter)
-    with grpc.insecure_channel(center_target) as ch:
-        center = reconciliation_pb2_grpc.ReconciliationStub(ch)
-        theirs = center.Totals(
-            reconciliation_pb2.TotalsRequest(header=header, begin_date=day, end_date=day),
-            timeout=front.deadline_s,
-        )
-        their_details = center.Details(
-            reconciliation_pb2.DetailsRequest(header=header, begin_date=day, end_date=day),
-            timeout=front.deadline_s,
-        )
+    theirs, their_details = center_books(front, center_target, day, center_credentials)
     print()
     print_totals("center", list(theirs.rows))
     totals = front.totals(day, day, expected=list(theirs.rows))

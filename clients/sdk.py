@@ -1,6 +1,7 @@
 """The Python SDK a HIS or a front-end uses to call medsettle.
 
-    client = MedsettleClient("127.0.0.1:50051", fixmedins_code="H44010100001", opter="cashier01")
+    client = MedsettleClient("127.0.0.1:50051", fixmedins_code="H44010100001",
+                             opter="cashier01", password=password)
     client.sign_in()
     person = client.get_person("02", "440106195603120011")
     visit = client.register(person.psn_no, insutype=310, med_type=21, begndate=20260615,
@@ -8,10 +9,12 @@
     client.stream_fees(visit.mdtrt_id, lines)
     slip = client.settle(visit.mdtrt_id, person.psn_no, medfee_sumamt=total).setlinfo
 
-Every call has a deadline. A state-changing call gets a fresh msgid (institution code, time,
-sequence) and keeps it across its retries, so a retry after a timeout or a dropped
-connection returns the first answer and never settles twice. Failures raise `MedsettleError`
-with the status code, message and field violations from the server's `google.rpc.Status`.
+The operator proves who they are with their password at `sign_in` (9001); every later call
+carries the sign_no it returns. Every call has a deadline. A state-changing call gets a fresh
+msgid (institution code, time, sequence) and keeps it across its retries, so a retry after a
+timeout or a dropped connection returns the first answer and never settles twice. Failures
+raise `MedsettleError` with the status code, message and field violations from the server's
+`google.rpc.Status`.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class MedsettleClient:
         credentials: grpc.ChannelCredentials | None = None,
         signer: Signer | None = None,
         payload_key: bytes | None = None,
+        password: str = "",
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -150,6 +154,7 @@ class MedsettleClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self.sign_no = ""
+        self.password = password  # the operator's, sent at SignIn only
         self.new_msgid = MsgidSource(fixmedins_code)
 
     def close(self) -> None:
@@ -193,7 +198,9 @@ class MedsettleClient:
     def sign_in(self, *, mac: str = "", ip: str = "") -> settlement_pb2.SignInResponse:
         resp = self.call(
             self.settlement.SignIn,
-            settlement_pb2.SignInRequest(header=self.header(self.new_msgid()), mac=mac, ip=ip),
+            settlement_pb2.SignInRequest(
+                header=self.header(self.new_msgid()), mac=mac, ip=ip, password=self.password
+            ),
         )
         self.sign_no = resp.sign_no
         return resp

@@ -6,6 +6,11 @@ same port with SO_REUSEPORT, its own store writer and reader threads over the sa
 file. The parent creates or upgrades the schema (and seeds the demo data) before any worker
 starts, forwards SIGTERM/SIGINT to the workers and waits for them: each stops taking calls,
 lets in-flight calls finish within `grace_s`, flushes its store and exits.
+
+A server that cannot start (its port taken, its database's directory missing, a database URL
+it cannot use, a center without its data key) says why in one line on stderr and exits 1;
+no secret of a database URL is ever printed. The health service follows the store: NOT_SERVING
+while it cannot write, SERVING again once a write commits.
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
 import grpc
+import psycopg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -32,11 +40,12 @@ from clients.pb.medsettle.v1 import (
     reconciliation_pb2,
     settlement_pb2,
 )
-from server import demo_data, metrics
+from server import background, demo_data, metrics, peers
 from server.center_link import CenterRoutes
 from server.config import Config
 from server.domain.center import CenterEnv
 from server.domain.common import Env, now_ms
+from server.domain.nodes import node_instance
 from server.domain.settle import OfflineLimits
 from server.forwarder import Forwarder
 from server.refdata import RefData
@@ -58,6 +67,36 @@ from server.store.sqlite import Store, init_db
 
 log = logging.getLogger("medsettle")
 Closer = Callable[[], Awaitable[None]]
+HealthStatus = Any  # health_pb2.HealthCheckResponse.ServingStatus
+
+
+class StartError(Exception):
+    """Why this server cannot start, in one line for its operator."""
+
+
+# Failures to start that are the set-up's (files, addresses, databases, keys), not a bug.
+SETUP_ERRORS = (StartError, ValueError, OSError, sqlite3.Error, psycopg.Error)
+
+_URL_SECRET = re.compile(r"(://[^:/@\s]*:)[^@\s]*(@)")
+_PARAM_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` (a database URL or DSN, or a message quoting one) without its password."""
+    return _PARAM_SECRET.sub(r"\1***", _URL_SECRET.sub(r"\1***\2", text))
+
+
+def start_failure(cfg: Config, exc: BaseException) -> str:
+    """The one line that says why the server did not start."""
+    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+        where = os.path.dirname(os.path.abspath(cfg.db))
+        reason = f"{cfg.db}: cannot open the database (does {where} exist and is it writable?)"
+    else:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = " ".join(lines[:2]) or type(exc).__name__
+    log.debug("could not start", exc_info=exc)  # the traceback, for a debug log level
+    return f"medsettle serve: cannot start: {redact(reason)}"
+
 
 SERVICES = {
     "medsettle.v1.Settlement": settlement_pb2.DESCRIPTOR.services_by_name["Settlement"],
@@ -92,6 +131,10 @@ def make_env(cfg: Config) -> Env:
 
 def prepare(cfg: Config) -> None:
     """Schema migrations and the demo data, once, before any worker serves."""
+    if cfg.role != "center":
+        where = os.path.dirname(os.path.abspath(cfg.db))
+        if not os.path.isdir(where):
+            raise StartError(f"db: {cfg.db}: the directory {where} does not exist")
     # A center without its data key does not start; a front-end's default key is made here,
     # once, before any worker reads it.
     keys = cfg.data_keys()
@@ -112,15 +155,18 @@ def prepare(cfg: Config) -> None:
 
 
 async def _handlers(
-    cfg: Config, index: int
+    cfg: Config, index: int, healthy: Callable[[bool], None]
 ) -> tuple[list[grpc.GenericRpcHandler], dict[str, Any], Closer]:
-    """The services of this role over its open store, and how to close the store."""
+    """The services of this role over its open store, and how to close the store;
+    `healthy` hears whether the store can write."""
     deadlines = Deadlines(cfg.require_deadline, cfg.max_deadline_s)
     if cfg.role == "center":
         pg_store = pg.PgStore(cfg.db)
         await pg_store.open()
         keys = cfg.data_keys()
-        center_env = CenterEnv.new(cfg.tz_offset_min, Vault(keys, cfg.pii_cipher))
+        center_env = CenterEnv.new(
+            cfg.tz_offset_min, Vault(keys, cfg.pii_cipher), cfg.max_visit_fee_fen
+        )
         center = CenterService(pg_store, center_env, cfg.db, keys.audit)
         plaintext = cfg.tls() is None
         if plaintext and index == 0:
@@ -155,6 +201,7 @@ async def _handlers(
 
         return handlers, CENTER_SERVICES, close_pg
     store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
+    store.watch(healthy)
     env = make_env(cfg)
     tls = cfg.tls()
     routes: CenterRoutes | None = CenterRoutes(
@@ -162,6 +209,8 @@ async def _handlers(
         cfg.center_routes(),
         cfg.center_deadline_s,
         tls.channel_credentials() if tls and tls.ca else None,
+        # Every worker names this machine to the center (server/domain/nodes.py).
+        instance_id=node_instance(cfg.db) if cfg.center_target or cfg.centers else "",
     )
     if not routes:
         routes = None
@@ -172,7 +221,7 @@ async def _handlers(
             if cfg.offline_fallback
             else None
         )
-        center_mode = CenterMode(store, env, routes, limits)
+        center_mode = CenterMode(store, env, routes, limits, cfg.center_retry_grace_s)
     # One forwarder per front-end, in its first worker: local mode forwards everything,
     # center mode what it settled offline.
     forwarder = puller = None
@@ -195,27 +244,27 @@ async def _handlers(
         else None
     )
     access = Access(roles.FRONTEND_RULES)  # operator roles, checked by `authenticate`
-    auditor = FrontendAuditor(store, env.keys.audit)
+    # One auditor for the worker: its budget of refusal records is the worker's.
+    auditor = FrontendAuditor(store, env.keys.audit, cfg.max_refusal_audits_per_s)
     payload = (
         PayloadKeys(load_payload_keys(cfg.payload_keys))
         if cfg.payload_encryption == "sm4-gcm"
         else None
     )
-    guards = Guards(deadlines, access, verifier, payload, auditor)
+    settlement = SettlementService(store, env, center_mode, auditor)
+    guards = Guards(deadlines, access, verifier, payload, auditor, admit=settlement.calls.admit)
     handlers = [
-        generic_handler(
-            SERVICES["medsettle.v1.Settlement"],
-            SettlementService(store, env, center_mode),
-            guards,
-        ),
+        generic_handler(SERVICES["medsettle.v1.Settlement"], settlement, guards),
         generic_handler(
             SERVICES["medsettle.v1.Catalog"],
-            CatalogService(Calls(store, env, "Catalog")),
+            CatalogService(Calls(store, env, "Catalog", auditor)),
             guards,
         ),
         generic_handler(
             SERVICES["medsettle.v1.Reconciliation"],
-            ReconciliationService(Calls(store, env, "Reconciliation"), cfg.max_message_bytes),
+            ReconciliationService(
+                Calls(store, env, "Reconciliation", auditor), cfg.max_message_bytes
+            ),
             guards,
         ),
     ]
@@ -229,16 +278,40 @@ async def _handlers(
             await puller.stop()
         if routes is not None:
             await routes.close()
+        await auditor.close()
         await asyncio.get_running_loop().run_in_executor(None, store.close)
 
     return handlers, SERVICES, close_sqlite
 
 
+class Health:
+    """The health service's statuses, set from synchronous code too (the store's watch)."""
+
+    def __init__(self) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self.names = [""]  # the server, then each service
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def set_all(self, status: HealthStatus) -> None:
+        for name in self.names:
+            await self.servicer.set(name, status)
+
+    def store_writable(self, ok: bool) -> None:
+        """NOT_SERVING while the store cannot write; SERVING once a write commits again."""
+        serving = health_pb2.HealthCheckResponse
+        status = serving.SERVING if ok else serving.NOT_SERVING
+        task = asyncio.get_running_loop().create_task(self.set_all(status))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
 async def serve_worker(cfg: Config, index: int = 0) -> None:
     """Run one server until SIGTERM/SIGINT, then drain and stop."""
-    interceptors = []
+    interceptors: list[grpc.aio.ServerInterceptor] = []
     if cfg.metrics_port:
         interceptors.append(metrics.MetricsInterceptor())
+    # Inside the metrics: a call refused for its peer's count is counted with its code.
+    interceptors.append(peers.PeerCalls(cfg.max_calls_per_peer))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -251,12 +324,13 @@ async def serve_worker(cfg: Config, index: int = 0) -> None:
             ("grpc.keepalive_permit_without_calls", 0),
         ],
     )
-    handlers, services, close = await _handlers(cfg, index)
+    health_ = Health()
+    handlers, services, close = await _handlers(cfg, index, health_.store_writable)
+    health_.names.extend(services)
     server.add_generic_rpc_handlers(handlers)
     if cfg.metrics_port:
         metrics.initialise([*services.values(), health_pb2.DESCRIPTOR.services_by_name["Health"]])
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_.servicer, server)
     reflection.enable_server_reflection(
         [
             *services,
@@ -267,22 +341,25 @@ async def serve_worker(cfg: Config, index: int = 0) -> None:
     )
     tls = cfg.tls()
     address = f"{cfg.host}:{cfg.port}"
-    port = (
-        server.add_secure_port(address, tls.server_credentials(cfg.require_client_cert))
-        if tls and tls.cert
-        else server.add_insecure_port(address)
-    )
+    try:
+        port = (
+            server.add_secure_port(address, tls.server_credentials(cfg.require_client_cert))
+            if tls and tls.cert
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise SystemExit(f"cannot listen on {cfg.host}:{cfg.port}")
+        await close()
+        raise StartError(f"cannot listen on {address}: in use, or not an address of this host")
     await server.start()
-    for name in ("", *services):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await health_.set_all(health_pb2.HealthCheckResponse.SERVING)
     security = "plaintext"
     if tls and tls.cert:
         security = "mutual TLS" if cfg.require_client_cert else "TLS"
     print(
         f"medsettle {cfg.role} ({cfg.mode} mode) listening on {cfg.host}:{port}"
-        f" pid {os.getpid()} db {cfg.db} ({security})",
+        f" pid {os.getpid()} db {redact(cfg.db)} ({security})",
         flush=True,
     )
     stop = asyncio.Event()
@@ -290,28 +367,53 @@ async def serve_worker(cfg: Config, index: int = 0) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await health_servicer.enter_graceful_shutdown()
+    await health_.servicer.enter_graceful_shutdown()
     await server.stop(cfg.grace_s)
     await close()
+    if (reason := background.fatal_reason()) is not None:
+        raise SystemExit(f"medsettle: stopped: {reason}")  # exit 1, the reason on stderr
     print(f"medsettle worker {os.getpid()} stopped cleanly", flush=True)
+
+
+def _no_file_size_signal() -> None:
+    """A write beyond a file-size limit (RLIMIT_FSIZE) fails like a full disk (the store
+    answers UNAVAILABLE and recovers) instead of killing the process with SIGXFSZ."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+# A worker's exit code when it could not start (it has said why): the parent adds nothing.
+START_FAILED = 3
 
 
 def _worker_main(cfg: Config, index: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve_worker(cfg, index))
+    _no_file_size_signal()
+    try:
+        asyncio.run(serve_worker(cfg, index))
+    except SETUP_ERRORS as exc:
+        print(start_failure(cfg, exc), file=sys.stderr, flush=True)
+        sys.exit(START_FAILED)
 
 
 def serve(cfg: Config) -> int:
-    """Prepare the database, then serve with `cfg.workers` processes; returns an exit code."""
-    prepare(cfg)
-    if cfg.metrics_port:
-        port = metrics.serve_http(cfg.host, cfg.metrics_port)
-        log.info("metrics on http://%s:%d/metrics (files in %s)", cfg.host, port, cfg.metrics_dir)
-    if cfg.workers == 1:
-        asyncio.run(serve_worker(cfg))
-        return 0
-    if cfg.port == 0:
-        raise SystemExit("several workers need a fixed --port (they share it)")
+    """Prepare the database, then serve with `cfg.workers` processes; returns an exit code
+    (1, after one line on stderr, when it cannot start)."""
+    _no_file_size_signal()
+    try:
+        prepare(cfg)
+        if cfg.metrics_port:
+            port = metrics.serve_http(cfg.host, cfg.metrics_port)
+            log.info(
+                "metrics on http://%s:%d/metrics (files in %s)", cfg.host, port, cfg.metrics_dir
+            )
+        if cfg.workers == 1:
+            asyncio.run(serve_worker(cfg))
+            return 0
+        if cfg.port == 0:
+            raise StartError("several workers need a fixed --port (they share it)")
+    except SETUP_ERRORS as exc:
+        print(start_failure(cfg, exc), file=sys.stderr, flush=True)
+        return 1
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_worker_main, args=(cfg, i), name=f"worker-{i}")
@@ -336,8 +438,11 @@ def serve(cfg: Config) -> int:
             alive.remove(p)
             if cfg.metrics_port and p.pid is not None:
                 metrics.mark_dead(p.pid)
-            if p.exitcode not in (0, None):
-                print(f"medsettle: {p.name} exited with {p.exitcode}", file=sys.stderr, flush=True)
+            if p.exitcode not in (0, None) and not code:  # the first failure stops the rest
+                if p.exitcode != START_FAILED:  # one that could not start has said why
+                    print(
+                        f"medsettle: {p.name} exited with {p.exitcode}", file=sys.stderr, flush=True
+                    )
                 code = 1
                 forward(signal.SIGTERM, None)
     return code

@@ -1,6 +1,11 @@
 """A front-end's link to its center (center mode): one grpc.aio channel, a deadline on every
 call, and the center's answers turned into the front-end's own statuses. A center that does
-not answer in time is UNAVAILABLE to the HIS; nothing is committed locally then."""
+not answer in time is UNAVAILABLE to the HIS; nothing is committed locally then.
+
+Every request's NodeHeader carries this front-end's instance id (server/domain/nodes.py). A
+center that answers that this node id belongs to another machine stops the front-end
+(`background.stop_serving`): whatever call learns it, nothing more is settled under ids
+another machine issues too."""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from typing import Any
 import grpc
 
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, center_pb2_grpc
-from server import metrics
+from server import background, metrics
 from server.domain.common import id_prefix
+from server.domain.nodes import CLASH
 from server.errors import FailedPrecondition, Relayed, Unavailable
 
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -31,6 +37,7 @@ class CenterLink:
         self.target = target
         self.deadline_s = deadline_s
         self.credentials = credentials  # mutual TLS when set
+        self.instance_id = ""  # this front-end's (CenterRoutes.use_instance)
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None  # the generated stub's types describe the sync channel
         self._up = metrics.CENTER_LINK_UP.labels(target)
@@ -53,6 +60,7 @@ class CenterLink:
         return self._stub
 
     async def settle(self, req: center_pb2.CenterSettleRequest) -> center_pb2.CenterSettleResponse:
+        req.header.instance_id = self.instance_id
         try:
             resp: center_pb2.CenterSettleResponse = await self._center().SettleSummary(
                 req, timeout=self.deadline_s, wait_for_ready=True
@@ -63,6 +71,7 @@ class CenterLink:
             raise self._refusal(err) from None
 
     async def cancel(self, req: center_pb2.CenterCancelRequest) -> center_pb2.CenterSettleResponse:
+        req.header.instance_id = self.instance_id
         try:
             resp: center_pb2.CenterSettleResponse = await self._center().CancelSettlement(
                 req, timeout=self.deadline_s, wait_for_ready=True
@@ -73,6 +82,7 @@ class CenterLink:
             raise self._refusal(err) from None
 
     async def forward(self, req: center_pb2.ForwardRequest) -> center_pb2.ForwardResponse:
+        req.header.instance_id = self.instance_id
         try:
             resp: center_pb2.ForwardResponse = await self._center().Forward(
                 req, timeout=self.deadline_s, wait_for_ready=True
@@ -85,6 +95,7 @@ class CenterLink:
     async def policy_since(
         self, req: center_pb2.PolicySinceRequest
     ) -> center_pb2.PolicySinceResponse:
+        req.header.instance_id = self.instance_id
         try:
             resp: center_pb2.PolicySinceResponse = await self._center().PolicySince(
                 req, timeout=self.deadline_s, wait_for_ready=True
@@ -112,6 +123,12 @@ class CenterLink:
                 f"the center ({self.target}) did not answer within {self.deadline_s} s;"
                 " nothing was settled: retry with the same msgid"
             )
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and (err.details() or "").startswith(
+            CLASH
+        ):
+            background.stop_serving(
+                f"the center ({self.target}) refused this front-end: {err.details()}"
+            )
         return Relayed(err.code(), f"center: {err.details()}")
 
     async def close(self) -> None:
@@ -129,6 +146,7 @@ class CenterRoutes:
         by_region: dict[str, str],
         deadline_s: float,
         credentials: grpc.ChannelCredentials | None = None,
+        instance_id: str = "",
     ) -> None:
         self.links = {
             target: CenterLink(target, deadline_s, credentials)
@@ -137,9 +155,19 @@ class CenterRoutes:
         }
         self.default = self.links.get(default)
         self.by_region = {r: self.links[t] for r, t in by_region.items()}
+        self.use_instance(instance_id)
 
     def __bool__(self) -> bool:
         return bool(self.links)
+
+    @property
+    def instance_id(self) -> str:
+        return next((link.instance_id for link in self.links.values()), "")
+
+    def use_instance(self, instance_id: str) -> None:
+        """Name this front-end machine (`nodes.node_instance`) on every call to a center."""
+        for link in self.links.values():
+            link.instance_id = instance_id
 
     def any_link(self) -> CenterLink:
         """The default center, else any: where policy and catalog versions come from."""

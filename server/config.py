@@ -55,6 +55,9 @@ class Config:
     demo: bool = False  # seed the demo data set into an empty database
     center_target: str = ""  # host:port of the center (a front-end in center mode)
     center_deadline_s: float = 3.0  # how long a front-end waits for the center
+    # A center-mode settle whose answer was lost (the center may have committed it) waits
+    # this long for the HIS to retry its msgid, then is cancelled at the center.
+    center_retry_grace_s: float = 300.0
     # Centers by insured region, "440100=host:port,440300=host:port": a cross-region
     # patient settles with the center of the region where they are insured; others (and
     # regions not listed) with center_target.
@@ -268,7 +271,7 @@ def prepare_metrics_dir(cfg: Config) -> str:
         cfg.metrics_dir or Path(tempfile.gettempdir()) / f"medsettle-metrics-{os.getpid()}"
     )
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     cfg.metrics_dir = str(directory)
     return str(directory)

@@ -3,16 +3,21 @@ thousand realistic items, each hospital's item master with its mappings (some it
 unmapped), persons of several kinds, and the demo city policy.
 
 `seed(store)` loads it into an empty front-end database through the same operations the
-Catalog service runs. `his_items(code)` is the hospital's own item master (what a HIS
-knows: its codes, names and prices), used by the scripted demo visit and the tests.
+Catalog service runs, with the demo operators of every institution (`OPERATORS`), whose
+generated password it writes to `<db>.demo-password`. `his_items(code)` is the hospital's
+own item master (what a HIS knows: its codes, names and prices), used by the scripted demo
+visit and the tests.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +27,7 @@ from server.domain.common import now_ms
 from server.domain.operators import Operator
 from server.domain.reference import catalog_row
 from server.engine.columns import unpack_strings
-from server.security import roles
+from server.security import passwords, roles
 from server.security.pii import Vault
 from server.store import ACC_FIELDS
 from server.store import persons as persons_table
@@ -298,9 +303,37 @@ OPERATORS = (
 )
 
 
+# The demo operators' password: generated for each demo database and written beside it,
+# readable by its owner only, for the scripted demo, the tests and the load kit to sign in
+# with (never a fixed password: a demo server reachable by others is not open to anyone
+# who has read this file).
+PASSWORD_SUFFIX = ".demo-password"
+
+
+def password_file(db: str | Path) -> Path:
+    return Path(f"{db}{PASSWORD_SUFFIX}")
+
+
+def read_password(db: str | Path) -> str:
+    """The demo operators' password of the demo database `db`."""
+    return password_file(db).read_text("utf-8").strip()
+
+
+def _write_password(db: str, password: str) -> None:
+    """`password` into the demo password file (mode 0600), replacing a stale one whole."""
+    path = password_file(db)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(password + "\n")
+    os.replace(tmp, path)
+
+
 def seed(store: Store, vault: Vault) -> bool:
     """Load the demo data set through `store.write_sync` if the database has no
-    institution yet; returns whether it did."""
+    institution yet; returns whether it did. The demo operators get a fresh password,
+    written to `password_file(db)` first (a failed load leaves a file that matches nothing,
+    never a database nobody can sign in to)."""
 
     def empty(conn: sqlite3.Connection) -> bool:
         return bool(conn.execute("SELECT COUNT(*) FROM institutions").fetchone()[0] == 0)
@@ -308,6 +341,11 @@ def seed(store: Store, vault: Vault) -> bool:
     if not store.read_sync(empty):
         return False
     now = now_ms()
+    password = secrets.token_urlsafe(18)
+    _write_password(store.path, password)
+    # One hash for them all: they share the password anyway, and the KDF is slow.
+    hashed = passwords.make(password)
+    demo_operators = [replace(o, password_hash=hashed) for o in OPERATORS]
 
     def load(conn: sqlite3.Connection) -> None:
         reference.put_institutions(
@@ -326,7 +364,7 @@ def seed(store: Store, vault: Vault) -> bool:
             ]
             conn.executemany("INSERT INTO mappings VALUES (?, ?, ?, ?)", rows)
         for inst in INSTITUTIONS:
-            operators.put(conn, inst.fixmedins_code, OPERATORS, now)
+            operators.put(conn, inst.fixmedins_code, demo_operators, now)
         conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'refdata_gen'")
 
     store.write_sync(load)

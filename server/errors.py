@@ -68,6 +68,13 @@ class ResourceExhausted(ClientError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class OutOfRange(ClientError):
+    """An answer that would not fit its field (a sum beyond int64): a narrower question
+    (a shorter date range) may be answered."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
 def field_error(field: str, reason: str) -> InvalidArgument:
     """INVALID_ARGUMENT naming one field: `field: reason`."""
     return InvalidArgument(f"{field}: {reason}", [(field, reason)])

@@ -128,6 +128,27 @@ REFDATA_VERSION = Gauge(
     ("kind",),
     multiprocess_mode="mostrecent",
 )
+REFUSALS_SUMMARISED = Counter(
+    "medsettle_refusals_summarised_total",
+    "Refused calls beyond max_refusal_audits_per_s, by status code: counted here and in one"
+    " summary audit record a second instead of a record each.",
+    ("code",),
+)
+PEER_CALLS_REFUSED = Counter(
+    "medsettle_peer_calls_refused_total",
+    "Calls refused RESOURCE_EXHAUSTED because their peer address already had"
+    " max_calls_per_peer calls in flight.",
+)
+STORE_WRITABLE = Gauge(
+    "medsettle_store_writable",
+    "1 while the store's writes commit; 0 from a failed write batch (disk full, I/O error:"
+    " its callers were answered UNAVAILABLE) until a batch commits again.",
+    multiprocess_mode="livemin",
+)
+STORE_FAILURES = Counter(
+    "medsettle_store_failed_batches_total",
+    "Write batches the store could not commit and rolled back (disk full, I/O error).",
+)
 
 Behavior = Callable[..., Any]
 

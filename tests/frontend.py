@@ -12,34 +12,17 @@ from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import catalog_pb2, settlement_pb2
 from clients.sdk import MedsettleClient
 from server import demo_data
+from server.domain.fundsplit import SETL_AMOUNTS
 from server.security import roles
 from server.store import ACC_FIELDS
 
-__all__ = ["ACC_FIELDS"]
+__all__ = ["ACC_FIELDS", "SETL_AMOUNTS"]
 
 INST_A = "H44010100001"  # tertiary, 440100
 INST_B = "H44010100002"  # secondary, 440100
 INST_FAR = "H44030100001"  # tertiary, 440300 (cross-region for 440100 persons)
 DAY = 20260615
 
-# The amounts of a settlement (SetlInfo) that add up over settlements.
-SETL_AMOUNTS = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_amt",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "cvlserv_pay",
-    "hifob_pay",
-    "hifmi_pay",
-    "maf_pay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "acct_pay",
-    "psn_cash_pay",
-)
 
 PERSONS = {p.psn_no: p for p in demo_data.persons()}
 RETIRED = demo_data.persons()[0]  # employee, retired, account 3650.00
@@ -51,35 +34,72 @@ SECOND_STAY = demo_data.persons()[5]  # employee with one admission already this
 FILED = demo_data.persons()[6]  # cross-region filed
 
 
-# The demo operators of every demo institution, one per role.
+# The demo operators of every demo institution, one per role; they sign in with the demo
+# database's generated password (`LocalServer.demo_password`).
 OPERATOR_OF = {next(iter(o.roles)): o.opter for o in demo_data.OPERATORS}
+DEMO_OPERATORS = frozenset(OPERATOR_OF.values())
 CASHIER, SUPERVISOR, FINANCE, ADMIN = (
     OPERATOR_OF[r] for r in (roles.CASHIER, roles.SUPERVISOR, roles.FINANCE, roles.ADMIN)
 )
+SECURITY = OPERATOR_OF[roles.SECURITY]
 # A test operator holding every role, for the tests of something other than privileges
 # (test_roles.py tests those): `client` registers it through PutOperators, as the
 # institution's security officer does.
 ALL_ROLES = "tester"
 DEMO_CODES = {i.fixmedins_code for i in demo_data.INSTITUTIONS}
+# The password `register` gives the operators the tests register.
+PASSWORD = "test-operator-password"
+
+
+def password_of(server: LocalServer, opter: str) -> str:
+    """The password `opter` signs in with at `server`: the demo one for a demo operator,
+    otherwise the one `register` gives."""
+    return server.demo_password() if opter in DEMO_OPERATORS else PASSWORD
 
 
 def client(
-    server: LocalServer, inst: str = INST_A, *, sign_in: bool = True, opter: str = ALL_ROLES
+    server: LocalServer,
+    inst: str = INST_A,
+    *,
+    sign_in: bool = True,
+    opter: str = ALL_ROLES,
+    **options: Any,
 ) -> MedsettleClient:
-    if opter == ALL_ROLES and inst in DEMO_CODES:
+    """A client of `server` for `opter` with their password (`options` go to the client)."""
+    if opter == ALL_ROLES and inst in DEMO_CODES and not registered(server, inst, ALL_ROLES):
         register(server, inst, ALL_ROLES, *roles.OPERATOR_ROLES)
-    c = MedsettleClient(server.target, fixmedins_code=inst, opter=opter, retries=0)
+    options.setdefault("retries", 0)
+    options.setdefault("password", password_of(server, opter))
+    c = MedsettleClient(server.target, fixmedins_code=inst, opter=opter, **options)
     if sign_in:
         c.sign_in()
     return c
 
 
-def register(server: LocalServer, inst: str, opter: str, *held: str) -> None:
-    """Register `opter` with the roles `held` at `inst`, as its security officer does."""
-    sec = MedsettleClient(server.target, fixmedins_code=inst, opter="security01", retries=0)
+def registered(server: LocalServer, inst: str, opter: str) -> bool:
+    """Whether `opter` is in `inst`'s registry with a password already (read from the file:
+    registering again would set a new password, which ends the operator's open sign-ins)."""
+    conn = sqlite3.connect(server.db)
+    try:
+        row = conn.execute(
+            "SELECT 1 FROM operators WHERE fixmedins_code = ? AND opter = ? AND password <> ''",
+            (inst, opter),
+        ).fetchone()
+    finally:
+        conn.close()
+    return row is not None
+
+
+def register(
+    server: LocalServer, inst: str, opter: str, *held: str, password: str = PASSWORD
+) -> None:
+    """Register `opter` with the roles `held` and `password` at `inst`, as its security
+    officer does."""
+    sec = client(server, inst, opter=SECURITY)
     with sec:
-        sec.sign_in()
-        sec.put_operators([catalog_pb2.Operator(opter=opter, opter_name=opter, roles=held)])
+        sec.put_operators(
+            [catalog_pb2.Operator(opter=opter, opter_name=opter, roles=held, password=password)]
+        )
 
 
 def lines(

@@ -172,6 +172,12 @@ def test_retries_refusals_and_cancel(center: LocalServer, pg_dsn: str) -> None:
         bad = request(RETIRED, in_scope(1000))
         bad.summary.inscp_scp_amt -= 1
         assert code(stub.SettleSummary, bad) == grpc.StatusCode.INVALID_ARGUMENT
+        # Absurd money, and a NUL PostgreSQL cannot store: refused at the door, not INTERNAL.
+        absurd = request(RETIRED, in_scope(2**62))
+        assert code(stub.SettleSummary, absurd) == grpc.StatusCode.INVALID_ARGUMENT
+        nul = request(RETIRED, in_scope(1000))
+        nul.header.opter = "t\x00"
+        assert code(stub.SettleSummary, nul) == grpc.StatusCode.INVALID_ARGUMENT
         assert code(stub.SettleSummary, request(RETIRED, in_scope(1000), policy_version=1)) == (
             grpc.StatusCode.FAILED_PRECONDITION
         )
@@ -204,3 +210,37 @@ def test_retries_refusals_and_cancel(center: LocalServer, pg_dsn: str) -> None:
         ).fetchall()
         balc = conn.execute("SELECT balc FROM persons WHERE psn_no = %s", (RETIRED.psn_no,))
         assert acc == [(0, 0, 0)] and balc.fetchone() == (RETIRED.balc,)
+
+
+def test_a_node_answers_for_the_first_front_end_machine_only(
+    center: LocalServer, pg_dsn: str
+) -> None:
+    """Center mode: the first instance id that settles under (institution, node) holds it;
+    another machine's calls under that node are FAILED_PRECONDITION and write nothing, and
+    the instance id is no part of a call's idempotent payload."""
+    first, second = "a" * 32, "b" * 32
+    with grpc.insecure_channel(center.target) as ch:
+        stub = center_pb2_grpc.CenterStub(ch)
+        req = request(EMPLOYEE, in_scope(30_000), med_type=11)
+        req.header.instance_id = first
+        done = stub.SettleSummary(req, timeout=10)
+        req.header.instance_id = ""  # the same call from a worker that sends none
+        assert stub.SettleSummary(req, timeout=10) == done
+        with psycopg.connect(pg_dsn) as conn:
+            before = conn.execute("SELECT setl_id FROM settlements").fetchall()
+        for pre in (False, True):
+            other = request(CIVIL, in_scope(30_000), med_type=11)
+            other.header.instance_id, other.pre_settle = second, pre
+            with pytest.raises(grpc.RpcError) as err:
+                stub.SettleSummary(other, timeout=10)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert (err.value.details() or "").startswith(f"node clash: node 01 of {INST_A}")
+            assert "--node-id" in (err.value.details() or "")
+        elsewhere = request(CIVIL, in_scope(30_000), node="02", med_type=11)
+        elsewhere.header.instance_id = second  # its own node: its own
+        stub.SettleSummary(elsewhere, timeout=10)
+    with psycopg.connect(pg_dsn) as conn:
+        after = conn.execute("SELECT setl_id FROM settlements").fetchall()
+        bound = conn.execute("SELECT node_id, instance_id FROM nodes ORDER BY 1").fetchall()
+    assert sorted(after) == sorted([*before, (elsewhere.setl_id,)])
+    assert bound == [("01", first), ("02", second)]

@@ -97,8 +97,9 @@ def test_link_cut_backlog_drains_and_books_balance(
         psn = (RETIRED, CIVIL)[seed % 2]
         mdtrt_id, ls = admit(c, psn, n_lines=6, seed=seed, med_type=11)
         settled.append(c.settle(mdtrt_id, psn.psn_no, medfee_sumamt=total(ls)).setlinfo)
-    c.cancel_settlement(settled[0].setl_id)
-    c.cancel_settlement(settled[5].setl_id)
+    # Each person's latest settlement (an earlier one cannot be cancelled before it).
+    c.cancel_settlement(settled[3].setl_id)
+    c.cancel_settlement(settled[9].setl_id)
     time.sleep(1.5)
     assert unsent(front.db) == 8  # 6 settlements + 2 cancels wait in the outbox
 
@@ -149,7 +150,7 @@ def test_link_cut_backlog_drains_and_books_balance(
         day = str(today())
         ok = reconcile(front, back, day)
         assert ok.returncode == 0 and "balanced: 10 settlements agree" in ok.stdout, ok.stdout
-        lost = settled[3].setl_id
+        lost = settled[2].setl_id
         with psycopg.connect(pg_dsn) as conn:
             conn.execute("DELETE FROM setl_legs WHERE setl_id = %s", (lost,))
             conn.execute("DELETE FROM accumulator_differences WHERE setl_id = %s", (lost,))
@@ -180,6 +181,8 @@ def reconcile(
             day,
             "--center",
             center.target,
+            "--password-file",
+            f"{front.db}.demo-password",
         ],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,

@@ -459,10 +459,10 @@ def _(w: World) -> Send:
     return upload_one(w, feedetl_sn="S" * 65)
 
 
-@case("upload-visit-total-overflows", Code.INVALID_ARGUMENT, "lines[1].det_item_fee_sumamt")
+@case("upload-visit-total-overflows", Code.INVALID_ARGUMENT, "lines[0].det_item_fee_sumamt")
 def _(w: World) -> Send:
     mdtrt_id = register(w)
-    big = 5 * 10**18  # each line fits an int64; their sum does not
+    big = 5 * 10**18  # each line fits an int64 (their sum does not), none the per-line bound
     ls = [
         one_line(w, feedetl_sn=f"B{i}", cnt=10_000, pric=big, det_item_fee_sumamt=big)
         for i in (1, 2)
@@ -547,7 +547,8 @@ def _(w: World) -> Send:
 @case("sign-in-foreign-mdtrtarea-admvs", Code.INVALID_ARGUMENT, "header.mdtrtarea_admvs")
 def _(w: World) -> Send:
     req = settlement_pb2.SignInRequest(
-        header=header(w.a, w.a.new_msgid(), sign_no="", mdtrtarea_admvs="440300")
+        header=header(w.a, w.a.new_msgid(), sign_no="", mdtrtarea_admvs="440300"),
+        password=w.a.password,
     )
     return raw(w.a.settlement.SignIn, req)
 
@@ -705,7 +706,10 @@ def _(w: World) -> Send:
 def _(w: World) -> Send:
     c = w.client()
     msgid = c.new_msgid()
-    c.call(c.settlement.SignIn, settlement_pb2.SignInRequest(header=header(c, msgid, sign_no="")))
+    c.call(
+        c.settlement.SignIn,
+        settlement_pb2.SignInRequest(header=header(c, msgid, sign_no=""), password=c.password),
+    )
     return lambda: w.a.reverse(msgid)
 
 

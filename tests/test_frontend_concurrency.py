@@ -38,18 +38,15 @@ import pytest
 
 from clients.localserver import LocalServer
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
-from clients.sdk import MedsettleClient
-from server.security import roles
+from clients.sdk import MedsettleClient, MedsettleError
 from tests.frontend import (
     ACC_FIELDS,
-    ALL_ROLES,
     DAY,
     EMPLOYEE,
     INST_A,
     SETL_AMOUNTS,
     client,
     lines,
-    register,
     total,
 )
 
@@ -70,12 +67,7 @@ def new_msgid() -> str:
 def own_connection_client(server: LocalServer) -> MedsettleClient:
     """A signed-in client on its own TCP connection (so with two workers, calls spread)."""
     ch = grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
-    register(server, INST_A, ALL_ROLES, *roles.OPERATOR_ROLES)
-    c = MedsettleClient(
-        server.target, fixmedins_code=INST_A, opter=ALL_ROLES, retries=0, channel=ch
-    )
-    c.sign_in()
-    return c
+    return client(server, INST_A, channel=ch)
 
 
 def visit_lines(i: int) -> list[settlement_pb2.FeeLine]:
@@ -292,21 +284,40 @@ def test_fifty_concurrent_settles_for_one_person_respect_the_limits(
         assert after.balc >= 0
         assert after.acct_paid == got["acct_pay"]
 
-        def cancel(i: int) -> common_pb2.SetlInfo:
-            return (
-                clients[i]
-                .cancel_settlement(
-                    infos[i].setl_id,
-                    mdtrt_id=infos[i].mdtrt_id,
-                    psn_no=EMPLOYEE.psn_no,
-                    msgid=new_msgid(),
+        def cancel(i: int) -> common_pb2.SetlInfo | MedsettleError:
+            try:
+                return (
+                    clients[i]
+                    .cancel_settlement(
+                        infos[i].setl_id,
+                        mdtrt_id=infos[i].mdtrt_id,
+                        psn_no=EMPLOYEE.psn_no,
+                        msgid=new_msgid(),
+                    )
+                    .setlinfo
                 )
-                .setlinfo
-            )
+            except MedsettleError as exc:
+                return exc
 
-        cancelled: list[common_pb2.SetlInfo] = all_at_once(N, cancel)
-        assert all(c.state == common_pb2.CANCELLED for c in cancelled)
-        assert {c.setl_id for c in cancelled} == {i.setl_id for i in infos}
+        # All at once: a cancel goes through only while its settlement is the person's
+        # latest (every other was relied on by a later one). So what the storm cancels is
+        # the newest few, in order (once the latest is gone the next may go in the same
+        # storm), and every other cancel is refused.
+        storm: list[common_pb2.SetlInfo | MedsettleError] = all_at_once(N, cancel)
+        newest_first = sorted(range(N), key=lambda i: infos[i].setl_id, reverse=True)
+        done = [i for i in newest_first if isinstance(storm[i], common_pb2.SetlInfo)]
+        assert done and done == newest_first[: len(done)], done
+        assert all(storm[i].state == common_pb2.CANCELLED for i in done)  # type: ignore[union-attr]
+        assert all(
+            isinstance(r, MedsettleError) and r.code == grpc.StatusCode.FAILED_PRECONDITION
+            for i, r in enumerate(storm)
+            if i not in done
+        ), storm
+        # Then the rest newest first, each alone: back to the opening values.
+        for i in newest_first[len(done) :]:
+            one = cancel(i)
+            assert isinstance(one, common_pb2.SetlInfo), one
+            assert one.state == common_pb2.CANCELLED
 
         final = db_reader(server.db)
         assert final.deltas == []

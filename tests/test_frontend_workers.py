@@ -68,6 +68,7 @@ def fresh_client(server: LocalServer, inst: str = INST_A) -> MedsettleClient:
         opter="cashier01",
         retries=0,
         channel=fresh_channel(server),
+        password=server.demo_password(),
     )
     c.sign_in()
     return c

@@ -1,8 +1,9 @@
 """Prometheus metrics of a running front-end with two worker processes: the gRPC series of
 every method exist at zero before the first call, calls are counted by status code, the
 business counters follow the settlements (replays counted once, money per fund in fen), the
-exposition passes `promtool check metrics`, and a real Prometheus server scraping it sees a
-non-zero rate of handled Settle calls."""
+exposition passes `promtool check metrics`, a real Prometheus server scraping it sees a
+non-zero rate of handled Settle calls, and the self-protection series (store writable, calls
+over a peer's cap) are there from the start."""
 
 from __future__ import annotations
 
@@ -162,6 +163,16 @@ def test_cancel_counts_the_amounts_it_takes_back(served: tuple[LocalServer, int]
         value(after, cash, fund="psn_cash_pay") - value(before, cash, fund="psn_cash_pay")
         == info.psn_cash_pay
     )
+
+
+def test_the_self_protection_series_exist_from_the_start(served: tuple[LocalServer, int]) -> None:
+    """Both workers' stores can write, and the counters of failed batches and of calls over
+    a peer's cap exist at zero, so their rates work before the first."""
+    _, port = served
+    samples = scrape(port)
+    assert samples[("medsettle_store_writable", frozenset())] == 1.0
+    assert samples[("medsettle_store_failed_batches_total", frozenset())] == 0.0
+    assert samples[("medsettle_peer_calls_refused_total", frozenset())] == 0.0
 
 
 def test_promtool_accepts_the_exposition(served: tuple[LocalServer, int], tmp_path: Path) -> None:

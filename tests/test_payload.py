@@ -58,6 +58,7 @@ def his(server: LocalServer, opter: str = "cashier01", key: bytes = KEY_A) -> Me
         retries=0,
         signer=Signer(HMAC, MAC_A),
         payload_key=key,
+        password=server.demo_password(),
     )
 
 
@@ -87,6 +88,7 @@ def test_unsealed_or_wrongly_sealed_calls_are_refused(sealed: LocalServer) -> No
         opter="cashier01",
         retries=0,
         signer=Signer(HMAC, MAC_A),
+        password=sealed.demo_password(),
     )
     with pytest.raises(MedsettleError) as err:
         plain.sign_in()

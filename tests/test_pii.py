@@ -1,7 +1,8 @@
 """Personal identifiers at rest: sealed in the persons table (AES-256-GCM, or SM4-GCM by
 setting), found by keyed hash, never in the database file in clear; a database of the
 layout before is sealed by its migration; a sealed value moved to another person or field
-does not open."""
+does not open. The diagnoses of each visit are sealed the same way, bound to the visit, and
+still decide what the engine covers."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from clients.localserver import LocalServer
+from clients.pb.medsettle.v1 import settlement_pb2
 from server import demo_data
 from server.security.datakeys import DataKeys
 from server.security.pii import AES_256_GCM, SM4_GCM, PiiError, Vault
 from server.store import migrations
 from server.store.persons import PERSON_COLUMNS
-from tests.frontend import EMPLOYEE, admit, client, total
+from tests.frontend import DAY, EMPLOYEE, INST_A, admit, client, total
 
 KEYS = DataKeys.derive(bytes(range(32)))
 
@@ -131,3 +133,86 @@ def test_the_migration_seals_a_database_of_the_layout_before(
     assert got[2] == vault.index("psn_cert_no", p.psn_cert_no)
     conn.close()
     assert p.psn_cert_no.encode() not in raw_bytes(str(db))
+
+
+# Diagnoses no catalog restriction spells out (the catalog holds prefixes such as "I10"),
+# so their bytes in the file could only be the visits'.
+MATCHING = "I10.9X7"  # within a restricted item's "I10"
+OTHER = "Z99.8Y2"
+
+
+def test_diagnoses_sealed_and_still_deciding(frontend: LocalServer) -> None:
+    items = {it.med_list_codg: it for it in demo_data.catalog_items()}
+    restricted = next(
+        h
+        for h in demo_data.his_items(INST_A)
+        if h.mapped_to
+        and "I10" in items[h.mapped_to].diagnoses.split(",")
+        and not items[h.mapped_to].inpatient_only
+    )
+    c = client(frontend)
+    results = {}
+    for n, diagnosis in enumerate((MATCHING, OTHER)):
+        v = c.register(
+            EMPLOYEE.psn_no,
+            insutype=EMPLOYEE.insutype,
+            med_type=11,
+            begndate=DAY,
+            ipt_otp_no=f"DX{n}",
+            dise_codg=[diagnosis],
+        )
+        ln = settlement_pb2.FeeLine(
+            feedetl_sn="000001",
+            medins_list_codg=restricted.code,
+            cnt=10_000,
+            pric=restricted.price,
+            det_item_fee_sumamt=restricted.price,
+        )
+        results[diagnosis] = c.upload_fees(v.mdtrt_id, [ln]).results[0]
+    # The opened diagnoses reached the engine: the matching one is covered, the other not.
+    assert results[MATCHING].inscp_scp_amt > 0
+    assert results[OTHER].inscp_scp_amt == 0 and results[OTHER].flags != results[MATCHING].flags
+    data = raw_bytes(frontend.db)
+    for diagnosis in (MATCHING, OTHER):
+        assert diagnosis.encode() not in data
+    conn = sqlite3.connect(frontend.db)
+    try:
+        stored = [r[0] for r in conn.execute("SELECT dise_codg FROM visits")]
+    finally:
+        conn.close()
+    assert stored and all(isinstance(d, bytes) and d[0] == AES_256_GCM for d in stored)
+
+
+def test_a_sealed_diagnosis_opens_only_for_its_visit() -> None:
+    v = Vault(KEYS)
+    sealed = v.seal_diagnoses("M1", [MATCHING, OTHER])
+    assert v.open_diagnoses("M1", sealed) == [MATCHING, OTHER]
+    assert v.open_diagnoses("M1", v.seal_diagnoses("M1", [])) == []
+    with pytest.raises(PiiError):
+        v.open_diagnoses("M2", sealed)  # copied onto another visit
+    with pytest.raises(PiiError):
+        v.open("psn_name", "M1", sealed)  # read as another field
+
+
+def test_the_migration_seals_the_diagnoses_of_a_database_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    full = list(migrations.MIGRATIONS)
+    monkeypatch.setattr(migrations, "MIGRATIONS", [m for m in full if m[0] < 8])
+    assert migrations.migrate(conn) == 7
+    conn.execute(
+        "INSERT INTO visits VALUES (1, 'M1', ?, 'P1', 310, 21, 2, ?, 'ZY1', ?, '', '',"
+        " 'registered', 'MSG1', 0)",
+        (INST_A, DAY, f"{MATCHING},{OTHER}"),
+    )
+    monkeypatch.setattr(migrations, "MIGRATIONS", full)
+    with pytest.raises(RuntimeError, match="needs the data key"):
+        migrations.migrate(conn)  # rolled back: the clear row stays as it was
+    assert conn.execute("SELECT dise_codg FROM visits").fetchone()[0] == f"{MATCHING},{OTHER}"
+    assert migrations.migrate(conn, KEYS) == max(v for v, _, _ in full)
+    sealed = conn.execute("SELECT dise_codg FROM visits").fetchone()[0]
+    assert Vault(KEYS).open_diagnoses("M1", sealed) == [MATCHING, OTHER]
+    conn.close()
+    assert MATCHING.encode() not in raw_bytes(str(db))

@@ -16,6 +16,7 @@ def test_readme_sdk_example_runs(frontend: LocalServer) -> None:
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
     source = code.group(1).replace("127.0.0.1:50051", frontend.target)
+    source = source.replace("frontend.db.demo-password", f"{frontend.db}.demo-password")
     scope: dict[str, object] = {}
     exec(compile(source, "README.md", "exec"), scope)
     slip = scope["slip"]

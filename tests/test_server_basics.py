@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from clients.localserver import LocalServer
+from server import demo_data
 from server.config import load
 from tests.frontend import EMPLOYEE, admit, client, total
 
@@ -57,9 +58,10 @@ def test_operator_commands_print_the_slip_and_the_day(frontend: LocalServer) -> 
     c = client(frontend)
     mdtrt_id, ls = admit(c, EMPLOYEE, n_lines=6, seed=31, med_type=11)
     info = c.settle(mdtrt_id, EMPLOYEE.psn_no, medfee_sumamt=total(ls)).setlinfo
+    pw = ("--password-file", str(demo_data.password_file(frontend.db)))
     slip = _cli(
         "slip",
-        *("--target", frontend.target, "--institution", c.fixmedins_code),
+        *("--target", frontend.target, "--institution", c.fixmedins_code, *pw),
         *("--opter", "cashier01", info.setl_id),
     )
     assert slip.returncode == 0, slip.stderr
@@ -68,15 +70,16 @@ def test_operator_commands_print_the_slip_and_the_day(frontend: LocalServer) -> 
     rec = _cli(
         "reconcile",
         *("--target", frontend.target, "--institution", c.fixmedins_code, "--opter", "finance01"),
+        *pw,
     )
     assert rec.returncode == 0, rec.stderr
     assert day in rec.stdout and " 1 " in rec.stdout
     missing = _cli(
         "slip",
-        *("--target", frontend.target, "--institution", c.fixmedins_code),
+        *("--target", frontend.target, "--institution", c.fixmedins_code, *pw),
         *("--opter", "cashier01", "S0"),
     )
-    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    assert missing.returncode == 4 and "NOT_FOUND" in missing.stderr  # refused by the server
 
 
 def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,7 +91,12 @@ def test_signed_his_visits_sm2_and_hmac(
     _, secret, mac = keys
     for inst, signer in ((INST_A, Signer(SM2, secret)), (INST_B, Signer(HMAC, mac))):
         c = MedsettleClient(
-            front.target, fixmedins_code=inst, opter="cashier01", retries=0, signer=signer
+            front.target,
+            fixmedins_code=inst,
+            opter="cashier01",
+            retries=0,
+            signer=signer,
+            password=front.demo_password(),
         )
         with c:
             c.sign_in()
@@ -126,7 +131,12 @@ def test_bad_signatures_are_refused_and_write_nothing(
     _, secret, mac = keys
     good = Signer(SM2, secret)
     c = MedsettleClient(
-        front.target, fixmedins_code=INST_A, opter="cashier01", retries=0, signer=good
+        front.target,
+        fixmedins_code=INST_A,
+        opter="cashier01",
+        retries=0,
+        signer=good,
+        password=front.demo_password(),
     )
     with c:
         c.sign_in()
@@ -183,7 +193,13 @@ def test_server_refuses_a_bad_keys_file(tmp_path: Path) -> None:
 
 
 def test_unsigned_sdk_is_refused(front: LocalServer) -> None:
-    c = MedsettleClient(front.target, fixmedins_code=INST_A, opter="cashier01", retries=0)
+    c = MedsettleClient(
+        front.target,
+        fixmedins_code=INST_A,
+        opter="cashier01",
+        retries=0,
+        password=front.demo_password(),
+    )
     with c, pytest.raises(MedsettleError) as err:
         c.sign_in()
     assert err.value.code == grpc.StatusCode.UNAUTHENTICATED

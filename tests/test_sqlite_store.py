@@ -1,11 +1,15 @@
 """The front-end's SQLite store on real files: group commit, per-operation rollback, the
-write turn shared by two stores (as two worker processes share it), the schema upgrade from
-version 1, and the line-results blob layout."""
+write turn shared by two stores (as two worker processes share it), a batch that meets a
+write failure (rolled back whole, UNAVAILABLE, the turn given back, writes again once the
+disk is back), the schema upgrade from version 1, and the line-results blob layout."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +105,73 @@ def test_two_stores_take_turns_on_one_file(tmp_path: Path) -> None:
         a.close()
         b.close()
     assert _rows(db) == [(0, "601")]
+
+
+# Run in a process of its own: the file-size limit (RLIMIT_FSIZE, every write past byte 1
+# fails as on a full disk) must not touch the test runner's files. It prints what happened.
+FAILING_DISK = """
+import asyncio, json, resource, signal, sys
+from server.store.sqlite import Store, StoreUnavailable
+
+db = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+a, b = Store(db, readers=1), Store(db, readers=1)  # two workers' stores on one file
+
+
+def put(k, size):
+    def op(conn):
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(k + i, "v" * size) for i in range(2000)])
+        return k
+    return op
+
+
+def ok_or_error(fut):
+    try:
+        return fut.result()
+    except StoreUnavailable:
+        return "UNAVAILABLE"
+    except Exception as exc:
+        return repr(exc)
+
+
+async def main():
+    await a.write(put(30000, 1))  # both stores have their writer connection open
+    await b.write(put(32000, 1))
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+    # a large operation (pages spill inside it) and a small one share a batch
+    futs = [asyncio.ensure_future(a.write(put(k, size))) for k, size in ((0, 2000), (5000, 1))]
+    await asyncio.wait(futs, timeout=20)
+    failed = [ok_or_error(f) if f.done() else "HUNG" for f in futs]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    other = await asyncio.wait_for(b.write(put(10000, 10)), 20)  # the turn was given back
+    again = await asyncio.wait_for(a.write(put(20000, 10)), 20)
+    print(json.dumps([failed, other, again, a.writable]))
+
+
+asyncio.run(main())
+a.close()
+b.close()
+"""
+
+
+def test_a_batch_that_meets_a_write_failure_fails_whole_and_the_store_recovers(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.db"
+    _make_table(db)
+    run = subprocess.run(
+        [sys.executable, "-c", FAILING_DISK, str(db)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [["UNAVAILABLE", "UNAVAILABLE"], 10000, 20000, True]
+    keys = [k for k, _ in _rows(db)]
+    # nothing of the failed batch
+    assert keys == [*range(10000, 12000), *range(20000, 22000), *range(30000, 34000)]
 
 
 def test_line_results_round_trip() -> None:

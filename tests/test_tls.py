@@ -66,9 +66,16 @@ def tls_flags(pki: Path, stem: str, require: bool = True) -> list[str]:
     return flags + (["--require-client-cert"] if require else [])
 
 
-def sdk(server: LocalServer, inst: str, creds: grpc.ChannelCredentials) -> MedsettleClient:
+def sdk(
+    server: LocalServer, inst: str, creds: grpc.ChannelCredentials, opter: str = "cashier01"
+) -> MedsettleClient:
     return MedsettleClient(
-        server.target, fixmedins_code=inst, opter="cashier01", retries=0, credentials=creds
+        server.target,
+        fixmedins_code=inst,
+        opter=opter,
+        retries=0,
+        credentials=creds,
+        password=server.demo_password(),
     )
 
 
@@ -132,6 +139,24 @@ def test_mutual_tls_visit_and_institution_from_the_certificate(
     # B with its own certificate is served (as itself).
     with sdk(front, INST_B, files(pki, INST_B).channel_credentials()) as c:
         assert c.sign_in().sign_no
+
+
+def test_the_institutions_certificate_still_needs_the_operators_password(
+    front: LocalServer, pki: Path
+) -> None:
+    """A HIS certificate speaks for its institution, not for an operator: signing in as the
+    institution's security officer over it takes the officer's password like anywhere."""
+    creds = files(pki, INST_A).channel_credentials()
+    for password in ("", "not-the-password"):
+        with sdk(front, INST_A, creds, opter="security01") as c:
+            c.password = password
+            with pytest.raises(MedsettleError) as err:
+                c.sign_in()
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert err.value.message == "operator or password wrong"
+            assert c.sign_no == ""
+    with sdk(front, INST_A, creds, opter="security01") as c:
+        assert list(c.sign_in().roles) == ["security"]
 
 
 def test_streamed_upload_is_held_to_the_certificate(front: LocalServer, pki: Path) -> None:

@@ -1,5 +1,5 @@
 """The center's settlement from a front-end's summary (center mode, seed 004) and its cancel,
-over PostgreSQL.
+over PostgreSQL. (What front-ends in local mode forward: server/domain/forwarded.py.)
 
 The front-end preprocesses the lines and sends the sums; the center locks the person's
 accumulators for the year and pool (`lock_accumulators`: a row lock held to commit, so two
@@ -18,7 +18,9 @@ from psycopg.types.json import Jsonb
 
 import engine_rs
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
-from server.domain.common import Outcome, id_prefix, local_date
+from server.config import Config
+from server.domain import nodes
+from server.domain.common import Outcome, id_prefix, local_date, out_of_order
 from server.domain.fundsplit import SplitContext, choose_rule, fund_split
 from server.domain.visits import MED_TYPES, PersonRow, treatment_of, valid_date
 from server.errors import (
@@ -37,17 +39,21 @@ from server.store.pg import Conn, lock_accumulators, write_accumulators
 
 @dataclass
 class CenterEnv:
-    """Per-process caches of what rarely changes: policies by version, institutions."""
+    """Per-process caches of what rarely changes: policies by version, institutions; and the
+    settings the center holds what front-ends send to."""
 
     tz_offset_min: int
     policies: dict[int, engine_rs.Policy]
     institutions: dict[str, Institution]
     lock: asyncio.Lock
     pii: Vault
+    max_visit_fee_fen: int  # above it a forwarded settlement is absurd
 
     @classmethod
-    def new(cls, tz_offset_min: int, pii: Vault) -> CenterEnv:
-        return cls(tz_offset_min, {}, {}, asyncio.Lock(), pii)
+    def new(
+        cls, tz_offset_min: int, pii: Vault, max_visit_fee_fen: int = Config.max_visit_fee_fen
+    ) -> CenterEnv:
+        return cls(tz_offset_min, {}, {}, asyncio.Lock(), pii, max_visit_fee_fen)
 
     async def policy(self, conn: Conn, version: int) -> engine_rs.Policy:
         pol = self.policies.get(version)
@@ -84,7 +90,12 @@ class CenterEnv:
 
 def check_node_header(header: center_pb2.NodeHeader, *, needs_msgid: bool = True) -> None:
     v = Violations()
-    v.require(bool(header.node_id), "header.node_id", "is required")
+    v.require(len(header.node_id) == 2 and header.node_id.isdigit(), "header.node_id", "two digits")
+    v.require(
+        not header.instance_id or nodes.INSTANCE_ID.fullmatch(header.instance_id) is not None,
+        "header.instance_id",
+        "32 hex digits",
+    )
     v.require(bool(header.fixmedins_code), "header.fixmedins_code", "is required")
     v.require(len(header.msgid) <= 64, "header.msgid", "at most 64 characters")
     if needs_msgid:
@@ -92,13 +103,13 @@ def check_node_header(header: center_pb2.NodeHeader, *, needs_msgid: bool = True
     v.raise_if_any()
 
 
-def check_settle_request(req: center_pb2.CenterSettleRequest) -> None:
+def check_settle_request(req: center_pb2.CenterSettleRequest, max_visit_fee_fen: int) -> None:
     check_node_header(req.header, needs_msgid=not req.pre_settle)
     h = req.header
     mine = id_prefix("S", h.fixmedins_code, h.node_id)
     v = Violations()
     v.require(
-        req.pre_settle or req.setl_id.startswith(mine),
+        req.pre_settle or nodes.issued_by(req.setl_id, "S", h.fixmedins_code, h.node_id),
         "setl_id",
         f"must be issued by node {h.node_id} of {h.fixmedins_code} ({mine}...)",
     )
@@ -119,6 +130,11 @@ def check_settle_request(req: center_pb2.CenterSettleRequest) -> None:
     ):
         v.require(getattr(s, name) >= 0, f"summary.{name}", "must not be negative")
     v.require(s.line_count > 0, "summary.line_count", "a settlement needs fee lines")
+    v.require(
+        s.medfee_sumamt <= max_visit_fee_fen,
+        "summary.medfee_sumamt",
+        f"above this center's limit of {max_visit_fee_fen} fen a visit (max_visit_fee_fen)",
+    )
     if all(p >= 0 for p in parts):
         v.require(
             sum(parts) == s.medfee_sumamt,
@@ -128,7 +144,9 @@ def check_settle_request(req: center_pb2.CenterSettleRequest) -> None:
     v.raise_if_any()
 
 
-async def _person(conn: Conn, vault: Vault, psn_no: str, *, lock: bool) -> PersonRow:
+async def center_person(conn: Conn, vault: Vault, psn_no: str, *, lock: bool) -> PersonRow:
+    """The insured person as the center holds them (locked to the transaction's end with
+    `lock`); NOT_FOUND when the center has no such person."""
     sql = f"SELECT {READ_COLUMNS} FROM persons WHERE psn_no = %s" + (" FOR UPDATE" if lock else "")
     row = await (await conn.execute(sql, (psn_no,))).fetchone()
     if row is None:
@@ -195,6 +213,20 @@ async def _remember(
     )
 
 
+async def _refuse_undone(conn: Conn, setl_id: str) -> None:
+    """A retry of a settle the front-end could not keep, and cancelled here since (its
+    compensating cancel): the stored answer would say settled; refuse instead."""
+    row = await (
+        await conn.execute(
+            "SELECT state, cancel_id FROM settlements WHERE setl_id = %s", (setl_id,)
+        )
+    ).fetchone()
+    if row is not None and row[0] != common_pb2.SETTLED:
+        raise FailedPrecondition(
+            f"setl_id: {setl_id} was cancelled since ({row[1]}); settle again with a new msgid"
+        )
+
+
 async def settle_summary(
     conn: Conn,
     env: CenterEnv,
@@ -205,9 +237,11 @@ async def settle_summary(
 ) -> bytes:
     """Settle (or, with `pre_settle`, only compute) one visit from its summary."""
     h = req.header
+    await nodes.claim(conn, h, now, bind=not req.pre_settle)
     if not req.pre_settle:
         replay = await _replay(conn, env.pii, h.fixmedins_code, h.msgid, "SettleSummary", req_hash)
         if replay is not None:
+            await _refuse_undone(conn, req.setl_id)
             if outcome is not None:
                 outcome.replayed = True
             return replay
@@ -227,7 +261,7 @@ async def settle_summary(
             raise FailedPrecondition(f"mdtrt_id: {req.mdtrt_id} is already settled as {active[0]}")
     inst = await env.institution(conn, h.fixmedins_code)
     policy = await env.policy(conn, req.policy_version)
-    person = await _person(conn, env.pii, req.psn_no, lock=not req.pre_settle)
+    person = await center_person(conn, env.pii, req.psn_no, lock=not req.pre_settle)
     if req.insutype != person.insutype:
         raise field_error("insutype", f"the person is insured under {person.insutype}")
     ctx = SplitContext(
@@ -333,22 +367,40 @@ async def _current(conn: Conn, psn_no: str, year: int, pool: str) -> dict[str, i
     return dict(zip(ACC_FIELDS, row, strict=True)) if row else dict.fromkeys(ACC_FIELDS, 0)
 
 
+async def _refuse_out_of_order(conn: Conn, code: str, setl_id: str, row: Any) -> None:
+    """As at the front-end (settle.refuse_out_of_order), over every institution's ledger: a
+    settlement is cancelled only while it is the person's latest in its year and pool (the
+    accumulator row lock is held, so none can be added meanwhile)."""
+    later = await (
+        await conn.execute(
+            "SELECT setl_id, fixmedins_code FROM settlements WHERE psn_no = %s AND acc_year = %s"
+            " AND acc_pool = %s AND state = 1 AND (setl_time, setl_id) > (%s, %s)"
+            " ORDER BY setl_time DESC, setl_id DESC",
+            (row[1], row[4], row[5], row[8], setl_id),
+        )
+    ).fetchall()
+    if later:
+        raise out_of_order(setl_id, row[4], row[5], later, code)
+
+
 async def cancel(
     conn: Conn, env: CenterEnv, req: center_pb2.CenterCancelRequest, req_hash: bytes, now: int
 ) -> bytes:
     check_node_header(req.header)
     if not req.setl_id:
         raise field_error("setl_id", "is required")
-    if not req.cancel_id:
-        raise field_error("cancel_id", "is required")
     h = req.header
+    if not nodes.issued_by(req.cancel_id, "C", h.fixmedins_code, h.node_id):
+        mine = id_prefix("C", h.fixmedins_code, h.node_id)
+        raise field_error("cancel_id", f"must be issued by this node ({mine}...)")
+    await nodes.claim(conn, h, now)
     replay = await _replay(conn, env.pii, h.fixmedins_code, h.msgid, "CancelSettlement", req_hash)
     if replay is not None:
         return replay
     row: Any = await (
         await conn.execute(
-            "SELECT fixmedins_code, psn_no, state, acct_pay, acc_year, acc_pool, acc_delta, info"
-            " FROM settlements WHERE setl_id = %s FOR UPDATE",
+            "SELECT fixmedins_code, psn_no, state, acct_pay, acc_year, acc_pool, acc_delta, info,"
+            " setl_time FROM settlements WHERE setl_id = %s FOR UPDATE",
             (req.setl_id,),
         )
     ).fetchone()
@@ -358,6 +410,7 @@ async def cancel(
         raise FailedPrecondition(f"setl_id: {req.setl_id} is already cancelled")
     psn_no, acct_pay, year, pool, delta = row[1], row[3], row[4], row[5], row[6]
     acc = await lock_accumulators(conn, psn_no, year, pool)
+    await _refuse_out_of_order(conn, h.fixmedins_code, req.setl_id, row)
     restored = {f: acc[f] - delta[f] for f in ACC_FIELDS}
     await write_accumulators(conn, psn_no, year, pool, restored)
     if acct_pay:
@@ -389,145 +442,3 @@ async def cancel(
         now,
     )
     return resp
-
-
-# ---------------------------------------------------------------------------- forwarding
-def _acc(a: catalog_pb2.Accumulator) -> dict[str, int]:
-    return {f: getattr(a, f) for f in ACC_FIELDS}
-
-
-async def forward(
-    conn: Conn, env: CenterEnv, req: center_pb2.ForwardRequest, now: int
-) -> center_pb2.ForwardResponse:
-    """Record a front-end's settlements and cancels (local mode), in its order, each at most
-    once. A settlement applies the front-end's change (after - before) to the center's
-    accumulators; when the center's values before it were not the front-end's (the person
-    settled elsewhere meanwhile), both are kept in accumulator_differences."""
-    check_node_header(req.header, needs_msgid=False)
-    h = req.header
-    await env.institution(conn, h.fixmedins_code)
-    out = center_pb2.ForwardResponse()
-    for item in req.items:
-        if item.kind == "settle":
-            result = await _forward_settle(conn, env, h, item, now)
-        elif item.kind == "cancel":
-            result = await _forward_cancel(conn, env, h, item, now)
-        else:
-            result = (center_pb2.REJECTED, f"unknown kind {item.kind!r}")
-        out.results.add(seq=item.seq, outcome=result[0], detail=result[1])
-    return out
-
-
-async def _forward_settle(
-    conn: Conn, env: CenterEnv, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem, now: int
-) -> tuple[int, str]:
-    info = item.setlinfo
-    mine = id_prefix("S", h.fixmedins_code, h.node_id)
-    if info.fixmedins_code != h.fixmedins_code or not info.setl_id.startswith(mine):
-        return center_pb2.REJECTED, f"{info.setl_id} is not this node's settlement"
-    seen = await (
-        await conn.execute("SELECT 1 FROM settlements WHERE setl_id = %s", (info.setl_id,))
-    ).fetchone()
-    if seen is not None:
-        return center_pb2.DUPLICATE, info.setl_id
-    active = await (
-        await conn.execute(
-            "SELECT setl_id FROM settlements WHERE fixmedins_code = %s AND mdtrt_id = %s"
-            " AND state = 1",
-            (info.fixmedins_code, info.mdtrt_id),
-        )
-    ).fetchone()
-    if active is not None:  # e.g. an offline settle after a center call that did commit
-        return center_pb2.REJECTED, f"visit {info.mdtrt_id} is already settled as {active[0]}"
-    before, after = item.accumulators_before, item.accumulators_after
-    theirs, delta = _acc(before), {f: getattr(after, f) - getattr(before, f) for f in ACC_FIELDS}
-    ours = await lock_accumulators(conn, info.psn_no, before.year, before.pool)
-    await write_accumulators(
-        conn, info.psn_no, before.year, before.pool, {f: ours[f] + delta[f] for f in ACC_FIELDS}
-    )
-    if info.acct_pay:
-        await conn.execute(
-            "UPDATE persons SET balc = balc - %s WHERE psn_no = %s", (info.acct_pay, info.psn_no)
-        )
-    setl_ms = info.setl_time.ToMilliseconds()
-    await conn.execute(
-        "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
-        " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
-        " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
-        " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, 1, %s, %s, %s,"
-        " %s, %s, %s, %s, %s, %s, %s)",
-        (
-            info.setl_id,
-            h.node_id,
-            info.fixmedins_code,
-            info.mdtrt_id,
-            info.psn_no,
-            info.insutype,
-            info.clr_type,
-            info.msgid,
-            info.invono,
-            setl_ms,
-            local_date(setl_ms, env.tz_offset_min),
-            int(info.offline),
-            info.medfee_sumamt,
-            info.fund_pay_sumamt,
-            info.acct_pay,
-            info.psn_cash_pay,
-            before.year,
-            before.pool,
-            Jsonb(delta),
-            env.pii.seal_setlinfo(info.setl_id, info.SerializeToString()),
-            now,
-        ),
-    )
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO setl_legs VALUES (%s, %s, %s, %s)",
-            [
-                (info.setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt)
-                for g in info.setldetail
-            ],
-        )
-    if ours != theirs:
-        await conn.execute(
-            "INSERT INTO accumulator_differences VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (info.setl_id, info.psn_no, before.year, before.pool, Jsonb(ours), Jsonb(theirs), now),
-        )
-        return center_pb2.APPLIED_WITH_DIFFERENCE, "the center's accumulators differed"
-    return center_pb2.APPLIED, info.setl_id
-
-
-async def _forward_cancel(
-    conn: Conn, env: CenterEnv, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem, now: int
-) -> tuple[int, str]:
-    row: Any = await (
-        await conn.execute(
-            "SELECT fixmedins_code, psn_no, state, acct_pay, acc_year, acc_pool, acc_delta,"
-            " cancel_id FROM settlements WHERE setl_id = %s FOR UPDATE",
-            (item.setl_id,),
-        )
-    ).fetchone()
-    if row is None or row[0] != h.fixmedins_code:
-        return center_pb2.REJECTED, f"cancel of {item.setl_id}, which the center does not have"
-    if row[2] != common_pb2.SETTLED:
-        if row[7] == item.cancel_id:
-            return center_pb2.DUPLICATE, item.cancel_id
-        return center_pb2.REJECTED, f"{item.setl_id} is already cancelled as {row[7]}"
-    psn_no, acct_pay, year, pool, delta = row[1], row[3], row[4], row[5], row[6]
-    acc = await lock_accumulators(conn, psn_no, year, pool)
-    await write_accumulators(conn, psn_no, year, pool, {f: acc[f] - delta[f] for f in ACC_FIELDS})
-    if acct_pay:
-        await conn.execute(
-            "UPDATE persons SET balc = balc + %s WHERE psn_no = %s", (acct_pay, psn_no)
-        )
-    await conn.execute(
-        "UPDATE settlements SET state = 2, cancel_id = %s, cancel_time = %s, cancel_date = %s"
-        " WHERE setl_id = %s",
-        (
-            item.cancel_id,
-            item.cancel_time_ms,
-            local_date(item.cancel_time_ms, env.tz_offset_min),
-            item.setl_id,
-        ),
-    )
-    return center_pb2.APPLIED, item.cancel_id

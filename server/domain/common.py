@@ -284,6 +284,22 @@ def issue_id(env: Env, kind: str, fixmedins_code: str, rowid: int) -> str:
     return f"{id_prefix(kind, fixmedins_code, env.node_id)}{rowid:012d}"
 
 
+def out_of_order(
+    setl_id: str, year: int, pool: str, later: list[tuple[str, str]], fixmedins_code: str
+) -> FailedPrecondition:
+    """The refusal of a cancel while `later` settlements (setl_id, institution, newest first)
+    of the person relied on its accumulators: they are named, but another institution's only
+    by number (its ids are not this caller's to see)."""
+    own = [s for s, code in later if code == fixmedins_code]
+    others = len(later) - len(own)
+    named = ", ".join([*own, *([f"{others} at other institutions"] if others else [])])
+    return FailedPrecondition(
+        f"setl_id: {setl_id} is not the person's latest settlement of {year} ({pool});"
+        " later settlements relied on its accumulators: cancel them first, newest first"
+        f" ({named}), then this one, and settle them again"
+    )
+
+
 def require_fresh_refdata(caller: Caller) -> None:
     if caller.snap.policy is None:
         raise FailedPrecondition("no policy is loaded on this front-end (PutPolicy)")

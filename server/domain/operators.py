@@ -1,22 +1,31 @@
-"""The operator registry of each institution: who may sign in, holding which roles.
+"""The operator registry of each institution: who may sign in, holding which roles, proven
+by which password.
 
 Written by the institution's security officer (`PutOperators`) or, to bootstrap a new
-front-end, by `medsettle operators put` on the database itself. A change of roles, or
-disabling, ends the operator's open sign-ins in the same transaction: nobody keeps a right
-the registry no longer gives them.
+front-end, by `medsettle operators put` on the database itself. A change of roles or of the
+password, or disabling, ends the operator's open sign-ins in the same transaction: nobody
+keeps a right the registry no longer gives them, nor a session opened with a password that
+was replaced. Only a salted scrypt hash of a password is stored (server/security/passwords.py).
+
+Sign-in failures are counted per operator: `max_failures` wrong passwords in a row lock the
+operator out for `lockout_s` (a new password set by the security officer lifts the lock).
+What a refusal was (unknown, disabled, locked, wrong) goes to the audit trail only: the
+caller hears one answer for all of them, so no answer tells whether an operator exists.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from clients.pb.medsettle.v1 import catalog_pb2
-from server.errors import FailedPrecondition, PermissionDenied, Violations, field_error
-from server.security import roles
+from server.errors import FailedPrecondition, Violations, field_error
+from server.limits import FIELD_MAX
+from server.security import passwords, roles
 
-OPTER_MAX = 64
+OPTER_MAX = FIELD_MAX["opter"]  # what the door lets through (server/limits.py)
+PASSWORDS_PER_CALL = 100  # each costs the KDF's work
 
 
 @dataclass(frozen=True)
@@ -25,10 +34,12 @@ class Operator:
     opter_name: str
     roles: frozenset[str]
     disabled: bool = False
+    password_hash: str = ""  # passwords.make's; "" keeps the stored one
 
 
 def put(conn: sqlite3.Connection, fixmedins_code: str, ops: Iterable[Operator], now: int) -> int:
-    """Upsert `ops` into the registry of `fixmedins_code`; returns how many."""
+    """Upsert `ops` into the registry of `fixmedins_code`; returns how many. A new password
+    clears the failure count and any lock-out."""
     n = 0
     for op in ops:
         before = conn.execute(
@@ -37,10 +48,28 @@ def put(conn: sqlite3.Connection, fixmedins_code: str, ops: Iterable[Operator], 
         ).fetchone()
         stored = roles.render(op.roles)
         conn.execute(
-            "INSERT OR REPLACE INTO operators VALUES (?, ?, ?, ?, ?, ?)",
-            (fixmedins_code, op.opter, op.opter_name, stored, int(op.disabled), now),
+            "INSERT INTO operators (fixmedins_code, opter, opter_name, roles, disabled,"
+            " updated_at, password, failures, locked_until) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)"
+            " ON CONFLICT (fixmedins_code, opter) DO UPDATE SET opter_name = excluded.opter_name,"
+            " roles = excluded.roles, disabled = excluded.disabled,"
+            " updated_at = excluded.updated_at,"
+            " password = IIF(excluded.password = '', password, excluded.password),"
+            " failures = IIF(excluded.password = '', failures, 0),"
+            " locked_until = IIF(excluded.password = '', locked_until, 0)",
+            (
+                fixmedins_code,
+                op.opter,
+                op.opter_name,
+                stored,
+                int(op.disabled),
+                now,
+                op.password_hash,
+            ),
         )
-        if before is not None and (before[0] != stored or bool(before[1]) != op.disabled):
+        changed = before is not None and (
+            before[0] != stored or bool(before[1]) != op.disabled or bool(op.password_hash)
+        )
+        if changed:
             conn.execute(
                 "UPDATE signins SET sign_out_time = ? WHERE fixmedins_code = ? AND opter = ?"
                 " AND sign_out_time IS NULL",
@@ -50,11 +79,48 @@ def put(conn: sqlite3.Connection, fixmedins_code: str, ops: Iterable[Operator], 
     return n
 
 
+def exists(conn: sqlite3.Connection, fixmedins_code: str, opter: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM operators WHERE fixmedins_code = ? AND opter = ?", (fixmedins_code, opter)
+    ).fetchone()
+    return row is not None
+
+
+def check_passwords(req: catalog_pb2.PutOperatorsRequest) -> None:
+    """INVALID_ARGUMENT for a weak or oversize new password, before any is hashed."""
+    v = Violations()
+    given = [i for i, o in enumerate(req.operators) if o.password]
+    v.require(
+        len(given) <= PASSWORDS_PER_CALL,
+        "operators",
+        f"at most {PASSWORDS_PER_CALL} passwords in one call",
+    )
+    for i in given:
+        reason = passwords.weakness(req.operators[i].password)
+        v.require(not reason, f"operators[{i}].password", reason)
+    v.raise_if_any()
+
+
+def without_passwords(req: catalog_pb2.PutOperatorsRequest) -> catalog_pb2.PutOperatorsRequest:
+    """The request as it is recognised and recorded: every password cleared (the digest of
+    a retry must not be a way to test guesses of a password)."""
+    out = catalog_pb2.PutOperatorsRequest()
+    out.CopyFrom(req)
+    for o in out.operators:
+        o.ClearField("password")
+    return out
+
+
 def put_operators(
-    conn: sqlite3.Connection, fixmedins_code: str, req: catalog_pb2.PutOperatorsRequest, now: int
+    conn: sqlite3.Connection,
+    fixmedins_code: str,
+    req: catalog_pb2.PutOperatorsRequest,
+    hashes: Sequence[str],
+    now: int,
 ) -> tuple[bytes, str]:
-    """The RPC: validate every operator, upsert them, and refuse a change that would leave
-    the institution without an enabled security officer (nobody could manage it again)."""
+    """The RPC: validate every operator, upsert them with their new passwords' hashes
+    (`hashes[i]`, "" for none), and refuse a change that would leave the institution
+    without an enabled security officer (nobody could manage it again)."""
     if not req.operators:
         raise field_error("operators", "at least one is required")
     v = Violations()
@@ -65,7 +131,12 @@ def put_operators(
         reason = roles.unknown(o.roles)
         v.require(not reason, f"{q}.roles", reason)
         v.require(bool(o.roles) or o.disabled, f"{q}.roles", "at least one unless disabled")
-        ops.append(Operator(o.opter, o.opter_name, frozenset(o.roles), o.disabled))
+        v.require(
+            bool(hashes[i]) or o.disabled or exists(conn, fixmedins_code, o.opter),
+            f"{q}.password",
+            "a new operator needs one",
+        )
+        ops.append(Operator(o.opter, o.opter_name, frozenset(o.roles), o.disabled, hashes[i]))
     v.raise_if_any()
     n = put(conn, fixmedins_code, ops, now)
     if not security_officers(conn, fixmedins_code):
@@ -86,20 +157,79 @@ def security_officers(conn: sqlite3.Connection, fixmedins_code: str) -> int:
     )
 
 
-def for_sign_in(conn: sqlite3.Connection, fixmedins_code: str, opter: str) -> frozenset[str]:
-    """The roles an operator signs in with; PERMISSION_DENIED for one the registry does not
-    know or has disabled."""
+@dataclass(frozen=True)
+class Credential:
+    """What a sign-in is checked against."""
+
+    password_hash: str  # "" when none was ever set
+    roles: frozenset[str]
+    disabled: bool
+    locked_until: int  # unix ms; 0 = not locked
+
+
+def credential(conn: sqlite3.Connection, fixmedins_code: str, opter: str) -> Credential | None:
     row = conn.execute(
-        "SELECT roles, disabled FROM operators WHERE fixmedins_code = ? AND opter = ?",
+        "SELECT password, roles, disabled, locked_until FROM operators"
+        " WHERE fixmedins_code = ? AND opter = ?",
         (fixmedins_code, opter),
     ).fetchone()
     if row is None:
-        raise PermissionDenied(
-            f"header.opter: {opter} is not a registered operator of {fixmedins_code}"
+        return None
+    return Credential(row[0], roles.parse(row[1]), bool(row[2]), row[3])
+
+
+def password_hash(conn: sqlite3.Connection, fixmedins_code: str, opter: str) -> str | None:
+    """The stored hash a sign-in's password is checked against (None: no such operator)."""
+    cred = credential(conn, fixmedins_code, opter)
+    return None if cred is None else cred.password_hash
+
+
+def attempt(
+    conn: sqlite3.Connection,
+    fixmedins_code: str,
+    opter: str,
+    checked: str | None,
+    matched: bool,
+    now: int,
+    max_failures: int,
+    lockout_s: int,
+) -> tuple[frozenset[str], str]:
+    """A sign-in whose password was checked against the hash `checked` (`matched`, by the
+    caller, off the write turn): the roles it signs in with and "", or no roles and why it
+    is refused (for the audit trail). A wrong password counts against the operator and
+    locks them out at `max_failures` in a row; a right one clears the count."""
+    cred = credential(conn, fixmedins_code, opter)
+    if cred is None:
+        return frozenset(), "unknown operator"
+    if cred.locked_until > now:
+        return frozenset(), "locked out"
+    if cred.disabled:
+        return frozenset(), "disabled"
+    if not cred.password_hash:
+        return frozenset(), "no password set"
+    if cred.password_hash != checked:  # changed between the check and this transaction
+        return frozenset(), "password changed meanwhile"
+    where = (fixmedins_code, opter)
+    if not matched:
+        failures = conn.execute(
+            "UPDATE operators SET failures = failures + 1 WHERE fixmedins_code = ? AND opter = ?"
+            " RETURNING failures",
+            where,
+        ).fetchone()[0]
+        if failures < max_failures:
+            return frozenset(), f"wrong password ({failures} in a row)"
+        conn.execute(
+            "UPDATE operators SET failures = 0, locked_until = ?"
+            " WHERE fixmedins_code = ? AND opter = ?",
+            (now + lockout_s * 1000, *where),
         )
-    if row[1]:
-        raise PermissionDenied(f"header.opter: {opter} is disabled")
-    return roles.parse(row[0])
+        return frozenset(), f"wrong password ({failures} in a row): locked for {lockout_s} s"
+    conn.execute(
+        "UPDATE operators SET failures = 0, locked_until = 0"
+        " WHERE fixmedins_code = ? AND opter = ? AND (failures <> 0 OR locked_until <> 0)",
+        where,
+    )
+    return cred.roles, ""
 
 
 def listing(conn: sqlite3.Connection, fixmedins_code: str) -> list[Operator]:

@@ -3,6 +3,10 @@
 Days are the configured local day. A settlement counts on the day it was settled; a cancel
 counts on the day it was cancelled, with the cancelled amounts taken off. So a day's totals
 never change once the day is over, whatever happens to its settlements later.
+
+Sums cannot overflow: the database sums the high and low halves of every amount apart and
+Python joins them (limits.split_sum); a total that does not fit its int64 field is
+OUT_OF_RANGE naming it, never an internal error.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from clients.pb.medsettle.v1 import catalog_pb2, reconciliation_pb2
 from server.domain.visits import valid_date
 from server.errors import ResourceExhausted, Violations
+from server.limits import check_int64, joined, split_sum
 from server.store import ACC_FIELDS
 
 Key = tuple[int, int, int]  # (day, insutype, clr_type)
@@ -36,48 +41,44 @@ def _check_range(begin: int, end: int) -> None:
     v.raise_if_any()
 
 
+# A settlement's amounts that a day's totals sum (settlements' and TotalsRow's names alike).
+AMOUNT_COLUMNS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
+
+
 def totals_rows(
     fetch: Fetch, code: str, begin: int, end: int
 ) -> list[reconciliation_pb2.TotalsRow]:
     cells: dict[Key, dict[str, Any]] = defaultdict(
-        lambda: {
-            "n": 0,
-            "c": 0,
-            "medfee": 0,
-            "fund": 0,
-            "acct": 0,
-            "cash": 0,
-            "funds": defaultdict(int),
-        }
+        lambda: {"n": 0, "c": 0, **dict.fromkeys(AMOUNT_COLUMNS, 0), "funds": defaultdict(int)}
     )
+    amounts = ", ".join(split_sum(f"s.{c}") for c in AMOUNT_COLUMNS)
     # (sign, date column, state filter): settlements on their day, cancels on theirs.
     for sign, day_col in ((1, "setl_date"), (-1, "cancel_date")):
         rows = fetch(
-            f"SELECT s.{day_col}, s.insutype, s.clr_type, COUNT(*), SUM(s.medfee_sumamt),"
-            " SUM(s.fund_pay_sumamt), SUM(s.acct_pay), SUM(s.psn_cash_pay)"
+            f"SELECT s.{day_col}, s.insutype, s.clr_type, COUNT(*), {amounts}"
             f" FROM settlements s WHERE s.fixmedins_code = ? AND s.{day_col} BETWEEN ? AND ?"
             f" GROUP BY s.{day_col}, s.insutype, s.clr_type",
             (code, begin, end),
         )
         # int(): PostgreSQL sums BIGINT as NUMERIC (exact; never a float).
-        for day, ins, clr, n, medfee, fund, acct, cash in rows:
+        for day, ins, clr, n, *halves in rows:
             cell = cells[(day, ins, clr)]
             cell["n" if sign > 0 else "c"] += int(n)
-            cell["medfee"] += sign * int(medfee)
-            cell["fund"] += sign * int(fund)
-            cell["acct"] += sign * int(acct)
-            cell["cash"] += sign * int(cash)
+            for k, name in enumerate(AMOUNT_COLUMNS):
+                cell[name] += sign * joined(halves[2 * k], halves[2 * k + 1])
         legs = fetch(
-            f"SELECT s.{day_col}, s.insutype, s.clr_type, l.fund_pay_type, SUM(l.amount)"
+            f"SELECT s.{day_col}, s.insutype, s.clr_type, l.fund_pay_type,"
+            f" {split_sum('l.amount')}"
             " FROM settlements s JOIN setl_legs l ON l.setl_id = s.setl_id"
             f" WHERE s.fixmedins_code = ? AND s.{day_col} BETWEEN ? AND ?"
             f" GROUP BY s.{day_col}, s.insutype, s.clr_type, l.fund_pay_type",
             (code, begin, end),
         )
-        for day, ins, clr, fpt, amount in legs:
-            cells[(day, ins, clr)]["funds"][fpt] += sign * int(amount)
+        for day, ins, clr, fpt, hi, lo in legs:
+            cells[(day, ins, clr)]["funds"][fpt] += sign * joined(hi, lo)
     out = []
     for (day, ins, clr), cell in sorted(cells.items()):
+        where = f"{day} insutype {ins} clr_type {clr}"
         out.append(
             reconciliation_pb2.TotalsRow(
                 setl_date=day,
@@ -85,12 +86,11 @@ def totals_rows(
                 clr_type=clr,
                 setl_count=cell["n"],
                 cancel_count=cell["c"],
-                medfee_sumamt=cell["medfee"],
-                fund_pay_sumamt=cell["fund"],
-                acct_pay=cell["acct"],
-                psn_cash_pay=cell["cash"],
+                **{name: check_int64(cell[name], name, where) for name in AMOUNT_COLUMNS},
                 funds=[
-                    reconciliation_pb2.FundSum(fund_pay_type=f, fund_payamt=a)
+                    reconciliation_pb2.FundSum(
+                        fund_pay_type=f, fund_payamt=check_int64(a, f"fund {f}", where)
+                    )
                     for f, a in sorted(cell["funds"].items())
                 ],
             )

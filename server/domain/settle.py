@@ -11,6 +11,7 @@ row for the center and the idempotency record together.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -21,7 +22,14 @@ import numpy as np
 import engine_rs
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from server import metrics
-from server.domain.common import Caller, Env, issue_id, local_date, require_fresh_refdata
+from server.domain.common import (
+    Caller,
+    Env,
+    issue_id,
+    local_date,
+    out_of_order,
+    require_fresh_refdata,
+)
 from server.domain.fundsplit import SplitContext, choose_rule, engine_failure, fund_split
 from server.domain.visits import (
     VisitRow,
@@ -86,6 +94,7 @@ class Computed:
     acc_after: dict[str, int]
     line_results: bytes  # store.line_results layout
     insured_region: str  # which center settles it in center mode
+    lines_digest: bytes  # the lines computed from (center mode: unchanged when kept?)
 
 
 def compute(
@@ -113,11 +122,7 @@ def compute(
         )
     if visit.state != "registered":
         raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} is {visit.state}")
-    rows = conn.execute(
-        "SELECT feedetl_sn, medins_list_codg, med_list_codg, cnt, pric, det_item_fee_sumamt,"
-        " fee_ocur_date, hosp_appr_flag FROM fee_lines WHERE visit_id = ? ORDER BY seq",
-        (visit.id,),
-    ).fetchall()
+    rows = _fee_lines(conn, visit.id)
     if not rows:
         raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} has no fee lines to settle")
     person = load_person(conn, caller.pii, visit.psn_no)
@@ -181,8 +186,28 @@ def compute(
         ints[:, k] = col
     blob = line_results.encode(sns, catalog.codes(lines.item), ints)
     return Computed(
-        visit, info, choice.year, choice.pool, before, after, blob, person.insuplc_admdvs
+        visit,
+        info,
+        choice.year,
+        choice.pool,
+        before,
+        after,
+        blob,
+        person.insuplc_admdvs,
+        _digest(rows),
     )
+
+
+def _fee_lines(conn: sqlite3.Connection, visit_id: int) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT feedetl_sn, medins_list_codg, med_list_codg, cnt, pric, det_item_fee_sumamt,"
+        " fee_ocur_date, hosp_appr_flag FROM fee_lines WHERE visit_id = ? ORDER BY seq",
+        (visit_id,),
+    ).fetchall()
+
+
+def _digest(rows: list[tuple[Any, ...]]) -> bytes:
+    return hashlib.sha256(repr(rows).encode()).digest()
 
 
 def current_accumulators(
@@ -254,16 +279,29 @@ def record_center_settlement(
     front-end's cache. Refused when the visit or its lines changed since they were sent."""
     visit = load_visit(conn, caller, req.mdtrt_id)
     if visit.state != "registered":
-        raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} is {visit.state} here")
-    n, amount = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(det_item_fee_sumamt), 0) FROM fee_lines WHERE visit_id = ?",
-        (visit.id,),
-    ).fetchone()
-    if (n, amount) != (prepared.info.line_count, prepared.info.medfee_sumamt):
+        raise FailedPrecondition(
+            f"mdtrt_id: {visit.mdtrt_id} is {visit.state} here; the center's settlement"
+            f" {info.setl_id} is cancelled there"
+        )
+    if _digest(_fee_lines(conn, visit.id)) != prepared.lines_digest:
         raise FailedPrecondition(
             f"mdtrt_id: the fee lines changed while the center settled {info.setl_id};"
-            " reconcile with the center"
+            " it is cancelled there: settle again"
         )
+    # The cancel left for a lost answer (CenterMode): before it is due, this retry keeps
+    # the settlement and the cancel is void; once due, the forwarder may be sending it, so
+    # the settlement is not kept here (and is cancelled there).
+    undo = conn.execute(
+        "SELECT created_at, sent_at FROM outbox WHERE kind = 'undo' AND ref = ?"
+        " ORDER BY id DESC LIMIT 1",
+        (info.setl_id,),
+    ).fetchone()
+    if undo is not None and (undo[1] is not None or undo[0] <= now):
+        raise FailedPrecondition(
+            f"header.msgid: the answer to this settle was lost and its settlement"
+            f" {info.setl_id} is cancelled at the center since; settle again with a new msgid"
+        )
+    conn.execute("DELETE FROM outbox WHERE kind = 'undo' AND ref = ?", (info.setl_id,))
     before = current_accumulators(conn, visit.psn_no, prepared.acc_year, prepared.acc_pool)
     prepared.acc_before = before
     return record(conn, env, prepared, info, acc_after, req, now, rowid=None, forward=False)
@@ -368,6 +406,38 @@ def setl_info(vault: Vault, row: tuple[Any, ...]) -> common_pb2.SetlInfo:
     return info
 
 
+def cancellable(
+    conn: sqlite3.Connection, caller: Caller, setl_id: str, mdtrt_id: str, psn_no: str
+) -> tuple[Any, ...]:
+    """The settlement a cancel names, after every check this front-end can make (center
+    mode makes them all before it asks the center to cancel, so a refused cancel changes
+    nothing on either side)."""
+    row = load_settlement(conn, caller, setl_id)
+    if mdtrt_id and mdtrt_id != row[3]:
+        raise field_error("mdtrt_id", f"settlement {setl_id} belongs to visit {row[3]}")
+    if psn_no and psn_no != row[5]:
+        raise field_error("psn_no", "does not match the settlement's person")
+    if row[6] != common_pb2.SETTLED:
+        raise FailedPrecondition(f"setl_id: {setl_id} is already cancelled ({row[12]})")
+    refuse_out_of_order(conn, caller, row)
+    return row
+
+
+def refuse_out_of_order(conn: sqlite3.Connection, caller: Caller, row: tuple[Any, ...]) -> None:
+    """A settlement is cancelled only while it is the person's latest in its accumulator
+    year and pool. A later one was priced against the deductible and caps this one moved;
+    undoing this one alone would leave the later one's split wrong (a deductible paid twice
+    or not at all). So the later ones are cancelled first, newest first, then re-settled:
+    FAILED_PRECONDITION names them (those of another institution only by number)."""
+    later = conn.execute(
+        "SELECT setl_id, fixmedins_code FROM settlements WHERE psn_no = ? AND acc_year = ?"
+        " AND acc_pool = ? AND state = 1 AND id > ? ORDER BY id DESC",
+        (row[5], row[8], row[9], row[0]),
+    ).fetchall()
+    if later:
+        raise out_of_order(row[1], row[8], row[9], later, caller.inst.fixmedins_code)
+
+
 def cancel(
     conn: sqlite3.Connection,
     env: Env,
@@ -378,13 +448,7 @@ def cancel(
     msgid: str,
     now: int,
 ) -> tuple[common_pb2.SetlInfo, str]:
-    row = load_settlement(conn, caller, setl_id)
-    if mdtrt_id and mdtrt_id != row[3]:
-        raise field_error("mdtrt_id", f"settlement {setl_id} belongs to visit {row[3]}")
-    if psn_no and psn_no != row[5]:
-        raise field_error("psn_no", "does not match the settlement's person")
-    if row[6] != common_pb2.SETTLED:
-        raise FailedPrecondition(f"setl_id: {setl_id} is already cancelled ({row[12]})")
+    row = cancellable(conn, caller, setl_id, mdtrt_id, psn_no)
     delta = json.loads(row[10])
     acc = current_accumulators(conn, row[5], row[8], row[9])
     write_accumulators(conn, row[5], row[8], row[9], {f: acc[f] - delta[f] for f in ACC_FIELDS})
@@ -397,11 +461,14 @@ def cancel(
         " cancel_date = ? WHERE id = ?",
         (cancel_id, msgid, now, local_date(now, env.tz_offset_min), row[0]),
     )
-    if row[15] == common_pb2.LOCAL:  # a center-mode settlement was cancelled there first
-        conn.execute(
-            "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('cancel', ?, ?, ?)",
-            (setl_id, cancel_id.encode(), now),
-        )
+    # Every cancel goes to the center through the outbox, retried until it confirms: a
+    # local-mode settlement's is news there; a center-mode one's was usually made there
+    # first (CenterMode.cancel), and then the center answers DUPLICATE; but a Reverse of a
+    # center-mode Settle is cancelled here first, and this row is what cancels it there.
+    conn.execute(
+        "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('cancel', ?, ?, ?)",
+        (setl_id, cancel_id.encode(), now),
+    )
     info = setl_info(env.pii, (*row[:6], common_pb2.CANCELLED, *row[7:12], cancel_id, msgid, now))
     return info, setl_id
 
@@ -420,6 +487,27 @@ def cancel_call(
 
 
 # ---------------------------------------------------------------------------- reversal
+def reversal_target(
+    conn: sqlite3.Connection, caller: Caller, req: settlement_pb2.ReverseRequest
+) -> tuple[str, str] | None:
+    """The (method, ref) of the call a Reverse names, after the checks of the request (center
+    mode makes them before it cancels at the center); None when that call never arrived."""
+    if not req.omsgid:
+        raise field_error("omsgid", "is required")
+    if req.omsgid == req.header.msgid:
+        raise field_error("omsgid", "must differ from this call's own msgid")
+    row = conn.execute(
+        "SELECT method, ref FROM idempotency WHERE fixmedins_code = ? AND msgid = ?",
+        (caller.inst.fixmedins_code, req.omsgid),
+    ).fetchone()
+    if row is None:
+        return None
+    method, ref = row
+    if req.oinfno and req.oinfno != method:
+        raise field_error("oinfno", f"the call {req.omsgid} was {method}, not {req.oinfno}")
+    return str(method), str(ref)
+
+
 def reverse(
     conn: sqlite3.Connection,
     env: Env,
@@ -428,15 +516,8 @@ def reverse(
     now: int,
 ) -> tuple[bytes, str]:
     """Undo the call `omsgid` made; burn the msgid when it never arrived."""
-    if not req.omsgid:
-        raise field_error("omsgid", "is required")
-    if req.omsgid == req.header.msgid:
-        raise field_error("omsgid", "must differ from this call's own msgid")
     code = caller.inst.fixmedins_code
-    row = conn.execute(
-        "SELECT method, ref FROM idempotency WHERE fixmedins_code = ? AND msgid = ?",
-        (code, req.omsgid),
-    ).fetchone()
+    row = reversal_target(conn, caller, req)
     resp = settlement_pb2.ReverseResponse(omsgid=req.omsgid)
     if row is None:
         conn.execute(
@@ -447,8 +528,6 @@ def reverse(
         resp.reversed = f"{req.omsgid} never arrived; it is now refused if it does"
         return resp.SerializeToString(), req.omsgid
     method, ref = row
-    if req.oinfno and req.oinfno != method:
-        raise field_error("oinfno", f"the call {req.omsgid} was {method}, not {req.oinfno}")
     resp.original_found = True
     if method == "Settle":
         srow = load_settlement(conn, caller, ref)

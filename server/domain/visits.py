@@ -16,7 +16,6 @@ import numpy.typing as npt
 import engine_rs
 from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from server import metrics
-from server.domain import operators
 from server.domain.common import Caller, Env, issue_id, require_fresh_refdata
 from server.engine.columns import pack_strings
 from server.errors import (
@@ -62,15 +61,20 @@ def age_on(brdy: int, date: int) -> int:
 
 # ---------------------------------------------------------------------------- sign in/out
 def sign_in(
-    conn: sqlite3.Connection, env: Env, header: common_pb2.RequestHeader, now: int
+    conn: sqlite3.Connection,
+    env: Env,
+    header: common_pb2.RequestHeader,
+    held: frozenset[str],
+    now: int,
 ) -> tuple[bytes, str]:
+    """A sign_no for an operator whose password was proven (server/services/signin.py),
+    bound to the roles `held` they hold now."""
     snap = env.refdata.current(conn)
     inst = snap.institutions.get(header.fixmedins_code)
-    if inst is None:
+    if inst is None:  # pragma: no cover - its operators were found; the institution removed
         raise Unauthenticated("header.fixmedins_code: unknown institution")
     if header.mdtrtarea_admvs and header.mdtrtarea_admvs != inst.admdvs:
         raise field_error("header.mdtrtarea_admvs", f"is not {inst.admdvs}, the institution's")
-    held = operators.for_sign_in(conn, header.fixmedins_code, header.opter)
     sign_no = secrets.token_hex(16)
     expires = now + env.sign_ttl_s * 1000
     conn.execute(
@@ -183,7 +187,7 @@ class VisitRow:
     med_type: int
     treatment: int
     begndate: int
-    dise_codg: str
+    dise_codg: list[str]  # ICD-10 codes, opened (sealed at rest)
     state: str
 
 
@@ -198,7 +202,11 @@ def load_visit(conn: sqlite3.Connection, caller: Caller, mdtrt_id: str) -> Visit
     ).fetchone()
     if row is None or row[2] != caller.inst.fixmedins_code:
         raise NotFound(f"mdtrt_id: no visit {mdtrt_id} at this institution")
-    return VisitRow(*row)
+    i, mdtrt, code, psn_no, insutype, med_type, treatment, begndate, sealed, state = row
+    diagnoses = caller.pii.open_diagnoses(mdtrt, bytes(sealed))
+    return VisitRow(
+        i, mdtrt, code, psn_no, insutype, med_type, treatment, begndate, diagnoses, state
+    )
 
 
 def register(
@@ -248,7 +256,7 @@ def register(
             treatment_of(req.med_type),
             req.begndate,
             req.ipt_otp_no,
-            ",".join(req.dise_codg),
+            caller.pii.seal_diagnoses(mdtrt_id, req.dise_codg),
             req.dept_codg,
             req.atddr_no,
             req.header.msgid,
@@ -286,7 +294,7 @@ def engine_visit(visit: VisitRow, person: PersonRow) -> engine_rs.Visit:
         psn_type=person.psn_type,
         sex=person.gend,
         age=age_on(person.brdy, visit.begndate),
-        diagnoses=[d for d in visit.dise_codg.split(",") if d],
+        diagnoses=visit.dise_codg,
     )
 
 
@@ -356,7 +364,9 @@ def upload_fees(
     person = load_person(conn, caller.pii, visit.psn_no)
     assert person is not None  # registration checked it; persons are never deleted
     hosp = [ln.medins_list_codg for ln in lines]
-    ins = [ln.med_list_codg for ln in lines]
+    # The institution's mapping (its admin's) classifies every line: a code the HIS sends
+    # is only checked against it (`classified_by_mapping`), never used, and not stored.
+    ins = [""] * len(lines)
     nums = np.array(
         [
             (ln.cnt, ln.pric, ln.det_item_fee_sumamt, ln.fee_ocur_date, ln.hosp_appr_flag)
@@ -373,6 +383,8 @@ def upload_fees(
             results, _ = engine_rs.preprocess(catalog, caller.snap.policy, cols, ev)
     except engine_rs.LineError as exc:
         raise field_error(f"lines[{exc.line}].{exc.field}", exc.reason) from None
+    codes = catalog.codes(results.item)
+    classified_by_mapping(lines, codes)
     base = int(have[1])
     conn.executemany(
         "INSERT INTO fee_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -382,7 +394,7 @@ def upload_fees(
                 ln.feedetl_sn,
                 base + i + 1,
                 ln.medins_list_codg,
-                ln.med_list_codg,
+                "",
                 ln.cnt,
                 ln.pric,
                 ln.det_item_fee_sumamt,
@@ -394,7 +406,6 @@ def upload_fees(
             for i, ln in enumerate(lines)
         ],
     )
-    codes = catalog.codes(results.item)
     resp = settlement_pb2.UploadFeesResponse(
         mdtrt_id=mdtrt_id,
         line_count=len(lines),
@@ -403,6 +414,28 @@ def upload_fees(
     )
     resp.results.extend(line_result_messages([ln.feedetl_sn for ln in lines], nums, results, codes))
     return resp.SerializeToString(), mdtrt_id
+
+
+def classified_by_mapping(lines: list[settlement_pb2.FeeLine], mapped: list[str]) -> None:
+    """INVALID_ARGUMENT for every line whose HIS-supplied `med_list_codg` is not the code the
+    institution's mapping gives its `medins_list_codg` (`mapped[i]`, "" when unmapped): a
+    cashier's system cannot re-classify an item (say a self-paid class C item as class A).
+    An unmapped item with a supplied code is refused too: only the institution's admin maps
+    items (PutMappings); until then the item is settled as unmapped, self-paid."""
+    v = Violations()
+    for i, ln in enumerate(lines):
+        if ln.med_list_codg and ln.med_list_codg != mapped[i]:
+            v.add(
+                f"lines[{i}].med_list_codg",
+                f"{ln.med_list_codg} is not the institution's mapping of"
+                f" {ln.medins_list_codg} ({mapped[i]}); send it empty or as mapped"
+                if mapped[i]
+                else f"{ln.medins_list_codg} is not mapped at this institution (its admin"
+                " maps items); send it empty",
+            )
+            if len(v.items) >= 20:
+                break
+    v.raise_if_any()
 
 
 def line_result_messages(

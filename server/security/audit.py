@@ -69,16 +69,39 @@ def anchor_mac(key: bytes, chain: str, seq: int, h: bytes, pruned_before: int) -
     return hmac.new(key, body, hashlib.sha256).digest()
 
 
+# The longest value a record keeps as it is. Every id the door lets in is shorter
+# (server/limits.py); anything longer is kept as its digest, so that no request, refused or
+# not, can make its record larger than a few hundred bytes.
+VALUE_MAX = 64
+
+
+def digest(value: str) -> str:
+    """What a record keeps of a value too long to keep: enough to match it, no more."""
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def kept(value: str) -> str:
+    """`value`, or its digest when it is longer than VALUE_MAX."""
+    return value if len(value) <= VALUE_MAX else digest(value)
+
+
 def objects_of(request: Any, *extra: str) -> str:
-    """The ids a request names (masked: a certificate number is personal data)."""
+    """The ids a request names (masked: a certificate number is personal data; digested
+    when oversize)."""
     out = []
     for name in OBJECT_FIELDS:
         value = getattr(request, name, None)
         if value:
-            if name == "mdtrt_cert_no":
-                value = mask(str(value))
-            out.append(f"{name}={value}")
-    out.extend(e for e in extra if e)
+            text = str(value)
+            if len(text) > VALUE_MAX:
+                text = digest(text)
+            elif name == "mdtrt_cert_no":
+                text = mask(text)
+            out.append(f"{name}={text}")
+    for e in extra:
+        if e:
+            name, eq, value = e.partition("=")
+            out.append(f"{name}={kept(value)}" if eq else kept(e))
     return ";".join(out)
 
 

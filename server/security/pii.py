@@ -1,5 +1,6 @@
 """Personal identifiers at rest: names, ID (certificate) numbers, card numbers and e-voucher
-tokens are stored sealed, and found by a keyed hash instead of their clear text.
+tokens are stored sealed, and found by a keyed hash instead of their clear text; so are the
+diagnoses of each visit, and the stored records that name a person.
 
 A sealed value is `version (1 byte) || nonce (12) || ciphertext || tag (16)`: version 1 is
 AES-256-GCM, version 2 SM4-GCM (for deployments that require the national cipher; its key is
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -92,6 +94,14 @@ class Vault:
 
     def open_answer(self, fixmedins_code: str, msgid: str, sealed: bytes) -> bytes:
         return self.open_bytes("response", f"{fixmedins_code}|{msgid}", sealed)
+
+    def seal_diagnoses(self, mdtrt_id: str, codes: Sequence[str]) -> bytes:
+        """A visit's diagnoses (`visits.dise_codg`: ICD-10 codes, health data), bound to it."""
+        return self.seal_bytes("dise_codg", mdtrt_id, ",".join(codes).encode())
+
+    def open_diagnoses(self, mdtrt_id: str, sealed: bytes) -> list[str]:
+        text = self.open_bytes("dise_codg", mdtrt_id, sealed).decode()
+        return [d for d in text.split(",") if d]
 
     def index(self, field: str, value: str) -> bytes | None:
         """The lookup hash of a value; None for an empty one (nothing to find it by)."""

@@ -1,20 +1,28 @@
 """The audit records that are not part of a write's own transaction (those are written by
 `idempotent`): reads of personal data, refused calls, and authentication or authorisation
 failures wherever they are caught. Each is committed before the answer goes out, through the
-same group commit as the writes (so it costs a share of an fsync, not one of its own)."""
+same group commit as the writes (so it costs a share of an fsync, not one of its own).
+
+Refusals cost the caller nothing, so what they may write is bounded: every value a record
+keeps is short (audit.kept), and each worker records at most `max_refusal_audits_per_s`
+refusals a second one by one; beyond that they are counted (a metric) and summarised in one
+record a second, so a flood of refused calls cannot fill the disk."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from server import metrics
 from server.domain.common import Caller, now_ms
-from server.errors import ClientError
+from server.errors import ClientError, Unavailable
 from server.security import audit, roles
 from server.security.identity import Peer
 from server.store.sqlite import Store
@@ -39,16 +47,132 @@ def outcome_of(exc: ClientError) -> str:
     return f"{exc.code.name}: {exc.message}"[:500]
 
 
-class FrontendAuditor:
-    """Audit records of a front-end, into its SQLite store."""
+class RefusalBudget:
+    """How many refusals a second are recorded one by one: a token bucket filling at
+    `per_s` a second, holding one second's worth (at least one)."""
 
-    def __init__(self, store: Store, key: bytes) -> None:
+    def __init__(self, per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_s = per_s
+        self.burst = max(1.0, per_s)
+        self.tokens = self.burst
+        self.clock = clock
+        self.at = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_s)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+SUMMARY_EVERY_S = 1.0
+SUMMARY_GROUPS = 10  # (code, rpc) groups a summary names, the most frequent first
+SUMMARY = "SUMMARY"  # how a summary record's outcome begins
+
+
+class RefusalSummary:
+    """The refusals counted, not recorded, since the last summary record."""
+
+    def __init__(self) -> None:
+        self.by: Counter[tuple[str, str, str]] = Counter()  # (institution, code, rpc)
+        self.first = self.last = 0
+
+    def add(self, rec: audit.Record, code: str) -> None:
+        self.last = rec.at
+        self.first = self.first or rec.at
+        self.by[(rec.fixmedins_code, code, rec.rpc)] += 1
+
+    def record(self, per_s: float) -> audit.Record:
+        n = sum(self.by.values())
+        institutions = {inst for inst, _, _ in self.by}
+        by_rpc: Counter[tuple[str, str]] = Counter()
+        for (_, code, rpc), k in self.by.items():
+            by_rpc[(code, rpc)] += k
+        groups = ";".join(
+            f"{code} {rpc}={k}" for (code, rpc), k in by_rpc.most_common(SUMMARY_GROUPS)
+        )
+        return audit.Record(
+            now_ms(),
+            institutions.pop() if len(institutions) == 1 else "",
+            "",
+            "",
+            "",
+            f"refused={n};from={self.first};to={self.last};{groups}",
+            f"{SUMMARY}: {n} refused calls counted, not recorded one by one (more than"
+            f" {per_s:g} a second)",
+        )
+
+
+class RefusalRecorder:
+    """Writes refusals' records through `append`, at most `per_s` a second one by one (the
+    worker's budget); beyond it counts them (a metric) and writes one summary record a
+    second. A store that cannot write does not stop a refusal from going out. The front-end's
+    auditor has one; the center's can have its own over its store."""
+
+    def __init__(
+        self, append: Callable[[audit.Record], Awaitable[None]], per_s: float = 50.0
+    ) -> None:
+        self.append = append
+        self.budget = RefusalBudget(per_s)
+        self._summary = RefusalSummary()
+        self._summarising: asyncio.Task[None] | None = None
+
+    async def record(self, rec: audit.Record, exc: ClientError) -> None:
+        exc.audited = True
+        if not self.budget.take():
+            metrics.REFUSALS_SUMMARISED.labels(exc.code.name).inc()
+            self._summary.add(rec, exc.code.name)
+            if self._summarising is None:
+                self._summarising = asyncio.get_running_loop().create_task(self._summarise())
+            return
+        try:
+            await self.append(rec)
+        except Unavailable:
+            log.warning("audit record of a refused %s not written: the store cannot write", rec.rpc)
+
+    async def _summarise(self) -> None:
+        try:
+            await asyncio.sleep(SUMMARY_EVERY_S)
+        finally:
+            self._summarising = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the summary of the refusals counted since the last one, if any."""
+        summary, self._summary = self._summary, RefusalSummary()
+        if summary.by:
+            try:
+                await self.append(summary.record(self.budget.per_s))
+            except Unavailable:
+                log.warning("audit: a summary of %d refusals not written", summary.by.total())
+
+    async def close(self) -> None:
+        """The summary pending, written now (the server is stopping)."""
+        if self._summarising is not None:
+            self._summarising.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summarising
+        await self.flush()
+
+
+class FrontendAuditor:
+    """Audit records of a front-end, into its SQLite store; one per worker (its budget of
+    refusal records is the worker's)."""
+
+    def __init__(self, store: Store, key: bytes, refusals_per_s: float = 50.0) -> None:
         self.store = store
         self.key = key
+        self.refusals = RefusalRecorder(self._append, refusals_per_s)
 
     async def _append(self, rec: audit.Record) -> None:
         key = self.key
         await self.store.write(lambda conn: audit.append(conn, key, rec))
+
+    async def close(self) -> None:
+        await self.refusals.close()
 
     async def read(self, rpc: str, caller: Caller, request: Any) -> None:
         if rpc in PERSONAL_READS:
@@ -69,7 +193,13 @@ class FrontendAuditor:
         h = request.header
         await self._append(
             audit.Record(
-                now_ms(), h.fixmedins_code, h.opter, "", rpc, audit.objects_of(request), "OK"
+                now_ms(),
+                audit.kept(h.fixmedins_code),
+                audit.kept(h.opter),
+                "",
+                rpc,
+                audit.objects_of(request),
+                "OK",
             )
         )
 
@@ -79,17 +209,17 @@ class FrontendAuditor:
         if not (write or rpc in PERSONAL_READS or exc.code in AUTH_CODES):
             return
         header = getattr(request, "header", None)
-        exc.audited = True
-        await self._append(
+        await self.refusals.record(
             audit.Record(
                 now_ms(),
-                getattr(header, "fixmedins_code", ""),
-                getattr(header, "opter", ""),
+                audit.kept(getattr(header, "fixmedins_code", "")),
+                audit.kept(getattr(header, "opter", "")),
                 "",
                 rpc,
                 audit.objects_of(request),
                 outcome_of(exc),
-            )
+            ),
+            exc,
         )
 
     async def denied(self, rpc: str, peer: Peer, request: Any, exc: ClientError) -> None:
@@ -98,17 +228,17 @@ class FrontendAuditor:
         if exc.audited or exc.code not in AUTH_CODES:
             return
         header = getattr(request, "header", None)
-        exc.audited = True
-        await self._append(
+        await self.refusals.record(
             audit.Record(
                 now_ms(),
-                getattr(header, "fixmedins_code", "") or peer.institution,
-                getattr(header, "opter", ""),
+                audit.kept(getattr(header, "fixmedins_code", "") or peer.institution),
+                audit.kept(getattr(header, "opter", "")),
                 roles.render(peer.roles),
                 rpc,
                 f"peer={peer.describe()}",
                 outcome_of(exc),
-            )
+            ),
+            exc,
         )
 
 

@@ -6,7 +6,8 @@ serializer passes bytes through untouched, which is what makes a retry's answer 
 byte for byte. Every handler is wrapped so a `ClientError` becomes its precise status with
 `google.rpc.Status` details, and anything else is logged and answered INTERNAL. A caller
 with a client certificate speaks only for its institution: every request header it sends
-is checked against the certificate here, for every service.
+is checked against the certificate here, for every service. Every message's ids and codes
+are held to their lengths here too (server/limits.py), before anything reads or records them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from server import limits
 from server.errors import ClientError
 from server.security import roles
 from server.security.identity import ANONYMOUS, Peer, peer_of
@@ -121,18 +123,25 @@ class Access:
         roles.require(method, self.rules, peer.roles, peer.describe())
 
 
+# Authenticates a client stream's first message (method path, message) before the server
+# reads the rest: whoever may not make the call is refused before it holds anything more.
+Admit = Callable[[str, Any], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class Guards:
     """What every call of a server passes before its handler: a deadline within the cap
     (`deadlines`), the role of the method (`access`), a valid request signature
-    (`verifier`), sealed payloads (`payload`); `auditor` records the authentication and
-    authorisation failures among the refusals."""
+    (`verifier`), sealed payloads (`payload`), a client stream's caller authenticated on
+    its first message (`admit`); `auditor` records the authentication and authorisation
+    failures among the refusals."""
 
     deadlines: Deadlines | None = None
     access: Access | None = None
     verifier: RequestVerifier | None = None
     payload: PayloadKeys | None = None
     auditor: Auditor | None = None
+    admit: Admit | None = None
 
 
 async def _gated(
@@ -140,11 +149,13 @@ async def _gated(
     peer: Peer,
     signed: tuple[RequestVerifier, str, Any] | None,
     opened: tuple[PayloadKeys, str, bytes, str, Callable[[bytes], Any]] | None,
+    admitted: tuple[Admit, str] | None,
 ) -> AsyncIterator[Any]:
     """A request stream whose every message is opened when payloads are sealed, and whose
     every header is checked against the peer (and the sealing institution); when
     signatures are required, the call's signature must verify for its first message (the
-    one with the header; the rest ride the same authenticated stream)."""
+    one with the header; the rest ride the same authenticated stream); the first message's
+    caller is authenticated (`admitted`) before a second is read."""
     n = 0
     async for raw in chunks:
         chunk = raw
@@ -153,10 +164,15 @@ async def _gated(
             chunk = parse(payload.open(key, method, n, raw))
             check_parsed(chunk)
             payload.check_institution(inst, getattr(chunk, "header", None), f"messages[{n}].header")
+        check_parsed(chunk)
+        limits.check_ids(chunk, f"messages[{n}].")
         peer.check_header(getattr(chunk, "header", None), f"messages[{n}].header")
         if n == 0 and signed is not None:
             verifier, path, context = signed
             await verifier.check(path, chunk, context.invocation_metadata())
+        if n == 0 and admitted is not None:
+            admit, path = admitted
+            await admit(path, chunk)
         n += 1
         yield chunk
 
@@ -180,6 +196,7 @@ def _wrap_unary(
                     request = parse(g.payload.open(key, method, 0, request))
             if not streaming_in:
                 check_parsed(request)
+                limits.check_ids(request)
                 if g.payload is not None:
                     g.payload.check_institution(inst, getattr(request, "header", None))
             peer = peer_of(context)
@@ -188,7 +205,8 @@ def _wrap_unary(
             if streaming_in:
                 signed = None if g.verifier is None else (g.verifier, method, context)
                 opened = None if g.payload is None else (g.payload, inst, key, method, parse)
-                request = _gated(request, peer, signed, opened)
+                admitted = None if g.admit is None else (g.admit, method)
+                request = _gated(request, peer, signed, opened, admitted)
             else:
                 if peer is not ANONYMOUS:
                     peer.check_header(getattr(request, "header", None))
@@ -222,6 +240,7 @@ def _wrap_stream_out(
                 inst, key = g.payload.key_for(context.invocation_metadata())
                 request = parse(g.payload.open(key, method, 0, request))
             check_parsed(request)
+            limits.check_ids(request)
             if g.payload is not None:
                 g.payload.check_institution(inst, getattr(request, "header", None))
             peer = peer_of(context)

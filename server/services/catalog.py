@@ -9,11 +9,13 @@ from typing import Any
 from clients.pb.medsettle.v1 import catalog_pb2
 from server.domain import operators, recon, reference
 from server.domain.common import add_chunk, chunk_hasher
-from server.errors import field_error
+from server.errors import ClientError, field_error
+from server.security.passwords import KDF
 from server.services.base import check_parsed
 from server.services.settlement import Calls, Ctx
 
 MAX_IMPORT_ITEMS = 2_000_000
+PUT_OPERATORS = "/medsettle.v1.Catalog/PutOperators"
 
 
 class CatalogService:
@@ -100,10 +102,21 @@ class CatalogService:
         )
 
     async def PutOperators(self, request: catalog_pb2.PutOperatorsRequest, context: Ctx) -> bytes:
+        """New passwords are hashed (the KDF's slow work) only for a signed-in security
+        officer, off the write turn; the request is then recognised and recorded without
+        them."""
+        await self.calls.read("PutOperators", request, lambda conn, caller: None)
+        try:
+            operators.check_passwords(request)
+        except ClientError as exc:
+            await self.calls.auditor.refused(PUT_OPERATORS, request, exc, write=True)
+            raise
+        hashes = [await KDF.make(o.password) if o.password else "" for o in request.operators]
+        cleared = operators.without_passwords(request)
         return await self.calls.write(
             "PutOperators",
-            request,
+            cleared,
             lambda conn, caller, now: operators.put_operators(
-                conn, caller.inst.fixmedins_code, request, now
+                conn, caller.inst.fixmedins_code, cleared, hashes, now
             ),
         )

@@ -13,7 +13,7 @@ from psycopg.errors import UniqueViolation
 
 from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2, reconciliation_pb2
 from server import metrics
-from server.domain import center, recon, reference
+from server.domain import center, forwarded, recon, reference
 from server.domain.common import Outcome, now_ms, request_hash
 from server.errors import ClientError, FailedPrecondition, field_error
 from server.security import audit, roles
@@ -82,6 +82,17 @@ class CenterAuditor:
         await self.store.transaction(op)
 
 
+def payload_hash(method: str, request: Any) -> bytes:
+    """`request_hash` of a front-end's call without its instance id: which machine sends a
+    call is not part of what the call asks (a retry through another worker is the same)."""
+    header = request.header
+    instance_id, header.instance_id = header.instance_id, ""
+    try:
+        return request_hash(method, request)
+    finally:
+        header.instance_id = instance_id
+
+
 class CenterService:
     def __init__(self, store: PgStore, env: center.CenterEnv, dsn: str, audit_key: bytes) -> None:
         self.store = store
@@ -92,8 +103,8 @@ class CenterService:
         self.PolicySince = increments.PolicySince
 
     async def SettleSummary(self, request: center_pb2.CenterSettleRequest, context: Ctx) -> bytes:
-        center.check_settle_request(request)
-        digest = request_hash("SettleSummary", request)
+        center.check_settle_request(request, self.env.max_visit_fee_fen)
+        digest = payload_hash("SettleSummary", request)
         now = now_ms()
         env = self.env
 
@@ -127,21 +138,25 @@ class CenterService:
         now = now_ms()
 
         async def op(conn: Conn) -> center_pb2.ForwardResponse:
-            resp = await center.forward(conn, env, request, now)
+            resp = await forwarded.forward(conn, env, request, now)
             await self.auditor.append(
                 conn, FORWARD, request, now, False, f"items={len(request.items)}"
             )
             return resp
 
         try:
-            return await self.store.transaction(op)
-        except UniqueViolation:  # the same batch replayed concurrently: now all duplicates
-            return await self.store.transaction(op)
+            try:
+                return await self.store.transaction(op)
+            except UniqueViolation:  # the same batch replayed concurrently: now duplicates
+                return await self.store.transaction(op)
+        except ClientError as exc:  # e.g. this node is another front-end machine's
+            await self.auditor.refused(FORWARD, request, exc)
+            raise
 
     async def CancelSettlement(
         self, request: center_pb2.CenterCancelRequest, context: Ctx
     ) -> bytes:
-        digest = request_hash("CancelSettlement", request)
+        digest = payload_hash("CancelSettlement", request)
         now = now_ms()
         env = self.env
 

@@ -13,18 +13,26 @@ Order of events for Settle, and why it is safe to retry at any point:
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 import sqlite3
+from dataclasses import dataclass
+
+import grpc
 
 from clients.pb.medsettle.v1 import center_pb2, common_pb2, settlement_pb2
 from server import metrics
 from server.center_link import CenterRoutes, center_setl_id
 from server.domain import settle
 from server.domain.common import (
+    Caller,
     Env,
     Outcome,
     Trail,
     authenticate,
     check_header,
+    id_prefix,
     idempotent,
     issue_id,
     now_ms,
@@ -33,12 +41,15 @@ from server.domain.common import (
 )
 from server.domain.settle import Computed, OfflineLimits
 from server.errors import ClientError, Unavailable
+from server.forwarder import cancelled_already, undo_row
 from server.store import ACC_FIELDS
-from server.store.sqlite import Store
+from server.store.sqlite import Store, StoreUnavailable
 
 SETTLE = "/medsettle.v1.Settlement/Settle"
 PRE_SETTLE = "/medsettle.v1.Settlement/PreSettle"
 CANCEL = "/medsettle.v1.Settlement/CancelSettlement"
+REVERSE = "/medsettle.v1.Settlement/Reverse"
+log = logging.getLogger("medsettle.center_mode")
 
 
 def _center_request(
@@ -73,14 +84,38 @@ def _center_request(
     )
 
 
+def undo_request(
+    env: Env, header: common_pb2.RequestHeader, setl_id: str
+) -> center_pb2.CenterCancelRequest:
+    """The compensating cancel of a center-mode settlement, keyed to the HIS call's msgid:
+    its own msgid and cancel id derive from it, the same on every retry."""
+    code = header.fixmedins_code
+    digest = hashlib.sha256(f"undo\0{code}\0{header.msgid}".encode()).hexdigest()
+    return center_pb2.CenterCancelRequest(
+        header=center_pb2.NodeHeader(
+            node_id=env.node_id, fixmedins_code=code, msgid=f"U{digest[:29]}", opter=header.opter
+        ),
+        setl_id=setl_id,
+        cancel_id=f"{id_prefix('C', code, env.node_id)}U{digest[:12]}",
+    )
+
+
 class CenterMode:
     def __init__(
-        self, store: Store, env: Env, routes: CenterRoutes, offline: OfflineLimits | None
+        self,
+        store: Store,
+        env: Env,
+        routes: CenterRoutes,
+        offline: OfflineLimits | None,
+        retry_grace_s: float = 300.0,
     ) -> None:
         self.store = store
         self.env = env
         self.routes = routes
         self.offline = offline  # None: no local fallback
+        # How long a settle the center may have committed unheard waits for a retry of its
+        # msgid before the forwarder cancels it at the center (config center_retry_grace_s).
+        self.retry_grace_ms = int(retry_grace_s * 1000)
 
     async def settle(self, req: settlement_pb2.SettleRequest) -> bytes:
         header = req.header
@@ -100,21 +135,72 @@ class CenterMode:
             if isinstance(got, bytes):
                 metrics.settle_answered("center", "frontend", got, replayed=True)
                 return got
+            sent = _center_request(env, req, got, pre=False)
+            region = got.insured_region
+            later = now_ms() + self.retry_grace_ms
             try:
-                link = self.routes.link_for(got.insured_region)
-                answer = await link.settle(_center_request(env, req, got, pre=False))
-            except Unavailable:
-                if self.offline is None:
+                answer = await self.routes.link_for(region).settle(sent)
+            except BaseException as exc:
+                if not _definitive(exc):
+                    # The center may have committed and only its answer been lost (a line
+                    # cut, a deadline, the HIS giving up): unless a retry of this msgid
+                    # keeps the settlement here first, it is cancelled there once the
+                    # retries' grace is over.
+                    undo = undo_request(env, header, sent.setl_id)
+                    await asyncio.shield(self._leave_undo(undo, region, later))
+                if not isinstance(exc, Unavailable) or self.offline is None:
                     raise
                 resp = await self._settle_offline(req, digest, now, self.offline, outcome)
                 metrics.settle_answered("offline", "frontend", resp, outcome.replayed)
                 return resp
-            resp = await self._keep(req, digest, now, got, answer, outcome)
+            try:
+                resp = await self._keep(req, digest, now, got, answer, outcome)
+            except (StoreUnavailable, asyncio.CancelledError):
+                # Not kept for a reason a retry of this msgid may get past: the same grace.
+                undo = undo_request(env, header, answer.setlinfo.setl_id)
+                await asyncio.shield(self._leave_undo(undo, region, later))
+                raise
+            except ClientError:
+                await self._undo(header, answer.setlinfo.setl_id, region)
+                raise
         except ClientError as exc:
             metrics.settle_refused("center", "frontend", exc.code)
             raise
         metrics.settle_answered("center", "frontend", resp, outcome.replayed)
         return resp
+
+    async def _undo(self, header: common_pb2.RequestHeader, setl_id: str, region: str) -> None:
+        """The center committed a settlement this front-end then could not keep (the visit or
+        its lines changed meanwhile): cancel it there, so it is never left settled at the
+        center alone. The cancel is keyed to the original msgid, so sending it twice changes
+        nothing; when the center does not answer, the outbox keeps it and the forwarder
+        retries until the center confirms."""
+        undo = undo_request(self.env, header, setl_id)
+        try:
+            await self.routes.link_for(region).cancel(undo)
+        except ClientError as exc:
+            if cancelled_already(exc):
+                return
+            # Left in the outbox: the forwarder retries it, and holds it (logged, in the
+            # backlog, shown by reconciliation) when the center refuses it for good.
+            await self._leave_undo(undo, region, now_ms())
+            log.warning("center settlement %s left to cancel (%s)", setl_id, exc.message)
+
+    async def _leave_undo(
+        self, undo: center_pb2.CenterCancelRequest, region: str, not_before: int
+    ) -> None:
+        """An outbox row for the forwarder to send `undo` from `not_before` on (its
+        created_at; one per settlement: a center down for a while meets the same msgid's
+        retries, and the earliest time stands)."""
+        payload = undo_row(region, undo)
+        await self.store.write(
+            lambda conn: conn.execute(
+                "INSERT INTO outbox (kind, ref, payload, created_at) SELECT 'undo', ?, ?, ?"
+                " WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE kind = 'undo' AND ref = ?"
+                " AND sent_at IS NULL)",
+                (undo.setl_id, payload, not_before, undo.setl_id),
+            )
+        )
 
     async def _keep(
         self,
@@ -203,36 +289,20 @@ class CenterMode:
         now = now_ms()
         env = self.env
 
-        def look(conn: sqlite3.Connection) -> bytes | tuple[int, int, str]:
+        def look(conn: sqlite3.Connection) -> bytes | _AtCenter | None:
             caller = authenticate(conn, env, header, now, CANCEL)
             stored = replay_of(
                 conn, env.pii, header.fixmedins_code, header.msgid, "CancelSettlement", digest
             )
             if stored is not None:
                 return stored
-            row = settle.load_settlement(conn, caller, req.setl_id)
-            region = conn.execute(
-                "SELECT insuplc_admdvs FROM persons WHERE psn_no = ?", (row[5],)
-            ).fetchone()[0]
-            return row[0], row[15], region
+            return _at_center(conn, caller, req.setl_id, req.mdtrt_id, req.psn_no)
 
         got = await self.store.read(look)
         if isinstance(got, bytes):
             return got
-        rowid, mode, region = got
-        if mode == common_pb2.CENTER:
-            await self.routes.link_for(region).cancel(
-                center_pb2.CenterCancelRequest(
-                    header=center_pb2.NodeHeader(
-                        node_id=env.node_id,
-                        fixmedins_code=header.fixmedins_code,
-                        msgid=header.msgid,
-                        opter=header.opter,
-                    ),
-                    setl_id=req.setl_id,
-                    cancel_id=issue_id(env, "C", header.fixmedins_code, rowid),
-                )
-            )
+        if got is not None:
+            await self._cancel_at_center(header, got)
 
         def keep(conn: sqlite3.Connection) -> bytes:
             caller = authenticate(conn, env, header, now, CANCEL)
@@ -249,3 +319,86 @@ class CenterMode:
             )
 
         return await self.store.write(keep)
+
+    async def before_reverse(self, req: settlement_pb2.ReverseRequest) -> None:
+        """A Reverse of a center-mode Settle cancels at the center first, as CancelSettlement
+        does (then the local reversal runs as in local mode; its outbox row meets the center's
+        cancel as a duplicate). Anything else the reversal does is local."""
+        header = req.header
+        check_header(header, needs_msgid=True)
+        digest = request_hash("Reverse", req)
+        now = now_ms()
+        env = self.env
+
+        def look(conn: sqlite3.Connection) -> _AtCenter | None:
+            caller = authenticate(conn, env, header, now, REVERSE)
+            code = header.fixmedins_code
+            if replay_of(conn, env.pii, code, header.msgid, "Reverse", digest) is not None:
+                return None
+            row = settle.reversal_target(conn, caller, req)
+            if row is None or row[0] != "Settle":
+                return None
+            if settle.load_settlement(conn, caller, row[1])[6] != common_pb2.SETTLED:
+                return None
+            return _at_center(conn, caller, row[1], "", "")
+
+        got = await self.store.read(look)
+        if got is not None:
+            await self._cancel_at_center(header, got)
+
+    async def _cancel_at_center(self, header: common_pb2.RequestHeader, at: _AtCenter) -> None:
+        """The center cancels under this call's msgid (a retry meets its stored answer)."""
+        env = self.env
+        await self.routes.link_for(at.region).cancel(
+            center_pb2.CenterCancelRequest(
+                header=center_pb2.NodeHeader(
+                    node_id=env.node_id,
+                    fixmedins_code=header.fixmedins_code,
+                    msgid=header.msgid,
+                    opter=header.opter,
+                ),
+                setl_id=at.setl_id,
+                cancel_id=issue_id(env, "C", header.fixmedins_code, at.rowid),
+            )
+        )
+
+
+# The center's refusals that mean it did not commit the call (anything else, or no answer,
+# may come after a commit whose answer was lost).
+_NOT_COMMITTED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def _definitive(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError) and exc.code in _NOT_COMMITTED
+
+
+@dataclass(frozen=True)
+class _AtCenter:
+    """A center-mode settlement to cancel at the center: its local row, id, person's region."""
+
+    rowid: int
+    setl_id: str
+    region: str
+
+
+def _at_center(
+    conn: sqlite3.Connection, caller: Caller, setl_id: str, mdtrt_id: str, psn_no: str
+) -> _AtCenter | None:
+    """After every check this front-end can make (so a refusal changes neither side): the
+    settlement to cancel at the center first, or None for one settled here (offline)."""
+    row = settle.cancellable(conn, caller, setl_id, mdtrt_id, psn_no)
+    if row[15] != common_pb2.CENTER:
+        return None
+    region = conn.execute("SELECT insuplc_admdvs FROM persons WHERE psn_no = ?", (row[5],))
+    return _AtCenter(row[0], row[1], region.fetchone()[0])

@@ -3,6 +3,10 @@
 State-changing calls check the header, hash the request, and run one operation in the
 store's group commit: authenticate the sign_no, then either replay the stored answer of the
 same msgid or do the work and store its answer with the msgid. Reads run on a snapshot.
+
+A client stream is authenticated on its first message, before the rest is read (`admit`);
+a fee stream may hold no more than one visit's lines (server/limits.py); fee lines and visits
+beyond the money bounds are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from clients.pb.medsettle.v1 import settlement_pb2
-from server import metrics
+from server import limits, metrics
 from server.domain import settle, visits
 from server.domain.common import (
     Caller,
@@ -33,7 +37,7 @@ from server.errors import ClientError, field_error
 from server.services import signin
 from server.services.auditing import PERSONAL_READS, FrontendAuditor
 from server.services.base import check_parsed
-from server.services.center_mode import CANCEL, PRE_SETTLE, SETTLE, CenterMode
+from server.services.center_mode import CANCEL, PRE_SETTLE, REVERSE, SETTLE, CenterMode
 from server.store.sqlite import Store
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -42,13 +46,16 @@ WriteBody = Callable[[sqlite3.Connection, Caller, int], tuple[bytes, str]]
 
 
 class Calls:
-    """The two shapes every call of `service` takes: an idempotent write, or a read."""
+    """The two shapes every call of `service` takes: an idempotent write, or a read (and
+    `admit`, a write's authentication ahead of its body). `auditor` is the worker's."""
 
-    def __init__(self, store: Store, env: Env, service: str) -> None:
+    def __init__(
+        self, store: Store, env: Env, service: str, auditor: FrontendAuditor | None = None
+    ) -> None:
         self.store = store
         self.env = env
         self.service = service
-        self.auditor = FrontendAuditor(store, env.keys.audit)
+        self.auditor = auditor or FrontendAuditor(store, env.keys.audit)
 
     async def write(
         self,
@@ -86,6 +93,21 @@ class Calls:
             await self.auditor.refused(path, request, exc, write=True)
             raise
 
+    async def admit(self, path: str, request: Any) -> None:
+        """Authenticate a write to `path` before reading more of it (a client stream's first
+        message, base.Guards.admit): a snapshot check of the sign_no and the role, audited
+        when refused. `write` authenticates again in its own transaction (a sign-out may
+        come between)."""
+        header = request.header
+        check_header(header, needs_msgid=True)
+        now = now_ms()
+        env = self.env
+        try:
+            await self.store.read(lambda conn: authenticate(conn, env, header, now, path))
+        except ClientError as exc:
+            await self.auditor.refused(path, request, exc, write=True)
+            raise
+
     async def read(
         self, method: str, request: Any, body: Callable[[sqlite3.Connection, Caller], Any]
     ) -> Any:
@@ -109,8 +131,14 @@ class Calls:
 
 
 class SettlementService:
-    def __init__(self, store: Store, env: Env, center: CenterMode | None = None) -> None:
-        self.calls = Calls(store, env, "Settlement")
+    def __init__(
+        self,
+        store: Store,
+        env: Env,
+        center: CenterMode | None = None,
+        auditor: FrontendAuditor | None = None,
+    ) -> None:
+        self.calls = Calls(store, env, "Settlement", auditor)
         self.store = store
         self.env = env
         self.center = center  # set in center mode
@@ -159,15 +187,8 @@ class SettlementService:
                 f"{len(request.lines)} lines in one call, more than"
                 f" {self.env.max_lines_per_call}; use StreamFees",
             )
-        env = self.env
-        lines = list(request.lines)
-        return await self.calls.write(
-            "UploadFees",
-            request,
-            lambda conn, caller, now: visits.upload_fees(
-                conn, env, caller, request.mdtrt_id, lines, request.header.msgid
-            ),
-        )
+        limits.check_fee_lines(request.lines, self.env.max_line_fee_fen)
+        return await self._upload("UploadFees", request, list(request.lines))
 
     async def StreamFees(
         self, request_iterator: AsyncIterator[settlement_pb2.UploadFeesRequest], context: Ctx
@@ -176,12 +197,13 @@ class SettlementService:
         lines: list[settlement_pb2.FeeLine] = []
         digest = chunk_hasher("StreamFees")
         limit = self.env.max_lines_per_visit
+        bound = limits.StreamBound(limit)
         n = 0
         async for chunk in request_iterator:
             check_parsed(chunk)
+            bound.add(chunk)
             if first is None:
-                first = chunk
-                check_header(chunk.header, needs_msgid=True)
+                first = chunk  # its caller is authenticated already (base.Guards.admit)
             elif chunk.mdtrt_id and chunk.mdtrt_id != first.mdtrt_id:
                 raise field_error(f"messages[{n}].mdtrt_id", "differs from the first message's")
             if len(chunk.lines) > self.env.max_lines_per_call:
@@ -191,21 +213,29 @@ class SettlementService:
                 )
             if len(lines) + len(chunk.lines) > limit:
                 raise field_error("lines", f"more than {limit} lines in one stream")
+            limits.check_fee_lines(chunk.lines, self.env.max_line_fee_fen, first=len(lines))
             add_chunk(digest, chunk)
             lines.extend(chunk.lines)
             n += 1
         if first is None:
             raise field_error("messages", "the stream carried no message")
+        return await self._upload("StreamFees", first, lines, digest.digest())
+
+    async def _upload(
+        self,
+        method: str,
+        head: settlement_pb2.UploadFeesRequest,
+        lines: list[settlement_pb2.FeeLine],
+        req_hash: bytes | None = None,
+    ) -> bytes:
+        """Fee lines onto a visit, unless its fees would pass the per-visit bound."""
         env = self.env
-        head = first
-        return await self.calls.write(
-            "StreamFees",
-            head,
-            lambda conn, caller, now: visits.upload_fees(
-                conn, env, caller, head.mdtrt_id, lines, head.header.msgid
-            ),
-            req_hash=digest.digest(),
-        )
+
+        def body(conn: sqlite3.Connection, caller: Caller, now: int) -> tuple[bytes, str]:
+            limits.check_visit_total(conn, caller, head.mdtrt_id, lines, env.max_visit_fee_fen)
+            return visits.upload_fees(conn, env, caller, head.mdtrt_id, lines, head.header.msgid)
+
+        return await self.calls.write(method, head, body, req_hash=req_hash)
 
     async def DeleteFees(self, request: settlement_pb2.DeleteFeesRequest, context: Ctx) -> bytes:
         return await self.calls.write(
@@ -278,6 +308,8 @@ class SettlementService:
 
     async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Ctx) -> bytes:
         env = self.env
+        if self.center is not None:  # a center-mode Settle is cancelled there first
+            await self._in_center_mode(REVERSE, request, self.center.before_reverse(request))
         return await self.calls.write(
             "Reverse",
             request,

@@ -127,6 +127,23 @@ def _v6_sealed_records(conn: sqlite3.Connection, keys: DataKeys | None) -> None:
     )
 
 
+def _v8_sealed_diagnoses(conn: sqlite3.Connection, keys: DataKeys | None) -> None:
+    """Each visit's diagnoses (health data, per person) sealed like the persons table, bound
+    to the visit; the pages that held them in clear are zeroed."""
+    visits = conn.execute("SELECT mdtrt_id, dise_codg FROM visits").fetchall()
+    if visits and keys is None:
+        raise RuntimeError("migration 8 seals the visits' diagnoses: it needs the data key")
+    if not visits:
+        return
+    assert keys is not None
+    vault = Vault(keys)
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.executemany(
+        "UPDATE visits SET dise_codg = ? WHERE mdtrt_id = ?",
+        [(vault.seal_diagnoses(m, str(d).split(",") if d else []), m) for m, d in visits],
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (
         1,
@@ -406,6 +423,28 @@ CREATE TABLE audit_anchor (
     ),
     (5, "personal identifiers sealed, found by keyed hash", _v5_sealed_persons),
     (6, "stored settlements and answers sealed", _v6_sealed_records),
+    (
+        7,
+        "operators' passwords (salted scrypt hashes) and sign-in lock-out",
+        """
+-- server/security/passwords.py: 'scrypt$<log2 n>$<r>$<p>$<salt>$<hash>'; '' = none set yet
+-- (an operator registered before passwords signs in once the security officer sets one).
+ALTER TABLE operators ADD COLUMN password TEXT NOT NULL DEFAULT '';
+ALTER TABLE operators ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;      -- wrong in a row
+ALTER TABLE operators ADD COLUMN locked_until INTEGER NOT NULL DEFAULT 0;  -- unix ms
+""",
+    ),
+    (8, "diagnoses sealed", _v8_sealed_diagnoses),
+    (
+        9,
+        "fee lines classified by the institution's mapping only",
+        """
+-- A code the HIS sent with a line used to override the mapping; the mapping decides now
+-- (server/domain/visits.py, classified_by_mapping), also for lines uploaded before. What
+-- was settled keeps its line results (settlements.line_results).
+UPDATE fee_lines SET med_list_codg = '' WHERE med_list_codg <> ''
+""",
+    ),
 ]
 
 

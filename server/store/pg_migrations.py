@@ -10,7 +10,8 @@ The tables mirror the front-end's where they can, so rows cross the line unchang
 BIGINT fen, times BIGINT unix milliseconds (UTC), dates INTEGER yyyymmdd, flags INTEGER 0/1
 (not BOOLEAN, so the domain code's ints bind as they do on SQLite). What the center has
 beyond the front-end: the ledger of every institution (`settlements.node_id` names the
-front-end that made a row) and `accumulator_differences`.
+front-end that made a row), `accumulator_differences`, and `nodes` (which front-end machine
+issues each node's ids).
 """
 
 from __future__ import annotations
@@ -314,6 +315,21 @@ CREATE TABLE audit_anchor (
     ),
     (4, "personal identifiers sealed, found by keyed hash", _v4_sealed_persons),
     (5, "stored settlements and answers sealed", _v5_sealed_records),
+    (
+        6,
+        "front-end instances bound to their node ids",
+        """
+-- Which front-end machine speaks for a node of an institution: the first instance id seen
+-- (server/domain/nodes.py). Another machine with the same node id would issue the same ids.
+CREATE TABLE nodes (
+    fixmedins_code TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    instance_id TEXT NOT NULL,      -- the front-end's `<db>.node`
+    claimed_at BIGINT NOT NULL,
+    PRIMARY KEY (fixmedins_code, node_id)
+);
+""",
+    ),
 ]
 
 

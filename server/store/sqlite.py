@@ -17,24 +17,41 @@ Because every operation runs inside a write transaction, what an operation reads
 including across worker processes sharing the file: per-person accumulator updates are
 serialised by the database, not by process memory.
 
+When the store cannot write (disk full, an I/O error, a file-size limit), the batch that
+met it is rolled back whole, its callers are answered UNAVAILABLE (`StoreUnavailable`: nothing
+of theirs was kept, a retry with the same msgid is safe), the write turn is given back and
+the next batch starts on a fresh connection; `watch` tells the health service, which says
+NOT_SERVING until a batch commits again.
+
 Reads (`read`) run on a small thread pool, each in a deferred transaction: a consistent
 snapshot that never blocks the writer (WAL).
+
+The database and its -wal, -shm and .lock files are the owner's alone (0600): they hold
+personal data. SQLite gives the -wal and -shm files the database file's mode, so the
+database file is created 0600 before SQLite opens it, and `init_db` narrows files an
+earlier version left readable by others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from server import metrics
+from server.errors import Unavailable
 from server.security.datakeys import DataKeys
 from server.store.migrations import migrate
+
+log = logging.getLogger("medsettle.store")
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -42,8 +59,41 @@ Op = Callable[[sqlite3.Connection], Any]
 BUSY_TIMEOUT_MS = 30_000
 
 
+# The files of a database: its own, SQLite's write-ahead log and shared-memory index, and the
+# write turn's lock (WriterLock).
+SUFFIXES = ("", "-wal", "-shm", ".lock")
+PRIVATE = 0o600
+
+# SQLite's primary result codes that mean the store itself cannot write, whatever the call.
+STORE_FAILURES = frozenset(
+    {
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+class StoreUnavailable(Unavailable):
+    """The store could not write a batch: it was rolled back whole, so a retry is safe."""
+
+    def __init__(self, cause: BaseException) -> None:
+        # The disk's reason is the operator's to see; any other is some caller's own.
+        why = cause if isinstance(cause, sqlite3.Error | OSError) else "its batch failed"
+        super().__init__(
+            f"the store cannot write now ({why}); nothing of this call was kept, retry later"
+        )
+
+
 def connect(path: str) -> sqlite3.Connection:
-    """A connection in manual-transaction mode with the durability settings."""
+    """A connection in manual-transaction mode with the durability settings (the database
+    file is made 0600 first when it does not exist)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -60,6 +110,17 @@ def init_db(path: str, keys: DataKeys | None = None) -> int:
         return migrate(conn, keys)
     finally:
         conn.close()
+        make_private(path)
+
+
+def make_private(path: str) -> None:
+    """Narrow the database's files to their owner (0600) where an earlier version left them
+    readable by others."""
+    for suffix in SUFFIXES:
+        with contextlib.suppress(FileNotFoundError):
+            mode = stat.S_IMODE(os.stat(path + suffix).st_mode)
+            if mode & ~PRIVATE:
+                os.chmod(path + suffix, mode & PRIVATE)
 
 
 class Store:
@@ -84,8 +145,27 @@ class Store:
         self._sync_lock = threading.Lock()
         self._sync_conn: sqlite3.Connection | None = None
         self._writer_lock = WriterLock(path)
+        self._watchers: list[Callable[[bool], None]] = []
+        self.writable = True  # False from a failed batch until one commits
+        metrics.STORE_WRITABLE.set(1)
         self.commits = 0
         self.ops = 0
+
+    def watch(self, fn: Callable[[bool], None]) -> None:
+        """Call `fn(writable)` on the event loop's thread whenever writability changes."""
+        self._watchers.append(fn)
+
+    def _set_writable(self, ok: bool, cause: BaseException | None = None) -> None:
+        if ok == self.writable:
+            return
+        self.writable = ok
+        metrics.STORE_WRITABLE.set(1 if ok else 0)
+        if ok:
+            log.warning("store: writes commit again")
+        else:
+            log.error("store: a write batch failed (%s); UNAVAILABLE until one commits", cause)
+        for fn in self._watchers:
+            fn(ok)
 
     # ------------------------------------------------------------------ writes
     async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -102,36 +182,76 @@ class Store:
     async def _flush(self) -> None:
         """Batches of the queued operations, one transaction and one fsync each, until the
         queue is empty. Operations queued while a batch commits form the next batch."""
-        loop = asyncio.get_running_loop()
         try:
-            if self._conn is None:
-                self._conn = await loop.run_in_executor(self._io, connect, self.path)
-                # The writer never waits inside SQLite: the write turn is ours first.
-                self._conn.execute("PRAGMA busy_timeout=0")
-            conn = self._conn
             while self._pending:
                 batch = self._pending[: self.batch_max]
                 del self._pending[: self.batch_max]
-                try:
-                    if not self._begin_now(conn):
-                        await loop.run_in_executor(self._io, self._begin_waiting, conn)
-                except BaseException as exc:
-                    for _, fut in batch:
-                        _resolve(fut, False, exc)
-                    continue
-                results = [_run_op(conn, op) for op, _ in batch]
-                try:
-                    await loop.run_in_executor(self._io, self._commit, conn)
-                    self.commits += 1
-                    self.ops += len(batch)
-                    metrics.COMMIT_BATCH.observe(len(batch))
-                except BaseException as exc:  # the commit failed: nobody is acknowledged
-                    results = [(False, exc)] * len(batch)
+                results = await self._run_batch([op for op, _ in batch])
                 for (_, fut), (ok, value) in zip(batch, results, strict=True):
                     _resolve(fut, ok, value)
         finally:
             self._flushing = False
             self._idle.set()
+
+    async def _run_batch(self, ops: list[Op]) -> list[tuple[bool, Any]]:
+        """`ops` in one transaction: each one's outcome once the batch is durable, or, when
+        the store could not write it, StoreUnavailable for every one of them."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self._conn is None:
+                self._conn = await loop.run_in_executor(self._io, self._connect_writer)
+            conn = self._conn
+            if not self._begin_now(conn):
+                await loop.run_in_executor(self._io, self._begin_waiting, conn)
+        except BaseException as exc:  # the write turn is not held
+            return self._failed(len(ops), exc)
+        try:
+            results = [_run_op(conn, op) for op in ops]
+        except _BatchFailed as failed:  # the turn is still held: give it back
+            self._abandon(conn)
+            return self._failed(len(ops), failed.cause)
+        try:
+            await loop.run_in_executor(self._io, self._commit, conn)
+        except BaseException as exc:  # the commit failed: nobody is acknowledged
+            self._drop_writer()
+            return self._failed(len(ops), exc)
+        self.commits += 1
+        self.ops += len(ops)
+        metrics.COMMIT_BATCH.observe(len(ops))
+        self._set_writable(True)
+        return results
+
+    def _failed(self, n: int, exc: BaseException) -> list[tuple[bool, Any]]:
+        """The outcome of every operation of a batch that did not commit: UNAVAILABLE for all
+        of them (never one caller's own error, which may name another's request)."""
+        if isinstance(exc, OSError) or (isinstance(exc, sqlite3.Error) and _store_failure(exc)):
+            metrics.STORE_FAILURES.inc()  # not a foreign lock held long: the disk
+            self._set_writable(False, exc)
+        return [(False, StoreUnavailable(exc))] * n
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = connect(self.path)
+        # The writer never waits inside SQLite: the write turn is ours first.
+        conn.execute("PRAGMA busy_timeout=0")
+        return conn
+
+    def _abandon(self, conn: sqlite3.Connection) -> None:
+        """After an operation met a store failure: roll back what SQLite kept of the batch
+        (it may have rolled back already) and give the write turn back."""
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        finally:
+            self._writer_lock.release()
+            self._drop_writer()
+
+    def _drop_writer(self) -> None:
+        """The next batch starts on a fresh connection (this one met a store failure)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def _begin_now(self, conn: sqlite3.Connection) -> bool:
         """Take the write turn on the loop's thread when it is free (the common case: the
@@ -140,9 +260,11 @@ class Store:
             return False
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:  # a connection outside medsettle holds the lock
+        except sqlite3.OperationalError as exc:
             self._writer_lock.release()
-            return False
+            if _store_failure(exc):
+                raise
+            return False  # a connection outside medsettle holds the lock: wait for it
         except BaseException:
             self._writer_lock.release()
             raise
@@ -169,8 +291,7 @@ class Store:
         try:
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _roll_back(conn)
             raise
         finally:
             self._writer_lock.release()
@@ -187,7 +308,7 @@ class Store:
             try:
                 value = op(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 self._writer_lock.release()
                 raise
             self._commit(conn)
@@ -277,17 +398,51 @@ class WriterLock:
             self._fd = None
 
 
+class _BatchFailed(Exception):
+    """An operation met a store failure: its batch cannot commit (SQLite may already have
+    rolled the whole transaction back, savepoints and all)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _store_failure(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite saying the store cannot write (not that a statement is bad)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in STORE_FAILURES
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Roll back the transaction if SQLite has not already (after an I/O error it may have)."""
+    with contextlib.suppress(sqlite3.Error):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
 def _run_op(conn: sqlite3.Connection, op: Op) -> tuple[bool, Any]:
     """One operation in its own savepoint: one that raises is rolled back alone and its
-    caller gets the exception; the batch goes on."""
-    conn.execute("SAVEPOINT op")
+    caller gets the exception; the batch goes on. A store failure, in the operation or in
+    the savepoint's own statements, fails the batch (_BatchFailed)."""
+    try:
+        conn.execute("SAVEPOINT op")
+    except sqlite3.Error as exc:
+        raise _BatchFailed(exc) from exc
     try:
         value = op(conn)
     except BaseException as exc:
-        conn.execute("ROLLBACK TO op")
-        conn.execute("RELEASE op")
+        if _store_failure(exc) or not conn.in_transaction:
+            raise _BatchFailed(exc) from exc
+        try:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+        except sqlite3.Error as inner:
+            raise _BatchFailed(inner) from exc
         return False, exc
-    conn.execute("RELEASE op")
+    try:
+        conn.execute("RELEASE op")
+    except sqlite3.Error as exc:
+        raise _BatchFailed(exc) from exc
     return True, value
 
 
