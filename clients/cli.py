@@ -258,7 +258,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     center_credentials = connect.credentials(args)  # the front-end machine's certificate
     with connect.client(args) as c:
         day = args.date or reconcile.today()
-        return reconcile.run(c, args.center, day, center_credentials)
+        return reconcile.run(c, args.center, day, center_credentials, fix=args.repair)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -400,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
                 "--center",
                 help="host:port of the center: compare both sides (over mutual TLS, give the"
                 " front-end machine's certificate as --tls-cert/--tls-key)",
+            )
+            c.add_argument(
+                "--repair",
+                action="store_true",
+                help="with --center: carry out the proposed repairs (cancel at the center a"
+                " settlement held there only; cancel here one the center cancelled; the"
+                " operator needs the supervisor role), then compare again",
             )
         c.set_defaults(fn=fn)
 

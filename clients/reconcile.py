@@ -110,14 +110,87 @@ def center_books(
     return theirs, their_details
 
 
+def proposals(
+    results: list[reconciliation_pb2.DetailResult],
+) -> list[tuple[str, str, str]]:
+    """What would bring the two sides together, per settlement: (setl_id, action, why);
+    action "center" (Repair: cancel it at the center), "here" (CancelSettlement here, which
+    the center has cancelled already) or "" (nothing to do by hand)."""
+    out = []
+    for r in results:
+        ours, theirs = r.ours.state, r.theirs.state
+        if r.match == reconciliation_pb2.THEIRS_ONLY and theirs == common_pb2.SETTLED:
+            out.append((r.theirs.setl_id, "center", "settled at the center only"))
+        elif r.match == reconciliation_pb2.DIFFERENT and (ours, theirs) == (
+            common_pb2.CANCELLED,
+            common_pb2.SETTLED,
+        ):
+            out.append((r.ours.setl_id, "center", "cancelled here, settled at the center"))
+        elif r.match == reconciliation_pb2.DIFFERENT and (ours, theirs) == (
+            common_pb2.SETTLED,
+            common_pb2.CANCELLED,
+        ):
+            out.append((r.ours.setl_id, "here", "settled here, cancelled at the center"))
+        elif r.match == reconciliation_pb2.OURS_ONLY:
+            out.append((r.ours.setl_id, "", "not at the center yet: see the outbox backlog"))
+    return out
+
+
+def nets_to_zero(
+    results: list[reconciliation_pb2.DetailResult],
+    mine: list[reconciliation_pb2.TotalsRow],
+    theirs: list[reconciliation_pb2.TotalsRow],
+) -> bool:
+    """Whether every difference is a settlement the center settled and cancelled that this
+    front-end never held (what a repair leaves): nothing is owed either way, so the money
+    of every day's totals agrees though the counts do not."""
+    repaired = (reconciliation_pb2.THEIRS_ONLY, common_pb2.CANCELLED)
+    if any(
+        r.match != reconciliation_pb2.MATCHED and (r.match, r.theirs.state) != repaired
+        for r in results
+    ):
+        return False
+    Money = tuple[tuple[int, ...], frozenset[tuple[str, int]]]
+
+    def money(rows: list[reconciliation_pb2.TotalsRow]) -> dict[tuple[int, int, int], Money]:
+        return {
+            (r.setl_date, r.insutype, r.clr_type): (
+                (r.medfee_sumamt, r.fund_pay_sumamt, r.acct_pay, r.psn_cash_pay),
+                frozenset((f.fund_pay_type, f.fund_payamt) for f in r.funds if f.fund_payamt),
+            )
+            for r in rows
+        }
+
+    zero: Money = ((0, 0, 0, 0), frozenset())
+    ours, center = money(mine), money(theirs)
+    return all(ours.get(k, zero) == center.get(k, zero) for k in ours.keys() | center.keys())
+
+
+def repair(front: MedsettleClient, todo: list[tuple[str, str, str]]) -> None:
+    """Carry out the proposals that have an action; a refusal is printed, not fatal."""
+    for setl_id, action, _ in todo:
+        try:
+            if action == "center":
+                print(f"  repaired {setl_id}: {front.repair(setl_id).done}")
+            elif action == "here":
+                front.cancel_settlement(setl_id)
+                print(f"  repaired {setl_id}: cancelled here too")
+        except MedsettleError as exc:
+            print(f"  NOT repaired {setl_id}: {exc.code.name}: {exc.message}")
+
+
 def run(
     front: MedsettleClient,
     center_target: str | None,
     day: int,
     center_credentials: grpc.ChannelCredentials | None = None,
+    *,
+    fix: bool = False,
 ) -> int:
     """Print the books; 0 when they balance (or there is no center to compare with), 1
-    when they do not."""
+    when they do not. With a center, what would repair each difference is proposed, and,
+    with `fix`, done (by an operator who may cancel: a supervisor), then the books are
+    compared again."""
     mine = front.totals(day, day)
     print_totals(f"对总账 totals of {front.fixmedins_code} on {day} (front-end)", list(mine.rows))
     if center_target is None:
@@ -132,6 +205,13 @@ def run(
     if totals.balanced and details.balanced:
         print(f"balanced: {details.ours_count} settlements agree on both sides")
         return 1 if differed else 0
+    if nets_to_zero(list(details.results), list(mine.rows), list(theirs.rows)):
+        print(
+            f"balanced: {details.ours_count} settlements agree on both sides; the center also"
+            " holds settlements it settled and cancelled that this front-end never had"
+            " (repaired), which net to zero"
+        )
+        return 1 if differed else 0
     print("NOT BALANCED")
     for d in totals.differences:
         print(f"  totals {d}")
@@ -140,4 +220,14 @@ def run(
         print(f"  {MATCH_NAMES.get(r.match, '?'):>14}: {_row(side)}")
         if r.match == reconciliation_pb2.DIFFERENT:
             print(f"  {'center has':>14}: {_row(r.theirs)}")
+    todo = proposals(list(details.results))
+    if todo:
+        print("REPAIRS" + (" (doing them now)" if fix else " (medsettle reconcile ... --repair)"))
+        for setl_id, action, why in todo:
+            what = {"center": "cancel at the center", "here": "cancel here"}.get(action, "wait")
+            print(f"  {setl_id}: {why}: {what}")
+    if fix and any(action for _, action, _ in todo):
+        repair(front, todo)
+        print()
+        return run(front, center_target, day, center_credentials)
     return 1

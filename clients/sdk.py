@@ -372,6 +372,18 @@ class MedsettleClient:
         )
 
     # ------------------------------------------------------------------ Reconciliation
+    def repair(
+        self, setl_id: str, *, msgid: str | None = None
+    ) -> reconciliation_pb2.RepairResponse:
+        """Cancel at the center a center-mode settlement this front-end does not hold
+        settled (what `reconcile --center` found on the center's side only)."""
+        return self.call(
+            self.reconciliation.Repair,
+            reconciliation_pb2.RepairRequest(
+                header=self.header(msgid or self.new_msgid()), setl_id=setl_id
+            ),
+        )
+
     def totals(
         self, begin_date: int, end_date: int, expected: Sequence[reconciliation_pb2.TotalsRow] = ()
     ) -> reconciliation_pb2.TotalsResponse:

@@ -167,7 +167,9 @@ async def _handlers(
         center_env = CenterEnv.new(
             cfg.tz_offset_min, Vault(keys, cfg.pii_cipher), cfg.max_visit_fee_fen
         )
-        center = CenterService(pg_store, center_env, cfg.db, keys.audit)
+        center = CenterService(
+            pg_store, center_env, cfg.db, keys.audit, cfg.max_refusal_audits_per_s
+        )
         plaintext = cfg.tls() is None
         if plaintext and index == 0:
             log.warning(
@@ -197,6 +199,7 @@ async def _handlers(
         async def close_pg() -> None:
             if center_pruner is not None:
                 await center_pruner.stop()
+            await center.auditor.refusals.close()  # the pending summary, before the pool goes
             await pg_store.close()
 
         return handlers, CENTER_SERVICES, close_pg
@@ -263,7 +266,7 @@ async def _handlers(
         generic_handler(
             SERVICES["medsettle.v1.Reconciliation"],
             ReconciliationService(
-                Calls(store, env, "Reconciliation", auditor), cfg.max_message_bytes
+                Calls(store, env, "Reconciliation", auditor), cfg.max_message_bytes, routes
             ),
             guards,
         ),

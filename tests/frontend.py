@@ -135,7 +135,9 @@ def admit(
     return v.mdtrt_id, ls
 
 
-AUDIT_TABLES = ("audit", "audit_anchor")
+# What a refused call may write: its audit record, and for a refused sign-in the bounded
+# refusal count (server/domain/operators.py) that makes every refusal cost one commit.
+AUDIT_TABLES = ("audit", "audit_anchor", "signin_refusals")
 
 
 def snapshot(db: str | Path) -> dict[str, list[tuple[Any, ...]]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 
 from clients.localserver import ROOT, LocalServer
@@ -291,3 +292,53 @@ def test_the_sdk_ids_are_within_the_bounds(c: MedsettleClient) -> None:
     fit the door's bounds of those fields."""
     assert len(c.new_msgid()) <= FIELD_MAX["msgid"]
     assert len(c.sign_no) <= FIELD_MAX["sign_no"]
+
+
+@pytest.mark.pg
+def test_the_center_summarises_a_flood_of_refusals(pg_dsn: str, tmp_path: Path) -> None:
+    """The center's refusals share the same budget: 100 refused settles (an unknown person)
+    leave a handful of audit records that account for all of them."""
+    n = 100
+    server = LocalServer(
+        pg_dsn,
+        extra=["--role", "center"],
+        env={"MEDSETTLE_MAX_REFUSAL_AUDITS_PER_S": "1"},
+        log=tmp_path / "center.log",
+    )
+    with server, psycopg.connect(pg_dsn, autocommit=True) as db:
+        with grpc.insecure_channel(server.target) as ch:
+            stub = center_pb2_grpc.CenterStub(ch)
+            for i in range(n):
+                req = center_pb2.CenterSettleRequest(
+                    header=center_pb2.NodeHeader(
+                        node_id="01", fixmedins_code=INST_A, msgid=f"F{i}"
+                    ),
+                    setl_id=f"S{INST_A}01{i:012d}",
+                    mdtrt_id=f"M{INST_A}01{i:012d}",
+                    psn_no="44999999999999",
+                    insutype=310,
+                    med_type=11,
+                    begndate=DAY,
+                    summary=center_pb2.VisitSummary(
+                        medfee_sumamt=100, inscp_scp_amt=100, line_count=1
+                    ),
+                    policy_version=202601,
+                )
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.SettleSummary(req, timeout=10)
+                assert err.value.code() == Code.NOT_FOUND
+
+        def accounted() -> tuple[int, int, int]:
+            added = db.execute(
+                "SELECT outcome FROM audit WHERE rpc LIKE '%SettleSummary' OR rpc = ''"
+            ).fetchall()
+            one = [o for (o,) in added if o.startswith("NOT_FOUND: ")]
+            summaries = [o for (o,) in added if o.startswith(f"{SUMMARY}: ")]
+            return len(one), sum(int(s.split()[1]) for s in summaries), len(summaries)
+
+        deadline = time.monotonic() + 30
+        while sum(accounted()[:2]) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        one_by_one, counted, summaries = accounted()
+    assert one_by_one + counted == n
+    assert one_by_one + summaries < 30

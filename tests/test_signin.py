@@ -142,6 +142,34 @@ def test_one_answer_for_every_refusal_and_each_audited(front: LocalServer) -> No
     ]
 
 
+def test_every_refusal_costs_one_write(front: LocalServer) -> None:
+    """A wrong password writes the operator's count; a refusal of an operator who is not
+    there writes a bounded refusal count instead, so both cost one commit and the answer's
+    time does not tell the two apart."""
+
+    def refusals() -> int:
+        conn = sqlite3.connect(front.db)
+        try:
+            return int(
+                conn.execute("SELECT COALESCE(SUM(n), 0) FROM signin_refusals").fetchone()[0]
+            )
+        finally:
+            conn.close()
+
+    assert attempt(front, "nobody01", "whatever-password") == ONE_ANSWER
+    assert refusals() == 1
+    assert attempt(front, CASHIER, "wrong-password") == ONE_ANSWER
+    assert (refusals(), standing(front.db, CASHIER)) == (1, (1, 0))
+    for i in range(3):
+        attempt(front, f"nobody{i:03d}", "x")
+    conn = sqlite3.connect(front.db)
+    try:  # bounded whatever names are tried: a row per bucket, 256 buckets
+        buckets = [b for (b,) in conn.execute("SELECT bucket FROM signin_refusals")]
+    finally:
+        conn.close()
+    assert refusals() == 4 and all(0 <= b < 256 for b in buckets)
+
+
 def test_lock_out_holds_until_a_new_password(front: LocalServer) -> None:
     for _ in range(MAX_FAILURES):
         assert attempt(front, CASHIER, "wrong-password") == ONE_ANSWER

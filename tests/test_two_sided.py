@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +19,20 @@ import grpc
 import psycopg
 import pytest
 
-from clients.localserver import LocalServer
+from clients.localserver import ROOT, LocalServer
 from clients.pb.medsettle.v1 import common_pb2
 from clients.sdk import MedsettleError
-from tests.frontend import RETIRED, admit, audit_rows, client, snapshot, total
+from tests.frontend import (
+    ALL_ROLES,
+    INST_A,
+    PASSWORD,
+    RETIRED,
+    admit,
+    audit_rows,
+    client,
+    snapshot,
+    total,
+)
 
 
 def center_rows(dsn: str, sql: str, *args: object) -> list[tuple[object, ...]]:
@@ -364,3 +376,51 @@ def test_a_lost_answer_not_retried_is_cancelled_at_the_center(
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     again = c.settle(mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls)).setlinfo
     assert _state_at_center(pg_dsn, again.setl_id) == common_pb2.SETTLED
+
+
+@pytest.mark.pg
+def test_reconcile_proposes_and_repairs_a_settlement_held_at_the_center_only(
+    front: LocalServer, proxy: HoldingProxy, center: LocalServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The center committed, the answer was lost and the HIS never retried: reconciliation
+    lists the settlement as the center's only and proposes to cancel it there; `--repair`
+    (by an operator who may cancel) does, and the books then balance."""
+    c = client(front)
+    mdtrt_id, ls = admit(c, RETIRED, n_lines=8, seed=78)
+    setl_id = _lose_the_answer(front, proxy, pg_dsn, mdtrt_id, total(ls), "TS-LOST-3")
+    secret = tmp_path / "tester.password"
+    secret.write_text(PASSWORD + "\n")
+
+    def reconcile(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                *("-m", "clients.cli", "reconcile", "--target", front.target),
+                *("--institution", INST_A, "--opter", ALL_ROLES, "--center", center.target),
+                *("--password-file", str(secret), *extra),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    seen = reconcile()
+    assert seen.returncode == 1, seen.stdout + seen.stderr
+    assert f"{setl_id}: settled at the center only: cancel at the center" in seen.stdout
+    assert _state_at_center(pg_dsn, setl_id) == common_pb2.SETTLED  # only proposed
+    fixed = reconcile("--repair")
+    assert f"repaired {setl_id}: cancelled at the center" in fixed.stdout, fixed.stdout
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert _state_at_center(pg_dsn, setl_id) == common_pb2.CANCELLED
+    assert _center_acc(pg_dsn) == [(0, 0, 0)]
+    # Not something to repair: a settlement held on both sides, or another node's id.
+    done = c.settle(mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls)).setlinfo
+    for bad, code in (
+        (done.setl_id, grpc.StatusCode.FAILED_PRECONDITION),
+        (f"S{INST_A}02H0123456789ab", grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(MedsettleError) as err:
+            c.repair(bad)
+        assert err.value.code == code, err.value.message
+    assert _state_at_center(pg_dsn, done.setl_id) == common_pb2.SETTLED

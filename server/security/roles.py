@@ -60,7 +60,11 @@ FRONTEND_RULES: dict[str, frozenset[str]] = {
             "QuerySettlements": {SUPERVISOR, FINANCE},
         },
     ),
-    **_rules("Reconciliation", {"Totals": {FINANCE}, "Details": {FINANCE}}),
+    **_rules(
+        "Reconciliation",
+        # finance reads the books; a repair cancels at the center, as a supervisor cancels
+        {"Totals": {FINANCE}, "Details": {FINANCE}, "Repair": {SUPERVISOR}},
+    ),
     **_rules(
         "Catalog",
         {
@@ -76,6 +80,10 @@ FRONTEND_RULES: dict[str, frozenset[str]] = {
         },
     ),
 }
+
+# Methods of a service both roles serve that only a front-end implements (the center
+# answers them UNIMPLEMENTED): a repair cancels at the front-end's center.
+FRONTEND_ONLY = frozenset({"/medsettle.v1.Reconciliation/Repair"})
 
 # The center: its services answer front-end machines only.
 CENTER_RULES: dict[str, frozenset[str]] = {

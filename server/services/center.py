@@ -18,7 +18,7 @@ from server.domain.common import Outcome, now_ms, request_hash
 from server.errors import ClientError, FailedPrecondition, field_error
 from server.security import audit, roles
 from server.security.identity import Peer
-from server.services.auditing import AUTH_CODES, outcome_of
+from server.services.auditing import AUTH_CODES, RefusalRecorder, outcome_of
 from server.store import pg
 from server.store.pg import Conn, PgStore
 
@@ -32,11 +32,21 @@ FORWARD = "/medsettle.v1.Center/Forward"
 class CenterAuditor:
     """The center's audit records: one chain per institution, written in the transaction of
     the settlement, cancel or forwarded batch they record; refusals and authentication or
-    authorisation failures in a transaction of their own."""
+    authorisation failures in a transaction of their own, through the worker's budget of
+    refusal records (`RefusalRecorder`: beyond it they are counted and summarised)."""
 
-    def __init__(self, store: PgStore, key: bytes) -> None:
+    def __init__(self, store: PgStore, key: bytes, refusals_per_s: float = 50.0) -> None:
         self.store = store
         self.key = key
+        self.refusals = RefusalRecorder(self._append_own, refusals_per_s)
+
+    async def _append_own(self, rec: audit.Record) -> None:
+        """`rec` in a transaction of its own, on its institution's chain."""
+
+        async def op(conn: Conn) -> None:
+            await pg.audit_append(conn, self.key, rec, rec.fixmedins_code)
+
+        await self.store.transaction(op)
 
     @staticmethod
     def _record(rpc: str, request: Any, now: int, outcome: str, extra: str) -> audit.Record:
@@ -52,13 +62,8 @@ class CenterAuditor:
         await pg.audit_append(conn, self.key, rec, request.header.fixmedins_code)
 
     async def refused(self, rpc: str, request: Any, exc: ClientError) -> None:
-        exc.audited = True
         rec = self._record(rpc, request, now_ms(), outcome_of(exc), "")
-
-        async def op(conn: Conn) -> None:
-            await pg.audit_append(conn, self.key, rec, request.header.fixmedins_code)
-
-        await self.store.transaction(op)
+        await self.refusals.record(rec, exc)
 
     async def denied(self, rpc: str, peer: Peer, request: Any, exc: ClientError) -> None:
         if exc.audited or exc.code not in AUTH_CODES:
@@ -75,11 +80,7 @@ class CenterAuditor:
             f"peer={peer.describe()}",
             outcome_of(exc),
         )
-
-        async def op(conn: Conn) -> None:
-            await pg.audit_append(conn, self.key, rec, code)
-
-        await self.store.transaction(op)
+        await self.refusals.record(rec, exc)
 
 
 def payload_hash(method: str, request: Any) -> bytes:
@@ -94,10 +95,17 @@ def payload_hash(method: str, request: Any) -> bytes:
 
 
 class CenterService:
-    def __init__(self, store: PgStore, env: center.CenterEnv, dsn: str, audit_key: bytes) -> None:
+    def __init__(
+        self,
+        store: PgStore,
+        env: center.CenterEnv,
+        dsn: str,
+        audit_key: bytes,
+        refusals_per_s: float = 50.0,
+    ) -> None:
         self.store = store
         self.env = env
-        self.auditor = CenterAuditor(store, audit_key)
+        self.auditor = CenterAuditor(store, audit_key, refusals_per_s)
         increments = CenterIncrements(dsn)
         self.CatalogSince = increments.CatalogSince
         self.PolicySince = increments.PolicySince

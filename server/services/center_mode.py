@@ -87,13 +87,28 @@ def _center_request(
 def undo_request(
     env: Env, header: common_pb2.RequestHeader, setl_id: str
 ) -> center_pb2.CenterCancelRequest:
-    """The compensating cancel of a center-mode settlement, keyed to the HIS call's msgid:
-    its own msgid and cancel id derive from it, the same on every retry."""
-    code = header.fixmedins_code
-    digest = hashlib.sha256(f"undo\0{code}\0{header.msgid}".encode()).hexdigest()
+    """The compensating cancel of a center-mode settlement, keyed to the HIS call's msgid."""
+    key = f"undo\0{header.fixmedins_code}\0{header.msgid}"
+    return compensating_cancel(env, header.fixmedins_code, header.opter, key, setl_id)
+
+
+def repair_request(
+    env: Env, header: common_pb2.RequestHeader, setl_id: str
+) -> center_pb2.CenterCancelRequest:
+    """Reconciliation's repair of a settlement held only at the center, keyed to its id."""
+    key = f"repair\0{header.fixmedins_code}\0{setl_id}"
+    return compensating_cancel(env, header.fixmedins_code, header.opter, key, setl_id)
+
+
+def compensating_cancel(
+    env: Env, code: str, opter: str, key: str, setl_id: str
+) -> center_pb2.CenterCancelRequest:
+    """A cancel at the center whose own msgid and cancel id derive from `key`: the same on
+    every retry, so sending it twice changes nothing there."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return center_pb2.CenterCancelRequest(
         header=center_pb2.NodeHeader(
-            node_id=env.node_id, fixmedins_code=code, msgid=f"U{digest[:29]}", opter=header.opter
+            node_id=env.node_id, fixmedins_code=code, msgid=f"U{digest[:29]}", opter=opter
         ),
         setl_id=setl_id,
         cancel_id=f"{id_prefix('C', code, env.node_id)}U{digest[:12]}",
@@ -347,20 +362,27 @@ class CenterMode:
             await self._cancel_at_center(header, got)
 
     async def _cancel_at_center(self, header: common_pb2.RequestHeader, at: _AtCenter) -> None:
-        """The center cancels under this call's msgid (a retry meets its stored answer)."""
+        """The center cancels under this call's msgid (a retry meets its stored answer). A
+        settlement the center has cancelled already (an earlier cancel that committed there
+        but not here) is cancelled here now: the sides come together."""
         env = self.env
-        await self.routes.link_for(at.region).cancel(
-            center_pb2.CenterCancelRequest(
-                header=center_pb2.NodeHeader(
-                    node_id=env.node_id,
-                    fixmedins_code=header.fixmedins_code,
-                    msgid=header.msgid,
-                    opter=header.opter,
-                ),
-                setl_id=at.setl_id,
-                cancel_id=issue_id(env, "C", header.fixmedins_code, at.rowid),
+        try:
+            await self.routes.link_for(at.region).cancel(
+                center_pb2.CenterCancelRequest(
+                    header=center_pb2.NodeHeader(
+                        node_id=env.node_id,
+                        fixmedins_code=header.fixmedins_code,
+                        msgid=header.msgid,
+                        opter=header.opter,
+                    ),
+                    setl_id=at.setl_id,
+                    cancel_id=issue_id(env, "C", header.fixmedins_code, at.rowid),
+                )
             )
-        )
+        except ClientError as exc:
+            if exc.code != grpc.StatusCode.FAILED_PRECONDITION or not cancelled_already(exc):
+                raise
+            log.warning("%s was cancelled at the center already: cancelling it here", at.setl_id)
 
 
 # The center's refusals that mean it did not commit the call (anything else, or no answer,

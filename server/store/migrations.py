@@ -445,6 +445,16 @@ ALTER TABLE operators ADD COLUMN locked_until INTEGER NOT NULL DEFAULT 0;  -- un
 UPDATE fee_lines SET med_list_codg = '' WHERE med_list_codg <> ''
 """,
     ),
+    (
+        10,
+        "refused sign-ins counted in a bounded table",
+        """
+-- A refused sign-in of an operator who is not there (unknown, locked, disabled) writes one
+-- row here as a wrong password writes the operator's count: every refusal costs the same
+-- commit, so its time does not tell whether the operator exists. 256 buckets at most.
+CREATE TABLE signin_refusals (bucket INTEGER PRIMARY KEY, n INTEGER NOT NULL)
+""",
+    ),
 ]
 
 
