@@ -12,13 +12,13 @@ import time
 import grpc
 
 from clients.pb.medsettle.v1 import (
+    catalog_pb2,
     common_pb2,
     reconciliation_pb2,
     reconciliation_pb2_grpc,
 )
 from clients.sdk import MedsettleClient, MedsettleError
 from clients.slip import yuan
-from server.store import ACC_FIELDS
 
 MATCH_NAMES = {
     reconciliation_pb2.OURS_ONLY: "front-end only",
@@ -26,6 +26,10 @@ MATCH_NAMES = {
     reconciliation_pb2.DIFFERENT: "different",
 }
 STATE = {common_pb2.SETTLED: "settled", common_pb2.CANCELLED: "cancelled"}
+# A person's yearly accumulators, as the wire names them (year and pool aside).
+ACC_FIELDS = tuple(
+    f.name for f in catalog_pb2.Accumulator.DESCRIPTOR.fields if f.name not in ("year", "pool")
+)
 
 
 def today(tz_offset_min: int = 480) -> int:

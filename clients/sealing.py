@@ -22,7 +22,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from server.security import sm4gcm
+from clients import sm4gcm
 
 MD_PAYLOAD = "x-medsettle-payload"
 MD_INSTITUTION = "x-medsettle-institution"

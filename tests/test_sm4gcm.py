@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import engine_rs
-from server.security.sm4gcm import SealError, open_sealed, seal, seal_with_nonce
+from clients.sm4gcm import SealError, open_sealed, seal, seal_with_nonce
 
 KEY = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 IV = bytes.fromhex("00001234567800000000ABCD")

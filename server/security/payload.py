@@ -14,9 +14,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from clients import sm4gcm
 from clients.sealing import MD_INSTITUTION, MD_PAYLOAD, SM4_GCM, aad
 from server.errors import PermissionDenied, Unauthenticated
-from server.security import sm4gcm
 
 
 def load_keys(path: str | Path) -> dict[str, bytes]:

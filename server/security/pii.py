@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from server.security import sm4gcm
+from clients import sm4gcm
 from server.security.datakeys import DataKeys
 
 AES_256_GCM = 1
