@@ -33,8 +33,8 @@ from bench import operators
 from bench.cpu import cores_used, cpu_snapshot
 from clients.demo import fee_lines
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
 from clients.sdk import MedsettleClient
+from medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
 from server import demo_data
 
 INST = "H44010100001"

@@ -52,15 +52,6 @@ import engine_rs
 from bench import operators
 from clients.demo import fee_lines
 from clients.localserver import LocalServer, free_port
-from clients.pb.medsettle.v1 import (
-    catalog_pb2,
-    catalog_pb2_grpc,
-    common_pb2,
-    reconciliation_pb2,
-    reconciliation_pb2_grpc,
-    settlement_pb2,
-    settlement_pb2_grpc,
-)
 from clients.reconcile import today
 from clients.signing import (
     HMAC,
@@ -68,6 +59,15 @@ from clients.signing import (
     AioSigningInterceptor,
     Signer,
     SigningInterceptor,
+)
+from medsettle.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    reconciliation_pb2,
+    reconciliation_pb2_grpc,
+    settlement_pb2,
+    settlement_pb2_grpc,
 )
 from server import demo_data
 from server.security import certs

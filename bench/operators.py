@@ -12,7 +12,7 @@ import secrets
 import grpc
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import (
+from medsettle.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     common_pb2,

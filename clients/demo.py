@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import settlement_pb2
 from clients.sdk import MedsettleClient
 from clients.slip import render, yuan
+from medsettle.v1 import settlement_pb2
 from server import demo_data
 
 INSTITUTION = "H44010100001"

@@ -11,14 +11,14 @@ import time
 
 import grpc
 
-from clients.pb.medsettle.v1 import (
+from clients.sdk import MedsettleClient, MedsettleError
+from clients.slip import yuan
+from medsettle.v1 import (
     catalog_pb2,
     common_pb2,
     reconciliation_pb2,
     reconciliation_pb2_grpc,
 )
-from clients.sdk import MedsettleClient, MedsettleError
-from clients.slip import yuan
 
 MATCH_NAMES = {
     reconciliation_pb2.OURS_ONLY: "front-end only",

@@ -32,7 +32,9 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from clients.pb.medsettle.v1 import (
+from clients.sealing import SealedStub
+from clients.signing import Signer, SigningInterceptor
+from medsettle.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     common_pb2,
@@ -41,8 +43,6 @@ from clients.pb.medsettle.v1 import (
     settlement_pb2,
     settlement_pb2_grpc,
 )
-from clients.sealing import SealedStub
-from clients.signing import Signer, SigningInterceptor
 
 T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})

@@ -3,7 +3,7 @@ and its Chinese label, amounts in yuan with two decimals (exact: integer fen for
 
 from __future__ import annotations
 
-from clients.pb.medsettle.v1 import common_pb2
+from medsettle.v1 import common_pb2
 
 LABELS: list[tuple[str, str]] = [
     ("medfee_sumamt", "医疗费总额"),

@@ -33,7 +33,7 @@ import psycopg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from clients.pb.medsettle.v1 import (
+from medsettle.v1 import (
     catalog_pb2,
     center_pb2,
     common_pb2,

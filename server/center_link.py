@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, center_pb2_grpc
+from medsettle.v1 import catalog_pb2, center_pb2, center_pb2_grpc
 from server import background, metrics
 from server.domain.common import id_prefix
 from server.domain.nodes import CLASH

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.pb.medsettle.v1 import catalog_pb2
+from medsettle.v1 import catalog_pb2
 from server.domain import operators, reference
 from server.domain.common import now_ms
 from server.domain.operators import Operator

@@ -42,7 +42,7 @@ from typing import Any
 
 import grpc
 
-from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
+from medsettle.v1 import catalog_pb2, center_pb2, common_pb2
 from server import metrics
 from server.background import Background, fatal_reason, stop_serving
 from server.center_link import CenterRoutes

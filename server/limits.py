@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from clients.pb.medsettle.v1 import settlement_pb2
+from medsettle.v1 import settlement_pb2
 from server.domain.common import MSGID_MAX, Caller
 from server.domain.visits import load_visit
 from server.errors import OutOfRange, ResourceExhausted, Violations, field_error

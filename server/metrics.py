@@ -27,7 +27,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
+from medsettle.v1 import common_pb2, settlement_pb2
 
 # Fine enough for sub-millisecond calls (a Ping is ~0.2 ms), up to a 5,000-line stay.
 LATENCY_BUCKETS = (

@@ -11,7 +11,7 @@ import functools
 import logging
 import sqlite3
 
-from clients.pb.medsettle.v1 import catalog_pb2, center_pb2
+from medsettle.v1 import catalog_pb2, center_pb2
 from server.background import Background
 from server.center_link import CenterRoutes
 from server.domain import reference

@@ -9,8 +9,8 @@ from typing import Any
 
 from clients.demo import fee_lines
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import catalog_pb2, settlement_pb2
 from clients.sdk import MedsettleClient
+from medsettle.v1 import catalog_pb2, settlement_pb2
 from server import demo_data
 from server.domain.fundsplit import SETL_AMOUNTS
 from server.security import roles

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import catalog_pb2, settlement_pb2
 from clients.sdk import MedsettleClient
+from medsettle.v1 import catalog_pb2, settlement_pb2
 from server import demo_data
 from server.synth.catalog import make_hospital_items
 from tests.frontend import DAY, EMPLOYEE, INST_A, INST_B, client, snapshot

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import center_pb2, center_pb2_grpc, common_pb2
+from medsettle.v1 import center_pb2, center_pb2_grpc, common_pb2
 from tests.frontend import (
     CHILD,
     CIVIL,

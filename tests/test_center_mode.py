@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import common_pb2
 from clients.sdk import MedsettleError
+from medsettle.v1 import common_pb2
 from tests.frontend import (
     INST_A,
     RETIRED,

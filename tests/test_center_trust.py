@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import center_pb2, center_pb2_grpc
+from medsettle.v1 import center_pb2, center_pb2_grpc
 from server.domain.nodes import instance_file
 from server.security import certs
 from server.store.sqlite import Store

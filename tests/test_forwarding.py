@@ -18,14 +18,14 @@ import psycopg
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import (
+from clients.reconcile import today
+from medsettle.v1 import (
     center_pb2,
     center_pb2_grpc,
     common_pb2,
     reconciliation_pb2,
     reconciliation_pb2_grpc,
 )
-from clients.reconcile import today
 from server.forwarder import pending
 from server.security import datakeys
 from server.security.pii import Vault

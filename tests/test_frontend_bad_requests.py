@@ -21,12 +21,12 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import (
+from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import (
     catalog_pb2,
     common_pb2,
     settlement_pb2,
 )
-from clients.sdk import MedsettleClient, MedsettleError
 from server import demo_data
 from tests.frontend import (
     CHILD,

@@ -37,8 +37,8 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import common_pb2, settlement_pb2
 from tests.frontend import (
     ACC_FIELDS,
     DAY,

@@ -44,8 +44,8 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from clients.sdk import MedsettleClient
+from medsettle.v1 import common_pb2, settlement_pb2
 from server import demo_data
 from server.security import datakeys
 from server.security.pii import Vault

@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import common_pb2, reconciliation_pb2, settlement_pb2
 from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import common_pb2, reconciliation_pb2, settlement_pb2
 from server.store import line_results
 from tests.frontend import (
     CHILD,

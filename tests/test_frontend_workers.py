@@ -32,8 +32,8 @@ import psutil
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
 from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import common_pb2, settlement_pb2
 from tests.frontend import DAY, EMPLOYEE, INST_A, RETIRED, client, lines, total
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ import pytest
 from google.protobuf import message_factory
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
+from medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
 from server.app import CENTER_SERVICES, SERVICES
 from tests.frontend import AUDIT_TABLES, CASHIER, EMPLOYEE, INST_A, admit, client, total
 from tests.pg import center_server

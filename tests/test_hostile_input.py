@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer, free_port
-from clients.pb.medsettle.v1 import (
+from medsettle.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     common_pb2,

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from clients.localserver import ROOT, LocalServer
-from clients.pb.medsettle.v1 import center_pb2, center_pb2_grpc, settlement_pb2
 from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import center_pb2, center_pb2_grpc, settlement_pb2
 from server.limits import FIELD_MAX
 from server.security import audit
 from server.services.auditing import SUMMARY

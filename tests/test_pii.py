@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import settlement_pb2
+from medsettle.v1 import settlement_pb2
 from server import demo_data
 from server.security.datakeys import DataKeys
 from server.security.pii import AES_256_GCM, SM4_GCM, PiiError, Vault

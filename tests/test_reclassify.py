@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import settlement_pb2
 from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import settlement_pb2
 from server import demo_data
 from server.store import migrations
 from tests.frontend import DAY, EMPLOYEE, INST_A, client, snapshot

@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import catalog_pb2
 from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import catalog_pb2
 from server.app import CENTER_SERVICES, SERVICES
 from server.security import certs, roles
 from server.services.signin import REFUSED

@@ -18,8 +18,8 @@ import grpc
 import pytest
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import catalog_pb2, settlement_pb2
 from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import catalog_pb2, settlement_pb2
 from server.errors import ResourceExhausted
 from server.security import passwords
 from server.services.signin import REFUSED

@@ -18,9 +18,9 @@ import pytest
 
 import engine_rs
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
 from clients.sdk import MedsettleClient, MedsettleError
 from clients.signing import HMAC, MD_NONCE, MD_SIGNATURE, MD_TIMESTAMP, SM2, Signer, canonical
+from medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
 from server.security.signing import InstitutionKey, load_keys, write_keys
 from tests.frontend import INST_A, INST_B, RETIRED, admit, total
 

@@ -19,8 +19,8 @@ import pytest
 from cryptography import x509
 
 from clients.localserver import LocalServer
-from clients.pb.medsettle.v1 import settlement_pb2
 from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import settlement_pb2
 from server.security import certs
 from server.security.certs import TlsFiles
 from tests.frontend import INST_A, INST_B, RETIRED, admit, total

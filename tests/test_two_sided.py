@@ -20,8 +20,8 @@ import psycopg
 import pytest
 
 from clients.localserver import ROOT, LocalServer
-from clients.pb.medsettle.v1 import common_pb2
 from clients.sdk import MedsettleError
+from medsettle.v1 import common_pb2
 from tests.frontend import (
     ALL_ROLES,
     INST_A,

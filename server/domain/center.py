@@ -17,7 +17,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 import engine_rs
-from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
+from medsettle.v1 import catalog_pb2, center_pb2, common_pb2
 from server.config import Config
 from server.domain import nodes
 from server.domain.common import Outcome, id_prefix, local_date, out_of_order

@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from clients.pb.medsettle.v1 import common_pb2
+from medsettle.v1 import common_pb2
 from server import metrics
 from server.errors import (
     AlreadyExists,

@@ -32,7 +32,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 import engine_rs
-from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2
+from medsettle.v1 import catalog_pb2, center_pb2, common_pb2
 from server.domain import nodes
 from server.domain.center import CenterEnv, center_person, check_node_header
 from server.domain.common import local_date

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import engine_rs
-from clients.pb.medsettle.v1 import common_pb2
+from medsettle.v1 import common_pb2
 from server import metrics
 from server.domain.visits import PersonRow, age_on
 from server.errors import FailedPrecondition

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clients.pb.medsettle.v1 import center_pb2
+from medsettle.v1 import center_pb2
 from server.domain.common import id_prefix
 from server.errors import FailedPrecondition
 

@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from clients.pb.medsettle.v1 import catalog_pb2
+from medsettle.v1 import catalog_pb2
 from server.errors import FailedPrecondition, Violations, field_error
 from server.limits import FIELD_MAX
 from server.security import passwords, roles

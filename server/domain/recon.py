@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clients.pb.medsettle.v1 import catalog_pb2, reconciliation_pb2
+from medsettle.v1 import catalog_pb2, reconciliation_pb2
 from server.domain.visits import valid_date
 from server.errors import ResourceExhausted, Violations
 from server.limits import check_int64, joined, split_sum

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import engine_rs
-from clients.pb.medsettle.v1 import catalog_pb2
+from medsettle.v1 import catalog_pb2
 from server.domain.common import Caller
 from server.domain.visits import valid_date
 from server.engine.columns import pack_strings

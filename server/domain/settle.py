@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 import engine_rs
-from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
+from medsettle.v1 import common_pb2, settlement_pb2
 from server import metrics
 from server.domain.common import (
     Caller,

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 import engine_rs
-from clients.pb.medsettle.v1 import common_pb2, settlement_pb2
+from medsettle.v1 import common_pb2, settlement_pb2
 from server import metrics
 from server.domain.common import Caller, Env, issue_id, require_fresh_refdata
 from server.engine.columns import pack_strings

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from clients.pb.medsettle.v1 import catalog_pb2
+from medsettle.v1 import catalog_pb2
 from server.domain import operators, recon, reference
 from server.domain.common import add_chunk, chunk_hasher
 from server.errors import ClientError, field_error

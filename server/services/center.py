@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from psycopg.errors import UniqueViolation
 
-from clients.pb.medsettle.v1 import catalog_pb2, center_pb2, common_pb2, reconciliation_pb2
+from medsettle.v1 import catalog_pb2, center_pb2, common_pb2, reconciliation_pb2
 from server import metrics
 from server.domain import center, forwarded, recon, reference
 from server.domain.common import Outcome, now_ms, request_hash

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from clients.pb.medsettle.v1 import center_pb2, common_pb2, settlement_pb2
+from medsettle.v1 import center_pb2, common_pb2, settlement_pb2
 from server import metrics
 from server.center_link import CenterRoutes, center_setl_id
 from server.domain import settle

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from clients.pb.medsettle.v1 import common_pb2, reconciliation_pb2
+from medsettle.v1 import common_pb2, reconciliation_pb2
 from server.center_link import CenterRoutes
 from server.domain import nodes, recon
 from server.domain.common import (

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from clients.pb.medsettle.v1 import settlement_pb2
+from medsettle.v1 import settlement_pb2
 from server import limits, metrics
 from server.domain import settle, visits
 from server.domain.common import (

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from clients.pb.medsettle.v1 import settlement_pb2
+from medsettle.v1 import settlement_pb2
 from server.domain import operators, visits
 from server.domain.common import Env, Trail, check_header, idempotent, now_ms, request_hash
 from server.errors import Unauthenticated, field_error
