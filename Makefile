@@ -41,6 +41,7 @@ lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m mypy.stubtest engine_rs --allowlist tests/stubtest_allowlist.txt
 
 test-py: build tools
@@ -60,7 +61,7 @@ bench: build bench-tools
 
 # A front-end on a fresh SQLite file, a scripted HIS visit over gRPC, the slip, stop.
 demo: build
-	$(PY) -m clients.cli demo
+	$(PY) -m server.cli demo
 
 clean:
 	rm -rf $(VENV) target .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

@@ -2,7 +2,7 @@
 preprocessing and fund split. Money is integer fen, ratios basis points, quantities 1/10_000.
 
 Bulk inputs are dicts of numpy columns; strings are `(uint8 data, int64 offsets)` pairs
-(see server/engine/columns.py). Every error is an `EngineError` subclass naming the field.
+(see server/columns.py). Every error is an `EngineError` subclass naming the field.
 """
 
 from collections.abc import Mapping

@@ -46,8 +46,8 @@ from psycopg.conninfo import make_conninfo
 from bench import operators
 from bench.bench_frontend import INST, _figures, _prepare_async, run_load
 from bench.cpu import cores_used, cpu_snapshot
-from clients.localserver import LocalServer, free_port
 from clients.sdk import MedsettleClient
+from server.demo.localserver import LocalServer, free_port
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -28,11 +28,11 @@ import numpy as np
 import numpy.typing as npt
 
 import engine_rs
-from server.engine import twin
-from server.engine.columns import numbered_codes, take_strings, unpack_strings
+from server.columns import numbered_codes, take_strings, unpack_strings
+from tests.engine import twin
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICY = ROOT / "server" / "data" / "demo_city_policy.toml"
+POLICY = ROOT / "server" / "demo" / "demo_city_policy.toml"
 # Outpatient-sized visits and inpatient-sized stays.
 VISIT_SHAPES = (10, 1_000)
 
@@ -57,7 +57,7 @@ def rss_mb() -> float:
 
 def build_catalog(n_items: int, seed: int) -> tuple[engine_rs.Catalog, dict[str, Any]]:
     """A synthetic catalog with a mapping for 95 % of its items (hospital codes H........)."""
-    from server.synth.catalog import make_catalog
+    from server.demo.synth.catalog import make_catalog
 
     synth = make_catalog(n_items, seed=seed)
     rng = np.random.default_rng(seed)
@@ -328,7 +328,7 @@ def load_child(path: str) -> None:
 
 
 def bench_load(args: argparse.Namespace, out: dict[str, Any]) -> None:
-    from server.synth.catalog import make_catalog
+    from server.demo.synth.catalog import make_catalog
 
     n = args.load_items
     synth = make_catalog(n, seed=args.seed)

@@ -31,11 +31,11 @@ import numpy as np
 
 from bench import operators
 from bench.cpu import cores_used, cpu_snapshot
-from clients.demo import fee_lines
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient
 from medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
-from server import demo_data
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer
+from server.demo.visit import fee_lines
 
 INST = "H44010100001"
 DAY = 20260615

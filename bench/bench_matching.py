@@ -3,7 +3,7 @@ on the same queries.
 
     python -m bench.bench_matching [--items N --queries Q --rapidfuzz-queries R]
 
-Generates a synthetic catalog of N items (server/synth/catalog.py) with the mappings of a
+Generates a synthetic catalog of N items (server/demo/synth/catalog.py) with the mappings of a
 hospital, loads it, builds `engine_rs.Matcher`, matches Q hospital items with `match_many`
 on one thread, and runs RapidFuzz `process.extract` (WRatio) over the same catalog for the
 first R queries, extrapolating its time to Q. Prints the figures and writes them, with the
@@ -29,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 import engine_rs
-from server.synth.catalog import HospitalItems, make_catalog, make_hospital_items
-from server.synth.match_eval import load as load_eval
+from server.demo.synth.catalog import HospitalItems, make_catalog, make_hospital_items
+from server.demo.synth.match_eval import load as load_eval
 
 RESULTS = Path(__file__).with_name("RESULTS_matching.md")
 EVAL = Path(__file__).resolve().parent.parent / "tests" / "data" / "match_eval.jsonl"
@@ -74,7 +74,7 @@ def eval_set_recall() -> tuple[float, float, int]:
     cat = make_catalog(header["catalog"]["n"], header["catalog"]["seed"])
     catalog = engine_rs.Catalog.load(cat.items, selfpay_psn_types=cat.selfpay_psn_types)
     m = engine_rs.Matcher(catalog)
-    from server.engine.columns import pack_strings
+    from server.columns import pack_strings
 
     idx, _ = m.match_many(
         pack_strings([r.name for r in records]),
@@ -176,7 +176,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "",
         f"Catalog: {args.items:,} synthetic items (seed {args.seed}), "
         f"{r['mappings']:,} hospital mappings loaded with it; "
-        f"{args.queries:,} hospital items as queries (variants as in server/synth/variants.py).",
+        f"{args.queries:,} hospital items as queries"
+        " (variants as in server/demo/synth/variants.py).",
         "",
         "| figure | value |",
         "|---|---|",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psutil
 
-from clients.localserver import LocalServer
+from server.demo.localserver import LocalServer
 
 
 def _tree_cpu(pid: int) -> float:

@@ -50,8 +50,6 @@ from hdrh.histogram import HdrHistogram
 
 import engine_rs
 from bench import operators
-from clients.demo import fee_lines
-from clients.localserver import LocalServer, free_port
 from clients.reconcile import today
 from clients.signing import (
     HMAC,
@@ -69,10 +67,12 @@ from medsettle.v1 import (
     settlement_pb2,
     settlement_pb2_grpc,
 )
-from server import demo_data
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer, free_port
+from server.demo.synth.catalog import make_catalog
+from server.demo.visit import fee_lines
 from server.security import certs
 from server.security.signing import InstitutionKey, new_sm2_secret, write_keys
-from server.synth.catalog import make_catalog
 
 OPERATOR = "load"  # the run's operator: settles, cancels, loads reference data, checks books
 US_MAX = 120_000_000  # histograms hold 1 us .. 120 s

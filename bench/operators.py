@@ -11,7 +11,6 @@ import secrets
 
 import grpc
 
-from clients.localserver import LocalServer
 from medsettle.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -19,6 +18,7 @@ from medsettle.v1 import (
     settlement_pb2,
     settlement_pb2_grpc,
 )
+from server.demo.localserver import LocalServer
 from server.security import roles
 
 SECURITY_OFFICER = "security01"

@@ -12,9 +12,9 @@ import pytest
 
 import engine_rs
 from bench.bench_engine import split_columns
-from server.engine.columns import numbered_codes, take_strings
+from server.columns import numbered_codes, take_strings
 
-POLICY = Path(__file__).resolve().parent.parent / "server" / "data" / "demo_city_policy.toml"
+POLICY = Path(__file__).resolve().parent.parent / "server" / "demo" / "demo_city_policy.toml"
 N_ITEMS = 100_000
 N_LINES = 200_000
 

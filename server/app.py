@@ -24,54 +24,26 @@ import re
 import signal
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import psycopg
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from medsettle.v1 import (
-    catalog_pb2,
-    center_pb2,
-    common_pb2,
-    reconciliation_pb2,
-    settlement_pb2,
-)
-from server import background, demo_data, metrics, peers
-from server.center_link import CenterRoutes
-from server.config import Config
-from server.domain.center import CenterEnv
-from server.domain.common import Env, now_ms
-from server.domain.nodes import node_instance
-from server.domain.settle import OfflineLimits
-from server.forwarder import Forwarder
-from server.refdata import RefData
-from server.refdata_pull import RefdataPuller
-from server.security import audit, roles
-from server.security.payload import PayloadKeys
-from server.security.payload import load_keys as load_payload_keys
-from server.security.pii import Vault
-from server.security.signing import RequestVerifier, load_keys
-from server.services.auditing import AuditPruner, FrontendAuditor
-from server.services.base import Access, Deadlines, Guards, generic_handler
-from server.services.catalog import CatalogService
-from server.services.center import CenterReconciliationService, CenterService
-from server.services.center_mode import CenterMode
-from server.services.reconciliation import ReconciliationService
-from server.services.settlement import Calls, SettlementService
-from server.store import pg
-from server.store.sqlite import Store, init_db
+from server import background, metrics, peers
+from server.center import assembly as center_assembly
+from server.config import Config, Role
+from server.demo import dataset as demo_data
+from server.errors import StartError
+from server.frontend import assembly as frontend_assembly
 
 log = logging.getLogger("medsettle")
 Closer = Callable[[], Awaitable[None]]
 HealthStatus = Any  # health_pb2.HealthCheckResponse.ServingStatus
-
-
-class StartError(Exception):
-    """Why this server cannot start, in one line for its operator."""
 
 
 # Failures to start that are the set-up's (files, addresses, databases, keys), not a bug.
@@ -98,193 +70,21 @@ def start_failure(cfg: Config, exc: BaseException) -> str:
     return f"medsettle serve: cannot start: {redact(reason)}"
 
 
-SERVICES = {
-    "medsettle.v1.Settlement": settlement_pb2.DESCRIPTOR.services_by_name["Settlement"],
-    "medsettle.v1.Catalog": catalog_pb2.DESCRIPTOR.services_by_name["Catalog"],
-    "medsettle.v1.Reconciliation": reconciliation_pb2.DESCRIPTOR.services_by_name["Reconciliation"],
-}
+class Assembly(Protocol):
+    """What a role's assembly module provides (server/frontend/assembly.py,
+    server/center/assembly.py)."""
+
+    @property
+    def SERVICES(self) -> Mapping[str, ServiceDescriptor]: ...
+
+    def prepare(self, cfg: Config) -> None: ...
+
+    async def assemble(
+        self, cfg: Config, index: int, healthy: Callable[[bool], None]
+    ) -> tuple[list[grpc.GenericRpcHandler], Closer]: ...
 
 
-CENTER_SERVICES = {
-    "medsettle.v1.Center": center_pb2.DESCRIPTOR.services_by_name["Center"],
-    "medsettle.v1.Reconciliation": SERVICES["medsettle.v1.Reconciliation"],
-}
-
-
-def make_env(cfg: Config) -> Env:
-    return Env(
-        refdata=RefData(),
-        node_id=cfg.node_id,
-        sign_ttl_s=cfg.sign_ttl_s,
-        tz_offset_min=cfg.tz_offset_min,
-        mode=common_pb2.LOCAL if cfg.mode == "local" else common_pb2.CENTER,
-        max_lines_per_call=cfg.max_lines_per_call,
-        max_lines_per_visit=cfg.max_lines_per_visit,
-        keys=(keys := cfg.data_keys()),
-        pii=Vault(keys, cfg.pii_cipher),
-        max_line_fee_fen=cfg.max_line_fee_fen,
-        max_visit_fee_fen=cfg.max_visit_fee_fen,
-        signin_max_failures=cfg.signin_max_failures,
-        signin_lockout_s=cfg.signin_lockout_s,
-    )
-
-
-def prepare(cfg: Config) -> None:
-    """Schema migrations and the demo data, once, before any worker serves."""
-    if cfg.role != "center":
-        where = os.path.dirname(os.path.abspath(cfg.db))
-        if not os.path.isdir(where):
-            raise StartError(f"db: {cfg.db}: the directory {where} does not exist")
-    # A center without its data key does not start; a front-end's default key is made here,
-    # once, before any worker reads it.
-    keys = cfg.data_keys()
-    vault = Vault(keys, cfg.pii_cipher)
-    if cfg.role == "center":
-        pg.init_db(cfg.db, keys)
-        if cfg.demo and demo_data.seed_center(cfg.db, vault):
-            log.info("demo persons and policy loaded into the center database")
-        return
-    init_db(cfg.db, keys)
-    if cfg.demo:
-        store = Store(cfg.db, readers=1)
-        try:
-            if demo_data.seed(store, vault):
-                log.info("demo data set loaded into %s", cfg.db)
-        finally:
-            store.close()
-
-
-async def _handlers(
-    cfg: Config, index: int, healthy: Callable[[bool], None]
-) -> tuple[list[grpc.GenericRpcHandler], dict[str, Any], Closer]:
-    """The services of this role over its open store, and how to close the store;
-    `healthy` hears whether the store can write."""
-    deadlines = Deadlines(cfg.require_deadline, cfg.max_deadline_s)
-    if cfg.role == "center":
-        pg_store = pg.PgStore(cfg.db)
-        await pg_store.open()
-        keys = cfg.data_keys()
-        center_env = CenterEnv.new(
-            cfg.tz_offset_min, Vault(keys, cfg.pii_cipher), cfg.max_visit_fee_fen
-        )
-        center = CenterService(
-            pg_store, center_env, cfg.db, keys.audit, cfg.max_refusal_audits_per_s
-        )
-        plaintext = cfg.tls() is None
-        if plaintext and index == 0:
-            log.warning(
-                "center without TLS: its services answer any caller (development only);"
-                " production serves front-ends over mutual TLS"
-            )
-        access = Access(roles.CENTER_RULES, by_peer=True, plaintext_open=plaintext)
-        guards = Guards(deadlines, access, auditor=center.auditor)
-        center_pruner = None
-        if index == 0:
-            days = cfg.audit_retention_days
-
-            async def prune_op(conn: pg.Conn) -> int:
-                return await pg.audit_prune(conn, keys.audit, now_ms(), days)
-
-            center_pruner = AuditPruner(lambda: pg_store.transaction(prune_op), days)
-            center_pruner.start()
-        handlers = [
-            generic_handler(CENTER_SERVICES["medsettle.v1.Center"], center, guards),
-            generic_handler(
-                CENTER_SERVICES["medsettle.v1.Reconciliation"],
-                CenterReconciliationService(cfg.db, cfg.max_message_bytes),
-                guards,
-            ),
-        ]
-
-        async def close_pg() -> None:
-            if center_pruner is not None:
-                await center_pruner.stop()
-            await center.auditor.refusals.close()  # the pending summary, before the pool goes
-            await pg_store.close()
-
-        return handlers, CENTER_SERVICES, close_pg
-    store = Store(cfg.db, batch_max=cfg.commit_batch_max, readers=cfg.readers)
-    store.watch(healthy)
-    env = make_env(cfg)
-    tls = cfg.tls()
-    routes: CenterRoutes | None = CenterRoutes(
-        cfg.center_target,
-        cfg.center_routes(),
-        cfg.center_deadline_s,
-        tls.channel_credentials() if tls and tls.ca else None,
-        # Every worker names this machine to the center (server/domain/nodes.py).
-        instance_id=node_instance(cfg.db) if cfg.center_target or cfg.centers else "",
-    )
-    if not routes:
-        routes = None
-    center_mode = None
-    if routes is not None and cfg.mode == "center":
-        limits = (
-            OfflineLimits(cfg.offline_max_medfee_fen, cfg.offline_max_per_day)
-            if cfg.offline_fallback
-            else None
-        )
-        center_mode = CenterMode(store, env, routes, limits, cfg.center_retry_grace_s)
-    # One forwarder per front-end, in its first worker: local mode forwards everything,
-    # center mode what it settled offline.
-    forwarder = puller = None
-    pruner = None
-    if index == 0:
-        key, days = env.keys.audit, cfg.audit_retention_days
-        pruner = AuditPruner(
-            lambda: store.write(lambda conn: audit.prune(conn, key, now_ms(), days)), days
-        )
-        pruner.start()
-    if routes is not None and index == 0:
-        forwarder = Forwarder(store, env, routes)
-        forwarder.start()
-        if cfg.refdata_pull_s > 0:
-            puller = RefdataPuller(store, env, routes, cfg.refdata_pull_s)
-            puller.start()
-    verifier = (
-        RequestVerifier(load_keys(cfg.signing_keys), cfg.signing_window_s * 1000)
-        if cfg.signing == "required"
-        else None
-    )
-    access = Access(roles.FRONTEND_RULES)  # operator roles, checked by `authenticate`
-    # One auditor for the worker: its budget of refusal records is the worker's.
-    auditor = FrontendAuditor(store, env.keys.audit, cfg.max_refusal_audits_per_s)
-    payload = (
-        PayloadKeys(load_payload_keys(cfg.payload_keys))
-        if cfg.payload_encryption == "sm4-gcm"
-        else None
-    )
-    settlement = SettlementService(store, env, center_mode, auditor)
-    guards = Guards(deadlines, access, verifier, payload, auditor, admit=settlement.calls.admit)
-    handlers = [
-        generic_handler(SERVICES["medsettle.v1.Settlement"], settlement, guards),
-        generic_handler(
-            SERVICES["medsettle.v1.Catalog"],
-            CatalogService(Calls(store, env, "Catalog", auditor)),
-            guards,
-        ),
-        generic_handler(
-            SERVICES["medsettle.v1.Reconciliation"],
-            ReconciliationService(
-                Calls(store, env, "Reconciliation", auditor), cfg.max_message_bytes, routes
-            ),
-            guards,
-        ),
-    ]
-
-    async def close_sqlite() -> None:
-        if pruner is not None:
-            await pruner.stop()
-        if forwarder is not None:
-            await forwarder.stop()
-        if puller is not None:
-            await puller.stop()
-        if routes is not None:
-            await routes.close()
-        await auditor.close()
-        await asyncio.get_running_loop().run_in_executor(None, store.close)
-
-    return handlers, SERVICES, close_sqlite
+ROLES: dict[Role, Assembly] = {Role.FRONTEND: frontend_assembly, Role.CENTER: center_assembly}
 
 
 class Health:
@@ -328,7 +128,9 @@ async def serve_worker(cfg: Config, index: int = 0) -> None:
         ],
     )
     health_ = Health()
-    handlers, services, close = await _handlers(cfg, index, health_.store_writable)
+    role = ROLES[cfg.role]
+    services = role.SERVICES
+    handlers, close = await role.assemble(cfg, index, health_.store_writable)
     health_.names.extend(services)
     server.add_generic_rpc_handlers(handlers)
     if cfg.metrics_port:
@@ -403,7 +205,9 @@ def serve(cfg: Config) -> int:
     (1, after one line on stderr, when it cannot start)."""
     _no_file_size_signal()
     try:
-        prepare(cfg)
+        ROLES[cfg.role].prepare(cfg)
+        if cfg.demo:
+            demo_data.load(cfg)
         if cfg.metrics_port:
             port = metrics.serve_http(cfg.host, cfg.metrics_port)
             log.info(

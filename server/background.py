@@ -2,7 +2,7 @@
 started on the serving loop, cancelled and awaited when the process stops.
 
 Also how such a task stops the whole process when it finds what no retry can fix (this
-front-end's node id is another machine's, server/domain/nodes.py): `stop_serving` logs the
+front-end's node id is another machine's, server/nodes.py): `stop_serving` logs the
 reason at ERROR and stops the process as SIGTERM does (no new calls, those in flight finish,
 the store is flushed); the worker then exits non-zero with the reason (`fatal_reason`), so a
 supervisor or a night operator sees it stopped and why, instead of a front-end that goes on

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import tomllib
 from dataclasses import dataclass
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,31 @@ from server.security.datakeys import DataKeys
 from server.security.pii import CIPHERS
 
 
+class Role(StrEnum):
+    """What a server is: a hospital's front-end (SQLite) or the insurance center
+    (PostgreSQL). Each has its assembly (server/frontend/assembly.py,
+    server/center/assembly.py)."""
+
+    FRONTEND = "frontend"
+    CENTER = "center"
+
+
+class Mode(StrEnum):
+    """How a front-end settles: locally, forwarding afterwards, or at the center (seed 004's
+    two modes; docs/architecture.md). `center` is read as `center-side`, the name it had."""
+
+    LOCAL = "local"
+    CENTER_SIDE = "center-side"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Mode | None:
+        return cls.CENTER_SIDE if value == "center" else None
+
+
 @dataclass
 class Config:
-    role: str = "frontend"  # frontend | center
-    mode: str = "local"  # local | center (how a front-end settles)
+    role: Role = Role.FRONTEND
+    mode: Mode = Mode.LOCAL  # a front-end's; a center ignores it
     db: str = "medsettle.db"  # SQLite path (front-end)
     host: str = "127.0.0.1"
     port: int = 50051
@@ -132,14 +154,10 @@ class Config:
         return parse_routes(self.centers)
 
     def validate(self) -> None:
-        if self.role not in ("frontend", "center"):
-            raise ValueError(f"role: {self.role!r} is not frontend or center")
-        if self.mode not in ("local", "center"):
-            raise ValueError(f"mode: {self.mode!r} is not local or center")
         self.center_routes()  # a malformed table is refused at start
         if (
-            self.role == "frontend"
-            and self.mode == "center"
+            self.role is Role.FRONTEND
+            and self.mode is Mode.CENTER_SIDE
             and not (self.center_target or self.centers)
         ):
             raise ValueError("center_target: a front-end in center mode needs the center's address")
@@ -179,7 +197,7 @@ class Config:
             raise ValueError(f"pii_cipher: {self.pii_cipher!r} is not one of {', '.join(CIPHERS)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert, tls_key: give both or neither")
-        if self.role == "center" and self.tls_cert and not self.require_client_cert:
+        if self.role is Role.CENTER and self.tls_cert and not self.require_client_cert:
             raise ValueError(
                 "require_client_cert: a center with TLS answers front-ends by their"
                 " certificates (mutual TLS); set it"
@@ -193,7 +211,7 @@ class Config:
 
     def data_keys(self) -> DataKeys:
         """The keys of this node's data; a front-end's default key file sits beside its db."""
-        default = self.db + ".key" if self.role == "frontend" else None
+        default = self.db + ".key" if self.role is Role.FRONTEND else None
         return datakeys.load(self.data_key_file, default)
 
     def tls(self) -> TlsFiles | None:
@@ -235,6 +253,12 @@ def _coerce(kind: type, raw: Any, where: str) -> Any:
         if kind is float and isinstance(raw, int):
             return float(raw)
         raise ValueError(f"{where}: expected {kind.__name__}, got {raw!r}")
+    if issubclass(kind, Enum):
+        try:
+            return kind(raw)
+        except ValueError:
+            names = " or ".join(m.value for m in kind)
+            raise ValueError(f"{where}: {raw!r} is not {names}") from None
     try:
         if kind is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -242,7 +266,7 @@ def _coerce(kind: type, raw: Any, where: str) -> Any:
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
-        return kind(raw)
+        return kind(raw)  # type: ignore[call-arg]  # int, float or str here
     except ValueError:
         raise ValueError(f"{where}: cannot read {raw!r} as {kind.__name__}") from None
 

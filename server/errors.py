@@ -18,7 +18,7 @@ class ClientError(Exception):
     """A request the server refuses; `code` is the gRPC status it answers with."""
 
     code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
-    audited = False  # an audit record of this refusal is written (server/services/auditing.py)
+    audited = False  # an audit record of this refusal is written (server/auditing.py)
 
     def __init__(self, message: str, violations: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
@@ -110,3 +110,7 @@ class Relayed(ClientError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StartError(Exception):
+    """Why a server cannot start, in one line for its operator (server/app.py prints it)."""

@@ -10,7 +10,6 @@ overflows every sum over it. Bounds stop both where the request comes in.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +18,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from medsettle.v1 import settlement_pb2
-from server.domain.common import MSGID_MAX, Caller
-from server.domain.visits import load_visit
-from server.errors import OutOfRange, ResourceExhausted, Violations, field_error
+from server.common import MSGID_MAX
+from server.errors import OutOfRange, ResourceExhausted, Violations
 
 # The longest value (in characters) of every id and code field, by its wire name, wherever
 # it appears in a message (headers, fee lines, forwarded items, reconciliation rows). The
@@ -209,31 +207,6 @@ def check_fee_lines(
         if len(v.items) >= MAX_VIOLATIONS:
             break
     v.raise_if_any()
-
-
-def check_visit_total(
-    conn: sqlite3.Connection,
-    caller: Caller,
-    mdtrt_id: str,
-    lines: Sequence[settlement_pb2.FeeLine],
-    max_visit_fen: int,
-) -> None:
-    """INVALID_ARGUMENT naming the first line with which the visit's fees (those stored and
-    these) would be more than the per-visit maximum."""
-    visit = load_visit(conn, caller, mdtrt_id)
-    hi, lo = conn.execute(
-        f"SELECT {split_sum('det_item_fee_sumamt')} FROM fee_lines WHERE visit_id = ?",
-        (visit.id,),
-    ).fetchone()
-    running = joined(hi, lo)
-    for i, ln in enumerate(lines):
-        running += ln.det_item_fee_sumamt
-        if running > max_visit_fen:
-            raise field_error(
-                f"lines[{i}].det_item_fee_sumamt",
-                f"the visit's fees would be {running} fen, more than the {max_visit_fen}"
-                " one visit may be",
-            )
 
 
 # ---------------------------------------------------------------------------- exact sums

@@ -19,7 +19,7 @@ import numpy as np
 
 import engine_rs
 from server import metrics
-from server.engine.columns import pack_strings
+from server.columns import pack_strings
 
 
 @dataclass

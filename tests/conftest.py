@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import engine_rs
-from clients.localserver import LocalServer
-from server.engine.columns import pack_strings
+from server.columns import pack_strings
+from server.demo.localserver import LocalServer
 
 DATA = Path(__file__).parent / "data"
 

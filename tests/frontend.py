@@ -7,14 +7,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from clients.demo import fee_lines
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient
 from medsettle.v1 import catalog_pb2, settlement_pb2
-from server import demo_data
-from server.domain.fundsplit import SETL_AMOUNTS
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer
+from server.demo.visit import fee_lines
+from server.fundsplit import SETL_AMOUNTS
+from server.persons import ACC_FIELDS
 from server.security import roles
-from server.store import ACC_FIELDS
 
 __all__ = ["ACC_FIELDS", "SETL_AMOUNTS"]
 
@@ -136,7 +136,7 @@ def admit(
 
 
 # What a refused call may write: its audit record, and for a refused sign-in the bounded
-# refusal count (server/domain/operators.py) that makes every refusal cost one commit.
+# refusal count (server/frontend/operators.py) that makes every refusal cost one commit.
 AUDIT_TABLES = ("audit", "audit_anchor", "signin_refusals")
 
 

@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from clients.localserver import LocalServer
+from server.demo.localserver import LocalServer
 
 ADMIN_DSN = os.environ.get("MEDSETTLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SKIP_PREFIX = "PostgreSQL unreachable"

@@ -2,7 +2,7 @@
 
 Every generated case is kept as plain Python values (twin dataclasses, dicts), and turned into
 `engine_rs` inputs by the builders below, so the same values feed both the Rust engine and the
-reference twin (`server/engine/twin.py`).
+reference twin (`tests/engine/twin.py`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy.typing as npt
 from hypothesis import strategies as st
 
 import engine_rs
-from server.engine import twin
-from server.engine.columns import StrColumn, pack_strings
+from server.columns import StrColumn, pack_strings
+from tests.engine import twin
 
 I64_MAX = 2**63 - 1
 I64_MIN = -(2**63)

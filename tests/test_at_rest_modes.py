@@ -10,7 +10,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from clients.localserver import LocalServer
+from server.demo.localserver import LocalServer
 from tests.frontend import client
 
 FILES = ("", "-wal", "-shm", ".lock", ".key")

@@ -15,9 +15,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
-from server.domain.common import now_ms
+from server.common import now_ms
+from server.demo.localserver import LocalServer
 from server.security import audit
 from tests.frontend import (
     CASHIER,
@@ -37,7 +37,7 @@ KEY = bytes(range(32))
 
 def verify(db: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "clients.cli", "audit", "verify", "--db", db, *extra],
+        [sys.executable, "-m", "server.cli", "audit", "verify", "--db", db, *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -140,7 +140,7 @@ def test_records_are_in_the_transaction_of_the_change(frontend: LocalServer) -> 
 
 
 def test_retention_prunes_from_the_start_and_keeps_an_anchor(tmp_path: Path) -> None:
-    from server.store.sqlite import init_db
+    from server.frontend.store.sqlite import init_db
 
     db = str(tmp_path / "a.db")
     init_db(db)

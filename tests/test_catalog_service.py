@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient
 from medsettle.v1 import catalog_pb2, settlement_pb2
-from server import demo_data
-from server.synth.catalog import make_hospital_items
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer
+from server.demo.synth.catalog import make_hospital_items
 from tests.frontend import DAY, EMPLOYEE, INST_A, INST_B, client, snapshot
 
 V1 = demo_data.CATALOG_VERSION

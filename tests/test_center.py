@@ -14,8 +14,8 @@ import grpc
 import psycopg
 import pytest
 
-from clients.localserver import LocalServer
 from medsettle.v1 import center_pb2, center_pb2_grpc, common_pb2
+from server.demo.localserver import LocalServer
 from tests.frontend import (
     CHILD,
     CIVIL,

@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
-from server.store import ACC_FIELDS
+from server.demo.localserver import LocalServer
+from server.persons import ACC_FIELDS
 from tests.frontend import CIVIL, EMPLOYEE, RETIRED, admit, client, total
 
 pytestmark = pytest.mark.pg

@@ -14,9 +14,9 @@ import grpc
 import psycopg
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleError
 from medsettle.v1 import common_pb2
+from server.demo.localserver import LocalServer
 from tests.frontend import (
     INST_A,
     RETIRED,
@@ -29,7 +29,7 @@ from tests.frontend import (
 )
 from tests.pg import fresh_database
 
-DEMO_POLICY = Path(__file__).resolve().parent.parent / "server" / "data" / "demo_city_policy.toml"
+DEMO_POLICY = Path(__file__).resolve().parent.parent / "server" / "demo" / "demo_city_policy.toml"
 
 pytestmark = pytest.mark.pg
 

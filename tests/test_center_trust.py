@@ -18,11 +18,11 @@ import grpc
 import psycopg
 import pytest
 
-from clients.localserver import LocalServer
 from medsettle.v1 import center_pb2, center_pb2_grpc
-from server.domain.nodes import instance_file
+from server.demo.localserver import LocalServer
+from server.frontend.store.sqlite import Store
+from server.nodes import instance_file
 from server.security import certs
-from server.store.sqlite import Store
 from tests.frontend import CIVIL, EMPLOYEE, INST_A, INST_B, RETIRED, admit, client, total
 from tests.pg import center_server
 from tests.test_forwarding import center_set, front_set, pending_all, unsent, wait_for

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import engine_rs
-from server.engine.columns import pack_strings, unpack_strings
+from server.columns import pack_strings, unpack_strings
 from tests.conftest import (
     catalog_from_rows,
     dense_by_category,
@@ -21,7 +21,7 @@ from tests.conftest import (
 )
 
 ROOT = Path(__file__).parent.parent
-DEMO_POLICY = ROOT / "server" / "data" / "demo_city_policy.toml"
+DEMO_POLICY = ROOT / "server" / "demo" / "demo_city_policy.toml"
 
 FLAT: dict[str, Any] = {
     "deductible": {"kind": "per_visit", "by_admission_fen": [100_000]},

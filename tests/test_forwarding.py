@@ -17,7 +17,6 @@ import grpc
 import psycopg
 import pytest
 
-from clients.localserver import LocalServer
 from clients.reconcile import today
 from medsettle.v1 import (
     center_pb2,
@@ -26,10 +25,11 @@ from medsettle.v1 import (
     reconciliation_pb2,
     reconciliation_pb2_grpc,
 )
-from server.forwarder import pending
+from server.demo.localserver import LocalServer
+from server.frontend.forwarder import pending
+from server.frontend.store.sqlite import Store
 from server.security import datakeys
 from server.security.pii import Vault
-from server.store.sqlite import Store
 from tests.frontend import CIVIL, EMPLOYEE, INST_A, RETIRED, admit, client, total
 
 pytestmark = pytest.mark.pg

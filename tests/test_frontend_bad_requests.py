@@ -20,14 +20,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import (
     catalog_pb2,
     common_pb2,
     settlement_pb2,
 )
-from server import demo_data
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer
 from tests.frontend import (
     CHILD,
     DAY,

@@ -36,9 +36,9 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import common_pb2, settlement_pb2
+from server.demo.localserver import LocalServer
 from tests.frontend import (
     ACC_FIELDS,
     DAY,

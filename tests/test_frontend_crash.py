@@ -43,13 +43,13 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient
 from medsettle.v1 import common_pb2, settlement_pb2
-from server import demo_data
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer
+from server.frontend.store import line_results
 from server.security import datakeys
 from server.security.pii import Vault
-from server.store import line_results
 from tests.frontend import (
     ACC_FIELDS,
     ALL_ROLES,

@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import common_pb2, reconciliation_pb2, settlement_pb2
-from server.store import line_results
+from server.demo.localserver import LocalServer
+from server.frontend.store import line_results
 from tests.frontend import (
     CHILD,
     CIVIL,

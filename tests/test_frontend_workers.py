@@ -31,9 +31,9 @@ import grpc
 import psutil
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import common_pb2, settlement_pb2
+from server.demo.localserver import LocalServer
 from tests.frontend import DAY, EMPLOYEE, INST_A, RETIRED, client, lines, total
 
 if TYPE_CHECKING:

@@ -21,9 +21,10 @@ import psycopg
 import pytest
 from google.protobuf import message_factory
 
-from clients.localserver import LocalServer
 from medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
-from server.app import CENTER_SERVICES, SERVICES
+from server.center.assembly import SERVICES as CENTER_SERVICES
+from server.demo.localserver import LocalServer
+from server.frontend.assembly import SERVICES
 from tests.frontend import AUDIT_TABLES, CASHIER, EMPLOYEE, INST_A, admit, client, total
 from tests.pg import center_server
 

@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.localserver import LocalServer, free_port
 from medsettle.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -26,6 +25,7 @@ from medsettle.v1 import (
     settlement_pb2,
     settlement_pb2_grpc,
 )
+from server.demo.localserver import LocalServer, free_port
 from tests.frontend import ALL_ROLES, INST_A, RETIRED, client, lines, snapshot
 
 STREAMS = 20

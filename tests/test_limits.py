@@ -18,12 +18,12 @@ import grpc
 import psycopg
 import pytest
 
-from clients.localserver import ROOT, LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import center_pb2, center_pb2_grpc, settlement_pb2
+from server.auditing import SUMMARY
+from server.demo.localserver import ROOT, LocalServer
 from server.limits import FIELD_MAX
 from server.security import audit
-from server.services.auditing import SUMMARY
 from tests.frontend import (
     ALL_ROLES,
     DAY,
@@ -205,7 +205,7 @@ def test_a_flood_of_refusals_is_summarised_and_the_chain_verifies(tmp_path: Path
     assert one_by_one + counted == n  # every refusal is accounted for, ...
     assert one_by_one + summaries < 40  # ... in a handful of records, not 200
     verify = subprocess.run(
-        [sys.executable, "-m", "clients.cli", "audit", "verify", "--db", str(tmp_path / "f.db")],
+        [sys.executable, "-m", "server.cli", "audit", "verify", "--db", str(tmp_path / "f.db")],
         cwd=ROOT,
         capture_output=True,
         text=True,

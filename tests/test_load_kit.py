@@ -79,7 +79,7 @@ def test_prepared_visits_time_only_their_settle(tmp_path: Path) -> None:
 
 
 def test_generated_catalog_and_policy_of_a_chosen_size(tmp_path: Path) -> None:
-    policy = (ROOT / "server" / "data" / "demo_city_policy.toml").read_text("utf-8")
+    policy = (ROOT / "server" / "demo" / "demo_city_policy.toml").read_text("utf-8")
     assert "version = 2026_01" in policy
     mine = tmp_path / "policy.toml"
     mine.write_text(policy.replace("version = 2026_01", "version = 2026_07"), "utf-8")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import engine_rs
-from server.engine.columns import StrColumn, pack_strings
-from server.synth.catalog import make_catalog, make_hospital_items
-from server.synth.match_eval import EvalRecord, fingerprint, load
+from server.columns import StrColumn, pack_strings
+from server.demo.synth.catalog import make_catalog, make_hospital_items
+from server.demo.synth.match_eval import EvalRecord, fingerprint, load
 
 EVAL = Path(__file__).parent / "data" / "match_eval.jsonl"
 

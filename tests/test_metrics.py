@@ -23,9 +23,9 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.localserver import LocalServer, free_port
 from clients.sdk import MedsettleClient, MedsettleError
 from server import metrics
+from server.demo.localserver import LocalServer, free_port
 from tests.frontend import DAY, EMPLOYEE, RETIRED, admit, client, lines, total
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

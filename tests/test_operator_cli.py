@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.localserver import LocalServer, free_port
-from server import demo_data
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer, free_port
 from tests.frontend import CASHIER, EMPLOYEE, INST_A, admit, client, total
 from tests.pg import center_server
 from tests.test_tls import files, pki, tls_flags
@@ -30,7 +30,7 @@ OK, NOT_BALANCED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
 
 def medsettle(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "clients.cli", *args],
+        [sys.executable, "-m", "server.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

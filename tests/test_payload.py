@@ -14,11 +14,11 @@ import grpc
 import pytest
 
 from clients import sm4gcm
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from clients.sealing import MD_INSTITUTION, MD_PAYLOAD, SM4_GCM, aad
 from clients.signing import HMAC, Signer
 from medsettle.v1 import common_pb2, settlement_pb2
+from server.demo.localserver import LocalServer
 from server.security.signing import InstitutionKey, write_keys
 from tests.frontend import DAY, EMPLOYEE, INST_A, INST_B, admit, lines, snapshot, total
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from server.store import ACC_FIELDS
-from server.store.pg import (
+from server.center.store.migrations import MIGRATION_LOCK, MIGRATIONS
+from server.center.store.pg import (
     Conn,
     PgStore,
     connect,
@@ -24,7 +24,7 @@ from server.store.pg import (
     lock_accumulators,
     write_accumulators,
 )
-from server.store.pg_migrations import MIGRATION_LOCK, MIGRATIONS
+from server.persons import ACC_FIELDS
 
 pytestmark = pytest.mark.pg
 
@@ -101,7 +101,7 @@ def test_migrations_from_concurrent_threads(pg_dsn: str) -> None:
 
 
 def test_migrations_from_concurrent_processes(pg_dsn: str) -> None:
-    code = "import sys; from server.store.pg import init_db; print(init_db(sys.argv[1]))"
+    code = "import sys; from server.center.store.pg import init_db; print(init_db(sys.argv[1]))"
     with connect(pg_dsn) as holder:
         with holder.transaction():
             holder.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -312,11 +312,11 @@ def test_the_sealing_migrations_seal_what_a_center_holds(
 ) -> None:
     """A center database of the layout before (clear persons and stored answers) is sealed
     by migrations 4 and 5; without the data key they refuse and change nothing."""
-    from server import demo_data
+    from server.center.store import migrations as pg_migrations
+    from server.demo import dataset as demo_data
+    from server.persons import PERSON_COLUMNS
     from server.security.datakeys import DataKeys
     from server.security.pii import Vault
-    from server.store import pg_migrations
-    from server.store.persons import PERSON_COLUMNS
 
     full = list(pg_migrations.MIGRATIONS)
     monkeypatch.setattr(pg_migrations, "MIGRATIONS", [m for m in full if m[0] <= 3])

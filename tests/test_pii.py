@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from clients.localserver import LocalServer
 from medsettle.v1 import settlement_pb2
-from server import demo_data
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer
+from server.frontend.store import migrations
+from server.persons import PERSON_COLUMNS
 from server.security.datakeys import DataKeys
 from server.security.pii import AES_256_GCM, SM4_GCM, PiiError, Vault
-from server.store import migrations
-from server.store.persons import PERSON_COLUMNS
 from tests.frontend import DAY, EMPLOYEE, INST_A, admit, client, total
 
 KEYS = DataKeys.derive(bytes(range(32)))

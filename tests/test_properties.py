@@ -1,4 +1,4 @@
-"""Property tests: the Rust engine (`engine_rs`) against the Python twin (`server/engine/twin.py`)
+"""Property tests: the Rust engine (`engine_rs`) against the Python twin (`tests/engine/twin.py`)
 on random catalogs, fee lines, policies, persons and accumulators, plus the invariants the
 engine guarantees (docs/policy.md) and typed errors (never a panic) on bad or extreme input.
 
@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import engine_rs
-from server.engine import twin
-from server.engine.columns import pack_strings
+from server.columns import pack_strings
 from tests import strategies as S
 from tests.conftest import dense_by_category
+from tests.engine import twin
 from tests.strategies import (
     ACC_FIELDS,
     I64_MAX,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from clients.localserver import LocalServer
+from server.demo.localserver import LocalServer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

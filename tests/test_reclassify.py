@@ -14,11 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import settlement_pb2
-from server import demo_data
-from server.store import migrations
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer
+from server.frontend.store import migrations
 from tests.frontend import DAY, EMPLOYEE, INST_A, client, snapshot
 
 CATALOG = {it.med_list_codg: it for it in demo_data.catalog_items()}

@@ -15,12 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import catalog_pb2
-from server.app import CENTER_SERVICES, SERVICES
+from server.center.assembly import SERVICES as CENTER_SERVICES
+from server.demo.localserver import LocalServer
+from server.frontend.assembly import SERVICES
+from server.frontend.services.signin import REFUSED
 from server.security import certs, roles
-from server.services.signin import REFUSED
 from tests.frontend import (
     CASHIER,
     INST_A,
@@ -163,7 +164,7 @@ def test_the_registry_gives_and_takes_rights(frontend: LocalServer) -> None:
 
 def test_operators_command_bootstraps_a_front_end(tmp_path: Path) -> None:
     db = tmp_path / "new.db"
-    cmd = [sys.executable, "-m", "clients.cli", "operators"]
+    cmd = [sys.executable, "-m", "server.cli", "operators"]
     args = ["--db", str(db), "--institution", INST_A]
     new_db = ("--create", "--password-stdin")  # a new front-end's database, its officer's password
     put = subprocess.run(

@@ -16,9 +16,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from clients.localserver import LocalServer
-from server import demo_data
 from server.config import load
+from server.demo import dataset as demo_data
+from server.demo.localserver import LocalServer
 from tests.frontend import EMPLOYEE, admit, client, total
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def test_health_and_reflection(frontend: LocalServer) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "clients.cli", *args],
+        [sys.executable, "-m", "server.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

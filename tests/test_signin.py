@@ -17,12 +17,12 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import catalog_pb2, settlement_pb2
+from server.demo.localserver import LocalServer
 from server.errors import ResourceExhausted
+from server.frontend.services.signin import REFUSED
 from server.security import passwords
-from server.services.signin import REFUSED
 from tests.frontend import (
     CASHIER,
     INST_A,

@@ -17,10 +17,10 @@ import grpc
 import pytest
 
 import engine_rs
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from clients.signing import HMAC, MD_NONCE, MD_SIGNATURE, MD_TIMESTAMP, SM2, Signer, canonical
 from medsettle.v1 import common_pb2, settlement_pb2, settlement_pb2_grpc
+from server.demo.localserver import LocalServer
 from server.security.signing import InstitutionKey, load_keys, write_keys
 from tests.frontend import INST_A, INST_B, RETIRED, admit, total
 
@@ -51,7 +51,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, bytes]:
     keys_file = d / "signing_keys.toml"
     subprocess.run(
         [
-            *(sys.executable, "-m", "clients.cli", "keys", "new", "--institution", INST_A),
+            *(sys.executable, "-m", "server.cli", "keys", "new", "--institution", INST_A),
             *("--dir", str(d), "--keys-file", str(keys_file)),
         ],
         cwd=ROOT,
@@ -181,7 +181,7 @@ def test_server_refuses_a_bad_keys_file(tmp_path: Path) -> None:
     bad.write_text('[institutions.H1]\nsm2_public_key = "04abcd"\n')
     out = subprocess.run(
         [
-            *(sys.executable, "-m", "clients.cli", "serve", "--db", str(tmp_path / "x.db")),
+            *(sys.executable, "-m", "server.cli", "serve", "--db", str(tmp_path / "x.db")),
             *("--signing", "required", "--signing-keys", str(bad)),
         ],
         cwd=ROOT,

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.frontend.store import line_results
+from server.frontend.store.migrations import MIGRATIONS, _statements, migrate
+from server.frontend.store.sqlite import Store, init_db
 from server.security.datakeys import DataKeys
 from server.security.pii import Vault
-from server.store import line_results
-from server.store.migrations import MIGRATIONS, _statements, migrate
-from server.store.sqlite import Store, init_db
 
 
 def _make_table(path: Path) -> None:
@@ -111,7 +111,7 @@ def test_two_stores_take_turns_on_one_file(tmp_path: Path) -> None:
 # fails as on a full disk) must not touch the test runner's files. It prints what happened.
 FAILING_DISK = """
 import asyncio, json, resource, signal, sys
-from server.store.sqlite import Store, StoreUnavailable
+from server.frontend.store.sqlite import Store, StoreUnavailable
 
 db = sys.argv[1]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

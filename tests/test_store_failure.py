@@ -27,8 +27,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.conninfo import make_conninfo
 
-from clients.localserver import ROOT, LocalServer
 from clients.sdk import MedsettleError
+from server.demo.localserver import ROOT, LocalServer
 from tests.frontend import DAY, RETIRED, client, lines, snapshot
 from tests.pg import center_server
 
@@ -95,7 +95,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     """`medsettle serve` with `args`, in an environment without a data key but `env`'s."""
     keyless = {k: v for k, v in os.environ.items() if not k.startswith("MEDSETTLE_DATA_KEY")}
     return subprocess.run(
-        [sys.executable, "-m", "clients.cli", "serve", *args],
+        [sys.executable, "-m", "server.cli", "serve", *args],
         cwd=ROOT,
         env={**keyless, **(env or {})},
         capture_output=True,

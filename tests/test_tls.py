@@ -18,9 +18,9 @@ import grpc
 import pytest
 from cryptography import x509
 
-from clients.localserver import LocalServer
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import settlement_pb2
+from server.demo.localserver import LocalServer
 from server.security import certs
 from server.security.certs import TlsFiles
 from tests.frontend import INST_A, INST_B, RETIRED, admit, total
@@ -34,7 +34,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pki")
     out = subprocess.run(
         [
-            *(sys.executable, "-m", "clients.cli", "certs", "init", "--dir", str(d)),
+            *(sys.executable, "-m", "server.cli", "certs", "init", "--dir", str(d)),
             *("--institution", INST_A, "--institution", INST_B, "--center", "gz"),
         ],
         cwd=ROOT,

@@ -19,9 +19,9 @@ import grpc
 import psycopg
 import pytest
 
-from clients.localserver import ROOT, LocalServer
 from clients.sdk import MedsettleError
 from medsettle.v1 import common_pb2
+from server.demo.localserver import ROOT, LocalServer
 from tests.frontend import (
     ALL_ROLES,
     INST_A,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import engine_rs
-from server.engine import twin
 from tests.conftest import DATA, catalog_from_rows, lines_from_rows, policy_from_rules
+from tests.engine import twin
 
 CASES: list[dict[str, Any]] = json.loads(
     (DATA / "worked_examples.json").read_text(encoding="utf-8")

@@ -30,7 +30,7 @@ struct Case {
 
 fuzz_target!(|c: Case| {
     let policy = POLICY.get_or_init(|| {
-        Policy::from_toml(include_str!("../../../server/data/demo_city_policy.toml"))
+        Policy::from_toml(include_str!("../../../server/demo/demo_city_policy.toml"))
             .expect("the demo policy loads")
     });
     let s = SplitInput {

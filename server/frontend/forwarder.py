@@ -1,0 +1,296 @@
+"""Store-and-forward (local mode): sends the outbox to the center in order, in batches, and
+marks what the center recorded. Each settlement or cancel was written to the outbox in the
+same transaction as itself, so nothing committed can be missed; the center records each at
+most once, so a batch sent twice (a lost acknowledgement, a restart) changes nothing.
+
+One forwarder runs per front-end (in worker 0). When the center does not answer it backs off
+(doubling up to `max_backoff_s`) and the backlog drains by itself when the link returns.
+
+A row is marked sent only when the center answers that it holds it (APPLIED, DUPLICATE,
+APPLIED_WITH_DIFFERENCE). What the center refuses is never dropped:
+- REJECTED (not this node's ids, money that does not split again the same at the center, a
+  person or policy version the center lacks): the row stays unsent and is logged at ERROR
+  with the center's reason; it counts in the outbox backlog gauges (so the dashboard's
+  backlog never drains to zero) and reconciliation with the center shows its settlement as
+  "front-end only". The rows behind it go on; it is offered again every `retry_held_s` (the
+  center may since have loaded what it lacked) and at every start.
+- CONFLICT (the center holds this id with other content), or the center refusing this
+  machine for a node id another machine holds: another front-end issues ids under this
+  node, so nothing this one settles can reach the center unmixed. The forwarder stops, logs
+  at ERROR what happened and what to do (give each front-end of the institution its own
+  `--node-id`, and never copy `<db>.node` with a database), and the front-end stops serving
+  and exits non-zero (`background.stop_serving`): a night operator finds it down with the
+  reason in its log, rather than up and settling what can never be forwarded. Its unsent
+  rows stay in the outbox.
+
+Center mode leaves one more kind of row, `undo`: the cancel of a settlement the center
+committed but this front-end could not keep, or may have committed when its answer was lost
+(services/center_mode.py), sent as the center's CancelSettlement (idempotent by its msgid)
+from its `not_before` on, until the center confirms it. A retry that keeps the settlement
+here deletes the row in the same transaction (settle.record_center_settlement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Collection
+from typing import Any
+
+import grpc
+
+from medsettle.v1 import catalog_pb2, center_pb2, common_pb2
+from server import metrics
+from server.background import Background, fatal_reason, stop_serving
+from server.common import Env, now_ms
+from server.errors import ClientError, Unavailable
+from server.frontend.center_link import CenterRoutes
+from server.frontend.store.sqlite import Store
+from server.nodes import node_instance
+from server.persons import ACC_FIELDS
+from server.security.pii import Vault
+
+log = logging.getLogger("medsettle.forwarder")
+
+# What the center holds once it answered so: the row is sent.
+RECORDED = frozenset({center_pb2.APPLIED, center_pb2.DUPLICATE, center_pb2.APPLIED_WITH_DIFFERENCE})
+
+
+def _acc(year: int, pool: str, values: dict[str, int]) -> catalog_pb2.Accumulator:
+    return catalog_pb2.Accumulator(year=year, pool=pool, **{f: values[f] for f in ACC_FIELDS})
+
+
+def pending(
+    conn: sqlite3.Connection, vault: Vault, limit: int, held: Collection[int] = ()
+) -> list[tuple[int, center_pb2.ForwardItem, tuple[str, str]]]:
+    """The oldest unsent outbox rows (but the `held` ones) as forward items, each with
+    (institution, the person's insured region): a batch goes to one center for one
+    institution."""
+    rows = conn.execute(
+        "SELECT o.id, o.kind, o.ref, o.created_at, s.fixmedins_code, s.info, s.acc_year,"
+        " s.acc_pool, s.acc_delta, s.acc_before, s.cancel_id, p.insuplc_admdvs, v.begndate"
+        " FROM outbox o JOIN settlements s ON s.setl_id = o.ref"
+        " JOIN persons p ON p.psn_no = s.psn_no JOIN visits v ON v.id = s.visit_id"
+        " WHERE o.sent_at IS NULL AND o.id NOT IN (SELECT value FROM json_each(?))"
+        " ORDER BY o.id LIMIT ?",
+        (json.dumps(sorted(held)), limit),
+    ).fetchall()
+    out = []
+    for (
+        oid,
+        kind,
+        ref,
+        created,
+        code,
+        info,
+        year,
+        pool,
+        delta_s,
+        before_s,
+        cancel_id,
+        region,
+        begndate,
+    ) in rows:
+        item = center_pb2.ForwardItem(seq=oid, kind=kind, setl_id=ref)
+        if kind == "settle":
+            before = json.loads(before_s)
+            delta = json.loads(delta_s)
+            item.setlinfo.CopyFrom(common_pb2.SetlInfo.FromString(vault.open_setlinfo(ref, info)))
+            item.accumulators_before.CopyFrom(_acc(year, pool, before))
+            item.accumulators_after.CopyFrom(
+                _acc(year, pool, {f: before[f] + delta[f] for f in ACC_FIELDS})
+            )
+            item.begndate = begndate
+        else:
+            item.cancel_id = cancel_id or ""
+            item.cancel_time_ms = created
+        out.append((oid, item, (code, region)))
+    return out
+
+
+def undo_row(region: str, req: center_pb2.CenterCancelRequest) -> bytes:
+    """An `undo` row's payload: the center's region and the cancel to send there (the row's
+    created_at is when it may be sent)."""
+    return json.dumps({"region": region, "request": req.SerializeToString().hex()}).encode()
+
+
+def undo_of(payload: bytes) -> tuple[str, center_pb2.CenterCancelRequest]:
+    doc = json.loads(payload)
+    return doc["region"], center_pb2.CenterCancelRequest.FromString(bytes.fromhex(doc["request"]))
+
+
+def cancelled_already(exc: ClientError) -> bool:
+    """The center's answer to a cancel of what it does not hold settled: nothing to do."""
+    return exc.code == grpc.StatusCode.NOT_FOUND or (
+        exc.code == grpc.StatusCode.FAILED_PRECONDITION and "already cancelled" in exc.message
+    )
+
+
+def backlog_gauges(conn: sqlite3.Connection) -> None:
+    """Set the outbox gauges: unsent rows and the age of the oldest."""
+    (n,) = conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+    oldest = conn.execute(
+        "SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1"
+    ).fetchone()
+    metrics.OUTBOX_BACKLOG.set(n)
+    metrics.OUTBOX_OLDEST_AGE.set(max(0, now_ms() - oldest[0]) / 1000 if oldest else 0)
+
+
+class Forwarder(Background):
+    name = "forwarder"
+
+    def __init__(
+        self,
+        store: Store,
+        env: Env,
+        routes: CenterRoutes,
+        *,
+        batch: int = 200,
+        idle_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        retry_held_s: float = 300.0,
+    ) -> None:
+        self.store = store
+        self.env = env
+        self.routes = routes
+        self.batch = batch
+        self.idle_s = idle_s
+        self.max_backoff_s = max_backoff_s
+        self.retry_held_s = retry_held_s
+        self.sent = 0
+        self.failures = 0
+        self.held: dict[int, str] = {}  # outbox row -> why the center rejected it
+        self._held_since = 0.0
+        if not routes.instance_id:
+            routes.use_instance(node_instance(store.path))
+
+    async def _run(self) -> None:
+        backoff = self.idle_s
+        while fatal_reason() is None:
+            if self.held and time.monotonic() - self._held_since >= self.retry_held_s:
+                self.held.clear()  # offer the rejected rows again, in their order
+            await self.store.read(backlog_gauges)
+            try:
+                n = await self.drain_once()
+            except ClientError as exc:  # the center is unreachable or refused the batch
+                if fatal_reason() is not None:  # it refused this machine: stopping
+                    break
+                self.failures += 1
+                backoff = min(self.max_backoff_s, backoff * 2)
+                log.warning("forwarding paused %.1f s: %s", backoff, exc.message)
+                await asyncio.sleep(backoff)
+                continue
+            backoff = self.idle_s
+            if n < self.batch:
+                await asyncio.sleep(self.idle_s)
+        log.error("forwarding stopped: %s", fatal_reason())
+
+    async def drain_once(self) -> int:
+        """Send one batch per institution found among the oldest rows; returns the rows the
+        center answered for (sent, or held back)."""
+        return await self._drain_undos() + await self._drain_forwards()
+
+    async def _drain_undos(self) -> int:
+        held = json.dumps(sorted(self.held))
+        # Due rows only (created_at is when an undo may go): a retry that keeps the
+        # settlement before then deletes the row; after then it is refused the keep.
+        rows = await self.store.read(
+            lambda conn: conn.execute(
+                "SELECT id, ref, payload FROM outbox WHERE kind = 'undo' AND sent_at IS NULL"
+                " AND created_at <= ? AND id NOT IN (SELECT value FROM json_each(?))"
+                " ORDER BY id LIMIT ?",
+                (now_ms(), held, self.batch),
+            ).fetchall()
+        )
+        done: list[int] = []
+        for oid, setl_id, payload in rows:
+            region, req = undo_of(bytes(payload))
+            try:
+                await self.routes.link_for(region).cancel(req)
+            except Unavailable:
+                raise
+            except ClientError as exc:
+                if not cancelled_already(exc):  # e.g. a later settlement relied on it
+                    self._hold(oid, "undo", setl_id, exc.message)
+                    continue
+                log.warning("undo of %s: %s; nothing left to cancel", setl_id, exc.message)
+            done.append(oid)
+        await self._mark_sent(done)
+        return len(rows)
+
+    async def _mark_sent(self, done: list[int]) -> None:
+        if not done:
+            return
+        now = now_ms()
+
+        def mark(conn: sqlite3.Connection) -> Any:
+            conn.executemany(
+                "UPDATE outbox SET sent_at = ? WHERE id = ?", [(now, oid) for oid in done]
+            )
+
+        await self.store.write(mark)
+        self.sent += len(done)
+
+    async def _drain_forwards(self) -> int:
+        vault = self.env.pii
+        held = set(self.held)
+        items = await self.store.read(lambda conn: pending(conn, vault, self.batch, held))
+        if not items:
+            return 0
+        groups: dict[tuple[str, str], list[tuple[int, center_pb2.ForwardItem]]] = {}
+        for oid, item, key in items:
+            groups.setdefault(key, []).append((oid, item))
+        done: list[int] = []
+        answered = 0
+        clash = ""
+        for (code, region), part in groups.items():
+            req = center_pb2.ForwardRequest(
+                header=center_pb2.NodeHeader(node_id=self.env.node_id, fixmedins_code=code),
+                items=[item for _, item in part],
+            )
+            resp = await self.routes.link_for(region).forward(req)
+            results = {r.seq: r for r in resp.results}
+            for oid, item in part:
+                r = results.get(oid)
+                if r is None:  # not answered for: sent again
+                    continue
+                answered += 1
+                if r.outcome in RECORDED:
+                    done.append(oid)
+                elif r.outcome == center_pb2.CONFLICT:
+                    clash = clash or self._clash_reason(code, item, r.detail)
+                else:
+                    self._hold(oid, item.kind, item.setl_id, r.detail)
+            if clash:
+                break
+        await self._mark_sent(done)
+        if clash:
+            stop_serving(clash)
+        return answered
+
+    def _hold(self, oid: int, kind: str, setl_id: str, detail: str) -> None:
+        if not self.held:
+            self._held_since = time.monotonic()
+        self.held[oid] = detail
+        log.error(
+            "the center rejected outbox row %d (%s %s): %s; it stays unsent (reconciliation"
+            " with the center shows it) and is offered again in %.0f s",
+            oid,
+            kind,
+            setl_id,
+            detail,
+            self.retry_held_s,
+        )
+
+    def _clash_reason(self, code: str, item: center_pb2.ForwardItem, detail: str) -> str:
+        node = self.env.node_id
+        return (
+            f"the center holds {item.kind} {item.setl_id} with other content ({detail}):"
+            f" another front-end issues ids under node {node} of {code}. Forwarding stopped"
+            f" and this front-end stops: give each front-end of {code} its own --node-id"
+            " (two digits; never copy the <db>.node file with a database) and restart;"
+            " its unsent settlements stay in the outbox (medsettle reconcile --center shows them)"
+        )

@@ -1,0 +1,604 @@
+"""Pre-settlement (2206/2303), settlement (2207/2304), its cancel (2208/2305), reversal by
+message id (2601), and settlement queries.
+
+`compute` is the one computation both PreSettle and Settle run: the visit's lines through the
+engine's preprocessing with the institution's catalog, then the fund split against the
+person's accumulators for the year and the rule's pool. Settle runs it inside the writer's
+transaction, so the accumulators it reads are the latest committed ones, and commits the
+settlement, its legs and line results, the new accumulators, the account balance, an outbox
+row for the center and the idempotency record together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import engine_rs
+from medsettle.v1 import common_pb2, settlement_pb2
+from server import metrics
+from server.common import (
+    Caller,
+    Env,
+    issue_id,
+    local_date,
+    out_of_order,
+    require_fresh_refdata,
+)
+from server.errors import FailedPrecondition, NotFound, Unavailable, field_error
+from server.frontend.store import line_results
+from server.frontend.visits import (
+    VisitRow,
+    cancel_registration,
+    engine_visit,
+    line_columns,
+    load_person,
+    load_visit,
+)
+from server.fundsplit import SplitContext, choose_rule, engine_failure, fund_split
+from server.persons import ACC_FIELDS
+from server.security.pii import Vault
+
+# acc_delta / acc_before as the JSON object {field: value} in ACC_FIELDS order, formatted
+# directly (json.dumps costs a tenth of a settle's time here); values are ints.
+_ACC_JSON = "{" + ",".join(f'"{f}":%d' for f in ACC_FIELDS) + "}"
+
+
+@dataclass(frozen=True)
+class OfflineLimits:
+    """How far a center-mode front-end may settle on its own while the center is down: the
+    policy's `offline` table when the policy in force has one, else these settings."""
+
+    max_medfee_fen: int
+    max_per_day: int
+
+    def check(
+        self,
+        conn: sqlite3.Connection,
+        policy: engine_rs.Policy,
+        info: common_pb2.SetlInfo,
+        day: int,
+    ) -> None:
+        max_medfee, max_per_day = policy.offline_limits or (self.max_medfee_fen, self.max_per_day)
+        source = (
+            f"policy {policy.id} version {policy.version}"
+            if policy.offline_limits
+            else "this front-end's settings"
+        )
+        if info.medfee_sumamt > max_medfee:
+            raise Unavailable(
+                f"the center is unreachable and {info.medfee_sumamt} fen is above the offline"
+                f" limit of {max_medfee} per settlement ({source}); retry when the center is back"
+            )
+        n = conn.execute(
+            "SELECT COUNT(*) FROM settlements WHERE offline = 1 AND setl_date = ?", (day,)
+        ).fetchone()[0]
+        if n >= max_per_day:
+            raise Unavailable(
+                f"the center is unreachable and today's {max_per_day} offline settlements"
+                f" ({source}) are used up; retry when the center is back"
+            )
+
+
+@dataclass
+class Computed:
+    visit: VisitRow
+    info: common_pb2.SetlInfo
+    acc_year: int
+    acc_pool: str
+    acc_before: dict[str, int]
+    acc_after: dict[str, int]
+    line_results: bytes  # store.line_results layout
+    insured_region: str  # which center settles it in center mode
+    lines_digest: bytes  # the lines computed from (center mode: unchanged when kept?)
+
+
+def compute(
+    conn: sqlite3.Connection,
+    caller: Caller,
+    req: settlement_pb2.SettleRequest,
+) -> Computed:
+    """Preprocess and split a visit's fees; changes nothing."""
+    require_fresh_refdata(caller)
+    policy = caller.snap.policy
+    assert policy is not None
+    visit = load_visit(conn, caller, req.mdtrt_id)
+    if not req.psn_no:
+        raise field_error("psn_no", "is required")
+    if req.psn_no != visit.psn_no:
+        raise field_error("psn_no", "does not match the visit's person")
+    if req.medfee_sumamt < 0:
+        raise field_error("medfee_sumamt", "must not be negative")
+    if visit.state == "settled":
+        setl = conn.execute(
+            "SELECT setl_id FROM settlements WHERE visit_id = ? AND state = 1", (visit.id,)
+        ).fetchone()
+        raise FailedPrecondition(
+            f"mdtrt_id: {visit.mdtrt_id} is already settled as {setl[0] if setl else '?'}"
+        )
+    if visit.state != "registered":
+        raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} is {visit.state}")
+    rows = _fee_lines(conn, visit.id)
+    if not rows:
+        raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} has no fee lines to settle")
+    person = load_person(conn, caller.pii, visit.psn_no)
+    assert person is not None
+    sns = [r[0] for r in rows]
+    nums = np.array([r[3:8] for r in rows], dtype=np.int64)
+    catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
+    columns = line_columns([r[1] for r in rows], [r[2] for r in rows], nums)
+    ev = engine_visit(visit, person)
+    try:
+        with metrics.PREPROCESS.time():
+            lines, summary = engine_rs.preprocess(catalog, policy, columns, ev)
+    except engine_rs.EngineError as exc:  # lines were checked at upload; the catalog changed
+        raise engine_failure(exc) from None
+    if req.medfee_sumamt != summary.medfee_sumamt:
+        raise field_error(
+            "medfee_sumamt",
+            f"{req.medfee_sumamt} is not the uploaded lines' total {summary.medfee_sumamt}"
+            f" ({summary.line_count} lines)",
+        )
+    ctx = SplitContext(
+        fixmedins_code=caller.inst.fixmedins_code,
+        hosp_lv=caller.inst.hosp_lv,
+        treatment_admdvs=caller.inst.admdvs,
+        mdtrt_id=visit.mdtrt_id,
+        insutype=visit.insutype,
+        med_type=visit.med_type,
+        treatment=visit.treatment,
+        begndate=visit.begndate,
+    )
+    choice = choose_rule(policy, ctx, person)
+    before = current_accumulators(conn, visit.psn_no, choice.year, choice.pool)
+    info, after = fund_split(
+        policy, choice, ctx, person, summary, before, req.acct_used_flag, req.invono
+    )
+    info.catalog_version = catalog.version
+    for cat, sums in enumerate(summary.by_category):
+        if any(sums):
+            info.categories.append(
+                common_pb2.CategorySum(
+                    med_chrgitm_type=cat,
+                    det_item_fee_sumamt=sums[0],
+                    fulamt_ownpay_amt=sums[1],
+                    overlmt_amt=sums[2],
+                    preselfpay_amt=sums[3],
+                    inscp_scp_amt=sums[4],
+                )
+            )
+    ints = np.empty((len(sns), len(line_results.INT_FIELDS)), dtype=np.int64)
+    cols: tuple[Any, ...] = (
+        lines.chrgitm_lv,
+        lines.fee_category,
+        nums[:, 2],
+        lines.fulamt_ownpay_amt,
+        lines.overlmt_amt,
+        lines.preselfpay_amt,
+        lines.inscp_scp_amt,
+        lines.flags,
+    )
+    for k, col in enumerate(cols):
+        ints[:, k] = col
+    blob = line_results.encode(sns, catalog.codes(lines.item), ints)
+    return Computed(
+        visit,
+        info,
+        choice.year,
+        choice.pool,
+        before,
+        after,
+        blob,
+        person.insuplc_admdvs,
+        _digest(rows),
+    )
+
+
+def _fee_lines(conn: sqlite3.Connection, visit_id: int) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT feedetl_sn, medins_list_codg, med_list_codg, cnt, pric, det_item_fee_sumamt,"
+        " fee_ocur_date, hosp_appr_flag FROM fee_lines WHERE visit_id = ? ORDER BY seq",
+        (visit_id,),
+    ).fetchall()
+
+
+def _digest(rows: list[tuple[Any, ...]]) -> bytes:
+    return hashlib.sha256(repr(rows).encode()).digest()
+
+
+def current_accumulators(
+    conn: sqlite3.Connection, psn_no: str, year: int, pool: str
+) -> dict[str, int]:
+    """The current row, else the loaded (opening) row, else zeros."""
+    row = conn.execute(
+        f"SELECT {', '.join(ACC_FIELDS)} FROM accumulators"
+        " WHERE psn_no = ? AND year = ? AND pool = ? ORDER BY opening LIMIT 1",
+        (psn_no, year, pool),
+    ).fetchone()
+    return dict(zip(ACC_FIELDS, row, strict=True)) if row else dict.fromkeys(ACC_FIELDS, 0)
+
+
+def write_accumulators(
+    conn: sqlite3.Connection, psn_no: str, year: int, pool: str, values: dict[str, int]
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO accumulators"
+        f" (psn_no, year, pool, opening, {', '.join(ACC_FIELDS)})"
+        f" VALUES (?, ?, ?, 0, {', '.join('?' * len(ACC_FIELDS))})",
+        (psn_no, year, pool, *(values[f] for f in ACC_FIELDS)),
+    )
+
+
+def pre_settle(
+    conn: sqlite3.Connection, caller: Caller, req: settlement_pb2.SettleRequest
+) -> settlement_pb2.SettleResponse:
+    c = compute(conn, caller, req)
+    c.info.msgid = req.header.msgid
+    return settlement_pb2.SettleResponse(setlinfo=c.info)
+
+
+def settle(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    req: settlement_pb2.SettleRequest,
+    now: int,
+    offline: OfflineLimits | None = None,
+) -> tuple[bytes, str]:
+    """Local mode: compute and commit here; an outbox row carries it to the center. With
+    `offline`, the emergency plan of a center-mode front-end whose center is unreachable:
+    the same, marked offline, within the limits."""
+    c = compute(conn, caller, req)
+    if offline is not None:
+        assert caller.snap.policy is not None  # compute checked it
+        offline.check(conn, caller.snap.policy, c.info, local_date(now, env.tz_offset_min))
+    rowid = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM settlements").fetchone()[0]
+    info = c.info
+    info.setl_id = issue_id(env, "S", caller.inst.fixmedins_code, rowid)
+    info.setl_time.FromMilliseconds(now)
+    info.mode = common_pb2.LOCAL
+    info.offline = offline is not None
+    return record(conn, env, c, info, c.acc_after, req, now, rowid=rowid, forward=True)
+
+
+def record_center_settlement(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    req: settlement_pb2.SettleRequest,
+    prepared: Computed,
+    info: common_pb2.SetlInfo,
+    acc_after: dict[str, int],
+    now: int,
+) -> tuple[bytes, str]:
+    """Center mode: keep the settlement the center committed, with its accumulators as this
+    front-end's cache. Refused when the visit or its lines changed since they were sent."""
+    visit = load_visit(conn, caller, req.mdtrt_id)
+    if visit.state != "registered":
+        raise FailedPrecondition(
+            f"mdtrt_id: {visit.mdtrt_id} is {visit.state} here; the center's settlement"
+            f" {info.setl_id} is cancelled there"
+        )
+    if _digest(_fee_lines(conn, visit.id)) != prepared.lines_digest:
+        raise FailedPrecondition(
+            f"mdtrt_id: the fee lines changed while the center settled {info.setl_id};"
+            " it is cancelled there: settle again"
+        )
+    # The cancel left for a lost answer (CenterMode): before it is due, this retry keeps
+    # the settlement and the cancel is void; once due, the forwarder may be sending it, so
+    # the settlement is not kept here (and is cancelled there).
+    undo = conn.execute(
+        "SELECT created_at, sent_at FROM outbox WHERE kind = 'undo' AND ref = ?"
+        " ORDER BY id DESC LIMIT 1",
+        (info.setl_id,),
+    ).fetchone()
+    if undo is not None and (undo[1] is not None or undo[0] <= now):
+        raise FailedPrecondition(
+            f"header.msgid: the answer to this settle was lost and its settlement"
+            f" {info.setl_id} is cancelled at the center since; settle again with a new msgid"
+        )
+    conn.execute("DELETE FROM outbox WHERE kind = 'undo' AND ref = ?", (info.setl_id,))
+    before = current_accumulators(conn, visit.psn_no, prepared.acc_year, prepared.acc_pool)
+    prepared.acc_before = before
+    return record(conn, env, prepared, info, acc_after, req, now, rowid=None, forward=False)
+
+
+def record(
+    conn: sqlite3.Connection,
+    env: Env,
+    c: Computed,
+    info: common_pb2.SetlInfo,
+    acc_after: dict[str, int],
+    req: settlement_pb2.SettleRequest,
+    now: int,
+    *,
+    rowid: int | None,
+    forward: bool,
+) -> tuple[bytes, str]:
+    """Commit a settlement: its row, legs, line results, the accumulators and account
+    balance it moved, the visit's state and (local mode) the outbox row for the center."""
+    setl_id = info.setl_id
+    info.msgid = req.header.msgid
+    info.state = common_pb2.SETTLED
+    blob = env.pii.seal_setlinfo(setl_id, info.SerializeToString())  # names a person
+    before = c.acc_before
+    conn.execute(
+        "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no,"
+        " insutype, clr_type, msgid, invono, setl_time, setl_date, state, mode, offline,"
+        " medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool,"
+        " acc_delta, acc_before, info, line_results) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        " ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            rowid,
+            setl_id,
+            info.fixmedins_code,
+            c.visit.mdtrt_id,
+            c.visit.id,
+            c.visit.psn_no,
+            info.insutype,
+            info.clr_type,
+            req.header.msgid,
+            req.invono,
+            now,
+            local_date(now, env.tz_offset_min),
+            info.mode,
+            int(info.offline),
+            info.medfee_sumamt,
+            info.fund_pay_sumamt,
+            info.acct_pay,
+            info.psn_cash_pay,
+            c.acc_year,
+            c.acc_pool,
+            _ACC_JSON % tuple(acc_after[f] - before[f] for f in ACC_FIELDS),
+            _ACC_JSON % tuple(before[f] for f in ACC_FIELDS),
+            blob,
+            c.line_results,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO setl_legs VALUES (?, ?, ?, ?)",
+        [(setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in info.setldetail],
+    )
+    write_accumulators(conn, c.visit.psn_no, c.acc_year, c.acc_pool, acc_after)
+    if info.acct_pay:
+        conn.execute(
+            "UPDATE persons SET balc = balc - ? WHERE psn_no = ?", (info.acct_pay, c.visit.psn_no)
+        )
+    conn.execute("UPDATE visits SET state = 'settled' WHERE id = ?", (c.visit.id,))
+    if forward:  # the forwarder reads the settlement itself (`settlements.info`)
+        conn.execute(
+            "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('settle', ?, x'', ?)",
+            (setl_id, now),
+        )
+    return settlement_pb2.SettleResponse(setlinfo=info).SerializeToString(), setl_id
+
+
+# ---------------------------------------------------------------------------- cancel
+_SETL_COLS = (
+    "id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no, state, acct_pay, acc_year,"
+    " acc_pool, acc_delta, info, cancel_id, cancel_msgid, cancel_time, mode"
+)
+
+
+def load_settlement(conn: sqlite3.Connection, caller: Caller, setl_id: str) -> tuple[Any, ...]:
+    if not setl_id:
+        raise field_error("setl_id", "is required")
+    row = conn.execute(
+        f"SELECT {_SETL_COLS} FROM settlements WHERE setl_id = ?", (setl_id,)
+    ).fetchone()
+    if row is None or row[2] != caller.inst.fixmedins_code:
+        raise NotFound(f"setl_id: no settlement {setl_id} at this institution")
+    return tuple(row)
+
+
+def setl_info(vault: Vault, row: tuple[Any, ...]) -> common_pb2.SetlInfo:
+    """A stored settlement (sealed: it names the person) with its current state."""
+    info = common_pb2.SetlInfo.FromString(vault.open_setlinfo(row[1], bytes(row[11])))
+    info.state = row[6]
+    if row[6] == common_pb2.CANCELLED:
+        info.cancel_id = row[12]
+        info.cancel_msgid = row[13]
+        info.cancel_time.FromMilliseconds(row[14])
+    return info
+
+
+def cancellable(
+    conn: sqlite3.Connection, caller: Caller, setl_id: str, mdtrt_id: str, psn_no: str
+) -> tuple[Any, ...]:
+    """The settlement a cancel names, after every check this front-end can make (center
+    mode makes them all before it asks the center to cancel, so a refused cancel changes
+    nothing on either side)."""
+    row = load_settlement(conn, caller, setl_id)
+    if mdtrt_id and mdtrt_id != row[3]:
+        raise field_error("mdtrt_id", f"settlement {setl_id} belongs to visit {row[3]}")
+    if psn_no and psn_no != row[5]:
+        raise field_error("psn_no", "does not match the settlement's person")
+    if row[6] != common_pb2.SETTLED:
+        raise FailedPrecondition(f"setl_id: {setl_id} is already cancelled ({row[12]})")
+    refuse_out_of_order(conn, caller, row)
+    return row
+
+
+def refuse_out_of_order(conn: sqlite3.Connection, caller: Caller, row: tuple[Any, ...]) -> None:
+    """A settlement is cancelled only while it is the person's latest in its accumulator
+    year and pool. A later one was priced against the deductible and caps this one moved;
+    undoing this one alone would leave the later one's split wrong (a deductible paid twice
+    or not at all). So the later ones are cancelled first, newest first, then re-settled:
+    FAILED_PRECONDITION names them (those of another institution only by number)."""
+    later = conn.execute(
+        "SELECT setl_id, fixmedins_code FROM settlements WHERE psn_no = ? AND acc_year = ?"
+        " AND acc_pool = ? AND state = 1 AND id > ? ORDER BY id DESC",
+        (row[5], row[8], row[9], row[0]),
+    ).fetchall()
+    if later:
+        raise out_of_order(row[1], row[8], row[9], later, caller.inst.fixmedins_code)
+
+
+def cancel(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    setl_id: str,
+    mdtrt_id: str,
+    psn_no: str,
+    msgid: str,
+    now: int,
+) -> tuple[common_pb2.SetlInfo, str]:
+    row = cancellable(conn, caller, setl_id, mdtrt_id, psn_no)
+    delta = json.loads(row[10])
+    acc = current_accumulators(conn, row[5], row[8], row[9])
+    write_accumulators(conn, row[5], row[8], row[9], {f: acc[f] - delta[f] for f in ACC_FIELDS})
+    if row[7]:
+        conn.execute("UPDATE persons SET balc = balc + ? WHERE psn_no = ?", (row[7], row[5]))
+    conn.execute("UPDATE visits SET state = 'registered' WHERE id = ?", (row[4],))
+    cancel_id = issue_id(env, "C", row[2], row[0])
+    conn.execute(
+        "UPDATE settlements SET state = 2, cancel_id = ?, cancel_msgid = ?, cancel_time = ?,"
+        " cancel_date = ? WHERE id = ?",
+        (cancel_id, msgid, now, local_date(now, env.tz_offset_min), row[0]),
+    )
+    # Every cancel goes to the center through the outbox, retried until it confirms: a
+    # local-mode settlement's is news there; a center-mode one's was usually made there
+    # first (CenterMode.cancel), and then the center answers DUPLICATE; but a Reverse of a
+    # center-mode Settle is cancelled here first, and this row is what cancels it there.
+    conn.execute(
+        "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('cancel', ?, ?, ?)",
+        (setl_id, cancel_id.encode(), now),
+    )
+    info = setl_info(env.pii, (*row[:6], common_pb2.CANCELLED, *row[7:12], cancel_id, msgid, now))
+    return info, setl_id
+
+
+def cancel_call(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    req: settlement_pb2.CancelSettlementRequest,
+    now: int,
+) -> tuple[bytes, str]:
+    info, ref = cancel(
+        conn, env, caller, req.setl_id, req.mdtrt_id, req.psn_no, req.header.msgid, now
+    )
+    return settlement_pb2.SettleResponse(setlinfo=info).SerializeToString(), ref
+
+
+# ---------------------------------------------------------------------------- reversal
+def reversal_target(
+    conn: sqlite3.Connection, caller: Caller, req: settlement_pb2.ReverseRequest
+) -> tuple[str, str] | None:
+    """The (method, ref) of the call a Reverse names, after the checks of the request (center
+    mode makes them before it cancels at the center); None when that call never arrived."""
+    if not req.omsgid:
+        raise field_error("omsgid", "is required")
+    if req.omsgid == req.header.msgid:
+        raise field_error("omsgid", "must differ from this call's own msgid")
+    row = conn.execute(
+        "SELECT method, ref FROM idempotency WHERE fixmedins_code = ? AND msgid = ?",
+        (caller.inst.fixmedins_code, req.omsgid),
+    ).fetchone()
+    if row is None:
+        return None
+    method, ref = row
+    if req.oinfno and req.oinfno != method:
+        raise field_error("oinfno", f"the call {req.omsgid} was {method}, not {req.oinfno}")
+    return str(method), str(ref)
+
+
+def reverse(
+    conn: sqlite3.Connection,
+    env: Env,
+    caller: Caller,
+    req: settlement_pb2.ReverseRequest,
+    now: int,
+) -> tuple[bytes, str]:
+    """Undo the call `omsgid` made; burn the msgid when it never arrived."""
+    code = caller.inst.fixmedins_code
+    row = reversal_target(conn, caller, req)
+    resp = settlement_pb2.ReverseResponse(omsgid=req.omsgid)
+    if row is None:
+        conn.execute(
+            "INSERT INTO idempotency VALUES (?, ?, 'REVERSED', x'', x'', ?, ?)",
+            (code, req.omsgid, req.header.msgid, now),
+        )
+        resp.original_found = False
+        resp.reversed = f"{req.omsgid} never arrived; it is now refused if it does"
+        return resp.SerializeToString(), req.omsgid
+    method, ref = row
+    resp.original_found = True
+    if method == "Settle":
+        srow = load_settlement(conn, caller, ref)
+        if srow[6] == common_pb2.CANCELLED:
+            resp.reversed = f"Settle: settlement {ref} was already cancelled ({srow[12]})"
+            resp.setlinfo.CopyFrom(setl_info(caller.pii, srow))
+        else:
+            info, _ = cancel(conn, env, caller, ref, "", "", req.header.msgid, now)
+            resp.reversed = f"Settle: settlement {ref} cancelled as {info.cancel_id}"
+            resp.setlinfo.CopyFrom(info)
+    elif method == "Register":
+        visit = load_visit(conn, caller, ref)
+        if visit.state == "cancelled":
+            resp.reversed = f"Register: visit {ref} was already cancelled"
+        else:
+            cancel_registration(conn, caller, ref, "")
+            resp.reversed = f"Register: visit {ref} cancelled"
+    elif method in ("UploadFees", "StreamFees"):
+        visit = load_visit(conn, caller, ref)
+        if visit.state != "registered":
+            raise FailedPrecondition(
+                f"omsgid: visit {ref} is {visit.state}; its fees cannot be reversed"
+            )
+        n = conn.execute(
+            "DELETE FROM fee_lines WHERE visit_id = ? AND msgid = ?", (visit.id, req.omsgid)
+        ).rowcount
+        resp.reversed = f"{method}: {n} lines of visit {ref} deleted"
+    else:
+        raise FailedPrecondition(
+            f"omsgid: {method} cannot be reversed (Register, UploadFees, StreamFees, Settle can)"
+        )
+    return resp.SerializeToString(), ref
+
+
+# ---------------------------------------------------------------------------- queries
+def get_settlement(
+    conn: sqlite3.Connection, caller: Caller, setl_id: str
+) -> settlement_pb2.SettleResponse:
+    row = load_settlement(conn, caller, setl_id)
+    return settlement_pb2.SettleResponse(setlinfo=setl_info(caller.pii, row))
+
+
+def query_settlements(
+    conn: sqlite3.Connection, caller: Caller, req: settlement_pb2.QuerySettlementsRequest
+) -> settlement_pb2.QuerySettlementsResponse:
+    limit = req.limit or 1000
+    if not 0 < limit <= 10_000:
+        raise field_error("limit", "must be between 1 and 10000")
+    code = caller.inst.fixmedins_code
+    which = req.WhichOneof("by")
+    if which == "mdtrt_id":
+        load_visit(conn, caller, req.mdtrt_id)
+        where, args = "mdtrt_id = ?", (req.mdtrt_id,)
+    elif which == "invono":
+        if not req.invono:
+            raise field_error("invono", "is empty")
+        where, args = "invono = ? AND invono <> ''", (req.invono,)
+    elif which == "time_range":
+        begin = req.time_range.begin.ToMilliseconds()
+        end = req.time_range.end.ToMilliseconds()
+        if not req.time_range.HasField("end") or end <= begin:
+            raise field_error("time_range.end", "must be after time_range.begin")
+        where, args = "setl_time >= ? AND setl_time < ?", (begin, end)  # type: ignore[assignment]
+    else:
+        raise field_error("by", "give mdtrt_id, invono or time_range")
+    rows = conn.execute(
+        f"SELECT {_SETL_COLS} FROM settlements WHERE fixmedins_code = ? AND {where}"
+        " ORDER BY id LIMIT ?",
+        (code, *args, limit),
+    ).fetchall()
+    return settlement_pb2.QuerySettlementsResponse(
+        settlements=[setl_info(caller.pii, tuple(r)) for r in rows]
+    )
