@@ -5,14 +5,105 @@ Bulk inputs are dicts of numpy columns; strings are `(uint8 data, int64 offsets)
 (see server/columns.py). Every error is an `EngineError` subclass naming the field.
 """
 
-from collections.abc import Mapping
-from typing import Any, final
+from typing import Any, NotRequired, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
 
 StrColumn = tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]
 _I64 = npt.NDArray[np.int64]
+_U8 = npt.NDArray[np.uint8]
+_I32 = npt.NDArray[np.int32]
+_Bool = npt.NDArray[np.bool_]
+
+# The column dicts the engine reads (checker-only: a plain dict at run time). Keys are
+# required or NotRequired exactly as the engine reads them; an absent optional column is
+# read as its default (empty strings, zeros, False; kind 1, age_max 255).
+
+class CatalogItems(TypedDict):
+    """`Catalog.load` items, one row per insurance item."""
+
+    code: StrColumn
+    chrgitm_lv: _U8
+    fee_category: _U8
+    name: NotRequired[StrColumn]
+    spec: NotRequired[StrColumn]
+    dosage_form: NotRequired[StrColumn]
+    manufacturer: NotRequired[StrColumn]
+    kind: NotRequired[_U8]
+    price_cap: NotRequired[_I64]
+    # (n, 1 + len(selfpay_psn_types)); 1-d when there are no selfpay_psn_types
+    selfpay_prop_bp: NotRequired[_I32]
+    inpatient_only: NotRequired[_Bool]
+    sex: NotRequired[_U8]
+    age_min: NotRequired[_U8]
+    age_max: NotRequired[_U8]
+    diagnoses: NotRequired[StrColumn]
+    valid_from: NotRequired[_I32]
+    valid_to: NotRequired[_I32]
+
+class CatalogMappings(TypedDict):
+    """`Catalog.load` mappings (对照): hospital code -> insurance code."""
+
+    hosp_code: StrColumn
+    ins_code: StrColumn
+
+class FeeLines(TypedDict):
+    """`preprocess` fee lines."""
+
+    medins_list_codg: StrColumn
+    cnt: _I64
+    pric: _I64
+    det_item_fee_sumamt: _I64
+    med_list_codg: NotRequired[StrColumn]
+    hosp_appr_flag: NotRequired[_I64]
+    fee_date: NotRequired[_I64]
+
+class BatchFeeLines(FeeLines):
+    """`preprocess_batch` fee lines: `visit` indexes the visits."""
+
+    visit: _I64
+
+class VisitColumns(TypedDict):
+    """`preprocess_batch` visits."""
+
+    treatment: _I64
+    date: _I64
+    psn_type: NotRequired[_I64]
+    sex: NotRequired[_I64]
+    age: NotRequired[_I64]
+    diagnoses: NotRequired[StrColumn]
+
+class SettlementColumns(TypedDict):
+    """`split_batch` settlements: sums, selection, person and accumulators."""
+
+    medfee_sumamt: _I64
+    fulamt_ownpay_amt: NotRequired[_I64]
+    overlmt_amt: NotRequired[_I64]
+    preselfpay_amt: NotRequired[_I64]
+    inscp_scp_amt: NotRequired[_I64]
+    region: NotRequired[_I64]
+    insutype: NotRequired[_I64]
+    psn_type: NotRequired[_I64]
+    treatment: NotRequired[_I64]
+    hosp_lv: NotRequired[_I64]
+    date: NotRequired[_I64]
+    admission_no: NotRequired[_I64]
+    age: NotRequired[_I64]
+    cross_region: NotRequired[_I64]
+    acct_balance: NotRequired[_I64]
+    retired: NotRequired[_Bool]
+    civil_servant: NotRequired[_Bool]
+    assistance: NotRequired[_Bool]
+    acct_used: NotRequired[_Bool]
+    inpatient_count: NotRequired[_I64]
+    dedc_paid: NotRequired[_I64]
+    hifp_paid: NotRequired[_I64]
+    hifp_base: NotRequired[_I64]
+    critical_base: NotRequired[_I64]
+    critical_paid: NotRequired[_I64]
+    cvlserv_paid: NotRequired[_I64]
+    maf_paid: NotRequired[_I64]
 
 class EngineError(ValueError): ...
 
@@ -45,8 +136,8 @@ class NoRuleError(EngineError):
 class Catalog:
     @staticmethod
     def load(
-        items: Mapping[str, Any],
-        mappings: Mapping[str, StrColumn] | None = None,
+        items: CatalogItems,
+        mappings: CatalogMappings | None = None,
         *,
         version: int = 0,
         selfpay_psn_types: list[int] = ...,
@@ -324,10 +415,10 @@ class SplitResult:
     def legs(self) -> list[FundLeg]: ...
 
 def preprocess(
-    catalog: Catalog, policy: Policy, lines: Mapping[str, Any], visit: Visit
+    catalog: Catalog, policy: Policy, lines: FeeLines, visit: Visit
 ) -> tuple[LineResults, Summary]: ...
 def preprocess_batch(
-    catalog: Catalog, policy: Policy, lines: Mapping[str, Any], visits: Mapping[str, Any]
+    catalog: Catalog, policy: Policy, lines: BatchFeeLines, visits: VisitColumns
 ) -> tuple[LineResults, dict[str, npt.NDArray[np.int64]]]: ...
 def split(
     policy: Policy,
@@ -336,9 +427,7 @@ def split(
     person: Person,
     accumulators: Accumulators,
 ) -> SplitResult: ...
-def split_batch(
-    policy: Policy, columns: Mapping[str, npt.NDArray[Any]]
-) -> dict[str, npt.NDArray[np.int64]]: ...
+def split_batch(policy: Policy, columns: SettlementColumns) -> dict[str, npt.NDArray[np.int64]]: ...
 
 # 国密 (gm.rs): SM3, HMAC-SM3, SM3withSM2 signatures as 64-byte r||s, SM4 blocks.
 SM2_DEFAULT_UID: str

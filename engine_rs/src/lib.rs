@@ -3,7 +3,12 @@
 //!
 //! Money is integer fen (`i64`), ratios are basis points, quantities are 1/10_000 units;
 //! products are computed in `i128` and rounded by the policy's rule at named points.
-//! The Python bindings (`python` feature, built by maturin) live in `python.rs`.
+//!
+//! The modules below `python` are the pure core: they do not depend on pyo3 and build and
+//! test without the `python` feature. The Python bindings (`python` feature, built by
+//! maturin) live in `python/`, which depends on the core and never the other way round; the
+//! core's value types that cross the boundary unchanged carry a
+//! `cfg_attr(feature = "python", pyclass)` and nothing else Python-specific.
 
 pub mod catalog;
 pub mod columns;
@@ -16,17 +21,4 @@ pub mod rounding;
 pub mod split;
 
 #[cfg(feature = "python")]
-mod py_gm;
-#[cfg(feature = "python")]
-mod py_matching;
-#[cfg(feature = "python")]
-mod py_settle;
-#[cfg(feature = "python")]
 mod python;
-
-/// Batches allocate and free output columns of tens of megabytes per call; mimalloc keeps
-/// those pages mapped between calls where the system allocator returns them to the kernel
-/// and page-faults them back in on the next batch.
-#[cfg(feature = "python")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

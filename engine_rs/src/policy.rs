@@ -339,7 +339,11 @@ pub struct Criteria {
     pub to: i32,
 }
 
-/// What a settlement is selected by.
+/// What selects the policy rule of a settlement.
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(name = "Selection", module = "engine_rs", frozen, get_all)
+)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Selection {
     pub region: u32,

@@ -55,6 +55,10 @@ pub struct Lines<'a> {
 }
 
 /// What preprocessing needs to know about a visit.
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(name = "Visit", module = "engine_rs", frozen, get_all)
+)]
 #[derive(Debug, Clone, Default)]
 pub struct VisitCtx {
     pub treatment: u8,
@@ -81,7 +85,12 @@ pub struct LineResults {
     pub flags: Vec<u16>,
 }
 
-/// Sums of one visit; `by_category[c] = [total, fulamt, overlmt, preselfpay, inscp]`.
+/// The preprocessing sums of one visit (what center mode sends to the center);
+/// `by_category[c] = [total, fulamt, overlmt, preselfpay, inscp]`, category 0 = no item.
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(name = "Summary", module = "engine_rs", frozen, get_all)
+)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     pub medfee_sumamt: i64,

@@ -15,7 +15,7 @@ use crate::policy::{
     AccountCovers, Adjust, Band, BandBasis, BandConvention, CriticalBasis, DeductibleKind,
     LegRounding, Policy, Rule, Selection,
 };
-use crate::preprocess::TREATMENT_INPATIENT;
+use crate::preprocess::{Summary, TREATMENT_INPATIENT};
 use crate::rounding::{round_bp, RoundMode, BP};
 
 /// The four preprocessing sums of a settlement (their total is `medfee_sumamt`).
@@ -28,6 +28,23 @@ pub struct SplitInput {
     pub inscp_scp_amt: i64,
 }
 
+impl From<&Summary> for SplitInput {
+    fn from(s: &Summary) -> Self {
+        Self {
+            medfee_sumamt: s.medfee_sumamt,
+            fulamt_ownpay_amt: s.fulamt_ownpay_amt,
+            overlmt_amt: s.overlmt_amt,
+            preselfpay_amt: s.preselfpay_amt,
+            inscp_scp_amt: s.inscp_scp_amt,
+        }
+    }
+}
+
+/// The person facts a split depends on.
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(name = "Person", module = "engine_rs", frozen, get_all)
+)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Person {
     pub age: u32,
@@ -40,57 +57,64 @@ pub struct Person {
     pub acct_balance: i64,
 }
 
-/// A person's yearly accumulators for one pool (`rules[].accumulator`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Accumulators {
-    pub inpatient_count: i64,
-    pub dedc_paid: i64,
-    pub hifp_paid: i64,
-    pub hifp_base: i64,
-    pub critical_base: i64,
-    pub critical_paid: i64,
-    pub cvlserv_paid: i64,
-    pub maf_paid: i64,
-}
-
-impl Accumulators {
-    pub const FIELDS: [&'static str; 8] = [
-        "inpatient_count",
-        "dedc_paid",
-        "hifp_paid",
-        "hifp_base",
-        "critical_base",
-        "critical_paid",
-        "cvlserv_paid",
-        "maf_paid",
-    ];
-
-    pub fn values(&self) -> [i64; 8] {
-        [
-            self.inpatient_count,
-            self.dedc_paid,
-            self.hifp_paid,
-            self.hifp_base,
-            self.critical_base,
-            self.critical_paid,
-            self.cvlserv_paid,
-            self.maf_paid,
-        ]
-    }
-
-    pub fn from_values(v: [i64; 8]) -> Self {
-        Self {
-            inpatient_count: v[0],
-            dedc_paid: v[1],
-            hifp_paid: v[2],
-            hifp_base: v[3],
-            critical_base: v[4],
-            critical_paid: v[5],
-            cvlserv_paid: v[6],
-            maf_paid: v[7],
+/// The accumulator fields, in their one order (the order of `Accumulators::FIELDS`, of
+/// `values()`, of the `new_<field>` columns of `split_batch`). Hands the list to the macro
+/// `$then`: `declare_accumulators` below, and the Python bindings' constructor.
+///
+/// Adding a field here adds it to the struct, `FIELDS`, `values`/`from_values`, the Python
+/// class (constructor, attributes, `to_dict`) and the batch columns; the split itself, the
+/// SQL column lists, the proto and `engine_rs.pyi` are updated by hand (stubtest checks the
+/// last).
+macro_rules! accumulator_fields {
+    ($then:ident) => {
+        $then! {
+            inpatient_count,
+            dedc_paid,
+            hifp_paid,
+            hifp_base,
+            critical_base,
+            critical_paid,
+            cvlserv_paid,
+            maf_paid,
         }
-    }
+    };
 }
+#[cfg_attr(not(feature = "python"), allow(unused_imports))]
+pub(crate) use accumulator_fields;
+
+macro_rules! declare_accumulators {
+    ($($field:ident,)+) => {
+        /// A person's yearly accumulators for one pool (`rules[].accumulator`).
+        #[cfg_attr(
+            feature = "python",
+            pyo3::pyclass(name = "Accumulators", module = "engine_rs", frozen, eq, get_all)
+        )]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct Accumulators {
+            $(pub $field: i64,)+
+        }
+
+        impl Accumulators {
+            /// How many accumulators there are.
+            pub const LEN: usize = [$(stringify!($field)),+].len();
+
+            /// The field names, in declaration order.
+            pub const FIELDS: [&'static str; Self::LEN] = [$(stringify!($field)),+];
+
+            /// The values, in `FIELDS` order.
+            pub fn values(&self) -> [i64; Self::LEN] {
+                [$(self.$field),+]
+            }
+
+            /// The inverse of `values`.
+            pub fn from_values(values: [i64; Self::LEN]) -> Self {
+                let [$($field),+] = values;
+                Self { $($field),+ }
+            }
+        }
+    };
+}
+accumulator_fields!(declare_accumulators);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SplitResult {
@@ -108,7 +132,11 @@ pub struct SplitResult {
     pub acc: Accumulators,
 }
 
-/// One fund leg with the base it was computed on and how.
+/// One fund leg with its derivation: the base it was computed on and how.
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(name = "FundLeg", module = "engine_rs", frozen, get_all)
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FundLeg {
     pub fund_pay_type: String,
@@ -279,6 +307,13 @@ fn add(row: usize, field: &'static str, a: i64, b: i64) -> Result<i64, EngineErr
         .ok_or_else(|| EngineError::input(row, field, "accumulator overflows"))
 }
 
+/// `$new.$field = $acc.$field + $by`, an overflow being an input error naming the field.
+macro_rules! advance {
+    ($row:expr, $new:ident, $acc:ident . $field:ident, $by:expr) => {
+        $new.$field = add($row, stringify!($field), $acc.$field, $by)?
+    };
+}
+
 /// Splits one settlement under rule `ri` of `policy`. Inputs must have passed `check_inputs`.
 #[allow(clippy::too_many_arguments)]
 pub fn split_rule(
@@ -324,7 +359,7 @@ pub fn split_rule(
     if inpatient {
         new.inpatient_count = acc.inpatient_count.max(admission_no);
     }
-    new.dedc_paid = add(row, "dedc_paid", acc.dedc_paid, d)?;
+    advance!(row, new, acc.dedc_paid, d);
 
     // 2. basic pooled fund
     let basic = &rule.basic;
@@ -348,8 +383,8 @@ pub fn split_rule(
     );
     let raw = leg(scratch, mode, per_band);
     let hifp = raw.min(room(basic.annual_cap_fen, acc.hifp_paid));
-    new.hifp_paid = add(row, "hifp_paid", acc.hifp_paid, hifp)?;
-    new.hifp_base = add(row, "hifp_base", acc.hifp_base, covered)?;
+    advance!(row, new, acc.hifp_paid, hifp);
+    advance!(row, new, acc.hifp_base, covered);
     if let Some(t) = trace.as_deref_mut() {
         t.admission_no = admission_no;
         t.deductible_due = due;
@@ -375,7 +410,8 @@ pub fn split_rule(
             x += burden[3];
         }
         let prev = acc.critical_base;
-        let end = add(row, "critical_base", prev, x)?;
+        advance!(row, new, acc.critical_base, x);
+        let end = new.critical_base;
         let (shift, floor) = match cr.convention {
             BandConvention::FromThreshold => (cr.threshold_fen, 0),
             BandConvention::Cumulative => (0, cr.threshold_fen),
@@ -383,8 +419,7 @@ pub fn split_rule(
         band_parts(&cr.bands, shift, floor, prev, end, 0, BP, scratch);
         let raw = leg(scratch, mode, per_band);
         critical = raw.min(room(cr.annual_cap_fen, acc.critical_paid));
-        new.critical_base = end;
-        new.critical_paid = add(row, "critical_paid", acc.critical_paid, critical)?;
+        advance!(row, new, acc.critical_paid, critical);
         consume(&mut burden, critical);
         if let Some(t) = trace.as_deref_mut() {
             t.critical_x = x;
@@ -410,7 +445,7 @@ pub fn split_rule(
         }
         let raw = leg(scratch, mode, per_band);
         cvlserv = raw.min(room(cs.annual_cap_fen, acc.cvlserv_paid));
-        new.cvlserv_paid = add(row, "cvlserv_paid", acc.cvlserv_paid, cvlserv)?;
+        advance!(row, new, acc.cvlserv_paid, cvlserv);
         consume(&mut burden, cvlserv);
         if let Some(t) = trace.as_deref_mut() {
             t.cvlserv_parts = scratch.clone();
@@ -427,7 +462,7 @@ pub fn split_rule(
         }
         let raw = round_bp(i128::from(base) * i128::from(ma.share_bp), mode) as i64;
         maf = raw.min(room(ma.annual_cap_fen, acc.maf_paid));
-        new.maf_paid = add(row, "maf_paid", acc.maf_paid, maf)?;
+        advance!(row, new, acc.maf_paid, maf);
         consume(&mut burden, maf);
         if let Some(t) = trace.as_deref_mut() {
             t.maf_base = base;

@@ -1,28 +1,24 @@
-//! Python bindings for the matcher: `engine_rs.Matcher(catalog)`.
+//! `engine_rs.Matcher(catalog)`: catalog matching (目录对照 candidates).
 //!
 //! Index build and batch matching run with the GIL released. Query buffers are pooled so
-//! concurrent Python threads each get their own. A panic in the core is caught here and
-//! raised as `engine_rs.EngineError`; it never unwinds into Python.
+//! concurrent Python threads each get their own.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use super::catalog::PyCatalog;
+use super::convert::{column_error, str_col};
+use super::error::guard;
 use crate::matching::{Hit, Matcher, Query, Scratch, MAX_K};
-use crate::python::{i64_array, str_col, ColumnError, EngineError, PyCatalog};
 
 /// Catalog matching (目录对照 candidates) over one catalog version.
 #[pyclass(name = "Matcher", module = "engine_rs", frozen)]
 pub struct PyMatcher {
     inner: Arc<Matcher>,
     scratch: Mutex<Vec<Scratch>>,
-}
-
-fn internal(what: &str) -> PyErr {
-    EngineError::new_err(format!("matcher: internal error in {what}"))
 }
 
 fn check_k(k: i64) -> PyResult<usize> {
@@ -33,7 +29,8 @@ fn check_k(k: i64) -> PyResult<usize> {
 }
 
 impl PyMatcher {
-    /// Runs `f` with a pooled scratch buffer, catching panics.
+    /// Runs `f` with a pooled scratch buffer, under the panic guard (a buffer a panic left
+    /// behind is dropped, not pooled).
     fn with_scratch<R>(
         &self,
         what: &str,
@@ -41,8 +38,7 @@ impl PyMatcher {
     ) -> PyResult<R> {
         let taken = self.scratch.lock().ok().and_then(|mut p| p.pop());
         let mut scratch = taken.unwrap_or_else(|| self.inner.scratch());
-        let r = catch_unwind(AssertUnwindSafe(|| f(&self.inner, &mut scratch)))
-            .map_err(|_| internal(what))?;
+        let r = guard("matcher", what, || f(&self.inner, &mut scratch))?;
         if let Ok(mut pool) = self.scratch.lock() {
             pool.push(scratch);
         }
@@ -56,9 +52,7 @@ impl PyMatcher {
     #[new]
     fn new(py: Python<'_>, catalog: &PyCatalog) -> PyResult<Self> {
         let cat = catalog.inner.clone();
-        let inner = py
-            .detach(|| catch_unwind(AssertUnwindSafe(|| Matcher::build(cat))))
-            .map_err(|_| internal("index build"))?;
+        let inner = py.detach(|| guard("matcher", "index build", || Matcher::build(cat)))?;
         Ok(Self {
             inner: Arc::new(inner),
             scratch: Mutex::new(Vec::new()),
@@ -126,10 +120,10 @@ impl PyMatcher {
         ] {
             let c = str_col(v, key)?;
             if c.len() != n {
-                return Err(ColumnError::new_err(format!(
-                    "column {key}: has {} rows, name has {n}",
-                    c.len()
-                )));
+                return Err(column_error(
+                    key,
+                    format!("has {} rows, name has {n}", c.len()),
+                ));
             }
             cols.push(c);
         }
@@ -154,12 +148,8 @@ impl PyMatcher {
                 (idx, scores)
             })
         })?;
-        let idx = i64_array(py, idx).reshape([n, k])?;
+        let idx = PyArray1::from_vec(py, idx).reshape([n, k])?;
         let scores = PyArray1::from_vec(py, scores).reshape([n, k])?;
         Ok((idx, scores))
     }
-}
-
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyMatcher>()
 }

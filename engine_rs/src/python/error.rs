@@ -1,0 +1,161 @@
+//! The one mapping from the core's errors to Python exceptions, and the panic guard.
+//!
+//! Every `EngineError` becomes the exception class of its variant with the variant's fields
+//! as attributes (`ColumnError.field`, `LineError.line`, ...) and its `Display` text as the
+//! message; every `GmError` becomes `CryptoError`. Bindings return `PyResult` and let `?`
+//! do the conversion (`impl From<...> for PyErr`), so no binding builds these by hand.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::BoundObject;
+
+use crate::error::EngineError as CoreError;
+use crate::gm::GmError;
+
+create_exception!(
+    engine_rs,
+    EngineError,
+    PyValueError,
+    "Bad input to the engine."
+);
+create_exception!(
+    engine_rs,
+    ColumnError,
+    EngineError,
+    "A bulk column is malformed."
+);
+create_exception!(engine_rs, LineError, EngineError, "A fee line is invalid.");
+create_exception!(
+    engine_rs,
+    InputError,
+    EngineError,
+    "A visit, person or accumulator input is invalid."
+);
+create_exception!(
+    engine_rs,
+    PolicyError,
+    EngineError,
+    "A policy document is invalid."
+);
+create_exception!(
+    engine_rs,
+    NoRuleError,
+    EngineError,
+    "No policy rule matches the selection."
+);
+create_exception!(
+    engine_rs,
+    CryptoError,
+    EngineError,
+    "A key, user id or block length the national algorithms cannot take."
+);
+
+/// Registers the exception classes on the module.
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("EngineError", py.get_type::<EngineError>())?;
+    m.add("ColumnError", py.get_type::<ColumnError>())?;
+    m.add("LineError", py.get_type::<LineError>())?;
+    m.add("InputError", py.get_type::<InputError>())?;
+    m.add("PolicyError", py.get_type::<PolicyError>())?;
+    m.add("NoRuleError", py.get_type::<NoRuleError>())?;
+    m.add("CryptoError", py.get_type::<CryptoError>())?;
+    Ok(())
+}
+
+impl From<CoreError> for PyErr {
+    fn from(e: CoreError) -> Self {
+        Python::attach(|py| {
+            let msg = e.to_string();
+            match e {
+                CoreError::Column { field, reason } => with_attrs(
+                    py,
+                    ColumnError::new_err(msg),
+                    [
+                        ("field", field.into_any(py)),
+                        ("reason", reason.into_any(py)),
+                    ],
+                ),
+                CoreError::Line {
+                    line,
+                    field,
+                    reason,
+                } => with_attrs(
+                    py,
+                    LineError::new_err(msg),
+                    [
+                        ("line", line.into_any(py)),
+                        ("field", field.into_any(py)),
+                        ("reason", reason.into_any(py)),
+                    ],
+                ),
+                CoreError::Input { row, field, reason } => with_attrs(
+                    py,
+                    InputError::new_err(msg),
+                    [
+                        ("row", row.into_any(py)),
+                        ("field", field.into_any(py)),
+                        ("reason", reason.into_any(py)),
+                    ],
+                ),
+                CoreError::Policy { path, reason } => with_attrs(
+                    py,
+                    PolicyError::new_err(msg),
+                    [("path", path.into_any(py)), ("reason", reason.into_any(py))],
+                ),
+                CoreError::NoRule { row, selection } => with_attrs(
+                    py,
+                    NoRuleError::new_err(msg),
+                    [
+                        ("row", row.into_any(py)),
+                        ("selection", selection.into_any(py)),
+                    ],
+                ),
+            }
+        })
+    }
+}
+
+impl From<GmError> for PyErr {
+    fn from(e: GmError) -> Self {
+        CryptoError::new_err(e.to_string())
+    }
+}
+
+/// An exception attribute value: the conversions used here cannot fail.
+trait IntoAny {
+    fn into_any(self, py: Python<'_>) -> Py<PyAny>;
+}
+
+impl<T> IntoAny for T
+where
+    T: for<'py> IntoPyObject<'py, Error = std::convert::Infallible>,
+{
+    fn into_any(self, py: Python<'_>) -> Py<PyAny> {
+        match self.into_pyobject(py) {
+            Ok(v) => v.into_any().unbind(),
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// `err` with attributes set on its instance (or the error setting one raised).
+fn with_attrs<const N: usize>(py: Python<'_>, err: PyErr, attrs: [(&str, Py<PyAny>); N]) -> PyErr {
+    let value = err.value(py);
+    for (name, v) in attrs {
+        if let Err(e) = value.setattr(name, v) {
+            return e;
+        }
+    }
+    err
+}
+
+/// Runs `f`, turning a panic into `EngineError("{area}: internal error in {what}")` (the
+/// panic policy in `python/mod.rs`). `f` may run with the GIL released.
+pub(crate) fn guard<R>(area: &str, what: &str, f: impl FnOnce() -> R) -> PyResult<R> {
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(|_| EngineError::new_err(format!("{area}: internal error in {what}")))
+}
