@@ -23,23 +23,25 @@ _Bool = npt.NDArray[np.bool_]
 class CatalogItems(TypedDict):
     """`Catalog.load` items, one row per insurance item."""
 
-    code: StrColumn
-    chrgitm_lv: _U8
-    fee_category: _U8
-    name: NotRequired[StrColumn]
-    spec: NotRequired[StrColumn]
-    dosage_form: NotRequired[StrColumn]
-    manufacturer: NotRequired[StrColumn]
+    code: StrColumn  # national insurance code (med_list_codg), unique
+    chrgitm_lv: _U8  # 1 class A (甲), 2 class B (乙), 3 class C (丙)
+    fee_category: _U8  # med_chrgitm_type 1..14 (bed .. other)
+    name: NotRequired[StrColumn]  # registered name (通用名 / 项目名称)
+    spec: NotRequired[StrColumn]  # specification (规格)
+    dosage_form: NotRequired[StrColumn]  # 剂型
+    manufacturer: NotRequired[StrColumn]  # 生产企业
+    # 1 western med, 2 Chinese patent med, 3 herbal pieces, 4 hospital preparation,
+    # 5 medical service, 6 material
     kind: NotRequired[_U8]
-    price_cap: NotRequired[_I64]
+    price_cap: NotRequired[_I64]  # per unit in fen (限价); 0 = none
     # (n, 1 + len(selfpay_psn_types)); 1-d when there are no selfpay_psn_types
     selfpay_prop_bp: NotRequired[_I32]
-    inpatient_only: NotRequired[_Bool]
-    sex: NotRequired[_U8]
-    age_min: NotRequired[_U8]
+    inpatient_only: NotRequired[_Bool]  # restricted to inpatients
+    sex: NotRequired[_U8]  # 0 any, 1 male, 2 female
+    age_min: NotRequired[_U8]  # inclusive age range in years (0, 255 = any)
     age_max: NotRequired[_U8]
-    diagnoses: NotRequired[StrColumn]
-    valid_from: NotRequired[_I32]
+    diagnoses: NotRequired[StrColumn]  # comma-separated ICD-10 prefixes it is limited to
+    valid_from: NotRequired[_I32]  # yyyymmdd, 0 = open
     valid_to: NotRequired[_I32]
 
 class CatalogMappings(TypedDict):
@@ -51,13 +53,13 @@ class CatalogMappings(TypedDict):
 class FeeLines(TypedDict):
     """`preprocess` fee lines."""
 
-    medins_list_codg: StrColumn
-    cnt: _I64
-    pric: _I64
-    det_item_fee_sumamt: _I64
-    med_list_codg: NotRequired[StrColumn]
-    hosp_appr_flag: NotRequired[_I64]
-    fee_date: NotRequired[_I64]
+    medins_list_codg: StrColumn  # hospital item code
+    cnt: _I64  # quantity in 1/10_000 units
+    pric: _I64  # unit price in fen
+    det_item_fee_sumamt: _I64  # line amount in fen
+    med_list_codg: NotRequired[StrColumn]  # the HIS's insurance code; empty = the mapping's
+    hosp_appr_flag: NotRequired[_I64]  # 0 none, 1 approved (lifts diagnosis limits), 2 self-pay
+    fee_date: NotRequired[_I64]  # yyyymmdd, 0 = the visit date
 
 class BatchFeeLines(FeeLines):
     """`preprocess_batch` fee lines: `visit` indexes the visits."""
@@ -67,8 +69,8 @@ class BatchFeeLines(FeeLines):
 class VisitColumns(TypedDict):
     """`preprocess_batch` visits."""
 
-    treatment: _I64
-    date: _I64
+    treatment: _I64  # 1 outpatient, 2 inpatient, 3 special outpatient
+    date: _I64  # yyyymmdd
     psn_type: NotRequired[_I64]
     sex: NotRequired[_I64]
     age: NotRequired[_I64]
@@ -419,7 +421,13 @@ def preprocess(
 ) -> tuple[LineResults, Summary]: ...
 def preprocess_batch(
     catalog: Catalog, policy: Policy, lines: BatchFeeLines, visits: VisitColumns
-) -> tuple[LineResults, dict[str, npt.NDArray[np.int64]]]: ...
+) -> tuple[LineResults, dict[str, npt.NDArray[np.int64]]]:
+    """Per-visit int64 columns `medfee_sumamt`, `fulamt_ownpay_amt`, `overlmt_amt`,
+    `preselfpay_amt`, `inscp_scp_amt`, `line_count`, and the fee-category sums in long form:
+    `category_visit`, `category` (one row per visit and category that has lines, ordered by
+    visit then category) and `category_sums` (rows x [total, fulamt, overlmt, preselfpay,
+    inscp])."""
+
 def split(
     policy: Policy,
     summary: Summary,
@@ -427,7 +435,10 @@ def split(
     person: Person,
     accumulators: Accumulators,
 ) -> SplitResult: ...
-def split_batch(policy: Policy, columns: SettlementColumns) -> dict[str, npt.NDArray[np.int64]]: ...
+def split_batch(policy: Policy, columns: SettlementColumns) -> dict[str, npt.NDArray[np.int64]]:
+    """Columns `rule`, `act_pay_dedc`, each fund, `fund_pay_sumamt`, `psn_part_amt`,
+    `acct_pay`, `psn_cash_pay`, `balc` and `new_<accumulator>`; absent input columns are
+    zero / False."""
 
 # 国密 (gm.rs): SM3, HMAC-SM3, SM3withSM2 signatures as 64-byte r||s, SM4 blocks.
 SM2_DEFAULT_UID: str

@@ -22,10 +22,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-import numpy.typing as npt
 
 import engine_rs
 from server.columns import numbered_codes, take_strings, unpack_strings
@@ -63,7 +62,7 @@ def build_catalog(n_items: int, seed: int) -> tuple[engine_rs.Catalog, dict[str,
     rng = np.random.default_rng(seed)
     mapped = np.sort(rng.choice(n_items, size=n_items * 95 // 100, replace=False))
     hosp = numbered_codes("H", n_items)
-    mappings = {
+    mappings: engine_rs.CatalogMappings = {
         "hosp_code": take_strings(hosp, mapped),
         "ins_code": take_strings(synth.items["code"], mapped),
     }
@@ -75,7 +74,7 @@ def build_catalog(n_items: int, seed: int) -> tuple[engine_rs.Catalog, dict[str,
 
 def make_lines(
     cat: engine_rs.Catalog, ctx: dict[str, Any], n_lines: int, seed: int, per_visit: int = 10
-) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+) -> tuple[engine_rs.BatchFeeLines, engine_rs.VisitColumns]:
     """Fee lines over n_lines/per_visit visits; 5 % of the catalog has no mapping."""
     rng = np.random.default_rng(seed + 1)
     n_items = len(cat)
@@ -87,7 +86,7 @@ def make_lines(
     cnt = rng.integers(1, 40, n_lines).astype(np.int64) * 5_000  # half units
     amount = (pric * cnt) // 10_000
     n_visits = max(1, n_lines // per_visit)
-    lines = {
+    lines: engine_rs.BatchFeeLines = {
         "medins_list_codg": take_strings(ctx["hosp"], pick),
         "cnt": cnt,
         "pric": pric,
@@ -95,7 +94,7 @@ def make_lines(
         "hosp_appr_flag": np.where(rng.random(n_lines) < 0.01, 2, 0).astype(np.int64),
         "visit": np.sort(rng.integers(0, n_visits, n_lines)).astype(np.int64),
     }
-    visits = {
+    visits: engine_rs.VisitColumns = {
         "treatment": rng.choice([1, 2, 3], n_visits, p=[0.6, 0.3, 0.1]).astype(np.int64),
         "date": np.full(n_visits, 20260615, dtype=np.int64),
         "psn_type": rng.choice([11, 12], n_visits).astype(np.int64),
@@ -200,7 +199,7 @@ def bench_preprocess(args: argparse.Namespace, out: dict[str, Any], per_visit: i
     )
 
 
-def split_columns(n: int, seed: int) -> dict[str, npt.NDArray[Any]]:
+def split_columns(n: int, seed: int) -> engine_rs.SettlementColumns:
     """Settlement rows across the demo policy's rules, persons and accumulator states."""
     rng = np.random.default_rng(seed + 2)
     inscp = rng.integers(1_000, 20_000_000, n)
@@ -304,8 +303,11 @@ def load_child(path: str) -> None:
     def strs(k: str) -> tuple[Any, Any]:
         return cols[k + ".data"], cols[k + ".offsets"]
 
-    items = {k: strs(k) if k + ".data" in cols else cols[k] for k in ITEM_KEYS}
-    maps = {"hosp_code": strs("hosp_code"), "ins_code": strs("ins_code")}
+    items = cast(
+        "engine_rs.CatalogItems",
+        {k: strs(k) if k + ".data" in cols else cols[k] for k in ITEM_KEYS},
+    )
+    maps: engine_rs.CatalogMappings = {"hosp_code": strs("hosp_code"), "ins_code": strs("ins_code")}
     psn = [int(x) for x in cols["psn"]]
     t0 = time.perf_counter()
     cat = engine_rs.Catalog.load(items, maps, version=1, selfpay_psn_types=psn)

@@ -1,4 +1,6 @@
-"""Assembles and runs the gRPC server: services, health, reflection, worker processes.
+"""Runs a server in its role: the role's assembly (`ROLES`: server/frontend/assembly.py or
+server/center/assembly.py) gives the services; this module adds health, reflection, the
+interceptors and the worker processes.
 
 One worker serves in-process. Several workers are separate processes started with `spawn`
 (gRPC must not be forked once initialised), each with its own grpc.aio server bound to the

@@ -35,8 +35,9 @@ class Role(StrEnum):
 
 
 class Mode(StrEnum):
-    """How a front-end settles: locally, forwarding afterwards, or at the center (seed 004's
-    two modes; docs/architecture.md). `center` is read as `center-side`, the name it had."""
+    """How a front-end settles: locally, forwarding afterwards, or at the center (the national
+    platform's two modes; docs/architecture.md). `center` is read as `center-side`, the name
+    it had."""
 
     LOCAL = "local"
     CENTER_SIDE = "center-side"
@@ -58,7 +59,7 @@ class Config:
     # institution's code it makes the ids this node issues unique across the province; two
     # front-ends of one institution need different node ids.
     node_id: str = "01"
-    sign_ttl_s: int = 5 * 24 * 3600  # a sign_no lasts 5 days (seed 002)
+    sign_ttl_s: int = 5 * 24 * 3600  # a sign_no lasts 5 days (the platform's 9001 sign-in)
     tz_offset_min: int = 480  # the local day of reconciliation (UTC+8)
     grace_s: float = 10.0  # SIGTERM: how long in-flight calls may finish
     max_lines_per_call: int = 10_000  # UploadFees / one StreamFees message
@@ -85,9 +86,10 @@ class Config:
     # regions not listed) with center_target.
     centers: str = ""
     refdata_pull_s: float = 30.0  # how often a front-end asks the center for new versions
-    # The emergency plan (seed 004, 5.3): when the center does not answer, settle locally,
-    # marked offline and forwarded later, within the limits of the policy in force (its
-    # `offline` table) or, when it has none, these; off = answer UNAVAILABLE.
+    # The emergency plan (README, "The center and the two settlement modes"): when the center
+    # does not answer, settle locally, marked offline and forwarded later, within the limits
+    # of the policy in force (its `offline` table) or, when it has none, these; off = answer
+    # UNAVAILABLE.
     offline_fallback: bool = False
     offline_max_medfee_fen: int = 500_000
     offline_max_per_day: int = 500

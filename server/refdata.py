@@ -14,8 +14,10 @@ import json
 import sqlite3
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 import engine_rs
 from server import metrics
@@ -36,7 +38,7 @@ class Snapshot:
     policy: engine_rs.Policy | None
     policy_version: int
     catalog_version: int
-    items: dict[str, object] | None
+    items: engine_rs.CatalogItems | None
     selfpay_psn_types: list[int]
     institutions: dict[str, Institution]
     _catalogs: dict[str, engine_rs.Catalog] = field(default_factory=dict)
@@ -76,7 +78,7 @@ class Snapshot:
                 self._matcher = engine_rs.Matcher(base)
             return self._matcher
 
-    def _items(self) -> dict[str, object]:
+    def _items(self) -> engine_rs.CatalogItems:
         if self.items is None:
             raise LookupError("no catalog has been imported")
         return self.items
@@ -131,7 +133,9 @@ def load_snapshot(conn: sqlite3.Connection, gen: int) -> Snapshot:
     )
 
 
-def _catalog_columns(conn: sqlite3.Connection) -> tuple[dict[str, object] | None, list[int]]:
+def _catalog_columns(
+    conn: sqlite3.Connection,
+) -> tuple[engine_rs.CatalogItems | None, list[int]]:
     rows = conn.execute(
         "SELECT med_list_codg, name, spec, dosage_form, manufacturer, kind, chrgitm_lv,"
         " med_chrgitm_type, price_cap, selfpay, inpatient_only, sex, age_min, age_max,"
@@ -149,10 +153,10 @@ def _catalog_columns(conn: sqlite3.Connection) -> tuple[dict[str, object] | None
         for j, p in enumerate(psn_types, start=1):
             sp[i, j] = int(d.get(p, default))
 
-    def ints(col: int, dtype: type) -> object:
+    def ints(col: int, dtype: type) -> npt.NDArray[Any]:
         return np.array([r[col] for r in rows], dtype=dtype)
 
-    items: dict[str, object] = {
+    items: engine_rs.CatalogItems = {
         "code": pack_strings([r[0] for r in rows]),
         "name": pack_strings([r[1] for r in rows]),
         "spec": pack_strings([r[2] for r in rows]),

@@ -49,7 +49,7 @@ def catalog_from_rows(
         ratios = r.get("selfpay_prop_bp", [0])
         sp[i, : len(ratios)] = ratios
         sp[i, len(ratios) :] = ratios[0]
-    items = {
+    items: engine_rs.CatalogItems = {
         "code": pack_strings([r["code"] for r in rows]),
         "name": pack_strings([r.get("name", r["code"]) for r in rows]),
         "kind": col("kind", np.uint8, 1),
@@ -66,11 +66,14 @@ def catalog_from_rows(
         "valid_to": col("valid_to", np.int32, 0),
     }
     maps = mappings if mappings is not None else {f"H-{r['code']}": r["code"] for r in rows}
-    m = {"hosp_code": pack_strings(list(maps)), "ins_code": pack_strings(list(maps.values()))}
+    m: engine_rs.CatalogMappings = {
+        "hosp_code": pack_strings(list(maps)),
+        "ins_code": pack_strings(list(maps.values())),
+    }
     return engine_rs.Catalog.load(items, m, version=1, selfpay_psn_types=psn)
 
 
-def lines_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def lines_from_rows(rows: list[dict[str, Any]]) -> engine_rs.FeeLines:
     """Fee-line columns from dicts with medins_list_codg/med_list_codg/cnt/pric/amount."""
     return {
         "medins_list_codg": pack_strings([r.get("medins_list_codg", "") for r in rows]),

@@ -65,7 +65,7 @@ class _SettlementModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Settle
     """by the center from its authoritative accumulators"""
 
 class SettlementMode(_SettlementMode, metaclass=_SettlementModeEnumTypeWrapper):
-    """Where the fund split was computed (seed 004)."""
+    """Where the fund split was computed (local or center mode: docs/architecture.md)."""
 
 SETTLEMENT_MODE_UNSPECIFIED: SettlementMode.ValueType  # 0
 LOCAL: SettlementMode.ValueType  # 1

@@ -1,5 +1,5 @@
-"""The center's settlement from a front-end's summary (center mode, seed 004) and its cancel,
-over PostgreSQL. (What front-ends in local mode forward: server/center/forwarded.py.)
+"""The center's settlement from a front-end's summary (center mode, docs/architecture.md) and its
+cancel, over PostgreSQL. (What front-ends in local mode forward: server/center/forwarded.py.)
 
 The front-end preprocesses the lines and sends the sums; the center locks the person's
 accumulators for the year and pool (`lock_accumulators`: a row lock held to commit, so two

@@ -1,6 +1,6 @@
-"""A front-end's Settle, PreSettle and CancelSettlement in center mode (seed 004): the visit's
-lines are preprocessed here, only the summary goes to the center, which splits against the
-authoritative accumulators and commits; this front-end then keeps the center's answer. The
+"""A front-end's Settle, PreSettle and CancelSettlement in center mode (docs/architecture.md): the
+visit's lines are preprocessed here, only the summary goes to the center, which splits against
+the authoritative accumulators and commits; this front-end then keeps the center's answer. The
 answer to the HIS has the same shape as in local mode.
 
 Order of events for Settle, and why it is safe to retry at any point:

@@ -268,7 +268,7 @@ def line_columns(
     hosp: list[str],
     ins: list[str],
     nums: npt.NDArray[np.int64],
-) -> dict[str, object]:
+) -> engine_rs.FeeLines:
     """Engine columns from codes and an (n, 5) int64 array of cnt, pric, amount, date, flag."""
     return {
         "medins_list_codg": pack_strings(hosp),

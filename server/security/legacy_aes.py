@@ -1,5 +1,5 @@
-"""The legacy hospital message format of seed 000: AES-128 in ECB mode with PKCS5 padding,
-a 16-character key, and Base64 of the ciphertext, sent in an HTTP POST.
+"""The legacy hospital message format (the commercial platform's interface): AES-128 in ECB mode
+with PKCS5 padding, a 16-character key, and Base64 of the ciphertext, sent in an HTTP POST.
 
 For compatibility only. ECB encrypts equal 16-byte blocks to equal ciphertext blocks, so it
 leaks the structure of a message (repeated fields, the same person's records); it carries no

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
 from hypothesis import strategies as st
 
 import engine_rs
-from server.columns import StrColumn, pack_strings
+from server.columns import pack_strings
 from tests.engine import twin
 
 I64_MAX = 2**63 - 1
@@ -76,13 +76,13 @@ def dx_list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def catalog_columns(spec: CatalogSpec) -> tuple[dict[str, Any], dict[str, StrColumn]]:
+def catalog_columns(spec: CatalogSpec) -> tuple[engine_rs.CatalogItems, engine_rs.CatalogMappings]:
     items = spec.items
     slots = len(spec.selfpay_psn_types) + 1
     sp = np.zeros((len(items), slots), dtype=np.int32)
     for i, it in enumerate(items):
         sp[i, :] = it.selfpay_prop_bp
-    cols: dict[str, Any] = {
+    cols: engine_rs.CatalogItems = {
         "code": pack_strings([it.code for it in items]),
         "name": pack_strings([f"名称{it.code}" for it in items]),
         "kind": np.array([1 + i % 6 for i in range(len(items))], dtype=np.uint8),
@@ -98,7 +98,7 @@ def catalog_columns(spec: CatalogSpec) -> tuple[dict[str, Any], dict[str, StrCol
         "valid_from": np.array([it.valid_from for it in items], dtype=np.int32),
         "valid_to": np.array([it.valid_to for it in items], dtype=np.int32),
     }
-    maps = {
+    maps: engine_rs.CatalogMappings = {
         "hosp_code": pack_strings(list(spec.mappings)),
         "ins_code": pack_strings(list(spec.mappings.values())),
     }
@@ -112,13 +112,21 @@ def load_catalog(spec: CatalogSpec) -> engine_rs.Catalog:
     )
 
 
+@overload
+def line_columns(lines: Sequence[twin.Line], visit_of: None = None) -> engine_rs.FeeLines: ...
+@overload
+def line_columns(
+    lines: Sequence[twin.Line], visit_of: Sequence[int]
+) -> engine_rs.BatchFeeLines: ...
 def line_columns(
     lines: Sequence[twin.Line], visit_of: Sequence[int] | None = None
-) -> dict[str, Any]:
+) -> engine_rs.FeeLines | engine_rs.BatchFeeLines:
+    """Fee-line columns; with `visit_of`, the batch form (a `visit` column)."""
+
     def i64(values: Sequence[int]) -> npt.NDArray[np.int64]:
         return np.array(values, dtype=np.int64).reshape(len(values))
 
-    cols: dict[str, Any] = {
+    cols: engine_rs.FeeLines = {
         "medins_list_codg": pack_strings([ln.medins_list_codg for ln in lines]),
         "med_list_codg": pack_strings([ln.med_list_codg for ln in lines]),
         "cnt": i64([ln.cnt for ln in lines]),
@@ -128,7 +136,7 @@ def line_columns(
         "fee_date": i64([ln.fee_date for ln in lines]),
     }
     if visit_of is not None:
-        cols["visit"] = i64(list(visit_of))
+        return {**cols, "visit": i64(list(visit_of))}
     return cols
 
 
@@ -143,7 +151,7 @@ def rust_visit(v: twin.VisitContext) -> engine_rs.Visit:
     )
 
 
-def visit_columns(visits: Sequence[twin.VisitContext]) -> dict[str, Any]:
+def visit_columns(visits: Sequence[twin.VisitContext]) -> engine_rs.VisitColumns:
     def i64(values: Sequence[int]) -> npt.NDArray[np.int64]:
         return np.array(values, dtype=np.int64).reshape(len(values))
 

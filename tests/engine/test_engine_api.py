@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -83,7 +83,7 @@ def test_catalog_lookup_mapping_and_items() -> None:
 
 
 def test_catalog_rejects_bad_columns() -> None:
-    good = {
+    good: engine_rs.CatalogItems = {
         "code": pack_strings(["A", "B"]),
         "chrgitm_lv": np.array([1, 2], dtype=np.uint8),
         "fee_category": np.array([9, 9], dtype=np.uint8),
@@ -96,7 +96,9 @@ def test_catalog_rejects_bad_columns() -> None:
         engine_rs.Catalog.load({**good, "chrgitm_lv": np.array([1, 7], dtype=np.uint8)})
     assert e.value.field == "chrgitm_lv"
     with pytest.raises(engine_rs.ColumnError):
-        engine_rs.Catalog.load({**good, "chrgitm_lv": np.array([1, 2], dtype=np.float64)})
+        engine_rs.Catalog.load(
+            cast(Any, {**good, "chrgitm_lv": np.array([1, 2], dtype=np.float64)})
+        )
     with pytest.raises(engine_rs.ColumnError):
         engine_rs.Catalog.load({**good, "fee_category": np.array([9], dtype=np.uint8)})
     bad_utf8 = (np.frombuffer(b"\xff\xfe", dtype=np.uint8), np.array([0, 1, 2], dtype=np.int64))
@@ -107,7 +109,7 @@ def test_catalog_rejects_bad_columns() -> None:
     with pytest.raises(engine_rs.ColumnError):
         engine_rs.Catalog.load({**good, "code": bad_offsets})
     with pytest.raises(engine_rs.ColumnError):
-        engine_rs.Catalog.load({"chrgitm_lv": good["chrgitm_lv"]})
+        engine_rs.Catalog.load(cast(Any, {"chrgitm_lv": good["chrgitm_lv"]}))
 
 
 def test_pack_strings_round_trip() -> None:
@@ -171,10 +173,10 @@ def test_malformed_line_columns() -> None:
     with pytest.raises(engine_rs.ColumnError):
         engine_rs.preprocess(cat, policy, {**cols, "cnt": np.array([1], dtype=np.int32)}, VISIT)
     with pytest.raises(engine_rs.ColumnError):
-        engine_rs.preprocess(cat, policy, {**cols, "medins_list_codg": ("x", 1)}, VISIT)
+        engine_rs.preprocess(cat, policy, cast(Any, {**cols, "medins_list_codg": ("x", 1)}), VISIT)
     missing = {k: v for k, v in cols.items() if k != "pric"}
     with pytest.raises(engine_rs.ColumnError):
-        engine_rs.preprocess(cat, policy, missing, VISIT)
+        engine_rs.preprocess(cat, policy, cast(Any, missing), VISIT)
 
 
 def test_split_input_errors() -> None:
@@ -280,20 +282,22 @@ def test_batches_agree_with_single_calls() -> None:
     codes = rng.choice(["H-A1", "H-B1", "H-ZZ"], n_lines)
     cnt = rng.integers(1, 5, n_lines) * 10_000
     pric = rng.integers(100, 2000, n_lines)
-    lines = lines_from_rows(
-        [
-            {
-                "medins_list_codg": str(c),
-                "cnt": int(q),
-                "pric": int(p),
-                "amount": int(q * p // 10_000),
-            }
-            for c, q, p in zip(codes, cnt, pric, strict=True)
-        ]
-    )
-    lines["visit"] = visit_of.astype(np.int64)
+    lines: engine_rs.BatchFeeLines = {
+        **lines_from_rows(
+            [
+                {
+                    "medins_list_codg": str(c),
+                    "cnt": int(q),
+                    "pric": int(p),
+                    "amount": int(q * p // 10_000),
+                }
+                for c, q, p in zip(codes, cnt, pric, strict=True)
+            ]
+        ),
+        "visit": visit_of.astype(np.int64),
+    }
     ages = rng.integers(0, 100, n_visits)
-    visits = {
+    visits: engine_rs.VisitColumns = {
         "treatment": np.full(n_visits, 2, dtype=np.int64),
         "date": np.full(n_visits, 20260601, dtype=np.int64),
         "age": ages.astype(np.int64),
@@ -302,14 +306,16 @@ def test_batches_agree_with_single_calls() -> None:
     assert sums["category_sums"].shape == (len(sums["category_visit"]), 5)
     for v in range(n_visits):
         mask = visit_of == v
-        one = {
-            k: (val if k in ("medins_list_codg", "med_list_codg") else val[mask])
-            for k, val in lines.items()
-            if k != "visit"
-        }
         sub = [str(c) for c in codes[mask]]
-        one["medins_list_codg"] = pack_strings(sub)
-        one["med_list_codg"] = pack_strings([""] * len(sub))
+        one: engine_rs.FeeLines = {
+            "medins_list_codg": pack_strings(sub),
+            "med_list_codg": pack_strings([""] * len(sub)),
+            "cnt": lines["cnt"][mask],
+            "pric": lines["pric"][mask],
+            "det_item_fee_sumamt": lines["det_item_fee_sumamt"][mask],
+            "hosp_appr_flag": lines["hosp_appr_flag"][mask],
+            "fee_date": lines["fee_date"][mask],
+        }
         _, s = engine_rs.preprocess(
             cat, policy, one, engine_rs.Visit(treatment=2, date=20260601, age=int(ages[v]))
         )
@@ -339,7 +345,7 @@ def test_batches_agree_with_single_calls() -> None:
         acct_balance=rng.integers(0, 100_000, n_visits).astype(np.int64),
         dedc_paid=rng.integers(0, 100_000, n_visits).astype(np.int64),
     )
-    out = engine_rs.split_batch(policy, cols)
+    out = engine_rs.split_batch(policy, cast("engine_rs.SettlementColumns", cols))
     for i in range(n_visits):
         r = engine_rs.split(
             policy,
@@ -388,7 +394,7 @@ def test_batches_agree_with_single_calls() -> None:
 
 def test_split_batch_names_the_bad_row() -> None:
     policy = policy_from_rules(FLAT)
-    cols = {
+    cols: engine_rs.SettlementColumns = {
         "medfee_sumamt": np.array([100, 100], dtype=np.int64),
         "inscp_scp_amt": np.array([100, 90], dtype=np.int64),
         "treatment": np.array([2, 2], dtype=np.int64),

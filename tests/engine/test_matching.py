@@ -61,7 +61,7 @@ SMALL = [
 @pytest.fixture(scope="module")
 def small() -> engine_rs.Matcher:
     n = len(SMALL)
-    items = {
+    items: engine_rs.CatalogItems = {
         "code": pack_strings([r[0] for r in SMALL]),
         "name": pack_strings([r[1] for r in SMALL]),
         "spec": pack_strings([r[2] for r in SMALL]),

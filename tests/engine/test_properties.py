@@ -13,15 +13,16 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import engine_rs
-from server.columns import pack_strings
+from server.columns import StrColumn, pack_strings
 from tests.conftest import dense_by_category
 from tests.engine import strategies as S
 from tests.engine import twin
@@ -444,7 +445,7 @@ def raw_columns(draw: st.DrawFn, n: int) -> tuple[bytes, list[int]]:
     return data, offsets
 
 
-def str_col(data: bytes, offsets: list[int]) -> tuple[Any, Any]:
+def str_col(data: bytes, offsets: list[int]) -> StrColumn:
     return np.frombuffer(data, dtype=np.uint8), np.array(offsets, dtype=np.int64)
 
 
@@ -470,7 +471,7 @@ def test_malformed_string_columns_are_column_errors(
         if target == "ins_code":
             maps = {**maps, "ins_code": str_col(raw, offs)}
         else:
-            items = {**items, target: str_col(raw, offs)}
+            items = cast("engine_rs.CatalogItems", {**items, target: str_col(raw, offs)})
         well_formed = offsets_ok(raw, offs) and len(offs) == n + 1 and utf8_ok(raw, offs)
         got = never_panics(
             lambda: engine_rs.Catalog.load(
@@ -481,7 +482,9 @@ def test_malformed_string_columns_are_column_errors(
         lines = [twin.Line("NOPE", S.CNT, 100, 100) for _ in range(data.draw(st.integers(0, 4)))]
         cols = S.line_columns(lines)
         raw, offs = data.draw(raw_columns(len(lines)))
-        key = "medins_list_codg" if target == "code_lines" else "med_list_codg"
+        key: Literal["medins_list_codg", "med_list_codg"] = (
+            "medins_list_codg" if target == "code_lines" else "med_list_codg"
+        )
         cols[key] = str_col(raw, offs)
         well_formed = offsets_ok(raw, offs) and len(offs) == len(lines) + 1
         cat = S.load_catalog(spec)
@@ -500,7 +503,7 @@ def test_malformed_string_columns_are_column_errors(
     bad_len=st.booleans(),
 )
 def test_preprocess_batch_visit_columns_are_checked(
-    n: int, key: str, value: int, bad_len: bool
+    n: int, key: Literal["treatment", "date", "psn_type", "sex", "age"], value: int, bad_len: bool
 ) -> None:
     spec = CatalogSpec([twin.Item("A", 1, 9)], [""], {}, [])
     visits = S.visit_columns([twin.VisitContext(2, 0, 1, 40, 20260601)] * n)
@@ -739,8 +742,10 @@ def test_split_matches_twin(sc: SplitScenario) -> None:
                 check_split(policy, doc, case)
 
 
-def batch_columns(cases: list[SplitCase]) -> dict[str, Any]:
-    def i64(values: list[int]) -> Any:
+def batch_columns(cases: list[SplitCase]) -> engine_rs.SettlementColumns:
+    """The split_batch columns of `cases` (keys built from the field lists, hence the cast)."""
+
+    def i64(values: list[int]) -> npt.NDArray[np.int64]:
         return np.array(values, dtype=np.int64).reshape(len(values))
 
     cols: dict[str, Any] = {}
@@ -754,7 +759,7 @@ def batch_columns(cases: list[SplitCase]) -> dict[str, Any]:
         cols[f] = np.array([getattr(c.person, f) for c in cases], dtype=np.bool_)
     for f in ACC_FIELDS:
         cols[f] = i64([c.acc[f] for c in cases])
-    return cols
+    return cast("engine_rs.SettlementColumns", cols)
 
 
 def check_batch(policy: engine_rs.Policy, doc: dict[str, Any], cases: list[SplitCase]) -> None:
@@ -955,7 +960,9 @@ def test_split_batch_with_int64_extremes_is_typed(
         cols[f] = np.array(vals, dtype=np.int64)
     for f in ("retired", "civil_servant", "assistance", "acct_used"):
         cols[f] = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
-    got = never_panics(lambda: engine_rs.split_batch(policy, cols))
+    got = never_panics(
+        lambda: engine_rs.split_batch(policy, cast("engine_rs.SettlementColumns", cols))
+    )
     if isinstance(got, Exception):
         assert isinstance(got, (engine_rs.InputError, engine_rs.NoRuleError)), got
         assert 0 <= got.row < n
@@ -1037,7 +1044,7 @@ def test_split_batch_column_of_wrong_length_is_a_column_error(n: int, key: str, 
     )
     cols = batch_columns([case] * n)
     m = max(0, n + delta)
-    cols[key] = np.resize(cols[key], m) if m else cols[key][:0]
+    cols[key] = np.resize(cols[key], m) if m else cols[key][:0]  # type: ignore[literal-required]
     doc = {
         "schema": "medsettle.policy/1",
         "id": "p",

@@ -15,13 +15,13 @@ Conventions (shared with the Rust side, see docs/policy.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 BP = 10_000
 CNT_SCALE = 10_000
 N_CATEGORIES = 15  # med_chrgitm_type 01..14, slot 0 for "unknown"
 
-# Line flags (bit values shared with engine_rs.LineFlag).
+# Line flags: the bit values of `LineResults.flags` (engine_rs/src/preprocess.rs, `flags`).
 UNMAPPED = 1
 CLASS_C = 2
 RESTRICT_INPATIENT = 4
@@ -246,7 +246,7 @@ def _preprocess_line(
 # Fund split
 # ---------------------------------------------------------------------------------------
 
-ACC_FIELDS = (
+ACC_FIELDS: Final = (
     "inpatient_count",
     "dedc_paid",
     "hifp_paid",

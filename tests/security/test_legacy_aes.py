@@ -1,6 +1,6 @@
-"""The legacy AES-128/ECB/PKCS5 + Base64 codec of seed 000: known answers derived from the
-recipe with an independent implementation (OpenSSL's `enc -aes-128-ecb`, commands beside
-each), round trips, and the refusals."""
+"""The legacy AES-128/ECB/PKCS5 + Base64 codec (the commercial platform's message format): known
+answers derived from the recipe with an independent implementation (OpenSSL's `enc -aes-128-ecb`,
+commands beside each), round trips, and the refusals."""
 
 from __future__ import annotations
 

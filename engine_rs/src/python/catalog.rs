@@ -32,7 +32,7 @@ pub struct PyCatalog {
 
 #[pymethods]
 impl PyCatalog {
-    /// Loads a catalog from columns (see server/engine/columns.py for the layout).
+    /// Loads a catalog from columns (the layout is `CatalogItems` in engine_rs.pyi).
     #[staticmethod]
     #[pyo3(signature = (items, mappings=None, *, version=0, selfpay_psn_types=Vec::new()))]
     fn load(

@@ -1,6 +1,6 @@
 //! Reading the column dicts (and column arguments) Python hands the engine: the one set of
 //! readers every binding uses. The dict layouts are declared as TypedDicts in
-//! `engine_rs.pyi` and described in server/engine/columns.py.
+//! `engine_rs.pyi`; server/columns.py packs the string columns.
 //!
 //! A number column is a contiguous 1-d numpy array of one dtype; a string column is an
 //! Arrow-style `(uint8 data, int64 offsets)` pair. Readers either borrow the arrays for the

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ import numpy.typing as npt
 from server.columns import StrColumn, pack_strings
 from server.demo.synth import specs, vocab
 from server.demo.synth.variants import Variant, VariantMix, render
+
+if TYPE_CHECKING:
+    import engine_rs
 
 # Kind shares of a merged catalog (western, patent, herbal, hospital prep, service, material).
 KIND_SHARES: tuple[float, ...] = (0.42, 0.16, 0.04, 0.02, 0.06, 0.30)
@@ -59,13 +62,15 @@ _DIAGNOSES: tuple[tuple[str, str], ...] = (
     ("B01", "I21,I63"),
 )
 SELFPAY_PSN_TYPES: list[int] = [11, 12]  # 在职职工, 退休人员: column 2 gets a lower ratio
+# The string columns of `SynthCatalog.items`.
+StrKey = Literal["code", "name", "spec", "dosage_form", "manufacturer", "diagnoses"]
 
 
 @dataclass
 class SynthCatalog:
     """A generated catalog: the `Catalog.load` columns plus what tests and demos need."""
 
-    items: dict[str, Any]
+    items: engine_rs.CatalogItems
     selfpay_psn_types: list[int]
     seed: int
     family: npt.NDArray[np.int32]  # product family of each item (same name and form)
@@ -74,7 +79,7 @@ class SynthCatalog:
     def __len__(self) -> int:
         return len(self.items["kind"])
 
-    def column(self, key: str) -> list[str]:
+    def column(self, key: StrKey) -> list[str]:
         """A string column decoded to Python strings (cached; fine up to ~1e6 items)."""
         if key not in self._cache:
             data, offsets = self.items[key]
@@ -569,7 +574,7 @@ def make_catalog(n: int, seed: int = 0) -> SynthCatalog:
     ).astype(np.int32)
 
     spec_col = pack_strings(spec_table)
-    items: dict[str, Any] = {
+    items: engine_rs.CatalogItems = {
         "code": (code_data, code_offs),
         "name": _gather(pack_strings(name_table), cat["name_id"]),
         "spec": _gather(spec_col, cat["spec_id"]),
@@ -621,7 +626,7 @@ class HospitalItems:
         rng = np.random.default_rng(seed)
         return np.asarray(rng.random(len(self)) < share)
 
-    def mappings(self, share: float, seed: int = 0) -> dict[str, StrColumn]:
+    def mappings(self, share: float, seed: int = 0) -> engine_rs.CatalogMappings:
         """The 对照 columns `{"hosp_code", "ins_code"}` for a `share` of the items; the rest
         stay unmapped (the ones `mapped(share, seed)` marks False)."""
         keep = np.flatnonzero(self.mapped(share, seed))
