@@ -5,6 +5,7 @@ Bulk inputs are dicts of numpy columns; strings are `(uint8 data, int64 offsets)
 (see server/columns.py). Every error is an `EngineError` subclass naming the field.
 """
 
+import sqlite3
 from typing import Any, NotRequired, TypedDict, final
 
 import numpy as np
@@ -163,6 +164,17 @@ class CatalogSlot:
     def __new__(cls, catalog: Catalog) -> CatalogSlot: ...
     def current(self) -> Catalog: ...
     def swap(self, catalog: Catalog) -> Catalog: ...
+
+@final
+class Ledger:
+    """The ledger's reads on the connection of a front-end's store (engine_rs/src/ledger.rs):
+    the same `sqlite3*` handle, the same SQLite library, inside its open transaction."""
+
+    def __new__(cls, conn: sqlite3.Connection) -> Ledger: ...
+    @property
+    def connection(self) -> sqlite3.Connection | None: ...
+    def close(self) -> None: ...
+    def fee_lines(self, visit_id: int) -> tuple[FeeLines, list[str], bytes]: ...
 
 @final
 class Matcher:

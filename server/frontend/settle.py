@@ -11,7 +11,6 @@ row for the center and the idempotency record together.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ from server.common import (
 )
 from server.errors import FailedPrecondition, NotFound, Unavailable, field_error
 from server.frontend.store import line_results
+from server.frontend.store.sqlite import ledger_of
 from server.frontend.visits import (
     VisitRow,
     cancel_registration,
     engine_visit,
-    line_columns,
     load_person,
     load_visit,
 )
@@ -123,15 +122,14 @@ def compute(
         )
     if visit.state != "registered":
         raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} is {visit.state}")
-    rows = _fee_lines(conn, visit.id)
-    if not rows:
+    # The lines come straight from the database into the engine's columns (the ledger, in
+    # Rust on this connection); the digest tells a center-mode settle they did not change.
+    columns, sns, lines_digest = ledger_of(conn).fee_lines(visit.id)
+    if not sns:
         raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} has no fee lines to settle")
     person = load_person(conn, caller.pii, visit.psn_no)
     assert person is not None
-    sns = [r[0] for r in rows]
-    nums = np.array([r[3:8] for r in rows], dtype=np.int64)
     catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
-    columns = line_columns([r[1] for r in rows], [r[2] for r in rows], nums)
     ev = engine_visit(visit, person)
     try:
         with metrics.PREPROCESS.time():
@@ -176,7 +174,7 @@ def compute(
     cols: tuple[Any, ...] = (
         lines.chrgitm_lv,
         lines.fee_category,
-        nums[:, 2],
+        columns["det_item_fee_sumamt"],
         lines.fulamt_ownpay_amt,
         lines.overlmt_amt,
         lines.preselfpay_amt,
@@ -195,20 +193,8 @@ def compute(
         after,
         blob,
         person.insuplc_admdvs,
-        _digest(rows),
+        lines_digest,
     )
-
-
-def _fee_lines(conn: sqlite3.Connection, visit_id: int) -> list[tuple[Any, ...]]:
-    return conn.execute(
-        "SELECT feedetl_sn, medins_list_codg, med_list_codg, cnt, pric, det_item_fee_sumamt,"
-        " fee_ocur_date, hosp_appr_flag FROM fee_lines WHERE visit_id = ? ORDER BY seq",
-        (visit_id,),
-    ).fetchall()
-
-
-def _digest(rows: list[tuple[Any, ...]]) -> bytes:
-    return hashlib.sha256(repr(rows).encode()).digest()
 
 
 def current_accumulators(
@@ -284,7 +270,7 @@ def record_center_settlement(
             f"mdtrt_id: {visit.mdtrt_id} is {visit.state} here; the center's settlement"
             f" {info.setl_id} is cancelled there"
         )
-    if _digest(_fee_lines(conn, visit.id)) != prepared.lines_digest:
+    if ledger_of(conn).fee_lines(visit.id)[2] != prepared.lines_digest:
         raise FailedPrecondition(
             f"mdtrt_id: the fee lines changed while the center settled {info.setl_id};"
             " it is cancelled there: settle again"

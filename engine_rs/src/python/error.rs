@@ -119,6 +119,32 @@ impl From<CoreError> for PyErr {
     }
 }
 
+/// A failed read or write of the ledger, as Python's own `sqlite3` would raise it
+/// (`sqlite3.OperationalError`, or `DatabaseError`), so the store handles a full disk or a
+/// busy database the same whichever language met it.
+pub(crate) fn sqlite_error(what: &str, e: rusqlite::Error) -> PyErr {
+    Python::attach(|py| {
+        let class = match &e {
+            rusqlite::Error::SqliteFailure(..) => "OperationalError",
+            _ => "DatabaseError",
+        };
+        let msg = format!("ledger {what}: {e}");
+        match py
+            .import("sqlite3")
+            .and_then(|m| m.getattr(class))
+            .and_then(|cls| cls.call1((msg,)))
+        {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(failed) => failed,
+        }
+    })
+}
+
+/// The ledger refused a connection or a call (`EngineError` with the reason).
+pub(crate) fn ledger_refused(reason: impl Into<String>) -> PyErr {
+    EngineError::new_err(format!("ledger: {}", reason.into()))
+}
+
 impl From<GmError> for PyErr {
     fn from(e: GmError) -> Self {
         CryptoError::new_err(e.to_string())

@@ -11,7 +11,8 @@
 //! ├── settle   preprocess(_batch), split(_batch), Visit, Selection, Person, Accumulators,
 //! │            Summary, LineResults, FundLeg, SplitResult (error, convert, catalog, policy)
 //! ├── matching Matcher                                    (error, convert, catalog)
-//! └── gm       sm3, hmac_sm3, sm2_*, sm4_*                (error)
+//! ├── gm       sm3, hmac_sm3, sm2_*, sm4_*                (error)
+//! └── ledger   Ledger: the ledger's reads on a Python sqlite3 connection (error)
 //! ```
 //!
 //! Value types that cross unchanged (`Visit` = `preprocess::VisitCtx`, `Selection`,
@@ -42,6 +43,7 @@ mod catalog;
 mod convert;
 mod error;
 mod gm;
+mod ledger;
 mod matching;
 mod policy;
 mod settle;
@@ -80,6 +82,9 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
     // matching
     m.add_class::<matching::PyMatcher>()?;
+
+    // the ledger: hot reads on the front-end store's own connection
+    m.add_class::<ledger::PyLedger>()?;
 
     // national cryptography
     m.add("SM2_DEFAULT_UID", crate::gm::DEFAULT_UID)?;

@@ -23,6 +23,11 @@ of theirs was kept, a retry with the same msgid is safe), the write turn is give
 the next batch starts on a fresh connection; `watch` tells the health service, which says
 NOT_SERVING until a batch commits again.
 
+Every connection of the store carries `ledger` (`engine_rs.Ledger`), through which the hot
+path reads in Rust on the same handle, inside the same transaction: one connection per use,
+one group commit, one copy of the SQLite library in the process (the ledger refuses to
+attach otherwise; engine_rs/src/ledger.rs). `ledger_of` finds it for an operation.
+
 Reads (`read`) run on a small thread pool, each in a deferred transaction: a consistent
 snapshot that never blocks the writer (WAL).
 
@@ -46,6 +51,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import engine_rs
 from server import metrics
 from server.errors import Unavailable
 from server.frontend.store.migrations import migrate
@@ -89,17 +95,40 @@ class StoreUnavailable(Unavailable):
         )
 
 
-def connect(path: str) -> sqlite3.Connection:
+class Connection(sqlite3.Connection):
+    """A store connection with the ledger on its handle; closing it closes the ledger
+    first (the ledger must never outlive the handle it reads through)."""
+
+    ledger: engine_rs.Ledger
+
+    def close(self) -> None:
+        ledger = self.__dict__.get("ledger")
+        if ledger is not None:
+            ledger.close()
+        super().close()
+
+
+def connect(path: str) -> Connection:
     """A connection in manual-transaction mode with the durability settings (the database
-    file is made 0600 first when it does not exist)."""
+    file is made 0600 first when it does not exist), its ledger attached."""
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE))
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=30, factory=Connection
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.ledger = engine_rs.Ledger(conn)
     return conn
+
+
+def ledger_of(conn: sqlite3.Connection) -> engine_rs.Ledger:
+    """The ledger of a store connection (an operation is handed the connection)."""
+    if not isinstance(conn, Connection):
+        raise TypeError("not a connection of the store (server/frontend/store/sqlite.py)")
+    return conn.ledger
 
 
 def init_db(path: str, keys: DataKeys | None = None) -> int:

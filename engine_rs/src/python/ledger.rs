@@ -1,0 +1,197 @@
+//! `engine_rs.Ledger`: the ledger's reads on the connection a Python `sqlite3.Connection`
+//! already holds (engine_rs/src/ledger.rs says why it never opens one of its own).
+//!
+//! Attaching borrows the connection's `sqlite3*` handle. CPython keeps it as the first field
+//! after the object header of `sqlite3.Connection` (`pysqlite_Connection.db`, unchanged from
+//! 3.8 to 3.13); three checks guard the borrow before anything uses it: the object is a
+//! `sqlite3.Connection`, the handle's file is the one the connection itself names
+//! (`PRAGMA database_list`), and the handle's library is this crate's: `_sqlite3` resolves
+//! `sqlite3_libversion` to the very function the ledger calls (one copy of SQLite in the
+//! process). A connection that fails any check is refused with `EngineError`.
+//!
+//! The ledger holds a weak reference to the connection (the connection holds the ledger:
+//! a strong one would make a cycle) and refuses to read once it is gone; close the ledger
+//! before the connection (the store's connections do, in their `close`).
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::Mutex;
+
+use numpy::PyArray1;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefMethods, PyWeakrefReference};
+use rusqlite::ffi;
+
+use super::error::{guard, ledger_refused as refused, sqlite_error};
+use crate::ledger;
+
+/// The head of CPython's `pysqlite_Connection`: the object header, then the handle.
+#[repr(C)]
+struct ConnectionHead {
+    ob_refcnt: isize,
+    ob_type: *mut c_void,
+    db: *mut ffi::sqlite3,
+}
+
+/// Whether Python's `_sqlite3` resolves SQLite's symbols to this crate's copy.
+fn same_library(py: Python<'_>) -> PyResult<bool> {
+    let path: String = py.import("_sqlite3")?.getattr("__file__")?.extract()?;
+    let path = CString::new(path).map_err(|_| refused("_sqlite3 path has a NUL byte"))?;
+    let symbol = c"sqlite3_libversion";
+    // SAFETY: RTLD_NOLOAD only looks up an object already loaded (Python imported it);
+    // dlsym on its handle searches it and its dependencies, as its own calls resolve.
+    let theirs = unsafe {
+        let handle = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+        if handle.is_null() {
+            return Ok(false);
+        }
+        let found = libc::dlsym(handle, symbol.as_ptr());
+        libc::dlclose(handle);
+        found
+    };
+    let ours = ffi::sqlite3_libversion as *const () as *mut c_void;
+    Ok(!theirs.is_null() && theirs == ours)
+}
+
+/// The handle of a `sqlite3.Connection`, checked against the file it names.
+fn borrow_handle(conn: &Bound<'_, PyAny>) -> PyResult<*mut ffi::sqlite3> {
+    let py = conn.py();
+    let connection_type = py.import("sqlite3")?.getattr("Connection")?;
+    if !conn.is_instance(&connection_type)? {
+        return Err(refused("is not a sqlite3.Connection"));
+    }
+    if !same_library(py)? {
+        return Err(refused(
+            "Python's sqlite3 module uses another copy of SQLite than the extension",
+        ));
+    }
+    // Its own answer first: this also fails (ProgrammingError) on a closed connection.
+    let rows = conn.call_method1("execute", ("PRAGMA database_list",))?;
+    let mut file = None;
+    for row in rows.try_iter()? {
+        let (_, name, path): (i64, String, String) = row?.extract()?;
+        if name == "main" {
+            file = Some(path);
+        }
+    }
+    let file = file.ok_or_else(|| refused("has no main database"))?;
+    // SAFETY: `conn` is a live sqlite3.Connection (checked above); its struct begins with
+    // the object header and then the sqlite3* handle.
+    let db = unsafe { (*(conn.as_ptr() as *const ConnectionHead)).db };
+    if db.is_null() {
+        return Err(refused("has no open handle"));
+    }
+    // SAFETY: a non-null handle of a live connection; sqlite3_db_filename returns NULL or a
+    // string owned by the handle, copied out at once.
+    let named = unsafe {
+        let p: *const c_char = ffi::sqlite3_db_filename(db, c"main".as_ptr());
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    if named != file {
+        return Err(refused(format!(
+            "its handle names {named:?}, the connection {file:?}: not this Python's layout"
+        )));
+    }
+    Ok(db)
+}
+
+/// The ledger's reads on one connection of the front-end's store.
+#[pyclass(module = "engine_rs", name = "Ledger", frozen)]
+pub struct PyLedger {
+    conn: Mutex<Option<rusqlite::Connection>>,
+    owner: Py<PyWeakrefReference>,
+}
+
+impl PyLedger {
+    fn with<R>(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send,
+    ) -> PyResult<R>
+    where
+        R: Send,
+    {
+        if self.owner.bind(py).upgrade().is_none() {
+            return Err(refused("its connection is gone"));
+        }
+        let read = py.detach(|| {
+            let guard_ = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            guard_
+                .as_ref()
+                .map(|conn| guard("ledger", what, || f(conn)))
+        });
+        match read {
+            None => Err(refused("the ledger is closed")),
+            Some(result) => result?.map_err(|e| sqlite_error(what, e)),
+        }
+    }
+}
+
+#[pymethods]
+impl PyLedger {
+    #[new]
+    fn new(conn: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let db = borrow_handle(conn)?;
+        // SAFETY: the handle is checked and stays open while `owner` holds the connection
+        // and until `close()`; from_handle does not take ownership (never closes it).
+        let borrowed =
+            unsafe { rusqlite::Connection::from_handle(db) }.map_err(|e| refused(e.to_string()))?;
+        Ok(Self {
+            conn: Mutex::new(Some(borrowed)),
+            owner: PyWeakrefReference::new(conn)
+                .map_err(|_| refused("needs a subclass of sqlite3.Connection (weakly referable)"))?
+                .unbind(),
+        })
+    }
+
+    /// The connection this ledger reads through (None once it is gone).
+    #[getter]
+    fn connection<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.owner.bind(py).upgrade()
+    }
+
+    /// Finalises the ledger's statements; the connection may be closed after this.
+    fn close(&self) {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.take();
+    }
+
+    /// A visit's fee lines in upload order: `(columns, feedetl_sn, digest)`, the columns in
+    /// the layout `preprocess` reads (`FeeLines`), the digest equal only for equal lines.
+    fn fee_lines<'py>(
+        &self,
+        py: Python<'py>,
+        visit_id: i64,
+    ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>, Bound<'py, PyBytes>)> {
+        let rows = self.with(py, "fee_lines", |conn| ledger::fee_lines(conn, visit_id))?;
+        let cols = PyDict::new(py);
+        let strs = |(data, offsets): (Vec<u8>, Vec<i64>)| {
+            (
+                PyArray1::from_vec(py, data),
+                PyArray1::from_vec(py, offsets),
+            )
+        };
+        cols.set_item("medins_list_codg", strs(rows.medins_list_codg))?;
+        cols.set_item("med_list_codg", strs(rows.med_list_codg))?;
+        cols.set_item("cnt", PyArray1::from_vec(py, rows.cnt))?;
+        cols.set_item("pric", PyArray1::from_vec(py, rows.pric))?;
+        cols.set_item(
+            "det_item_fee_sumamt",
+            PyArray1::from_vec(py, rows.det_item_fee_sumamt),
+        )?;
+        cols.set_item("fee_date", PyArray1::from_vec(py, rows.fee_date))?;
+        cols.set_item(
+            "hosp_appr_flag",
+            PyArray1::from_vec(py, rows.hosp_appr_flag),
+        )?;
+        Ok((
+            cols,
+            PyList::new(py, rows.feedetl_sn)?,
+            PyBytes::new(py, &rows.digest),
+        ))
+    }
+}

@@ -1,0 +1,136 @@
+"""The ledger (engine_rs.Ledger) reads through the store connection's own handle: what it
+reads is what Python's sqlite3 reads on that connection, inside its open transaction; it
+attaches only to a store connection of this process's one SQLite library, and never reads
+through a closed one. (Kill -9 loops with the settle path reading through it and Python
+writing: tests/frontend/test_frontend_crash.py.)"""
+
+from __future__ import annotations
+
+import ctypes
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import engine_rs
+from server.columns import unpack_strings
+from server.frontend.store.sqlite import Connection, connect, init_db, ledger_of
+
+LINE_COLUMNS = (
+    "feedetl_sn, medins_list_codg, med_list_codg, cnt, pric, det_item_fee_sumamt,"
+    " fee_ocur_date, hosp_appr_flag"
+)
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[Connection]:
+    db = str(tmp_path / "f.db")
+    init_db(db)
+    c = connect(db)
+    c.execute("PRAGMA foreign_keys=OFF")  # lines without their visit, for reading only
+    yield c
+    c.close()
+
+
+def _insert(c: sqlite3.Connection, visit_id: int, rows: list[tuple[object, ...]]) -> None:
+    c.executemany(
+        "INSERT INTO fee_lines (visit_id, feedetl_sn, seq, medins_list_codg, med_list_codg,"
+        " cnt, pric, det_item_fee_sumamt, fee_ocur_date, bilg_dr_codg, hosp_appr_flag, msgid)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?, 'm')",
+        [(visit_id, r[0], seq, *r[1:]) for seq, r in enumerate(rows)],
+    )
+
+
+text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+money = st.integers(-(2**63), 2**63 - 1)
+line = st.tuples(text, text, text, money, money, money, money, money)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(line, max_size=20, unique_by=lambda r: r[0]))
+def test_fee_lines_are_what_sqlite3_reads(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[object, ...]]
+) -> None:
+    db = str(tmp_path_factory.mktemp("ledger") / "f.db")
+    init_db(db)
+    c = connect(db)
+    try:
+        c.execute("PRAGMA foreign_keys=OFF")
+        c.execute("BEGIN")
+        _insert(c, 7, rows)
+        _insert(c, 8, [("other", "H", "", 1, 1, 1, 0, 0)])
+        cols, sns, _ = c.ledger.fee_lines(7)  # inside the open transaction
+        want = c.execute(
+            f"SELECT {LINE_COLUMNS} FROM fee_lines WHERE visit_id = 7 ORDER BY seq"
+        ).fetchall()
+        assert sns == [r[0] for r in want]
+        assert unpack_strings(cols["medins_list_codg"]) == [r[1] for r in want]
+        assert unpack_strings(cols["med_list_codg"]) == [r[2] for r in want]
+        numbers = (
+            cols["cnt"],
+            cols["pric"],
+            cols["det_item_fee_sumamt"],
+            cols["fee_date"],
+            cols["hosp_appr_flag"],
+        )
+        for k, column in enumerate(numbers, start=3):
+            assert column.dtype == np.int64
+            assert column.tolist() == [r[k] for r in want]
+        c.execute("ROLLBACK")
+        assert c.ledger.fee_lines(7)[1] == []  # the rolled-back lines are gone for both
+    finally:
+        c.close()
+
+
+def test_the_digest_follows_the_lines(conn: Connection) -> None:
+    _insert(conn, 1, [("a", "H1", "", 10_000, 5, 5, 0, 0), ("b", "H2", "X", 20_000, 3, 6, 0, 1)])
+    ledger = ledger_of(conn)
+    first = ledger.fee_lines(1)[2]
+    assert len(first) == 32 and ledger.fee_lines(1)[2] == first
+    conn.execute("UPDATE fee_lines SET hosp_appr_flag = 2 WHERE feedetl_sn = 'b'")
+    assert ledger.fee_lines(1)[2] != first
+
+
+def test_it_attaches_only_to_a_store_connection(tmp_path: Path) -> None:
+    with pytest.raises(engine_rs.EngineError, match=r"not a sqlite3\.Connection"):
+        engine_rs.Ledger(object())  # type: ignore[arg-type]
+    plain = sqlite3.connect(str(tmp_path / "p.db"))
+    try:
+        with pytest.raises(engine_rs.EngineError, match="subclass"):
+            engine_rs.Ledger(plain)
+    finally:
+        plain.close()
+    with pytest.raises(TypeError):
+        ledger_of(sqlite3.connect(":memory:"))
+
+
+def test_it_never_reads_through_a_closed_connection(tmp_path: Path) -> None:
+    db = str(tmp_path / "f.db")
+    init_db(db)
+    c = connect(db)
+    ledger = c.ledger
+    assert ledger.connection is c
+    c.close()  # closes the ledger first
+    with pytest.raises(engine_rs.EngineError, match="closed"):
+        ledger.fee_lines(1)
+    other = connect(db)
+    kept = other.ledger
+    del other  # the connection is gone without close(): the ledger refuses, never crashes
+    import gc
+
+    gc.collect()
+    with pytest.raises(engine_rs.EngineError, match=r"gone|closed"):
+        kept.fee_lines(1)
+
+
+def test_one_copy_of_sqlite_in_the_process(conn: Connection) -> None:
+    # The ledger attached, so `_sqlite3` resolves SQLite to the extension's copy; the version
+    # both report is the same too.
+    assert conn.ledger is not None
+    lib = ctypes.CDLL("libsqlite3.so.0")
+    lib.sqlite3_libversion.restype = ctypes.c_char_p
+    assert lib.sqlite3_libversion().decode() == sqlite3.sqlite_version
