@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export CARGO_TERM_COLOR := never
 
-.PHONY: build tools bench-tools test test-rust lint test-py bench demo clean
+.PHONY: build sysdeps tools bench-tools test test-rust lint test-py bench demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,14 @@ $(PY):
 # Installs the project with its dev extras; maturin builds the Rust extension (release).
 # The wire package medsettle/v1 is committed (regenerate it with `python proto/generate.py`;
 # tests/wire/test_generated.py fails when it is stale).
-build: $(PY)
+build: $(PY) sysdeps
 	$(PIP) install --quiet -e '.[dev]'
+
+# The extension links the system SQLite (the copy Python's sqlite3 loads; engine_rs/src/ledger.rs):
+# Debian's libsqlite3-dev, when missing.
+sysdeps:
+	@test -e /usr/include/sqlite3.h || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsqlite3-dev; }
 
 # Debian's prometheus package (prometheus, promtool) for the metrics tests, when missing.
 tools:
