@@ -108,6 +108,32 @@ class SettlementColumns(TypedDict):
     cvlserv_paid: NotRequired[_I64]
     maf_paid: NotRequired[_I64]
 
+class SettlementRow(TypedDict):
+    """`Ledger.record_settlement`: a settlement's row of the front-end's `settlements`."""
+
+    id: int | None  # the row id a local settle issued setl_id from; None: the next one
+    setl_id: str
+    fixmedins_code: str
+    mdtrt_id: str
+    visit_id: int
+    psn_no: str
+    insutype: int
+    clr_type: int
+    msgid: str
+    invono: str
+    setl_time: int  # ms since the epoch
+    setl_date: int  # yyyymmdd, local
+    mode: int  # SettlementMode
+    offline: bool
+    medfee_sumamt: int
+    fund_pay_sumamt: int
+    acct_pay: int
+    psn_cash_pay: int
+    acc_year: int
+    acc_pool: str
+    info: bytes  # the sealed SetlInfo
+    line_results: bytes
+
 class EngineError(ValueError): ...
 
 class ColumnError(EngineError):
@@ -175,6 +201,15 @@ class Ledger:
     def connection(self) -> sqlite3.Connection | None: ...
     def close(self) -> None: ...
     def fee_lines(self, visit_id: int) -> tuple[FeeLines, list[str], bytes]: ...
+    def accumulators(self, psn_no: str, year: int, pool: str) -> Accumulators | None: ...
+    def record_settlement(
+        self,
+        row: SettlementRow,
+        legs: list[tuple[str, int, int]],
+        before: Accumulators,
+        after: Accumulators,
+        forward: bool,
+    ) -> None: ...
 
 @final
 class Matcher:

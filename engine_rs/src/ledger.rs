@@ -1,5 +1,6 @@
-//! The front-end's hot reads over its SQLite database, beside the pure core (issue 15 moves
-//! the settle path here step by step; this is the first step: a visit's fee lines).
+//! The front-end's hot reads and writes over its SQLite database, beside the pure core
+//! (issue 15 moves the settle path here step by step: so far a visit's fee lines, a
+//! person's accumulators, and the writes that record a settlement).
 //!
 //! The ledger never opens the database file itself. It works on the connection the Python
 //! store already holds (`python::ledger` borrows its handle), so a front-end process keeps
@@ -10,9 +11,10 @@
 //! the file). Reads run inside whatever transaction the connection has open, so they see
 //! the batch's own earlier writes.
 
-use rusqlite::Connection;
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::gm::sm3;
+use crate::split::Accumulators;
 
 /// A visit's fee lines as columns, in upload order (`seq`), with a digest of them.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -89,6 +91,159 @@ pub fn fee_lines(conn: &Connection, visit_id: i64) -> rusqlite::Result<FeeLineRo
     Ok(out)
 }
 
+/// The accumulator values of a person for a year and pool: the current row, else the loaded
+/// (opening) row, else none (the caller starts from zeros).
+pub fn accumulators(
+    conn: &Connection,
+    psn_no: &str,
+    year: i64,
+    pool: &str,
+) -> rusqlite::Result<Option<Accumulators>> {
+    let sql = format!(
+        "SELECT {} FROM accumulators WHERE psn_no = ?1 AND year = ?2 AND pool = ?3 \
+         ORDER BY opening LIMIT 1",
+        Accumulators::FIELDS.join(", ")
+    );
+    conn.prepare_cached(&sql)?
+        .query_row(params![psn_no, year, pool], |row| {
+            let mut values = [0i64; Accumulators::LEN];
+            for (k, v) in values.iter_mut().enumerate() {
+                *v = row.get(k)?;
+            }
+            Ok(Accumulators::from_values(values))
+        })
+        .optional()
+}
+
+/// A settlement as `record_settlement` writes it: its `settlements` row (state settled).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettlementRow {
+    /// The row id a local settle issued its setl_id from; None: the next one.
+    pub id: Option<i64>,
+    pub setl_id: String,
+    pub fixmedins_code: String,
+    pub mdtrt_id: String,
+    pub visit_id: i64,
+    pub psn_no: String,
+    pub insutype: i64,
+    pub clr_type: i64,
+    pub msgid: String,
+    pub invono: String,
+    pub setl_time: i64,
+    pub setl_date: i64,
+    pub mode: i64,
+    pub offline: bool,
+    pub medfee_sumamt: i64,
+    pub fund_pay_sumamt: i64,
+    pub acct_pay: i64,
+    pub psn_cash_pay: i64,
+    pub acc_year: i64,
+    pub acc_pool: String,
+    /// The sealed `SetlInfo` (it names a person).
+    pub info: Vec<u8>,
+    pub line_results: Vec<u8>,
+}
+
+/// One fund leg of a settlement: fund, the base it was computed on, the amount paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegRow {
+    pub fund_pay_type: String,
+    pub base: i64,
+    pub amount: i64,
+}
+
+/// `{"inpatient_count":1,...}`: accumulator values as the settlements table keeps them.
+pub fn accumulators_json(values: &[i64; Accumulators::LEN]) -> String {
+    let fields: Vec<String> = Accumulators::FIELDS
+        .iter()
+        .zip(values)
+        .map(|(f, v)| format!("\"{f}\":{v}"))
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+/// Records a settlement inside the connection's open transaction: its row (with the
+/// accumulators before it and their change), its fund legs, the person's accumulators and
+/// account balance after it, the visit settled, and (`forward`) the outbox row that carries
+/// it to the center. Overflow of a change is an error, never a wrap.
+pub fn record_settlement(
+    conn: &Connection,
+    row: &SettlementRow,
+    legs: &[LegRow],
+    before: &Accumulators,
+    after: &Accumulators,
+    forward: bool,
+) -> rusqlite::Result<()> {
+    let (b, a) = (before.values(), after.values());
+    let mut delta = [0i64; Accumulators::LEN];
+    for (k, d) in delta.iter_mut().enumerate() {
+        *d = a[k].checked_sub(b[k]).ok_or_else(|| {
+            rusqlite::Error::ToSqlConversionFailure("accumulator change overflows".into())
+        })?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no, \
+         insutype, clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, \
+         medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, \
+         acc_delta, acc_before, info, line_results) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+         ?9, ?10, ?11, ?12, 1, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+    )?
+    .execute(params![
+        row.id,
+        row.setl_id,
+        row.fixmedins_code,
+        row.mdtrt_id,
+        row.visit_id,
+        row.psn_no,
+        row.insutype,
+        row.clr_type,
+        row.msgid,
+        row.invono,
+        row.setl_time,
+        row.setl_date,
+        row.mode,
+        i64::from(row.offline),
+        row.medfee_sumamt,
+        row.fund_pay_sumamt,
+        row.acct_pay,
+        row.psn_cash_pay,
+        row.acc_year,
+        row.acc_pool,
+        accumulators_json(&delta),
+        accumulators_json(&b),
+        row.info,
+        row.line_results,
+    ])?;
+    let mut leg = conn.prepare_cached("INSERT INTO setl_legs VALUES (?1, ?2, ?3, ?4)")?;
+    for l in legs {
+        leg.execute(params![row.setl_id, l.fund_pay_type, l.base, l.amount])?;
+    }
+    let placeholders = ["?"; Accumulators::LEN].join(", ");
+    let sql = format!(
+        "INSERT OR REPLACE INTO accumulators (psn_no, year, pool, opening, {}) \
+         VALUES (?, ?, ?, 0, {placeholders})",
+        Accumulators::FIELDS.join(", ")
+    );
+    let mut acc = conn.prepare_cached(&sql)?;
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&row.psn_no, &row.acc_year, &row.acc_pool];
+    values.extend(a.iter().map(|v| v as &dyn rusqlite::ToSql));
+    acc.execute(values.as_slice())?;
+    if row.acct_pay != 0 {
+        conn.prepare_cached("UPDATE persons SET balc = balc - ?1 WHERE psn_no = ?2")?
+            .execute(params![row.acct_pay, row.psn_no])?;
+    }
+    conn.prepare_cached("UPDATE visits SET state = 'settled' WHERE id = ?1")?
+        .execute([row.visit_id])?;
+    if forward {
+        conn.prepare_cached(
+            "INSERT INTO outbox (kind, ref, payload, created_at) \
+             VALUES ('settle', ?1, x'', ?2)",
+        )?
+        .execute(params![row.setl_id, row.setl_time])?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +307,121 @@ mod tests {
         )
         .unwrap();
         assert_ne!(fee_lines(&conn, 7).unwrap().digest, moved);
+    }
+
+    fn books() -> Connection {
+        let conn = db();
+        conn.execute_batch(&format!(
+            "CREATE TABLE accumulators (psn_no TEXT, year INTEGER, pool TEXT, opening INTEGER, \
+                {}, PRIMARY KEY (psn_no, year, pool, opening));
+             CREATE TABLE settlements (id INTEGER PRIMARY KEY, setl_id TEXT UNIQUE,
+                fixmedins_code TEXT, mdtrt_id TEXT, visit_id INTEGER, psn_no TEXT,
+                insutype INTEGER, clr_type INTEGER, msgid TEXT, invono TEXT, setl_time INTEGER,
+                setl_date INTEGER, state INTEGER, mode INTEGER, offline INTEGER,
+                medfee_sumamt INTEGER, fund_pay_sumamt INTEGER, acct_pay INTEGER,
+                psn_cash_pay INTEGER, acc_year INTEGER, acc_pool TEXT, acc_delta TEXT,
+                acc_before TEXT, info BLOB, line_results BLOB);
+             CREATE TABLE setl_legs (setl_id TEXT, fund_pay_type TEXT, base INTEGER,
+                amount INTEGER);
+             CREATE TABLE persons (psn_no TEXT, balc INTEGER);
+             CREATE TABLE visits (id INTEGER PRIMARY KEY, state TEXT);
+             CREATE TABLE outbox (id INTEGER PRIMARY KEY, kind TEXT, ref TEXT, payload BLOB,
+                created_at INTEGER, sent_at INTEGER);
+             INSERT INTO persons VALUES ('P1', 5000);
+             INSERT INTO visits VALUES (7, 'registered');",
+            Accumulators::FIELDS
+                .iter()
+                .map(|f| format!("{f} INTEGER"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .unwrap();
+        conn
+    }
+
+    #[test]
+    fn records_a_settlement_and_reads_the_accumulators_back() {
+        let conn = books();
+        assert_eq!(accumulators(&conn, "P1", 2026, "emp").unwrap(), None);
+        let before = Accumulators {
+            dedc_paid: 100,
+            ..Accumulators::default()
+        };
+        let after = Accumulators {
+            inpatient_count: 1,
+            dedc_paid: 1_300,
+            hifp_paid: 8_000,
+            ..Accumulators::default()
+        };
+        let row = SettlementRow {
+            setl_id: "S1".into(),
+            visit_id: 7,
+            psn_no: "P1".into(),
+            acct_pay: 1_200,
+            setl_time: 42,
+            acc_year: 2026,
+            acc_pool: "emp".into(),
+            info: vec![1, 2],
+            ..SettlementRow::default()
+        };
+        let legs = [LegRow {
+            fund_pay_type: "310100".into(),
+            base: 9_000,
+            amount: 8_000,
+        }];
+        record_settlement(&conn, &row, &legs, &before, &after, true).unwrap();
+        assert_eq!(accumulators(&conn, "P1", 2026, "emp").unwrap(), Some(after));
+        let (delta, was, id): (String, String, i64) = conn
+            .query_row(
+                "SELECT acc_delta, acc_before, id FROM settlements WHERE setl_id = 'S1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(id, 1);
+        assert!(delta.starts_with("{\"inpatient_count\":1,\"dedc_paid\":1200,\"hifp_paid\":8000,"));
+        assert!(was.starts_with("{\"inpatient_count\":0,\"dedc_paid\":100,"));
+        let balc: i64 = conn
+            .query_row("SELECT balc FROM persons", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(balc, 3_800);
+        let state: String = conn
+            .query_row("SELECT state FROM visits WHERE id = 7", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(state, "settled");
+        let outbox: (String, String, i64) = conn
+            .query_row("SELECT kind, ref, created_at FROM outbox", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(outbox, ("settle".into(), "S1".into(), 42));
+        let legs: i64 = conn
+            .query_row(
+                "SELECT amount FROM setl_legs WHERE setl_id = 'S1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(legs, 8_000);
+    }
+
+    #[test]
+    fn an_overflowing_change_writes_nothing_of_its_own() {
+        let conn = books();
+        let before = Accumulators {
+            dedc_paid: i64::MIN,
+            ..Accumulators::default()
+        };
+        let row = SettlementRow {
+            setl_id: "S2".into(),
+            ..SettlementRow::default()
+        };
+        let err = record_settlement(&conn, &row, &[], &before, &Accumulators::default(), false);
+        assert!(err.is_err());
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM settlements", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]

@@ -43,10 +43,6 @@ from server.fundsplit import SplitContext, choose_rule, engine_failure, fund_spl
 from server.persons import ACC_FIELDS
 from server.security.pii import Vault
 
-# acc_delta / acc_before as the JSON object {field: value} in ACC_FIELDS order, formatted
-# directly (json.dumps costs a tenth of a settle's time here); values are ints.
-_ACC_JSON = "{" + ",".join(f'"{f}":%d' for f in ACC_FIELDS) + "}"
-
 
 @dataclass(frozen=True)
 class OfflineLimits:
@@ -201,12 +197,8 @@ def current_accumulators(
     conn: sqlite3.Connection, psn_no: str, year: int, pool: str
 ) -> dict[str, int]:
     """The current row, else the loaded (opening) row, else zeros."""
-    row = conn.execute(
-        f"SELECT {', '.join(ACC_FIELDS)} FROM accumulators"
-        " WHERE psn_no = ? AND year = ? AND pool = ? ORDER BY opening LIMIT 1",
-        (psn_no, year, pool),
-    ).fetchone()
-    return dict(zip(ACC_FIELDS, row, strict=True)) if row else dict.fromkeys(ACC_FIELDS, 0)
+    acc = ledger_of(conn).accumulators(psn_no, year, pool)
+    return acc.to_dict() if acc is not None else dict.fromkeys(ACC_FIELDS, 0)
 
 
 def write_accumulators(
@@ -312,55 +304,39 @@ def record(
     info.msgid = req.header.msgid
     info.state = common_pb2.SETTLED
     blob = env.pii.seal_setlinfo(setl_id, info.SerializeToString())  # names a person
-    before = c.acc_before
-    conn.execute(
-        "INSERT INTO settlements (id, setl_id, fixmedins_code, mdtrt_id, visit_id, psn_no,"
-        " insutype, clr_type, msgid, invono, setl_time, setl_date, state, mode, offline,"
-        " medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool,"
-        " acc_delta, acc_before, info, line_results) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        " ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            rowid,
-            setl_id,
-            info.fixmedins_code,
-            c.visit.mdtrt_id,
-            c.visit.id,
-            c.visit.psn_no,
-            info.insutype,
-            info.clr_type,
-            req.header.msgid,
-            req.invono,
-            now,
-            local_date(now, env.tz_offset_min),
-            info.mode,
-            int(info.offline),
-            info.medfee_sumamt,
-            info.fund_pay_sumamt,
-            info.acct_pay,
-            info.psn_cash_pay,
-            c.acc_year,
-            c.acc_pool,
-            _ACC_JSON % tuple(acc_after[f] - before[f] for f in ACC_FIELDS),
-            _ACC_JSON % tuple(before[f] for f in ACC_FIELDS),
-            blob,
-            c.line_results,
-        ),
+    row: engine_rs.SettlementRow = {
+        "id": rowid,
+        "setl_id": setl_id,
+        "fixmedins_code": info.fixmedins_code,
+        "mdtrt_id": c.visit.mdtrt_id,
+        "visit_id": c.visit.id,
+        "psn_no": c.visit.psn_no,
+        "insutype": info.insutype,
+        "clr_type": info.clr_type,
+        "msgid": req.header.msgid,
+        "invono": req.invono,
+        "setl_time": now,
+        "setl_date": local_date(now, env.tz_offset_min),
+        "mode": info.mode,
+        "offline": info.offline,
+        "medfee_sumamt": info.medfee_sumamt,
+        "fund_pay_sumamt": info.fund_pay_sumamt,
+        "acct_pay": info.acct_pay,
+        "psn_cash_pay": info.psn_cash_pay,
+        "acc_year": c.acc_year,
+        "acc_pool": c.acc_pool,
+        "info": blob,
+        "line_results": c.line_results,
+    }
+    # The writes run in Rust on this connection (the ledger), in this operation's savepoint;
+    # the forwarder reads the settlement itself (`settlements.info`) for the outbox row.
+    ledger_of(conn).record_settlement(
+        row,
+        [(g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in info.setldetail],
+        engine_rs.Accumulators(**c.acc_before),
+        engine_rs.Accumulators(**acc_after),
+        forward,
     )
-    conn.executemany(
-        "INSERT INTO setl_legs VALUES (?, ?, ?, ?)",
-        [(setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in info.setldetail],
-    )
-    write_accumulators(conn, c.visit.psn_no, c.acc_year, c.acc_pool, acc_after)
-    if info.acct_pay:
-        conn.execute(
-            "UPDATE persons SET balc = balc - ? WHERE psn_no = ?", (info.acct_pay, c.visit.psn_no)
-        )
-    conn.execute("UPDATE visits SET state = 'settled' WHERE id = ?", (c.visit.id,))
-    if forward:  # the forwarder reads the settlement itself (`settlements.info`)
-        conn.execute(
-            "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('settle', ?, x'', ?)",
-            (setl_id, now),
-        )
     return settlement_pb2.SettleResponse(setlinfo=info).SerializeToString(), setl_id
 
 

@@ -134,3 +134,48 @@ def test_one_copy_of_sqlite_in_the_process(conn: Connection) -> None:
     lib = ctypes.CDLL("libsqlite3.so.0")
     lib.sqlite3_libversion.restype = ctypes.c_char_p
     assert lib.sqlite3_libversion().decode() == sqlite3.sqlite_version
+
+
+def test_a_recorded_settlement_rolls_back_with_its_transaction(conn: Connection) -> None:
+    row: engine_rs.SettlementRow = {
+        "id": None,
+        "setl_id": "S1",
+        "fixmedins_code": "H1",
+        "mdtrt_id": "M1",
+        "visit_id": 1,
+        "psn_no": "P1",
+        "insutype": 310,
+        "clr_type": 11,
+        "msgid": "m",
+        "invono": "",
+        "setl_time": 1,
+        "setl_date": 20260615,
+        "mode": 1,
+        "offline": False,
+        "medfee_sumamt": 100,
+        "fund_pay_sumamt": 60,
+        "acct_pay": 0,
+        "psn_cash_pay": 40,
+        "acc_year": 2026,
+        "acc_pool": "emp",
+        "info": b"sealed",
+        "line_results": b"",
+    }
+    after = engine_rs.Accumulators(hifp_paid=60)
+    conn.execute("BEGIN")
+    conn.ledger.record_settlement(row, [("310100", 100, 60)], engine_rs.Accumulators(), after, True)
+    assert conn.ledger.accumulators("P1", 2026, "emp") == after
+    (delta,) = conn.execute("SELECT acc_delta FROM settlements WHERE setl_id = 'S1'").fetchone()
+    assert '"hifp_paid":60' in delta
+    conn.execute("ROLLBACK")
+    assert conn.ledger.accumulators("P1", 2026, "emp") is None
+    assert conn.execute("SELECT COUNT(*) FROM settlements").fetchone() == (0,)
+    assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
+    with pytest.raises(engine_rs.ColumnError, match="setl_id"):
+        conn.ledger.record_settlement(
+            {**row, "setl_id": 5},  # type: ignore[typeddict-item]
+            [],
+            engine_rs.Accumulators(),
+            after,
+            False,
+        )

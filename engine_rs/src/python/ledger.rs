@@ -21,8 +21,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefMethods, PyWeakrefReference};
 use rusqlite::ffi;
 
+use super::convert::get_col;
 use super::error::{guard, ledger_refused as refused, sqlite_error};
-use crate::ledger;
+use crate::ledger::{self, LegRow, SettlementRow};
+use crate::split::Accumulators;
 
 /// The head of CPython's `pysqlite_Connection`: the object header, then the handle.
 #[repr(C)]
@@ -194,4 +196,82 @@ impl PyLedger {
             PyBytes::new(py, &rows.digest),
         ))
     }
+
+    /// A person's accumulators for a year and pool: the current row, else the loaded one,
+    /// else None.
+    fn accumulators(
+        &self,
+        py: Python<'_>,
+        psn_no: &str,
+        year: i64,
+        pool: &str,
+    ) -> PyResult<Option<Accumulators>> {
+        let (psn_no, pool) = (psn_no.to_owned(), pool.to_owned());
+        self.with(py, "accumulators", move |conn| {
+            ledger::accumulators(conn, &psn_no, year, &pool)
+        })
+    }
+
+    /// Records a settlement in the connection's open transaction (engine_rs/src/ledger.rs,
+    /// `record_settlement`): its row, legs `(fund_pay_type, base, amount)`, the
+    /// accumulators after it, the balance, the visit's state and (`forward`) the outbox row.
+    fn record_settlement(
+        &self,
+        py: Python<'_>,
+        row: &Bound<'_, PyDict>,
+        legs: Vec<(String, i64, i64)>,
+        before: &Accumulators,
+        after: &Accumulators,
+        forward: bool,
+    ) -> PyResult<()> {
+        let (before, after) = (*before, *after);
+        let row = settlement_row(row)?;
+        let legs: Vec<LegRow> = legs
+            .into_iter()
+            .map(|(fund_pay_type, base, amount)| LegRow {
+                fund_pay_type,
+                base,
+                amount,
+            })
+            .collect();
+        self.with(py, "record_settlement", move |conn| {
+            ledger::record_settlement(conn, &row, &legs, &before, &after, forward)
+        })
+    }
+}
+
+/// A `SettlementRow` from its dict (`engine_rs.SettlementRow` in engine_rs.pyi).
+fn settlement_row(d: &Bound<'_, PyDict>) -> PyResult<SettlementRow> {
+    fn get<'py, T: pyo3::conversion::FromPyObjectOwned<'py>>(
+        d: &Bound<'py, PyDict>,
+        key: &str,
+    ) -> PyResult<T> {
+        get_col(d, key)?
+            .extract::<T>()
+            .map_err(|e| super::convert::column_error(key, Into::<PyErr>::into(e).to_string()))
+    }
+    Ok(SettlementRow {
+        id: get(d, "id")?,
+        setl_id: get(d, "setl_id")?,
+        fixmedins_code: get(d, "fixmedins_code")?,
+        mdtrt_id: get(d, "mdtrt_id")?,
+        visit_id: get(d, "visit_id")?,
+        psn_no: get(d, "psn_no")?,
+        insutype: get(d, "insutype")?,
+        clr_type: get(d, "clr_type")?,
+        msgid: get(d, "msgid")?,
+        invono: get(d, "invono")?,
+        setl_time: get(d, "setl_time")?,
+        setl_date: get(d, "setl_date")?,
+        mode: get(d, "mode")?,
+        offline: get(d, "offline")?,
+        medfee_sumamt: get(d, "medfee_sumamt")?,
+        fund_pay_sumamt: get(d, "fund_pay_sumamt")?,
+        acct_pay: get(d, "acct_pay")?,
+        psn_cash_pay: get(d, "psn_cash_pay")?,
+        acc_year: get(d, "acc_year")?,
+        acc_pool: get(d, "acc_pool")?,
+        info: get(d, "info")?,
+        line_results: get(d, "line_results")?,
+    })
 }
