@@ -120,12 +120,14 @@ impl PyLedger {
         if self.owner.bind(py).upgrade().is_none() {
             return Err(refused("its connection is gone"));
         }
-        let read = py.detach(|| {
+        // One visit's rows: far shorter than handing the GIL to another thread and back
+        // (batch work, when the ledger gets it, releases it).
+        let read = {
             let guard_ = self.conn.lock().unwrap_or_else(|e| e.into_inner());
             guard_
                 .as_ref()
                 .map(|conn| guard("ledger", what, || f(conn)))
-        });
+        };
         match read {
             None => Err(refused("the ledger is closed")),
             Some(result) => result?.map_err(|e| sqlite_error(what, e)),
