@@ -244,6 +244,43 @@ pub fn record_settlement(
     Ok(())
 }
 
+/// The integer fields of a line's result in the settlement's `line_results` blob, in order.
+pub const LINE_RESULT_INTS: usize = 8;
+
+/// A settlement's per-line results as one blob (the layout and its decoder:
+/// server/frontend/store/line_results.py): the line count (u32), n rows of eight i64, the
+/// byte lengths (u16) of every feedetl_sn and then every med_list_codg, then their bytes.
+pub fn encode_line_results(
+    sns: &[String],
+    codes: &[&str],
+    ints: &[[i64; LINE_RESULT_INTS]],
+) -> Result<Vec<u8>, String> {
+    let n = sns.len();
+    if codes.len() != n || ints.len() != n {
+        return Err("line result columns differ in length".into());
+    }
+    let count = u32::try_from(n).map_err(|_| "too many lines".to_owned())?;
+    let text_len: usize =
+        sns.iter().map(String::len).sum::<usize>() + codes.iter().map(|c| c.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(4 + n * (8 * LINE_RESULT_INTS + 4) + text_len);
+    out.extend_from_slice(&count.to_le_bytes());
+    for row in ints {
+        for v in row {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let texts = sns.iter().map(String::as_str).chain(codes.iter().copied());
+    for s in texts.clone() {
+        let len =
+            u16::try_from(s.len()).map_err(|_| format!("{s:.20}...: longer than 65535 bytes"))?;
+        out.extend_from_slice(&len.to_le_bytes());
+    }
+    for s in texts {
+        out.extend_from_slice(s.as_bytes());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +459,23 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM settlements", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn line_results_blob_layout() {
+        let blob = encode_line_results(
+            &["1".into(), "22".into()],
+            &["X", ""],
+            &[[1, 2, 3, 4, 5, 6, 7, 8], [-1, 0, 0, 0, 0, 0, 0, i64::MAX]],
+        )
+        .unwrap();
+        assert_eq!(&blob[..4], &2u32.to_le_bytes());
+        assert_eq!(&blob[4..12], &1i64.to_le_bytes());
+        let lens = 4 + 2 * 8 * 8;
+        assert_eq!(&blob[lens..lens + 8], &[1, 0, 2, 0, 1, 0, 0, 0]);
+        assert_eq!(&blob[lens + 8..], b"122X");
+        assert!(encode_line_results(&["1".into()], &[], &[[0; 8]]).is_err());
+        assert!(encode_line_results(&["x".repeat(70_000)], &[""], &[[0; 8]]).is_err());
     }
 
     #[test]

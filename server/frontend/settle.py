@@ -16,8 +16,6 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 import engine_rs
 from medsettle.v1 import common_pb2, settlement_pb2
 from server import metrics
@@ -30,7 +28,6 @@ from server.common import (
     require_fresh_refdata,
 )
 from server.errors import FailedPrecondition, NotFound, Unavailable, field_error
-from server.frontend.store import line_results
 from server.frontend.store.sqlite import ledger_of
 from server.frontend.visits import (
     VisitRow,
@@ -166,20 +163,8 @@ def compute(
                     inscp_scp_amt=sums[4],
                 )
             )
-    ints = np.empty((len(sns), len(line_results.INT_FIELDS)), dtype=np.int64)
-    cols: tuple[Any, ...] = (
-        lines.chrgitm_lv,
-        lines.fee_category,
-        columns["det_item_fee_sumamt"],
-        lines.fulamt_ownpay_amt,
-        lines.overlmt_amt,
-        lines.preselfpay_amt,
-        lines.inscp_scp_amt,
-        lines.flags,
-    )
-    for k, col in enumerate(cols):
-        ints[:, k] = col
-    blob = line_results.encode(sns, catalog.codes(lines.item), ints)
+    # The blob (server/frontend/store/line_results.py's layout) straight from the results.
+    blob = engine_rs.line_results_blob(catalog, lines, sns, columns["det_item_fee_sumamt"])
     return Computed(
         visit,
         info,

@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 import engine_rs
 from server.columns import unpack_strings
+from server.frontend.store import line_results
 from server.frontend.store.sqlite import Connection, connect, init_db, ledger_of
+from tests.conftest import catalog_from_rows, lines_from_rows, policy_from_rules
 
 LINE_COLUMNS = (
     "feedetl_sn, medins_list_codg, med_list_codg, cnt, pric, det_item_fee_sumamt,"
@@ -179,3 +181,56 @@ def test_a_recorded_settlement_rolls_back_with_its_transaction(conn: Connection)
             after,
             False,
         )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    picks=st.lists(
+        st.tuples(st.sampled_from(["H-A1", "H-B1", "H-C1", "NOPE"]), st.integers(1, 5), text),
+        min_size=0,
+        max_size=12,
+    )
+)
+def test_the_line_results_blob_is_the_python_encoding(
+    picks: list[tuple[str, int, str]],
+) -> None:
+    catalog = catalog_from_rows(
+        [{"code": "A1"}, {"code": "B1", "chrgitm_lv": 2}, {"code": "C1", "chrgitm_lv": 3}]
+    )
+    rows = [
+        {"medins_list_codg": code, "cnt": units * 10_000, "pric": 250, "amount": units * 250}
+        for code, units, _ in picks
+    ]
+    columns = lines_from_rows(rows)
+    lines, _ = engine_rs.preprocess(
+        catalog,
+        policy_from_rules(
+            {
+                "deductible": {"kind": "per_visit", "by_admission_fen": [100_000]},
+                "basic": {"band_basis": "fee", "bands": [{"from_fen": 0, "ratio_bp": 8000}]},
+            }
+        ),
+        columns,
+        engine_rs.Visit(treatment=2, date=20260601, age=40, sex=1),
+    )
+    sns = [f"{k:03d}{sn}" for k, (_, _, sn) in enumerate(picks)]
+    amounts = columns["det_item_fee_sumamt"]
+    ints = (
+        np.stack(
+            [
+                lines.chrgitm_lv,
+                lines.fee_category,
+                amounts,
+                lines.fulamt_ownpay_amt,
+                lines.overlmt_amt,
+                lines.preselfpay_amt,
+                lines.inscp_scp_amt,
+                lines.flags,
+            ],
+            axis=1,
+        )
+        .astype(np.int64)
+        .reshape(len(picks), 8)
+    )
+    want = line_results.encode(sns, catalog.codes(lines.item), ints)
+    assert engine_rs.line_results_blob(catalog, lines, sns, amounts) == want

@@ -79,6 +79,7 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(settle::preprocess_batch, m)?)?;
     m.add_function(wrap_pyfunction!(settle::split, m)?)?;
     m.add_function(wrap_pyfunction!(settle::split_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(settle::line_results_blob, m)?)?;
 
     // matching
     m.add_class::<matching::PyMatcher>()?;

@@ -7,9 +7,9 @@
 //! dicts of numpy columns (int64 for every integer, bool for flags) and return dicts of numpy
 //! columns, with the GIL released.
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
 use super::catalog::PyCatalog;
 use super::convert::{
@@ -19,6 +19,7 @@ use super::convert::{
 use super::error::guard;
 use super::policy::PyPolicy;
 use crate::error::EngineError;
+use crate::ledger;
 use crate::policy::Selection;
 use crate::preprocess::{self as pre, Lines, Summary, VisitCtx};
 use crate::split::{
@@ -588,4 +589,69 @@ pub fn split_batch<'py>(
         d.set_item(name, PyArray1::from_vec(py, col))?;
     }
     Ok(d)
+}
+
+/// A settlement's line-results blob (`ledger::encode_line_results`) straight from the
+/// preprocessing results: each line's catalog code, classes, amounts and flags, with its
+/// feedetl_sn and its amount `det_item_fee_sumamt`.
+#[pyfunction]
+pub fn line_results_blob<'py>(
+    py: Python<'py>,
+    catalog: &PyCatalog,
+    lines: &PyLineResults,
+    feedetl_sn: Vec<String>,
+    det_item_fee_sumamt: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let amounts = det_item_fee_sumamt.as_slice().map_err(|_| {
+        EngineError::column("det_item_fee_sumamt", "must be a contiguous int64 array")
+    })?;
+    let item = lines.item.bind(py).readonly();
+    let lv = lines.chrgitm_lv.bind(py).readonly();
+    let cat = lines.fee_category.bind(py).readonly();
+    let fulamt = lines.fulamt_ownpay_amt.bind(py).readonly();
+    let overlmt = lines.overlmt_amt.bind(py).readonly();
+    let presel = lines.preselfpay_amt.bind(py).readonly();
+    let inscp = lines.inscp_scp_amt.bind(py).readonly();
+    let flags = lines.flags.bind(py).readonly();
+    let n = lines.len;
+    if amounts.len() != n || feedetl_sn.len() != n {
+        return Err(
+            EngineError::column("det_item_fee_sumamt", "differs in length from the lines").into(),
+        );
+    }
+    let (item, lv, cat, fulamt, overlmt, presel, inscp, flags) = (
+        item.as_array(),
+        lv.as_array(),
+        cat.as_array(),
+        fulamt.as_array(),
+        overlmt.as_array(),
+        presel.as_array(),
+        inscp.as_array(),
+        flags.as_array(),
+    );
+    let inner = &catalog.inner;
+    let codes: Vec<&str> = item
+        .iter()
+        .map(|&i| match usize::try_from(i) {
+            Ok(i) if i < inner.len() => inner.code(i),
+            _ => "",
+        })
+        .collect();
+    let ints: Vec<[i64; ledger::LINE_RESULT_INTS]> = (0..n)
+        .map(|k| {
+            [
+                i64::from(lv[k]),
+                i64::from(cat[k]),
+                amounts[k],
+                fulamt[k],
+                overlmt[k],
+                presel[k],
+                inscp[k],
+                i64::from(flags[k]),
+            ]
+        })
+        .collect();
+    let blob = ledger::encode_line_results(&feedetl_sn, &codes, &ints)
+        .map_err(|reason| EngineError::column("feedetl_sn", &reason))?;
+    Ok(PyBytes::new(py, &blob))
 }
