@@ -490,6 +490,15 @@ def line_results_blob(
 ) -> bytes:
     """A settlement's per-line results blob (server/frontend/store/line_results.py)."""
 
+def fee_line_results(
+    catalog: Catalog,
+    lines: LineResults,
+    feedetl_sn: list[str],
+    det_item_fee_sumamt: npt.NDArray[np.int64],
+) -> bytes:
+    """`UploadFeesResponse.results` encoded (field 5, the message's last), one
+    `FeeLineResult` a line."""
+
 def split_batch(policy: Policy, columns: SettlementColumns) -> dict[str, npt.NDArray[np.int64]]:
     """Columns `rule`, `act_pay_dedc`, each fund, `fund_pay_sumamt`, `psn_part_amt`,
     `acct_pay`, `psn_cash_pay`, `balc` and `new_<accumulator>`; absent input columns are

@@ -20,6 +20,35 @@ pub mod preprocess;
 pub mod rounding;
 pub mod split;
 
+/// The wire contract `medsettle.v1` as prost types, generated from proto/ by build.rs (the
+/// same files the Python wire package comes from).
+#[allow(clippy::all, clippy::pedantic)] // generated code
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/medsettle.v1.rs"));
+
+    #[cfg(test)]
+    mod tests {
+        use prost::Message;
+
+        #[test]
+        fn encodes_the_protobuf_wire_format() {
+            let r = super::FeeLineResult {
+                feedetl_sn: "1".into(),
+                det_item_fee_sumamt: 150,
+                flags: 1,
+                ..Default::default()
+            };
+            // field 1 "1"; field 2 varint 150; field 10 varint 1; zero fields left out
+            assert_eq!(
+                r.encode_to_vec(),
+                [0x0a, 1, b'1', 0x10, 0x96, 0x01, 0x50, 0x01]
+            );
+            let back = super::FeeLineResult::decode(&r.encode_to_vec()[..]).unwrap();
+            assert_eq!(back, r);
+        }
+    }
+}
+
 /// Beside the core: the front-end's hot reads (and, as issue 15 goes on, writes) over its
 /// SQLite database. The only module with I/O; the core modules above never use it.
 pub mod ledger;

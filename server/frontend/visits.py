@@ -378,8 +378,12 @@ def upload_fees(
         visit_line_count=int(have[0]) + len(lines),
         det_item_fee_sumamt=int(nums[:, 2].sum()),
     )
-    resp.results.extend(line_result_messages([ln.feedetl_sn for ln in lines], nums, results, codes))
-    return resp.SerializeToString(), mdtrt_id
+    # The per-line results are encoded in Rust (field 5, the message's last: appended, the
+    # bytes are those protobuf writes for the whole message).
+    results_bytes = engine_rs.fee_line_results(
+        catalog, results, [ln.feedetl_sn for ln in lines], np.ascontiguousarray(nums[:, 2])
+    )
+    return resp.SerializeToString() + results_bytes, mdtrt_id
 
 
 def classified_by_mapping(lines: list[settlement_pb2.FeeLine], mapped: list[str]) -> None:
@@ -402,42 +406,6 @@ def classified_by_mapping(lines: list[settlement_pb2.FeeLine], mapped: list[str]
             if len(v.items) >= 20:
                 break
     v.raise_if_any()
-
-
-def line_result_messages(
-    sns: list[str],
-    nums: npt.NDArray[np.int64],
-    results: engine_rs.LineResults,
-    codes: list[str],
-) -> list[settlement_pb2.FeeLineResult]:
-    cols = zip(
-        sns,
-        nums[:, 2].tolist(),
-        results.fulamt_ownpay_amt.tolist(),
-        results.overlmt_amt.tolist(),
-        results.preselfpay_amt.tolist(),
-        results.inscp_scp_amt.tolist(),
-        results.chrgitm_lv.tolist(),
-        results.fee_category.tolist(),
-        codes,
-        results.flags.tolist(),
-        strict=True,
-    )
-    return [
-        settlement_pb2.FeeLineResult(
-            feedetl_sn=sn,
-            det_item_fee_sumamt=amt,
-            fulamt_ownpay_amt=ful,
-            overlmt_amt=over,
-            preselfpay_amt=pre,
-            inscp_scp_amt=inscp,
-            chrgitm_lv=lv,
-            med_chrgitm_type=cat,
-            med_list_codg=code,
-            flags=fl,
-        )
-        for sn, amt, ful, over, pre, inscp, lv, cat, code, fl in cols
-    ]
 
 
 def _existing_sns(conn: sqlite3.Connection, visit_id: int, sns: list[str]) -> set[str]:

@@ -17,11 +17,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engine_rs
+from medsettle.v1 import settlement_pb2
 from server.columns import unpack_strings
 from server.frontend.store import line_results
 from server.frontend.store.sqlite import Connection, connect, init_db, ledger_of
 from tests.conftest import catalog_from_rows, lines_from_rows, policy_from_rules
 
+FLAT_POLICY = policy_from_rules(
+    {
+        "deductible": {"kind": "per_visit", "by_admission_fen": [100_000]},
+        "basic": {"band_basis": "fee", "bands": [{"from_fen": 0, "ratio_bp": 8000}]},
+    }
+)
+VISIT = engine_rs.Visit(treatment=2, date=20260601, age=40, sex=1)
 LINE_COLUMNS = (
     "feedetl_sn, medins_list_codg, med_list_codg, cnt, pric, det_item_fee_sumamt,"
     " fee_ocur_date, hosp_appr_flag"
@@ -202,17 +210,7 @@ def test_the_line_results_blob_is_the_python_encoding(
         for code, units, _ in picks
     ]
     columns = lines_from_rows(rows)
-    lines, _ = engine_rs.preprocess(
-        catalog,
-        policy_from_rules(
-            {
-                "deductible": {"kind": "per_visit", "by_admission_fen": [100_000]},
-                "basic": {"band_basis": "fee", "bands": [{"from_fen": 0, "ratio_bp": 8000}]},
-            }
-        ),
-        columns,
-        engine_rs.Visit(treatment=2, date=20260601, age=40, sex=1),
-    )
+    lines, _ = engine_rs.preprocess(catalog, FLAT_POLICY, columns, VISIT)
     sns = [f"{k:03d}{sn}" for k, (_, _, sn) in enumerate(picks)]
     amounts = columns["det_item_fee_sumamt"]
     ints = (
@@ -234,3 +232,73 @@ def test_the_line_results_blob_is_the_python_encoding(
     )
     want = line_results.encode(sns, catalog.codes(lines.item), ints)
     assert engine_rs.line_results_blob(catalog, lines, sns, amounts) == want
+
+
+def _results_in_python(
+    sns: list[str],
+    amounts: list[int],
+    results: engine_rs.LineResults,
+    codes: list[str],
+) -> list[settlement_pb2.FeeLineResult]:
+    """How upload_fees built the results in Python before they were encoded in Rust."""
+    return [
+        settlement_pb2.FeeLineResult(
+            feedetl_sn=sn,
+            det_item_fee_sumamt=amt,
+            fulamt_ownpay_amt=ful,
+            overlmt_amt=over,
+            preselfpay_amt=pre,
+            inscp_scp_amt=inscp,
+            chrgitm_lv=lv,
+            med_chrgitm_type=cat,
+            med_list_codg=code,
+            flags=fl,
+        )
+        for sn, amt, ful, over, pre, inscp, lv, cat, code, fl in zip(
+            sns,
+            amounts,
+            results.fulamt_ownpay_amt.tolist(),
+            results.overlmt_amt.tolist(),
+            results.preselfpay_amt.tolist(),
+            results.inscp_scp_amt.tolist(),
+            results.chrgitm_lv.tolist(),
+            results.fee_category.tolist(),
+            codes,
+            results.flags.tolist(),
+            strict=True,
+        )
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    picks=st.lists(
+        st.tuples(st.sampled_from(["H-A1", "H-B1", "H-C1", "NOPE"]), st.integers(1, 5), text),
+        max_size=12,
+    ),
+    head=st.tuples(text, st.integers(0, 100), st.integers(-(2**40), 2**40)),
+)
+def test_upload_results_are_the_python_encoding(
+    picks: list[tuple[str, int, str]], head: tuple[str, int, int]
+) -> None:
+    catalog = catalog_from_rows(
+        [{"code": "A1"}, {"code": "B1", "chrgitm_lv": 2}, {"code": "C1", "chrgitm_lv": 3}]
+    )
+    columns = lines_from_rows(
+        [
+            {"medins_list_codg": code, "cnt": units * 10_000, "pric": 250, "amount": units * 250}
+            for code, units, _ in picks
+        ]
+    )
+    lines, _ = engine_rs.preprocess(catalog, FLAT_POLICY, columns, VISIT)
+    sns = [f"{k:03d}{sn}" for k, (_, _, sn) in enumerate(picks)]
+    amounts = columns["det_item_fee_sumamt"]
+    mdtrt_id, count, total = head
+    rest = settlement_pb2.UploadFeesResponse(
+        mdtrt_id=mdtrt_id, line_count=count, visit_line_count=count, det_item_fee_sumamt=total
+    )
+    want = settlement_pb2.UploadFeesResponse()
+    want.CopyFrom(rest)
+    want.results.extend(_results_in_python(sns, amounts.tolist(), lines, catalog.codes(lines.item)))
+    got = rest.SerializeToString() + engine_rs.fee_line_results(catalog, lines, sns, amounts)
+    assert got == want.SerializeToString()

@@ -25,7 +25,11 @@ from server.security.pii import Vault
 
 
 def _make_table(path: Path) -> None:
+    """The table, in a database already in WAL mode, as `init_db` leaves one before any
+    store opens it (two stores switching a rollback-journal file to WAL at once meet a
+    lock their writers, which never wait inside SQLite, are refused at once)."""
     conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
     conn.commit()
     conn.close()

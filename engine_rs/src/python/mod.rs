@@ -80,6 +80,7 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(settle::split, m)?)?;
     m.add_function(wrap_pyfunction!(settle::split_batch, m)?)?;
     m.add_function(wrap_pyfunction!(settle::line_results_blob, m)?)?;
+    m.add_function(wrap_pyfunction!(settle::fee_line_results, m)?)?;
 
     // matching
     m.add_class::<matching::PyMatcher>()?;

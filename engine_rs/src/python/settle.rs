@@ -25,6 +25,7 @@ use crate::preprocess::{self as pre, Lines, Summary, VisitCtx};
 use crate::split::{
     self as sp, accumulator_fields, Accumulators, FundLeg, Person, SplitInput, Trace,
 };
+use crate::wire;
 
 #[pymethods]
 impl VisitCtx {
@@ -591,20 +592,22 @@ pub fn split_batch<'py>(
     Ok(d)
 }
 
-/// A settlement's line-results blob (`ledger::encode_line_results`) straight from the
-/// preprocessing results: each line's catalog code, classes, amounts and flags, with its
-/// feedetl_sn and its amount `det_item_fee_sumamt`.
-#[pyfunction]
-pub fn line_results_blob<'py>(
-    py: Python<'py>,
-    catalog: &PyCatalog,
+/// Each line's catalog code and its eight result integers (`ledger::LINE_RESULT_INTS`
+/// order: class, category, amount, full self-pay, over cap, pre-self-pay, in scope, flags),
+/// from the preprocessing results and the lines' amounts.
+fn line_rows<'c>(
+    py: Python<'_>,
+    catalog: &'c PyCatalog,
     lines: &PyLineResults,
-    feedetl_sn: Vec<String>,
-    det_item_fee_sumamt: PyReadonlyArray1<'py, i64>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let amounts = det_item_fee_sumamt.as_slice().map_err(|_| {
-        EngineError::column("det_item_fee_sumamt", "must be a contiguous int64 array")
-    })?;
+    n_sns: usize,
+    amounts: &[i64],
+) -> PyResult<(Vec<&'c str>, Vec<[i64; ledger::LINE_RESULT_INTS]>)> {
+    let n = lines.len;
+    if amounts.len() != n || n_sns != n {
+        return Err(
+            EngineError::column("det_item_fee_sumamt", "differs in length from the lines").into(),
+        );
+    }
     let item = lines.item.bind(py).readonly();
     let lv = lines.chrgitm_lv.bind(py).readonly();
     let cat = lines.fee_category.bind(py).readonly();
@@ -613,12 +616,6 @@ pub fn line_results_blob<'py>(
     let presel = lines.preselfpay_amt.bind(py).readonly();
     let inscp = lines.inscp_scp_amt.bind(py).readonly();
     let flags = lines.flags.bind(py).readonly();
-    let n = lines.len;
-    if amounts.len() != n || feedetl_sn.len() != n {
-        return Err(
-            EngineError::column("det_item_fee_sumamt", "differs in length from the lines").into(),
-        );
-    }
     let (item, lv, cat, fulamt, overlmt, presel, inscp, flags) = (
         item.as_array(),
         lv.as_array(),
@@ -629,15 +626,15 @@ pub fn line_results_blob<'py>(
         inscp.as_array(),
         flags.as_array(),
     );
-    let inner = &catalog.inner;
-    let codes: Vec<&str> = item
+    let inner = &*catalog.inner;
+    let codes = item
         .iter()
         .map(|&i| match usize::try_from(i) {
             Ok(i) if i < inner.len() => inner.code(i),
             _ => "",
         })
         .collect();
-    let ints: Vec<[i64; ledger::LINE_RESULT_INTS]> = (0..n)
+    let ints = (0..n)
         .map(|k| {
             [
                 i64::from(lv[k]),
@@ -651,7 +648,69 @@ pub fn line_results_blob<'py>(
             ]
         })
         .collect();
+    Ok((codes, ints))
+}
+
+fn contiguous<'a>(a: &'a PyReadonlyArray1<'_, i64>, key: &str) -> PyResult<&'a [i64]> {
+    a.as_slice()
+        .map_err(|_| EngineError::column(key, "must be a contiguous int64 array").into())
+}
+
+/// A settlement's line-results blob (`ledger::encode_line_results`) straight from the
+/// preprocessing results: each line's catalog code, classes, amounts and flags, with its
+/// feedetl_sn and its amount `det_item_fee_sumamt`.
+#[pyfunction]
+pub fn line_results_blob<'py>(
+    py: Python<'py>,
+    catalog: &PyCatalog,
+    lines: &PyLineResults,
+    feedetl_sn: Vec<String>,
+    det_item_fee_sumamt: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let amounts = contiguous(&det_item_fee_sumamt, "det_item_fee_sumamt")?;
+    let (codes, ints) = line_rows(py, catalog, lines, feedetl_sn.len(), amounts)?;
     let blob = ledger::encode_line_results(&feedetl_sn, &codes, &ints)
         .map_err(|reason| EngineError::column("feedetl_sn", &reason))?;
     Ok(PyBytes::new(py, &blob))
 }
+
+/// The `results` of an `UploadFeesResponse` (field 5, its last: appended to the serialised
+/// rest of the response, the bytes are the whole message as protobuf would write it), one
+/// `FeeLineResult` a line, from the preprocessing results.
+#[pyfunction]
+pub fn fee_line_results<'py>(
+    py: Python<'py>,
+    catalog: &PyCatalog,
+    lines: &PyLineResults,
+    feedetl_sn: Vec<String>,
+    det_item_fee_sumamt: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let amounts = contiguous(&det_item_fee_sumamt, "det_item_fee_sumamt")?;
+    let (codes, ints) = line_rows(py, catalog, lines, feedetl_sn.len(), amounts)?;
+    let results: Vec<wire::FeeLineResult> = feedetl_sn
+        .into_iter()
+        .zip(codes)
+        .zip(ints)
+        .map(|((sn, code), [lv, cat, amt, ful, over, pre, inscp, fl])| {
+            wire::FeeLineResult {
+                feedetl_sn: sn,
+                det_item_fee_sumamt: amt,
+                fulamt_ownpay_amt: ful,
+                overlmt_amt: over,
+                preselfpay_amt: pre,
+                inscp_scp_amt: inscp,
+                // u8 and u16 columns widened above: they fit
+                chrgitm_lv: lv as i32,
+                med_chrgitm_type: cat as i32,
+                med_list_codg: code.to_owned(),
+                flags: fl as u32,
+            }
+        })
+        .collect();
+    let mut buf = Vec::new();
+    prost::encoding::message::encode_repeated(UPLOAD_RESULTS_TAG, &results, &mut buf);
+    Ok(PyBytes::new(py, &buf))
+}
+
+/// `UploadFeesResponse.results`.
+const UPLOAD_RESULTS_TAG: u32 = 5;
