@@ -3,7 +3,8 @@
 //!
 //! Attaching borrows the connection's `sqlite3*` handle. CPython keeps it as the first field
 //! after the object header of `sqlite3.Connection` (`pysqlite_Connection.db`, unchanged from
-//! 3.8 to 3.13); three checks guard the borrow before anything uses it: the object is a
+//! 3.8 to 3.14; another version is refused until checked); three checks guard the borrow
+//! before anything uses it: the object is a
 //! `sqlite3.Connection`, the handle's file is the one the connection itself names
 //! (`PRAGMA database_list`), and the handle's library is this crate's: `_sqlite3` resolves
 //! `sqlite3_libversion` to the very function the ledger calls (one copy of SQLite in the
@@ -54,9 +55,20 @@ fn same_library(py: Python<'_>) -> PyResult<bool> {
     Ok(!theirs.is_null() && theirs == ours)
 }
 
+/// The CPython versions whose `pysqlite_Connection` is known to begin with the handle (a
+/// later one is refused until checked: reading a moved field would be undefined).
+const KNOWN_PYTHONS: std::ops::RangeInclusive<(u8, u8)> = (3, 8)..=(3, 14);
+
 /// The handle of a `sqlite3.Connection`, checked against the file it names.
 fn borrow_handle(conn: &Bound<'_, PyAny>) -> PyResult<*mut ffi::sqlite3> {
     let py = conn.py();
+    let version = py.version_info();
+    if !KNOWN_PYTHONS.contains(&(version.major, version.minor)) {
+        return Err(refused(format!(
+            "Python {}.{}: its sqlite3.Connection layout is not known to the ledger",
+            version.major, version.minor
+        )));
+    }
     let connection_type = py.import("sqlite3")?.getattr("Connection")?;
     if !conn.is_instance(&connection_type)? {
         return Err(refused("is not a sqlite3.Connection"));
