@@ -11,6 +11,9 @@
 //! the file). Reads run inside whatever transaction the connection has open, so they see
 //! the batch's own earlier writes.
 
+use std::fmt::Write;
+use std::sync::OnceLock;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::gm::sm3;
@@ -99,12 +102,15 @@ pub fn accumulators(
     year: i64,
     pool: &str,
 ) -> rusqlite::Result<Option<Accumulators>> {
-    let sql = format!(
-        "SELECT {} FROM accumulators WHERE psn_no = ?1 AND year = ?2 AND pool = ?3 \
-         ORDER BY opening LIMIT 1",
-        Accumulators::FIELDS.join(", ")
-    );
-    conn.prepare_cached(&sql)?
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "SELECT {} FROM accumulators WHERE psn_no = ?1 AND year = ?2 AND pool = ?3 \
+             ORDER BY opening LIMIT 1",
+            Accumulators::FIELDS.join(", ")
+        )
+    });
+    conn.prepare_cached(sql)?
         .query_row(params![psn_no, year, pool], |row| {
             let mut values = [0i64; Accumulators::LEN];
             for (k, v) in values.iter_mut().enumerate() {
@@ -154,12 +160,16 @@ pub struct LegRow {
 
 /// `{"inpatient_count":1,...}`: accumulator values as the settlements table keeps them.
 pub fn accumulators_json(values: &[i64; Accumulators::LEN]) -> String {
-    let fields: Vec<String> = Accumulators::FIELDS
-        .iter()
-        .zip(values)
-        .map(|(f, v)| format!("\"{f}\":{v}"))
-        .collect();
-    format!("{{{}}}", fields.join(","))
+    let mut out = String::from("{");
+    for (k, (f, v)) in Accumulators::FIELDS.iter().zip(values).enumerate() {
+        if k > 0 {
+            out.push(',');
+        }
+        // writing to a String cannot fail
+        let _ = write!(out, "\"{f}\":{v}");
+    }
+    out.push('}');
+    out
 }
 
 /// Records a settlement inside the connection's open transaction: its row (with the
@@ -218,13 +228,16 @@ pub fn record_settlement(
     for l in legs {
         leg.execute(params![row.setl_id, l.fund_pay_type, l.base, l.amount])?;
     }
-    let placeholders = ["?"; Accumulators::LEN].join(", ");
-    let sql = format!(
-        "INSERT OR REPLACE INTO accumulators (psn_no, year, pool, opening, {}) \
-         VALUES (?, ?, ?, 0, {placeholders})",
-        Accumulators::FIELDS.join(", ")
-    );
-    let mut acc = conn.prepare_cached(&sql)?;
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "INSERT OR REPLACE INTO accumulators (psn_no, year, pool, opening, {}) \
+             VALUES (?, ?, ?, 0, {})",
+            Accumulators::FIELDS.join(", "),
+            ["?"; Accumulators::LEN].join(", ")
+        )
+    });
+    let mut acc = conn.prepare_cached(sql)?;
     let mut values: Vec<&dyn rusqlite::ToSql> = vec![&row.psn_no, &row.acc_year, &row.acc_pool];
     values.extend(a.iter().map(|v| v as &dyn rusqlite::ToSql));
     acc.execute(values.as_slice())?;

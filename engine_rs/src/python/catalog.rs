@@ -187,15 +187,20 @@ impl PyCatalog {
             .map_err(|_| ColumnError::new_err("indices must be contiguous"))?;
         guard("catalog", "codes", || {
             idx.iter()
-                .map(|&i| {
-                    if i >= 0 && (i as usize) < self.inner.len() {
-                        self.inner.code(i as usize).to_owned()
-                    } else {
-                        String::new()
-                    }
-                })
+                .map(|&i| self.code_or_empty(i).to_owned())
                 .collect()
         })
+    }
+}
+
+impl PyCatalog {
+    /// The code of item index `i` (the preprocessing's `item`), "" for -1 (unmapped) or an
+    /// index outside the catalog.
+    pub(crate) fn code_or_empty(&self, i: i64) -> &str {
+        match usize::try_from(i) {
+            Ok(i) if i < self.inner.len() => self.inner.code(i),
+            _ => "",
+        }
     }
 }
 

@@ -124,11 +124,8 @@ impl PyLedger {
         &self,
         py: Python<'_>,
         what: &str,
-        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send,
-    ) -> PyResult<R>
-    where
-        R: Send,
-    {
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R>,
+    ) -> PyResult<R> {
         if self.owner.bind(py).upgrade().is_none() {
             return Err(refused("its connection is gone"));
         }

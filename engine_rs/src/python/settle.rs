@@ -626,14 +626,7 @@ fn line_rows<'c>(
         inscp.as_array(),
         flags.as_array(),
     );
-    let inner = &*catalog.inner;
-    let codes = item
-        .iter()
-        .map(|&i| match usize::try_from(i) {
-            Ok(i) if i < inner.len() => inner.code(i),
-            _ => "",
-        })
-        .collect();
+    let codes = item.iter().map(|&i| catalog.code_or_empty(i)).collect();
     let ints = (0..n)
         .map(|k| {
             [
