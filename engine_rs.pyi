@@ -6,7 +6,7 @@ Bulk inputs are dicts of numpy columns; strings are `(uint8 data, int64 offsets)
 """
 
 import sqlite3
-from typing import Any, NotRequired, TypedDict, final
+from typing import Any, NotRequired, TypeAlias, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
@@ -161,6 +161,14 @@ class NoRuleError(EngineError):
     row: int
     selection: str
 
+class Refused(Exception):
+    """A request a ledger operation refuses (server.errors.refusal makes it a ClientError)."""
+
+    code: str  # a grpc.StatusCode name: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...
+    message: str
+    field: str | None  # INVALID_ARGUMENT: the field and why
+    reason: str | None
+
 @final
 class Catalog:
     @staticmethod
@@ -210,6 +218,62 @@ class Ledger:
         after: Accumulators,
         forward: bool,
     ) -> None: ...
+    def settle(
+        self,
+        node: LedgerNode,
+        request: bytes,
+        req_hash: bytes,
+        now: int,
+        caller: LedgerCaller,
+        policy: Policy,
+        catalog: Catalog,
+        offline: tuple[int, int] | None = None,
+    ) -> tuple[bytes, bool, str, tuple[float, float] | None]:
+        """A local-mode Settle whole: (answer, replayed, setl_id, engine seconds (preprocess,
+        split), None for a replay); raises Refused."""
+    def pre_settle(
+        self,
+        node: LedgerNode,
+        request: bytes,
+        caller: LedgerCaller,
+        policy: Policy,
+        catalog: Catalog,
+    ) -> tuple[bytes, tuple[float, float]]: ...
+    def compute(
+        self,
+        node: LedgerNode,
+        request: bytes,
+        caller: LedgerCaller,
+        policy: Policy,
+        catalog: Catalog,
+    ) -> tuple[
+        tuple[int, str, str, str, int, int, int, int, list[str], str],
+        bytes,
+        int,
+        str,
+        Accumulators,
+        Accumulators,
+        bytes,
+        str,
+        bytes,
+        tuple[float, float],
+    ]:
+        """(visit row, SetlInfo bytes, acc year, acc pool, before, after, line results,
+        insured region, lines digest, engine seconds (preprocess, split))."""
+
+# (fixmedins_code, hosp_lv, admdvs, opter, roles, rpc) of an authenticated caller
+LedgerCaller: TypeAlias = tuple[str, int, str, str, str, str]
+
+@final
+class LedgerNode:
+    """The front-end node a ledger settles for: node id, clock zone, seal key and version
+    (1 AES-256-GCM, 2 SM4-GCM), audit key."""
+
+    def __new__(
+        cls, node_id: str, tz_offset_min: int, pii_seal: bytes, pii_version: int, audit_key: bytes
+    ) -> LedgerNode: ...
+    @property
+    def node_id(self) -> str: ...
 
 @final
 class Matcher:

@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+import engine_rs
 from medsettle.v1 import common_pb2
 from server import metrics
 from server.errors import (
@@ -83,6 +84,13 @@ class Env:
     max_visit_fee_fen: int = 10_000_000_000
     signin_max_failures: int = 5
     signin_lockout_s: int = 900
+    # What the ledger's settle operation needs of this node (engine_rs/src/ledger/settle.rs).
+    ledger_node: engine_rs.LedgerNode = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ledger_node = engine_rs.LedgerNode(
+            self.node_id, self.tz_offset_min, self.keys.pii_seal, self.pii.version, self.keys.audit
+        )
 
 
 @dataclass
@@ -92,6 +100,18 @@ class Caller:
     snap: Snapshot
     roles: frozenset[str]
     pii: Vault
+
+    def for_ledger(self, rpc: str) -> tuple[str, int, str, str, str, str]:
+        """The caller as the ledger's operations take it (engine_rs.Ledger.settle)."""
+        inst = self.inst
+        return (
+            inst.fixmedins_code,
+            inst.hosp_lv,
+            inst.admdvs,
+            self.opter,
+            roles.render(self.roles),
+            rpc,
+        )
 
 
 def check_header(

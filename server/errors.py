@@ -8,6 +8,8 @@ INTERNAL, and a call that raises one has written nothing (the store rolls its sa
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -110,6 +112,20 @@ class Relayed(ClientError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+_BY_CODE: dict[str, type[ClientError]] = {
+    c.code.name: c
+    for c in (InvalidArgument, NotFound, FailedPrecondition, AlreadyExists, Unavailable)
+}
+
+
+def refusal(exc: Any) -> ClientError:
+    """The client error of an `engine_rs.Refused` (a ledger operation's refusal: its status
+    name, message, and for INVALID_ARGUMENT the field and reason)."""
+    cls = _BY_CODE[exc.code]
+    violations = [(exc.field, exc.reason)] if exc.field is not None else None
+    return cls(exc.message, violations)
 
 
 class StartError(Exception):

@@ -142,7 +142,7 @@ class CenterMode:
         def prepare(conn: sqlite3.Connection) -> bytes | settle.Computed:
             caller = authenticate(conn, env, header, now, SETTLE)
             stored = replay_of(conn, env.pii, header.fixmedins_code, header.msgid, "Settle", digest)
-            return stored if stored is not None else settle.compute(conn, caller, req)
+            return stored if stored is not None else settle.compute(conn, env, caller, req)
 
         outcome = Outcome()
         try:
@@ -264,17 +264,7 @@ class CenterMode:
 
         def op(conn: sqlite3.Connection) -> bytes:
             caller = authenticate(conn, env, header, now, SETTLE)
-            return idempotent(
-                conn,
-                header.fixmedins_code,
-                header.msgid,
-                "Settle",
-                digest,
-                now,
-                lambda: settle.settle(conn, env, caller, req, now, offline=limits),
-                outcome,
-                Trail.of(env, SETTLE, caller, req),
-            )
+            return settle.settle(conn, env, caller, req, digest, now, SETTLE, outcome, limits)
 
         return await self.store.write(op)
 
@@ -285,7 +275,7 @@ class CenterMode:
         env = self.env
 
         def prepare(conn: sqlite3.Connection) -> settle.Computed:
-            return settle.compute(conn, authenticate(conn, env, header, now, PRE_SETTLE), req)
+            return settle.compute(conn, env, authenticate(conn, env, header, now, PRE_SETTLE), req)
 
         c = await self.store.read(prepare)
         answer = await self.routes.link_for(c.insured_region).settle(

@@ -1,12 +1,15 @@
 """Pre-settlement (2206/2303), settlement (2207/2304), its cancel (2208/2305), reversal by
 message id (2601), and settlement queries.
 
-`compute` is the one computation both PreSettle and Settle run: the visit's lines through the
-engine's preprocessing with the institution's catalog, then the fund split against the
-person's accumulators for the year and the rule's pool. Settle runs it inside the writer's
-transaction, so the accumulators it reads are the latest committed ones, and commits the
-settlement, its legs and line results, the new accumulators, the account balance, an outbox
-row for the center and the idempotency record together.
+The computation both PreSettle and Settle run (the visit's lines through the engine's
+preprocessing with the institution's catalog, then the fund split against the person's
+accumulators for the year and the rule's pool) and a local-mode Settle whole run in the
+ledger, in Rust on the store's connection (engine_rs/src/ledger/settle.rs): Settle inside the
+writer's transaction, so the accumulators it reads are the latest committed ones, committing
+the settlement, its legs and line results, the new accumulators, the account balance, an
+outbox row for the center, the idempotency record and the audit record together. Center
+mode's steps around the computation (keeping the center's settlement), cancels, reversals
+and queries are here in Python.
 """
 
 from __future__ import annotations
@@ -22,21 +25,15 @@ from server import metrics
 from server.common import (
     Caller,
     Env,
+    Outcome,
     issue_id,
     local_date,
     out_of_order,
     require_fresh_refdata,
 )
-from server.errors import FailedPrecondition, NotFound, Unavailable, field_error
+from server.errors import FailedPrecondition, NotFound, field_error, refusal
 from server.frontend.store.sqlite import ledger_of
-from server.frontend.visits import (
-    VisitRow,
-    cancel_registration,
-    engine_visit,
-    load_person,
-    load_visit,
-)
-from server.fundsplit import SplitContext, choose_rule, engine_failure, fund_split
+from server.frontend.visits import VisitRow, cancel_registration, load_visit
 from server.persons import ACC_FIELDS
 from server.security.pii import Vault
 
@@ -44,37 +41,11 @@ from server.security.pii import Vault
 @dataclass(frozen=True)
 class OfflineLimits:
     """How far a center-mode front-end may settle on its own while the center is down: the
-    policy's `offline` table when the policy in force has one, else these settings."""
+    policy's `offline` table when the policy in force has one, else these settings (the
+    ledger checks them: engine_rs/src/ledger/settle.rs)."""
 
     max_medfee_fen: int
     max_per_day: int
-
-    def check(
-        self,
-        conn: sqlite3.Connection,
-        policy: engine_rs.Policy,
-        info: common_pb2.SetlInfo,
-        day: int,
-    ) -> None:
-        max_medfee, max_per_day = policy.offline_limits or (self.max_medfee_fen, self.max_per_day)
-        source = (
-            f"policy {policy.id} version {policy.version}"
-            if policy.offline_limits
-            else "this front-end's settings"
-        )
-        if info.medfee_sumamt > max_medfee:
-            raise Unavailable(
-                f"the center is unreachable and {info.medfee_sumamt} fen is above the offline"
-                f" limit of {max_medfee} per settlement ({source}); retry when the center is back"
-            )
-        n = conn.execute(
-            "SELECT COUNT(*) FROM settlements WHERE offline = 1 AND setl_date = ?", (day,)
-        ).fetchone()[0]
-        if n >= max_per_day:
-            raise Unavailable(
-                f"the center is unreachable and today's {max_per_day} offline settlements"
-                f" ({source}) are used up; retry when the center is back"
-            )
 
 
 @dataclass
@@ -90,91 +61,46 @@ class Computed:
     lines_digest: bytes  # the lines computed from (center mode: unchanged when kept?)
 
 
+def _in_ledger(conn: sqlite3.Connection, caller: Caller) -> tuple[engine_rs.Ledger, Any, Any]:
+    """The connection's ledger and the reference data an operation on it settles with."""
+    require_fresh_refdata(caller)
+    return (
+        ledger_of(conn),
+        caller.snap.policy,
+        caller.snap.catalog(conn, caller.inst.fixmedins_code),
+    )
+
+
 def compute(
     conn: sqlite3.Connection,
+    env: Env,
     caller: Caller,
     req: settlement_pb2.SettleRequest,
 ) -> Computed:
-    """Preprocess and split a visit's fees; changes nothing."""
-    require_fresh_refdata(caller)
-    policy = caller.snap.policy
-    assert policy is not None
-    visit = load_visit(conn, caller, req.mdtrt_id)
-    if not req.psn_no:
-        raise field_error("psn_no", "is required")
-    if req.psn_no != visit.psn_no:
-        raise field_error("psn_no", "does not match the visit's person")
-    if req.medfee_sumamt < 0:
-        raise field_error("medfee_sumamt", "must not be negative")
-    if visit.state == "settled":
-        setl = conn.execute(
-            "SELECT setl_id FROM settlements WHERE visit_id = ? AND state = 1", (visit.id,)
-        ).fetchone()
-        raise FailedPrecondition(
-            f"mdtrt_id: {visit.mdtrt_id} is already settled as {setl[0] if setl else '?'}"
-        )
-    if visit.state != "registered":
-        raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} is {visit.state}")
-    # The lines come straight from the database into the engine's columns (the ledger, in
-    # Rust on this connection); the digest tells a center-mode settle they did not change.
-    columns, sns, lines_digest = ledger_of(conn).fee_lines(visit.id)
-    if not sns:
-        raise FailedPrecondition(f"mdtrt_id: {visit.mdtrt_id} has no fee lines to settle")
-    person = load_person(conn, caller.pii, visit.psn_no)
-    assert person is not None
-    catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
-    ev = engine_visit(visit, person)
+    """Preprocess and split a visit's fees (in the ledger); changes nothing. Center mode
+    sends the result to the center and keeps the center's answer (`record_center_settlement`)."""
+    ledger, policy, catalog = _in_ledger(conn, caller)
     try:
-        with metrics.PREPROCESS.time():
-            lines, summary = engine_rs.preprocess(catalog, policy, columns, ev)
-    except engine_rs.EngineError as exc:  # lines were checked at upload; the catalog changed
-        raise engine_failure(exc) from None
-    if req.medfee_sumamt != summary.medfee_sumamt:
-        raise field_error(
-            "medfee_sumamt",
-            f"{req.medfee_sumamt} is not the uploaded lines' total {summary.medfee_sumamt}"
-            f" ({summary.line_count} lines)",
+        visit, info, year, pool, before, after, blob, region, digest, took = ledger.compute(
+            env.ledger_node,
+            req.SerializeToString(),
+            caller.for_ledger(""),
+            policy,
+            catalog,
         )
-    ctx = SplitContext(
-        fixmedins_code=caller.inst.fixmedins_code,
-        hosp_lv=caller.inst.hosp_lv,
-        treatment_admdvs=caller.inst.admdvs,
-        mdtrt_id=visit.mdtrt_id,
-        insutype=visit.insutype,
-        med_type=visit.med_type,
-        treatment=visit.treatment,
-        begndate=visit.begndate,
-    )
-    choice = choose_rule(policy, ctx, person)
-    before = current_accumulators(conn, visit.psn_no, choice.year, choice.pool)
-    info, after = fund_split(
-        policy, choice, ctx, person, summary, before, req.acct_used_flag, req.invono
-    )
-    info.catalog_version = catalog.version
-    for cat, sums in enumerate(summary.by_category):
-        if any(sums):
-            info.categories.append(
-                common_pb2.CategorySum(
-                    med_chrgitm_type=cat,
-                    det_item_fee_sumamt=sums[0],
-                    fulamt_ownpay_amt=sums[1],
-                    overlmt_amt=sums[2],
-                    preselfpay_amt=sums[3],
-                    inscp_scp_amt=sums[4],
-                )
-            )
-    # The blob (server/frontend/store/line_results.py's layout) straight from the results.
-    blob = engine_rs.line_results_blob(catalog, lines, sns, columns["det_item_fee_sumamt"])
+    except engine_rs.Refused as exc:
+        raise refusal(exc) from None
+    metrics.engine_time(*took)
     return Computed(
-        visit,
-        info,
-        choice.year,
-        choice.pool,
-        before,
-        after,
+        VisitRow(*visit),
+        common_pb2.SetlInfo.FromString(info),
+        year,
+        pool,
+        before.to_dict(),
+        after.to_dict(),
         blob,
-        person.insuplc_admdvs,
-        lines_digest,
+        region,
+        digest,
     )
 
 
@@ -198,11 +124,22 @@ def write_accumulators(
 
 
 def pre_settle(
-    conn: sqlite3.Connection, caller: Caller, req: settlement_pb2.SettleRequest
-) -> settlement_pb2.SettleResponse:
-    c = compute(conn, caller, req)
-    c.info.msgid = req.header.msgid
-    return settlement_pb2.SettleResponse(setlinfo=c.info)
+    conn: sqlite3.Connection, env: Env, caller: Caller, req: settlement_pb2.SettleRequest
+) -> bytes:
+    """The pre-settlement's answer (a SettleResponse's bytes, from the ledger)."""
+    ledger, policy, catalog = _in_ledger(conn, caller)
+    try:
+        answer, took = ledger.pre_settle(
+            env.ledger_node,
+            req.SerializeToString(),
+            caller.for_ledger(""),
+            policy,
+            catalog,
+        )
+    except engine_rs.Refused as exc:
+        raise refusal(exc) from None
+    metrics.engine_time(*took)
+    return answer
 
 
 def settle(
@@ -210,23 +147,38 @@ def settle(
     env: Env,
     caller: Caller,
     req: settlement_pb2.SettleRequest,
+    req_hash: bytes,
     now: int,
+    rpc: str,
+    outcome: Outcome,
     offline: OfflineLimits | None = None,
-) -> tuple[bytes, str]:
-    """Local mode: compute and commit here; an outbox row carries it to the center. With
-    `offline`, the emergency plan of a center-mode front-end whose center is unreachable:
-    the same, marked offline, within the limits."""
-    c = compute(conn, caller, req)
-    if offline is not None:
-        assert caller.snap.policy is not None  # compute checked it
-        offline.check(conn, caller.snap.policy, c.info, local_date(now, env.tz_offset_min))
-    rowid = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM settlements").fetchone()[0]
-    info = c.info
-    info.setl_id = issue_id(env, "S", caller.inst.fixmedins_code, rowid)
-    info.setl_time.FromMilliseconds(now)
-    info.mode = common_pb2.LOCAL
-    info.offline = offline is not None
-    return record(conn, env, c, info, c.acc_after, req, now, rowid=rowid, forward=True)
+) -> bytes:
+    """Local mode, whole, in the ledger (engine_rs/src/ledger/settle.rs): the msgid's stored
+    answer replayed, or the visit computed and committed here with an outbox row that
+    carries it to the center, its answer stored with the msgid; the audit record of either.
+    With `offline`, the emergency plan of a center-mode front-end whose center is
+    unreachable: the same, marked offline, within the limits."""
+    ledger, policy, catalog = _in_ledger(conn, caller)
+    limits = None if offline is None else (offline.max_medfee_fen, offline.max_per_day)
+    try:
+        answer, replayed, _, took = ledger.settle(
+            env.ledger_node,
+            req.SerializeToString(),
+            req_hash,
+            now,
+            caller.for_ledger(rpc),
+            policy,
+            catalog,
+            limits,
+        )
+    except engine_rs.Refused as exc:
+        raise refusal(exc) from None
+    if took is not None:
+        metrics.engine_time(*took)
+    if replayed:
+        metrics.REPLAYS.labels("Settle").inc()
+        outcome.replayed = True
+    return answer
 
 
 def record_center_settlement(

@@ -8,12 +8,13 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::create_exception;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::BoundObject;
 
 use crate::error::EngineError as CoreError;
 use crate::gm::GmError;
+use crate::ledger::refusal::LedgerError;
 
 create_exception!(
     engine_rs,
@@ -53,6 +54,14 @@ create_exception!(
     "A key, user id or block length the national algorithms cannot take."
 );
 
+create_exception!(
+    engine_rs,
+    Refused,
+    PyException,
+    "A request a ledger operation refuses: `code` (a grpc.StatusCode name), `message`, and \
+     for INVALID_ARGUMENT the `field` and `reason`."
+);
+
 /// Registers the exception classes on the module.
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -63,6 +72,7 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PolicyError", py.get_type::<PolicyError>())?;
     m.add("NoRuleError", py.get_type::<NoRuleError>())?;
     m.add("CryptoError", py.get_type::<CryptoError>())?;
+    m.add("Refused", py.get_type::<Refused>())?;
     Ok(())
 }
 
@@ -129,13 +139,26 @@ pub(crate) fn sqlite_error(what: &str, e: rusqlite::Error) -> PyErr {
             _ => "DatabaseError",
         };
         let msg = format!("ledger {what}: {e}");
-        match py
+        let err = match py
             .import("sqlite3")
             .and_then(|m| m.getattr(class))
             .and_then(|cls| cls.call1((msg,)))
         {
             Ok(exc) => PyErr::from_value(exc),
-            Err(failed) => failed,
+            Err(failed) => return failed,
+        };
+        // The result code, as Python's own sqlite3 errors carry it: the store tells a full
+        // disk or an I/O error (the batch fails) from a bad statement by it.
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) => with_attrs(
+                py,
+                err,
+                [
+                    ("sqlite_errorcode", f.extended_code.into_any(py)),
+                    ("sqlite_errorname", format!("{:?}", f.code).into_any(py)),
+                ],
+            ),
+            _ => err,
         }
     })
 }
@@ -148,6 +171,31 @@ pub(crate) fn ledger_refused(reason: impl Into<String>) -> PyErr {
 impl From<GmError> for PyErr {
     fn from(e: GmError) -> Self {
         CryptoError::new_err(e.to_string())
+    }
+}
+
+/// A ledger operation's failure: a refusal of the request (`Refused`), the store's failure
+/// (`sqlite_error`), or a broken invariant (`EngineError`, answered INTERNAL).
+pub(crate) fn ledger_error(what: &str, e: LedgerError) -> PyErr {
+    match e {
+        LedgerError::Refused(r) => Python::attach(|py| {
+            let (field, reason) = match r.field {
+                Some((f, why)) => (Some(f), Some(why)),
+                None => (None, None),
+            };
+            with_attrs(
+                py,
+                Refused::new_err(r.message.clone()),
+                [
+                    ("code", r.code.name().into_any(py)),
+                    ("message", r.message.into_any(py)),
+                    ("field", field.into_any(py)),
+                    ("reason", reason.into_any(py)),
+                ],
+            )
+        }),
+        LedgerError::Sql(e) => sqlite_error(what, e),
+        LedgerError::Internal(why) => ledger_refused(format!("{what}: {why}")),
     }
 }
 

@@ -19,13 +19,21 @@ use std::sync::Mutex;
 
 use numpy::PyArray1;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefMethods, PyWeakrefReference};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use rusqlite::ffi;
 
+use prost::Message;
+
+use super::catalog::PyCatalog;
 use super::convert::get_col;
-use super::error::{guard, ledger_refused as refused, sqlite_error};
+use super::error::{guard, ledger_error, ledger_refused as refused};
+use super::policy::PyPolicy;
+use crate::ledger::refusal::{LedgerError, Refusal};
+use crate::ledger::settle::{self, Caller, Node, Offline};
+use crate::ledger::vault::Vault;
 use crate::ledger::{self, LegRow, SettlementRow};
 use crate::split::Accumulators;
+use crate::wire;
 
 /// The head of CPython's `pysqlite_Connection`: the object header, then the handle.
 #[repr(C)]
@@ -126,6 +134,16 @@ impl PyLedger {
         what: &str,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R>,
     ) -> PyResult<R> {
+        self.run(py, what, |conn| f(conn).map_err(LedgerError::Sql))
+    }
+
+    /// Runs a ledger operation on the connection (panics caught: `guard`).
+    fn run<R>(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<R, LedgerError>,
+    ) -> PyResult<R> {
         if self.owner.bind(py).upgrade().is_none() {
             return Err(refused("its connection is gone"));
         }
@@ -139,7 +157,7 @@ impl PyLedger {
         };
         match read {
             None => Err(refused("the ledger is closed")),
-            Some(result) => result?.map_err(|e| sqlite_error(what, e)),
+            Some(result) => result?.map_err(|e| ledger_error(what, e)),
         }
     }
 }
@@ -249,6 +267,109 @@ impl PyLedger {
             ledger::record_settlement(conn, &row, &legs, &before, &after, forward)
         })
     }
+
+    /// A local-mode Settle whole (engine_rs/src/ledger/settle.rs): `request` is the
+    /// `SettleRequest`'s bytes, `caller` (fixmedins_code, hosp_lv, admdvs, opter, roles,
+    /// rpc) the authenticated caller; `offline` (max_medfee_fen, max_per_day) settles a
+    /// center-mode visit while its center is unreachable. Returns (answer bytes, replayed,
+    /// setl_id, engine time (preprocess, split seconds; None for a replay)); raises
+    /// `Refused` for a refused request.
+    #[pyo3(signature = (node, request, req_hash, now, caller, policy, catalog, offline=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn settle<'py>(
+        &self,
+        py: Python<'py>,
+        node: &PyLedgerNode,
+        request: &[u8],
+        req_hash: &[u8],
+        now: i64,
+        caller: CallerArgs,
+        policy: &PyPolicy,
+        catalog: &PyCatalog,
+        offline: Option<(i64, i64)>,
+    ) -> PyResult<SettleAnswer<'py>> {
+        let req: wire::SettleRequest = decode(request)?;
+        let who = caller.caller(policy, catalog);
+        let offline = offline.map(|(max_medfee_fen, max_per_day)| Offline {
+            max_medfee_fen,
+            max_per_day,
+        });
+        let done = self.run(py, "settle", |conn| {
+            settle::settle(conn, &node.inner, &who, &req, req_hash, now, offline)
+        })?;
+        Ok((
+            PyBytes::new(py, &done.answer),
+            done.replayed,
+            done.setl_id,
+            done.timing.map(|t| (t.preprocess_s, t.split_s)),
+        ))
+    }
+
+    /// PreSettle's answer bytes (a `SettleResponse`) and the engine's time (preprocess,
+    /// split, seconds); writes nothing.
+    fn pre_settle<'py>(
+        &self,
+        py: Python<'py>,
+        node: &PyLedgerNode,
+        request: &[u8],
+        caller: CallerArgs,
+        policy: &PyPolicy,
+        catalog: &PyCatalog,
+    ) -> PyResult<(Bound<'py, PyBytes>, (f64, f64))> {
+        let req: wire::SettleRequest = decode(request)?;
+        let who = caller.caller(policy, catalog);
+        let (answer, t) = self.run(py, "pre_settle", |conn| {
+            settle::pre_settle(conn, &node.inner, &who, &req)
+        })?;
+        Ok((PyBytes::new(py, &answer), (t.preprocess_s, t.split_s)))
+    }
+
+    /// A visit's computation for center mode (server/frontend/settle.py `Computed`): the
+    /// visit row, the `SetlInfo` bytes, accumulator year and pool, accumulators before and
+    /// after, the line-results blob, the insured region, the lines' digest and the engine's
+    /// time (preprocess, split seconds).
+    fn compute<'py>(
+        &self,
+        py: Python<'py>,
+        node: &PyLedgerNode,
+        request: &[u8],
+        caller: CallerArgs,
+        policy: &PyPolicy,
+        catalog: &PyCatalog,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let req: wire::SettleRequest = decode(request)?;
+        let who = caller.caller(policy, catalog);
+        let c = self.run(py, "compute", |conn| {
+            settle::compute(conn, &node.inner, &who, &req)
+        })?;
+        let v = c.visit;
+        let visit = (
+            v.id,
+            v.mdtrt_id,
+            v.fixmedins_code,
+            v.psn_no,
+            v.insutype,
+            v.med_type,
+            v.treatment,
+            v.begndate,
+            v.diagnoses,
+            v.state,
+        )
+            .into_pyobject(py)?;
+        (
+            visit,
+            PyBytes::new(py, &c.info.encode_to_vec()),
+            c.acc_year,
+            c.acc_pool,
+            c.acc_before,
+            c.acc_after,
+            PyBytes::new(py, &c.line_results),
+            c.insured_region,
+            PyBytes::new(py, &c.lines_digest),
+            (c.timing.preprocess_s, c.timing.split_s),
+        )
+            .into_pyobject(py)
+    }
 }
 
 /// A `SettlementRow` from its dict (`engine_rs.SettlementRow` in engine_rs.pyi).
@@ -285,4 +406,74 @@ fn settlement_row(d: &Bound<'_, PyDict>) -> PyResult<SettlementRow> {
         info: get(d, "info")?,
         line_results: get(d, "line_results")?,
     })
+}
+
+/// A settle's (answer, replayed, setl_id, engine seconds (preprocess, split)).
+type SettleAnswer<'py> = (Bound<'py, PyBytes>, bool, String, Option<(f64, f64)>);
+
+/// The caller as Python hands it over: (fixmedins_code, hosp_lv, admdvs, opter, roles, rpc).
+type CallerArgs = (String, u32, String, String, String, String);
+
+trait AsCaller {
+    fn caller<'a>(&'a self, policy: &'a PyPolicy, catalog: &'a PyCatalog) -> Caller<'a>;
+}
+
+impl AsCaller for CallerArgs {
+    fn caller<'a>(&'a self, policy: &'a PyPolicy, catalog: &'a PyCatalog) -> Caller<'a> {
+        Caller {
+            fixmedins_code: &self.0,
+            hosp_lv: self.1,
+            admdvs: &self.2,
+            opter: &self.3,
+            roles: &self.4,
+            rpc: &self.5,
+            policy: &policy.inner,
+            catalog: &catalog.inner,
+        }
+    }
+}
+
+/// A request's bytes as its message; malformed bytes are the caller's error.
+fn decode<M: Message + Default>(request: &[u8]) -> PyResult<M> {
+    M::decode(request).map_err(|e| {
+        ledger_error(
+            "decode",
+            Refusal::field("request", format!("malformed request message: {e}")).into(),
+        )
+    })
+}
+
+/// The front-end node a ledger settles for: its node id (in every id it issues), its
+/// clock zone (settlement days), the personal-data seal key and the version new values
+/// are sealed with (1 AES-256-GCM, 2 SM4-GCM), and the audit chain's key.
+#[pyclass(module = "engine_rs", name = "LedgerNode", frozen)]
+pub struct PyLedgerNode {
+    inner: Node,
+}
+
+#[pymethods]
+impl PyLedgerNode {
+    #[new]
+    fn new(
+        node_id: String,
+        tz_offset_min: i64,
+        pii_seal: &[u8],
+        pii_version: u8,
+        audit_key: Vec<u8>,
+    ) -> PyResult<Self> {
+        let vault = Vault::new(pii_seal, pii_version).map_err(|e| refused(e.0))?;
+        Ok(Self {
+            inner: Node {
+                node_id,
+                tz_offset_min,
+                vault,
+                audit_key,
+            },
+        })
+    }
+
+    #[getter]
+    fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
 }

@@ -12,7 +12,8 @@
 //! │            Summary, LineResults, FundLeg, SplitResult (error, convert, catalog, policy)
 //! ├── matching Matcher                                    (error, convert, catalog)
 //! ├── gm       sm3, hmac_sm3, sm2_*, sm4_*                (error)
-//! └── ledger   Ledger: the ledger's reads on a Python sqlite3 connection (error)
+//! └── ledger   Ledger, LedgerNode: the settle operation and the ledger's reads and writes
+//!              on a Python sqlite3 connection              (error, catalog, policy)
 //! ```
 //!
 //! Value types that cross unchanged (`Visit` = `preprocess::VisitCtx`, `Selection`,
@@ -87,6 +88,7 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
     // the ledger: hot reads on the front-end store's own connection
     m.add_class::<ledger::PyLedger>()?;
+    m.add_class::<ledger::PyLedgerNode>()?;
 
     // national cryptography
     m.add("SM2_DEFAULT_UID", crate::gm::DEFAULT_UID)?;

@@ -44,6 +44,8 @@ from server.rpc import check_parsed
 Ctx = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 WriteBody = Callable[[sqlite3.Connection, Caller, int], tuple[bytes, str]]
+# (connection, caller, request hash, now, method path) -> the answer
+WholeBody = Callable[[sqlite3.Connection, Caller, bytes, int, str], bytes]
 
 
 class Calls:
@@ -67,15 +69,14 @@ class Calls:
         req_hash: bytes | None = None,
         outcome: Outcome | None = None,
     ) -> bytes:
-        header = request.header
-        check_header(header, needs_msgid=True)
-        digest = req_hash if req_hash is not None else request_hash(method, request)
-        now = now_ms()
-        path = f"/medsettle.v1.{self.service}/{method}"
+        """An idempotent write: `body`'s answer stored with the msgid (or the stored one
+        replayed), with its audit record."""
         env = self.env
 
-        def op(conn: sqlite3.Connection) -> bytes:
-            caller = authenticate(conn, env, header, now, path)
+        def whole(
+            conn: sqlite3.Connection, caller: Caller, digest: bytes, now: int, path: str
+        ) -> bytes:
+            header = request.header
             return idempotent(
                 conn,
                 header.fixmedins_code,
@@ -87,6 +88,29 @@ class Calls:
                 outcome,
                 Trail.of(env, path, caller, request),
             )
+
+        return await self.write_whole(method, request, whole, req_hash=req_hash)
+
+    async def write_whole(
+        self,
+        method: str,
+        request: Any,
+        body: WholeBody,
+        *,
+        req_hash: bytes | None = None,
+    ) -> bytes:
+        """A write whose body keeps the msgid's answer and the audit record itself (the
+        ledger's settle), after the header check and the caller's authentication in the
+        same transaction; a refusal is audited."""
+        header = request.header
+        check_header(header, needs_msgid=True)
+        digest = req_hash if req_hash is not None else request_hash(method, request)
+        now = now_ms()
+        path = f"/medsettle.v1.{self.service}/{method}"
+        env = self.env
+
+        def op(conn: sqlite3.Connection) -> bytes:
+            return body(conn, authenticate(conn, env, header, now, path), digest, now, path)
 
         try:
             return await self.store.write(op)
@@ -260,20 +284,29 @@ class SettlementService:
         if self.center is not None:
             return await self._in_center_mode(PRE_SETTLE, request, self.center.pre_settle(request))
         return await self.calls.read(
-            "PreSettle", request, lambda conn, caller: settle.pre_settle(conn, caller, request)
+            "PreSettle",
+            request,
+            lambda conn, caller: settle.pre_settle(conn, self.env, caller, request),
         )
 
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> bytes:
         if self.center is not None:
             return await self._in_center_mode(SETTLE, request, self.center.settle(request))
         env = self.env
-        return await self._counted(
-            "Settle",
-            request,
-            lambda conn, caller, now: settle.settle(conn, env, caller, request, now),
-            metrics.settle_answered,
-            metrics.settle_refused,
-        )
+        outcome = Outcome()
+        try:
+            resp = await self.calls.write_whole(
+                "Settle",
+                request,
+                lambda conn, caller, digest, now, path: settle.settle(
+                    conn, env, caller, request, digest, now, path, outcome
+                ),
+            )
+        except ClientError as exc:
+            metrics.settle_refused("local", "frontend", exc.code)
+            raise
+        metrics.settle_answered("local", "frontend", resp, outcome.replayed)
+        return resp
 
     async def CancelSettlement(
         self, request: settlement_pb2.CancelSettlementRequest, context: Ctx

@@ -1,6 +1,11 @@
-//! The front-end's hot reads and writes over its SQLite database, beside the pure core
-//! (issue 15 moves the settle path here step by step: so far a visit's fee lines, a
-//! person's accumulators, and the writes that record a settlement).
+//! The front-end's hot reads and writes over its SQLite database, beside the pure core.
+//!
+//! - this file: a visit's fee lines, a person's accumulators, the writes that record a
+//!   settlement, the line-results blob;
+//! - `settle`: the Settle and PreSettle operations whole (issue 15), over the rest;
+//! - `journal`: the msgid's stored answer and the audit chain;
+//! - `vault`: personal data sealed and opened (the format of server/security/pii.py);
+//! - `refusal`: how an operation refuses a request, or fails.
 //!
 //! The ledger never opens the database file itself. It works on the connection the Python
 //! store already holds (`python::ledger` borrows its handle), so a front-end process keeps
@@ -10,6 +15,11 @@
 //! process drop each other's POSIX locks when either closes a descriptor, which can corrupt
 //! the file). Reads run inside whatever transaction the connection has open, so they see
 //! the batch's own earlier writes.
+
+pub mod journal;
+pub mod refusal;
+pub mod settle;
+pub mod vault;
 
 use std::fmt::Write;
 use std::sync::OnceLock;

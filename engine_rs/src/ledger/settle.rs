@@ -1,0 +1,785 @@
+//! A front-end's settle operation, whole, in one call on the store's connection: the msgid's
+//! replay or the work (visit, person, fee lines, preprocessing, rule, accumulators, split,
+//! the settlement's writes, the sealed answer) and the audit record, inside the writer's
+//! transaction. PreSettle runs the same computation (`compute`) and writes nothing.
+//!
+//! The checks, their order and their messages are those of the Python operation this
+//! replaces (server/frontend/settle.py keeps the center-mode steps around `compute`): a
+//! refused settle is refused with the same status and text whichever path served it.
+
+use std::time::Instant;
+
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension};
+
+use super::journal::{self, AuditRecord};
+use super::refusal::{LedgerError, Refusal};
+use super::vault::Vault;
+use super::{accumulators, encode_line_results, fee_lines, record_settlement};
+use super::{LegRow, SettlementRow, LINE_RESULT_INTS};
+use crate::catalog::Catalog;
+use crate::columns::StrView;
+use crate::policy::{Policy, Selection};
+use crate::preprocess::{self as pre, Lines, Summary, VisitCtx};
+use crate::split::{self as sp, Accumulators, Person, SplitInput, Trace};
+use crate::wire;
+
+/// `SettlementState.SETTLED`, `SettlementMode.LOCAL` (common.proto).
+const SETTLED: i32 = 1;
+const LOCAL: i32 = 1;
+
+/// The names of the funds a settlement's legs are paid from (fund_pay_type -> name).
+pub const FUND_NAMES: [(&str, &str); 13] = [
+    ("310100", "职工基本医疗保险统筹基金"),
+    ("310200", "职工基本医疗保险个人账户"),
+    ("320100", "公务员医疗补助资金"),
+    ("330100", "职工大额医疗费用补助基金"),
+    ("340100", "离休人员医疗保障基金"),
+    ("350100", "一至六级残疾军人医疗补助基金"),
+    ("370100", "企业补充医疗保险基金"),
+    ("390100", "城乡居民基本医疗保险基金"),
+    ("390200", "城乡居民大病医疗保险基金"),
+    ("510100", "生育基金"),
+    ("610100", "医疗救助基金"),
+    ("999996", "医院垫付"),
+    ("999997", "其他基金"),
+];
+
+fn fund_name(fund: &str) -> &'static str {
+    FUND_NAMES
+        .iter()
+        .find(|(f, _)| *f == fund)
+        .map_or("", |(_, n)| n)
+}
+
+/// What is settled against: this front-end's node, keys and clock settings.
+pub struct Node {
+    pub node_id: String,
+    pub tz_offset_min: i64,
+    pub vault: Vault,
+    pub audit_key: Vec<u8>,
+}
+
+/// The signed-in caller (authenticated before the operation runs) and its reference data.
+pub struct Caller<'a> {
+    pub fixmedins_code: &'a str,
+    pub hosp_lv: u32,
+    pub admdvs: &'a str,
+    pub opter: &'a str,
+    /// The roles the sign-in holds, rendered for the audit record.
+    pub roles: &'a str,
+    /// The method's path, for the audit record.
+    pub rpc: &'a str,
+    pub policy: &'a Policy,
+    pub catalog: &'a Catalog,
+}
+
+/// The emergency plan of a center-mode front-end whose center is unreachable: settle here,
+/// marked offline, within these limits unless the policy sets its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Offline {
+    pub max_medfee_fen: i64,
+    pub max_per_day: i64,
+}
+
+/// A visit as the settle reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisitRow {
+    pub id: i64,
+    pub mdtrt_id: String,
+    pub fixmedins_code: String,
+    pub psn_no: String,
+    pub insutype: i64,
+    pub med_type: i64,
+    pub treatment: i64,
+    pub begndate: i64,
+    pub diagnoses: Vec<String>,
+    pub state: String,
+}
+
+/// A visit's preprocessing and split, before anything is written.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    pub visit: VisitRow,
+    /// Without id, time, msgid, state or mode (the settle sets them).
+    pub info: wire::SetlInfo,
+    pub acc_year: i64,
+    pub acc_pool: String,
+    pub acc_before: Accumulators,
+    pub acc_after: Accumulators,
+    /// The settlement's line-results blob (`encode_line_results`).
+    pub line_results: Vec<u8>,
+    /// Which center settles it in center mode: the person's insured region.
+    pub insured_region: String,
+    /// The fee lines' digest (center mode: unchanged when the answer comes back?).
+    pub lines_digest: [u8; 32],
+    /// How long the engine took: preprocessing, then the split (the server's metrics).
+    pub timing: Timing,
+}
+
+/// The engine's time in a computation (`medsettle_engine_seconds` by stage).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    pub preprocess_s: f64,
+    pub split_s: f64,
+}
+
+/// What a Settle answered: the answer's bytes, whether it was a replay, and the setl_id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered {
+    pub answer: Vec<u8>,
+    pub replayed: bool,
+    pub setl_id: String,
+    /// None for a replay (nothing was computed).
+    pub timing: Option<Timing>,
+}
+
+/// The settle request's header (absent: empty; the server checked it before).
+fn header(req: &wire::SettleRequest) -> (&str, &str) {
+    req.header
+        .as_ref()
+        .map_or(("", ""), |h| (h.msgid.as_str(), h.fixmedins_code.as_str()))
+}
+
+fn load_visit(
+    conn: &Connection,
+    vault: &Vault,
+    caller: &Caller<'_>,
+    mdtrt_id: &str,
+) -> Result<VisitRow, LedgerError> {
+    if mdtrt_id.is_empty() {
+        return Err(Refusal::field("mdtrt_id", "is required").into());
+    }
+    let row = conn
+        .prepare_cached(
+            "SELECT id, mdtrt_id, fixmedins_code, psn_no, insutype, med_type, treatment, \
+             begndate, dise_codg, state FROM visits WHERE mdtrt_id = ?1",
+        )?
+        .query_row([mdtrt_id], |r| {
+            Ok((
+                VisitRow {
+                    id: r.get(0)?,
+                    mdtrt_id: r.get(1)?,
+                    fixmedins_code: r.get(2)?,
+                    psn_no: r.get(3)?,
+                    insutype: r.get(4)?,
+                    med_type: r.get(5)?,
+                    treatment: r.get(6)?,
+                    begndate: r.get(7)?,
+                    diagnoses: Vec::new(),
+                    state: r.get(9)?,
+                },
+                r.get::<_, Vec<u8>>(8)?,
+            ))
+        })
+        .optional()?;
+    let Some((mut visit, sealed)) = row.filter(|(v, _)| v.fixmedins_code == caller.fixmedins_code)
+    else {
+        return Err(Refusal::not_found(format!(
+            "mdtrt_id: no visit {mdtrt_id} at this institution"
+        ))
+        .into());
+    };
+    let text = vault
+        .open_text("dise_codg", &visit.mdtrt_id, &sealed)
+        .map_err(|e| LedgerError::Internal(e.0))?;
+    visit.diagnoses = text
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Ok(visit)
+}
+
+/// What the split reads of a person (`server.persons.PersonRow`).
+struct PersonRow {
+    psn_name: String,
+    gend: i64,
+    brdy: i64,
+    psn_type: i64,
+    insuplc_admdvs: String,
+    cvlserv_flag: bool,
+    maf_flag: bool,
+    retired: bool,
+    cross_region: i64,
+    balc: i64,
+}
+
+fn load_person(conn: &Connection, vault: &Vault, psn_no: &str) -> Result<PersonRow, LedgerError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT psn_name, gend, brdy, psn_type, insuplc_admdvs, cvlserv_flag, maf_flag, \
+             retired, cross_region, balc FROM persons WHERE psn_no = ?1",
+        )?
+        .query_row([psn_no], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                PersonRow {
+                    psn_name: String::new(),
+                    gend: r.get(1)?,
+                    brdy: r.get(2)?,
+                    psn_type: r.get(3)?,
+                    insuplc_admdvs: r.get(4)?,
+                    cvlserv_flag: r.get::<_, i64>(5)? != 0,
+                    maf_flag: r.get::<_, i64>(6)? != 0,
+                    retired: r.get::<_, i64>(7)? != 0,
+                    cross_region: r.get(8)?,
+                    balc: r.get(9)?,
+                },
+            ))
+        })
+        .optional()?;
+    // A visit is registered only for a known person, and persons are never deleted.
+    let (sealed, mut person) =
+        row.ok_or_else(|| LedgerError::Internal(format!("the visit's person {psn_no} is gone")))?;
+    person.psn_name = vault
+        .open_text("psn_name", psn_no, &sealed)
+        .map_err(|e| LedgerError::Internal(e.0))?;
+    Ok(person)
+}
+
+/// A stored value that must fit a narrower engine type (`what` names it in the error).
+fn narrow<T: TryFrom<i64>>(v: i64, what: &str) -> Result<T, LedgerError> {
+    T::try_from(v).map_err(|_| LedgerError::Internal(format!("{what} {v} is out of range")))
+}
+
+/// `server.codes.age_on`: whole years from a yyyymmdd birth date to a yyyymmdd date.
+pub fn age_on(brdy: i64, date: i64) -> i64 {
+    ((date - brdy).div_euclid(10_000)).max(0)
+}
+
+fn cannot_settle(e: impl std::fmt::Display) -> LedgerError {
+    Refusal::failed_precondition(format!("the visit cannot be settled: {e}")).into()
+}
+
+/// Preprocesses and splits a visit's fees; changes nothing.
+pub fn compute(
+    conn: &Connection,
+    node: &Node,
+    caller: &Caller<'_>,
+    req: &wire::SettleRequest,
+) -> Result<Computed, LedgerError> {
+    let policy = caller.policy;
+    let visit = load_visit(conn, &node.vault, caller, &req.mdtrt_id)?;
+    if req.psn_no.is_empty() {
+        return Err(Refusal::field("psn_no", "is required").into());
+    }
+    if req.psn_no != visit.psn_no {
+        return Err(Refusal::field("psn_no", "does not match the visit's person").into());
+    }
+    if req.medfee_sumamt < 0 {
+        return Err(Refusal::field("medfee_sumamt", "must not be negative").into());
+    }
+    if visit.state == "settled" {
+        let setl: Option<String> = conn
+            .prepare_cached("SELECT setl_id FROM settlements WHERE visit_id = ?1 AND state = 1")?
+            .query_row([visit.id], |r| r.get(0))
+            .optional()?;
+        return Err(Refusal::failed_precondition(format!(
+            "mdtrt_id: {} is already settled as {}",
+            visit.mdtrt_id,
+            setl.as_deref().unwrap_or("?")
+        ))
+        .into());
+    }
+    if visit.state != "registered" {
+        return Err(Refusal::failed_precondition(format!(
+            "mdtrt_id: {} is {}",
+            visit.mdtrt_id, visit.state
+        ))
+        .into());
+    }
+    let rows = fee_lines(conn, visit.id)?;
+    if rows.feedetl_sn.is_empty() {
+        return Err(Refusal::failed_precondition(format!(
+            "mdtrt_id: {} has no fee lines to settle",
+            visit.mdtrt_id
+        ))
+        .into());
+    }
+    let person = load_person(conn, &node.vault, &visit.psn_no)?;
+    let age = age_on(person.brdy, visit.begndate);
+    let ev = VisitCtx {
+        treatment: narrow(visit.treatment, "treatment")?,
+        psn_type: narrow(person.psn_type, "psn_type")?,
+        sex: narrow(person.gend, "gend")?,
+        age: narrow(age, "age")?,
+        date: narrow(visit.begndate, "begndate")?,
+        diagnoses: visit
+            .diagnoses
+            .iter()
+            .map(|d| d.trim().to_owned())
+            .collect(),
+    };
+    let hosp = StrView::new(
+        "medins_list_codg",
+        &rows.medins_list_codg.0,
+        &rows.medins_list_codg.1,
+    )
+    .map_err(cannot_settle)?;
+    let ins = StrView::new(
+        "med_list_codg",
+        &rows.med_list_codg.0,
+        &rows.med_list_codg.1,
+    )
+    .map_err(cannot_settle)?;
+    let lines = Lines {
+        medins_list_codg: hosp,
+        med_list_codg: Some(ins),
+        cnt: &rows.cnt,
+        pric: &rows.pric,
+        det_item_fee_sumamt: &rows.det_item_fee_sumamt,
+        hosp_appr_flag: &rows.hosp_appr_flag,
+        fee_date: &rows.fee_date,
+        visit: &[],
+    };
+    let doc = &policy.doc;
+    let started = Instant::now();
+    // the lines were checked at upload; an error here means the catalog changed since
+    let (results, sums) = pre::preprocess(
+        caller.catalog,
+        &lines,
+        std::slice::from_ref(&ev),
+        doc.preprocess.line_tolerance_fen,
+        doc.rounding.mode,
+    )
+    .map_err(cannot_settle)?;
+    let summary = sums.get(0);
+    let preprocess_s = started.elapsed().as_secs_f64();
+    if req.medfee_sumamt != summary.medfee_sumamt {
+        return Err(Refusal::field(
+            "medfee_sumamt",
+            format!(
+                "{} is not the uploaded lines' total {} ({} lines)",
+                req.medfee_sumamt, summary.medfee_sumamt, summary.line_count
+            ),
+        )
+        .into());
+    }
+    let sel = Selection {
+        treatment: ev.treatment,
+        date: ev.date,
+        region: region_of(&person.insuplc_admdvs),
+        insutype: narrow(visit.insutype, "insutype")?,
+        psn_type: ev.psn_type,
+        hosp_lv: caller.hosp_lv,
+        admission_no: 0,
+    };
+    let Some(rule) = policy.select(&sel) else {
+        return Err(Refusal::failed_precondition(format!(
+            "no policy rule covers insutype {}, med_type {}, psn_type {}, hospital level {} \
+             on {} (policy version {})",
+            visit.insutype,
+            visit.med_type,
+            person.psn_type,
+            caller.hosp_lv,
+            visit.begndate,
+            doc.version
+        ))
+        .into());
+    };
+    let acc_year = visit.begndate / 10_000;
+    let acc_pool = policy.rule(rule).accumulator.clone();
+    let before = accumulators(conn, &visit.psn_no, acc_year, &acc_pool)?
+        .unwrap_or_else(|| Accumulators::from_values([0; Accumulators::LEN]));
+    let who = Person {
+        age: ev.age,
+        retired: person.retired,
+        civil_servant: person.cvlserv_flag,
+        cross_region: cross_region(caller.admdvs, &person),
+        assistance: person.maf_flag,
+        acct_used: req.acct_used_flag,
+        acct_balance: person.balc,
+    };
+    let started = Instant::now();
+    let mut trace = Trace::default();
+    let mut scratch = Vec::new();
+    let r = sp::split(
+        0,
+        policy,
+        &SplitInput::from(&summary),
+        &sel,
+        &who,
+        &before,
+        &mut scratch,
+        Some(&mut trace),
+    )
+    .map_err(cannot_settle)?;
+    let legs = sp::legs(policy, &r, &trace, &sel);
+    let split_s = started.elapsed().as_secs_f64();
+    let applied = policy.rule(r.rule as usize);
+    let critical_fund = applied
+        .critical
+        .as_ref()
+        .map_or("", |c| c.fund_pay_type.as_str());
+    let info = wire::SetlInfo {
+        mdtrt_id: visit.mdtrt_id.clone(),
+        psn_no: visit.psn_no.clone(),
+        psn_name: person.psn_name.clone(),
+        insutype: narrow(visit.insutype, "insutype")?,
+        psn_type: narrow(person.psn_type, "psn_type")?,
+        med_type: narrow(visit.med_type, "med_type")?,
+        clr_type: if visit.treatment == 2 { 21 } else { 11 },
+        fixmedins_code: caller.fixmedins_code.to_owned(),
+        invono: req.invono.clone(),
+        medfee_sumamt: summary.medfee_sumamt,
+        fulamt_ownpay_amt: summary.fulamt_ownpay_amt,
+        overlmt_amt: summary.overlmt_amt,
+        preselfpay_amt: summary.preselfpay_amt,
+        inscp_scp_amt: summary.inscp_scp_amt,
+        act_pay_dedc: r.act_pay_dedc,
+        hifp_pay: r.hifp_pay,
+        cvlserv_pay: r.cvlserv_pay,
+        hifob_pay: if critical_fund == "330100" {
+            r.critical_pay
+        } else {
+            0
+        },
+        hifmi_pay: if critical_fund == "390200" {
+            r.critical_pay
+        } else {
+            0
+        },
+        maf_pay: r.maf_pay,
+        fund_pay_sumamt: r.fund_pay_sumamt,
+        psn_part_amt: r.psn_part_amt,
+        acct_pay: r.acct_pay,
+        psn_cash_pay: r.psn_cash_pay,
+        balc: r.balc,
+        rule_id: applied.id.clone(),
+        policy_version: i64::from(doc.version),
+        line_count: narrow(summary.line_count, "line_count")?,
+        catalog_version: caller.catalog.version,
+        setldetail: legs
+            .into_iter()
+            .map(|l| wire::FundLeg {
+                fund_pay_type_name: fund_name(&l.fund_pay_type).to_owned(),
+                fund_pay_type: l.fund_pay_type,
+                inscp_scp_amt: l.base,
+                fund_payamt: l.amount,
+                setl_proc_info: l.setl_proc_info,
+            })
+            .collect(),
+        categories: categories(&summary),
+        ..Default::default()
+    };
+    let line_results = line_results(
+        caller.catalog,
+        &results,
+        &rows.feedetl_sn,
+        &rows.det_item_fee_sumamt,
+    )?;
+    Ok(Computed {
+        visit,
+        info,
+        acc_year,
+        acc_pool,
+        acc_before: before,
+        acc_after: r.acc,
+        line_results,
+        insured_region: person.insuplc_admdvs,
+        lines_digest: rows.digest,
+        timing: Timing {
+            preprocess_s,
+            split_s,
+        },
+    })
+}
+
+/// The engine's region: the insured region's code when it is a number.
+fn region_of(admdvs: &str) -> u32 {
+    if !admdvs.is_empty() && admdvs.bytes().all(|b| b.is_ascii_digit()) {
+        admdvs.parse().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// 0 treated in the insured region; elsewhere 1 when the person filed the move, else 2.
+fn cross_region(treatment_admdvs: &str, person: &PersonRow) -> u8 {
+    if treatment_admdvs == person.insuplc_admdvs {
+        0
+    } else if person.cross_region == 1 {
+        1
+    } else {
+        2
+    }
+}
+
+fn categories(summary: &Summary) -> Vec<wire::CategorySum> {
+    summary
+        .by_category
+        .iter()
+        .enumerate()
+        .filter(|(_, sums)| sums.iter().any(|&v| v != 0))
+        .map(|(cat, s)| wire::CategorySum {
+            // fewer than 2^31 categories
+            med_chrgitm_type: cat as i32,
+            det_item_fee_sumamt: s[0],
+            fulamt_ownpay_amt: s[1],
+            overlmt_amt: s[2],
+            preselfpay_amt: s[3],
+            inscp_scp_amt: s[4],
+        })
+        .collect()
+}
+
+fn line_results(
+    catalog: &Catalog,
+    r: &pre::LineResults,
+    sns: &[String],
+    amounts: &[i64],
+) -> Result<Vec<u8>, LedgerError> {
+    let codes: Vec<&str> = r
+        .item
+        .iter()
+        .map(|&i| match usize::try_from(i) {
+            Ok(i) if i < catalog.len() => catalog.code(i),
+            _ => "",
+        })
+        .collect();
+    let ints: Vec<[i64; LINE_RESULT_INTS]> = (0..r.item.len())
+        .map(|k| {
+            [
+                i64::from(r.chrgitm_lv[k]),
+                i64::from(r.fee_category[k]),
+                amounts[k],
+                r.fulamt_ownpay_amt[k],
+                r.overlmt_amt[k],
+                r.preselfpay_amt[k],
+                r.inscp_scp_amt[k],
+                i64::from(r.flags[k]),
+            ]
+        })
+        .collect();
+    encode_line_results(sns, &codes, &ints).map_err(LedgerError::Internal)
+}
+
+/// `server.common.local_date`: the yyyymmdd of an instant in the configured local time.
+pub fn local_date(ms: i64, tz_offset_min: i64) -> i64 {
+    let days = (ms.div_euclid(1000) + tz_offset_min * 60).div_euclid(86_400);
+    // Howard Hinnant's civil_from_days
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    y * 10_000 + m * 100 + d
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        // below 10^9
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// PreSettle's answer: the computation as a `SettleResponse`, stamped with the msgid.
+pub fn pre_settle(
+    conn: &Connection,
+    node: &Node,
+    caller: &Caller<'_>,
+    req: &wire::SettleRequest,
+) -> Result<(Vec<u8>, Timing), LedgerError> {
+    let mut c = compute(conn, node, caller, req)?;
+    c.info.msgid = header(req).0.to_owned();
+    let answer = wire::SettleResponse {
+        setlinfo: Some(c.info),
+    }
+    .encode_to_vec();
+    Ok((answer, c.timing))
+}
+
+fn check_offline(
+    conn: &Connection,
+    policy: &Policy,
+    limits: Offline,
+    medfee: i64,
+    day: i64,
+) -> Result<(), LedgerError> {
+    let (max_medfee, max_per_day, source) = match policy.doc.offline {
+        Some(o) => (
+            o.max_medfee_fen,
+            i64::from(o.max_per_day),
+            format!("policy {} version {}", policy.doc.id, policy.doc.version),
+        ),
+        None => (
+            limits.max_medfee_fen,
+            limits.max_per_day,
+            "this front-end's settings".to_owned(),
+        ),
+    };
+    if medfee > max_medfee {
+        return Err(Refusal::unavailable(format!(
+            "the center is unreachable and {medfee} fen is above the offline limit of \
+             {max_medfee} per settlement ({source}); retry when the center is back"
+        ))
+        .into());
+    }
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM settlements WHERE offline = 1 AND setl_date = ?1")?
+        .query_row([day], |r| r.get(0))?;
+    if n >= max_per_day {
+        return Err(Refusal::unavailable(format!(
+            "the center is unreachable and today's {max_per_day} offline settlements \
+             ({source}) are used up; retry when the center is back"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A local-mode Settle (or, with `offline`, the emergency settle of a center-mode front-end
+/// whose center is unreachable), whole: the msgid's stored answer replayed, or the visit
+/// computed and recorded with an outbox row for the center, its answer stored; and the
+/// audit record of either. Runs inside the caller's transaction (the store's savepoint).
+pub fn settle(
+    conn: &Connection,
+    node: &Node,
+    caller: &Caller<'_>,
+    req: &wire::SettleRequest,
+    req_hash: &[u8],
+    now: i64,
+    offline: Option<Offline>,
+) -> Result<Answered, LedgerError> {
+    const METHOD: &str = "Settle";
+    let (msgid, code) = header(req);
+    let objects = journal::objects(&[("psn_no", &req.psn_no), ("mdtrt_id", &req.mdtrt_id)]);
+    let audit = |outcome: &str, objects: &str| {
+        journal::append_audit(
+            conn,
+            &node.audit_key,
+            "",
+            &AuditRecord {
+                at: now,
+                fixmedins_code: code,
+                opter: caller.opter,
+                roles: caller.roles,
+                rpc: caller.rpc,
+                objects,
+                outcome,
+            },
+        )
+    };
+    if let Some(answer) = journal::replay_of(conn, &node.vault, code, msgid, METHOD, req_hash)? {
+        audit("REPLAY", &objects)?;
+        return Ok(Answered {
+            answer,
+            replayed: true,
+            setl_id: String::new(),
+            timing: None,
+        });
+    }
+    let c = compute(conn, node, caller, req)?;
+    let timing = Some(c.timing);
+    let setl_date = local_date(now, node.tz_offset_min);
+    if let Some(limits) = offline {
+        check_offline(conn, caller.policy, limits, c.info.medfee_sumamt, setl_date)?;
+    }
+    let rowid: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM settlements")?
+        .query_row([], |r| r.get(0))?;
+    let setl_id = format!("S{}{}{:012}", caller.fixmedins_code, node.node_id, rowid);
+    let mut info = c.info;
+    info.setl_id = setl_id.clone();
+    info.setl_time = Some(timestamp(now));
+    info.mode = LOCAL;
+    info.offline = offline.is_some();
+    info.msgid = msgid.to_owned();
+    info.state = SETTLED;
+    let sealed = node
+        .vault
+        .seal("setlinfo", &setl_id, &info.encode_to_vec())
+        .map_err(|e| LedgerError::Internal(e.0))?;
+    let row = SettlementRow {
+        id: Some(rowid),
+        setl_id: setl_id.clone(),
+        fixmedins_code: info.fixmedins_code.clone(),
+        mdtrt_id: c.visit.mdtrt_id.clone(),
+        visit_id: c.visit.id,
+        psn_no: c.visit.psn_no.clone(),
+        insutype: i64::from(info.insutype),
+        clr_type: i64::from(info.clr_type),
+        msgid: msgid.to_owned(),
+        invono: req.invono.clone(),
+        setl_time: now,
+        setl_date,
+        mode: i64::from(info.mode),
+        offline: info.offline,
+        medfee_sumamt: info.medfee_sumamt,
+        fund_pay_sumamt: info.fund_pay_sumamt,
+        acct_pay: info.acct_pay,
+        psn_cash_pay: info.psn_cash_pay,
+        acc_year: c.acc_year,
+        acc_pool: c.acc_pool.clone(),
+        info: sealed,
+        line_results: c.line_results,
+    };
+    let legs: Vec<LegRow> = info
+        .setldetail
+        .iter()
+        .map(|g| LegRow {
+            fund_pay_type: g.fund_pay_type.clone(),
+            base: g.inscp_scp_amt,
+            amount: g.fund_payamt,
+        })
+        .collect();
+    record_settlement(conn, &row, &legs, &c.acc_before, &c.acc_after, true)?;
+    let answer = wire::SettleResponse {
+        setlinfo: Some(info),
+    }
+    .encode_to_vec();
+    journal::store_answer(
+        conn,
+        &node.vault,
+        code,
+        msgid,
+        METHOD,
+        req_hash,
+        &answer,
+        &setl_id,
+        now,
+    )?;
+    let with_ref = if objects.is_empty() {
+        format!("ref={setl_id}")
+    } else {
+        format!("{objects};ref={setl_id}")
+    };
+    audit("OK", &with_ref)?;
+    Ok(Answered {
+        answer,
+        replayed: false,
+        setl_id,
+        timing,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_date_is_the_civil_date_in_the_configured_zone() {
+        // 2026-12-06 00:30 at UTC+8 is 2026-12-05 16:30 UTC
+        let ms = 1_796_488_200_000; // 2026-12-05T16:30:00Z
+        assert_eq!(local_date(ms, 0), 20261205);
+        assert_eq!(local_date(ms, 480), 20261206);
+        assert_eq!(local_date(0, 0), 19700101);
+        assert_eq!(local_date(951_782_400_000, 0), 20000229);
+    }
+
+    #[test]
+    fn ages_and_regions() {
+        assert_eq!(age_on(19800615, 20260614), 45);
+        assert_eq!(age_on(19800615, 20260615), 46);
+        assert_eq!(age_on(20270101, 20260101), 0);
+        assert_eq!(region_of("440100"), 440100);
+        assert_eq!(region_of(""), 0);
+        assert_eq!(region_of("44A100"), 0);
+    }
+}
