@@ -1,0 +1,222 @@
+"""The ledger's settle (engine_rs/src/ledger/settle.rs, the whole local-mode Settle in Rust)
+against an oracle: the same visits settled by the Python composition of the engine that the
+center still runs (`server.fundsplit`: `choose_rule`, `fund_split`, over `engine_rs.preprocess`),
+with the accumulators and account balance carried by the test itself.
+
+A real front-end on loopback with the demo data set; random sequences of settles (several
+per person, outpatient and inpatient, with and without the account), cancels of a person's
+latest settlement (its visit then settled again), and replays of an earlier msgid. Every
+answer must equal the oracle's settlement to the fen, leg for leg; every replay must be the
+first answer byte for byte and change nothing; the stored accumulators must be the oracle's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import numpy as np
+import pytest
+
+import engine_rs
+from clients.sdk import MedsettleClient
+from medsettle.v1 import common_pb2, settlement_pb2
+from server.codes import treatment_of
+from server.demo.localserver import LocalServer
+from server.frontend.visits import VisitRow, engine_visit, line_columns, load_person
+from server.fundsplit import SplitContext, choose_rule, fund_split, split_differences
+from server.persons import ACC_FIELDS
+from server.refdata import RefData
+from server.security import datakeys
+from server.security.pii import Vault
+from tests.harness import (
+    ALL_ROLES,
+    ASSISTED,
+    CHILD,
+    CIVIL,
+    DAY,
+    EMPLOYEE,
+    FILED,
+    INST_A,
+    RETIRED,
+    SECOND_STAY,
+    client,
+    lines,
+    snapshot,
+    total,
+)
+
+PEOPLE = (RETIRED, EMPLOYEE, CIVIL, CHILD, ASSISTED, SECOND_STAY, FILED)
+
+
+class Oracle:
+    """The Python composition of the engine over the server's reference data, carrying each
+    person's accumulators and account balance from their stored opening values."""
+
+    def __init__(self, db: str) -> None:
+        self.conn = sqlite3.connect(db)
+        self.vault = Vault(datakeys.load("", db + ".key"))
+        self.snap = RefData().current(self.conn)
+        self.acc: dict[tuple[str, int, str], dict[str, int]] = {}
+        self.balc: dict[str, int] = {}
+        self.diagnoses: dict[str, list[str]] = {}  # as each visit was registered
+        # setl_id -> what its settle added to the accumulators (a cancel takes it back)
+        self.added: dict[str, dict[str, int]] = {}
+
+    def opening(self, psn_no: str, year: int, pool: str) -> dict[str, int]:
+        key = (psn_no, year, pool)
+        if key not in self.acc:  # read before this person's first settle in the pool
+            row = self.conn.execute(
+                f"SELECT {', '.join(ACC_FIELDS)} FROM accumulators"
+                " WHERE psn_no = ? AND year = ? AND pool = ? ORDER BY opening LIMIT 1",
+                key,
+            ).fetchone()
+            self.acc[key] = dict(zip(ACC_FIELDS, row or [0] * len(ACC_FIELDS), strict=True))
+        return self.acc[key]
+
+    def settle(
+        self,
+        mdtrt_id: str,
+        ls: list[settlement_pb2.FeeLine],
+        acct_used: bool,
+    ) -> tuple[common_pb2.SetlInfo, tuple[str, int, str], dict[str, int]]:
+        """The settlement this visit should get, its accumulator key and values after."""
+        row = self.conn.execute(
+            "SELECT id, mdtrt_id, fixmedins_code, psn_no, insutype, med_type, treatment,"
+            " begndate FROM visits WHERE mdtrt_id = ?",
+            (mdtrt_id,),
+        ).fetchone()
+        i, mdtrt, code, psn_no, insutype, med_type, treatment, begndate = row
+        dx = self.diagnoses[mdtrt_id]
+        visit = VisitRow(
+            i, mdtrt, code, psn_no, insutype, med_type, treatment, begndate, dx, "registered"
+        )
+        person = load_person(self.conn, self.vault, visit.psn_no)
+        assert person is not None
+        person.balc = self.balc.setdefault(person.psn_no, person.balc)
+        inst = self.snap.institutions[INST_A]
+        policy = self.snap.policy
+        assert policy is not None
+        catalog = self.snap.catalog(self.conn, INST_A)
+        nums = np.array(
+            [[x.cnt, x.pric, x.det_item_fee_sumamt, x.fee_ocur_date, x.hosp_appr_flag] for x in ls],
+            dtype=np.int64,
+        )
+        columns = line_columns([x.medins_list_codg for x in ls], [""] * len(ls), nums)
+        _, summary = engine_rs.preprocess(catalog, policy, columns, engine_visit(visit, person))
+        ctx = SplitContext(
+            INST_A, inst.hosp_lv, inst.admdvs, visit.mdtrt_id, visit.insutype,
+            visit.med_type, visit.treatment, visit.begndate,
+        )  # fmt: skip
+        choice = choose_rule(policy, ctx, person)
+        before = self.opening(visit.psn_no, choice.year, choice.pool)
+        info, after = fund_split(policy, choice, ctx, person, summary, before, acct_used, "")
+        return info, (visit.psn_no, choice.year, choice.pool), after
+
+
+def _stored_acc(db: str, key: tuple[str, int, str]) -> dict[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute(
+            f"SELECT {', '.join(ACC_FIELDS)} FROM accumulators"
+            " WHERE psn_no = ? AND year = ? AND pool = ? AND opening = 0",
+            key,
+        ).fetchone()
+    finally:
+        conn.close()
+    return dict(zip(ACC_FIELDS, row, strict=True)) if row else {}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_settles_cancels_and_replays_match_the_python_composition(
+    frontend: LocalServer, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    oracle = Oracle(frontend.db)
+    c: MedsettleClient = client(frontend, INST_A, opter=ALL_ROLES)
+    done: list[tuple[settlement_pb2.SettleRequest, bytes, str, tuple[str, int, str], int]] = []
+    visits: dict[str, list[settlement_pb2.FeeLine]] = {}
+    latest: dict[str, list[int]] = {}  # psn_no -> indexes into `done`, oldest first
+    with c:
+        for step in range(24):
+            action = rng.choice(["settle", "settle", "settle", "cancel", "replay"])
+            if action == "replay" and done:
+                req, answer, _, key, _ = done[int(rng.integers(len(done)))]
+                before = snapshot(frontend.db)
+                again = c.call(c.settlement.Settle, req)
+                assert again.SerializeToString() == answer, f"step {step}: replay differs"
+                assert snapshot(frontend.db) == before, f"step {step}: a replay wrote"
+                continue
+            if action == "cancel":
+                settled = [p for p, idx in latest.items() if idx]
+                if settled:
+                    psn_no = settled[int(rng.integers(len(settled)))]
+                    k = latest[psn_no].pop()
+                    _, answer, setl_id, key, acct_pay = done[k]
+                    info = settlement_pb2.SettleResponse.FromString(answer).setlinfo
+                    c.cancel_settlement(setl_id)
+                    added = oracle.added.pop(setl_id)
+                    # the cancel takes back exactly what the settle added
+                    oracle.acc[key] = {f: oracle.acc[key][f] - added[f] for f in ACC_FIELDS}
+                    oracle.balc[psn_no] += acct_pay
+                    assert _stored_acc(frontend.db, key) == oracle.acc[key], f"step {step}"
+                    # the visit is open again: settled anew, with a new msgid
+                    _settle(c, oracle, frontend.db, rng, info.mdtrt_id, visits, done, latest)
+                    continue
+            person = PEOPLE[int(rng.integers(len(PEOPLE)))]
+            med_type = int(rng.choice([11, 11, 21]))
+            dx = ["I10", "E11.9"][: int(rng.integers(treatment_of(med_type) == 2, 3))]
+            v = c.register(
+                person.psn_no,
+                insutype=person.insutype,
+                med_type=med_type,
+                begndate=DAY,
+                ipt_otp_no=f"S{seed}N{step}",
+                dise_codg=dx,
+            )
+            oracle.diagnoses[v.mdtrt_id] = dx
+            ls = lines(int(rng.integers(1, 30)), seed=seed * 1000 + step, inst=INST_A)
+            c.upload_fees(v.mdtrt_id, ls)
+            visits[v.mdtrt_id] = ls
+            _settle(c, oracle, frontend.db, rng, v.mdtrt_id, visits, done, latest)
+    # the sequence did what it is for: a person settled more than once, and cancels
+    assert len(oracle.added) < len(done)
+    assert any(len(idx) > 1 for idx in latest.values())
+
+
+def _settle(
+    c: MedsettleClient,
+    oracle: Oracle,
+    db: str,
+    rng: np.random.Generator,
+    mdtrt_id: str,
+    visits: dict[str, list[settlement_pb2.FeeLine]],
+    done: list[Any],
+    latest: dict[str, list[int]],
+) -> None:
+    ls = visits[mdtrt_id]
+    acct_used = bool(rng.integers(2))
+    want, key, after = oracle.settle(mdtrt_id, ls, acct_used)
+    psn_no = key[0]
+    resp = c.settle(mdtrt_id, psn_no, medfee_sumamt=total(ls), acct_used=acct_used)
+    got = resp.setlinfo
+    assert split_differences(got, want) == [], mdtrt_id
+    for f in ("psn_name", "mdtrt_id", "psn_no", "line_count", "fixmedins_code", "med_type"):
+        assert getattr(got, f) == getattr(want, f), f
+    assert got.state == common_pb2.SETTLED and got.mode == common_pb2.LOCAL
+    assert got.catalog_version == oracle.snap.catalog_version
+    assert sum(x.det_item_fee_sumamt for x in got.categories) == got.medfee_sumamt
+    before = oracle.acc[key]
+    oracle.added[got.setl_id] = {f: after[f] - before[f] for f in ACC_FIELDS}
+    oracle.acc[key] = after
+    oracle.balc[psn_no] -= got.acct_pay
+    assert _stored_acc(db, key) == after, mdtrt_id
+    req = settlement_pb2.SettleRequest(
+        header=c.header(got.msgid),
+        mdtrt_id=mdtrt_id,
+        psn_no=psn_no,
+        medfee_sumamt=total(ls),
+        acct_used_flag=acct_used,
+    )
+    latest.setdefault(psn_no, []).append(len(done))
+    done.append((req, resp.SerializeToString(), got.setl_id, key, got.acct_pay))
