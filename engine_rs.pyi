@@ -218,19 +218,17 @@ class Ledger:
         after: Accumulators,
         forward: bool,
     ) -> None: ...
-    def settle(
+    def settle_batch(
         self,
         node: LedgerNode,
-        request: bytes,
-        req_hash: bytes,
-        now: int,
-        caller: LedgerCaller,
-        policy: Policy,
-        catalog: Catalog,
-        offline: tuple[int, int] | None = None,
-    ) -> tuple[bytes, bool, str, tuple[float, float] | None]:
-        """A local-mode Settle whole: (answer, replayed, setl_id, engine seconds (preprocess,
-        split), None for a replay); raises Refused."""
+        calls: list[
+            tuple[bytes, bytes, int, LedgerCaller, Policy, Catalog, tuple[int, int] | None]
+        ],
+    ) -> list[tuple[bytes, bool, str, tuple[float, float] | None] | BaseException]:
+        """The Settles of a batch, each whole in its savepoint, the GIL released: per call
+        (request, req_hash, now, caller, policy, catalog, offline limits) its (answer,
+        replayed, setl_id, engine seconds or None for a replay), or the exception it
+        raised as a value (Refused for a refusal); a store failure raises."""
     def pre_settle(
         self,
         node: LedgerNode,

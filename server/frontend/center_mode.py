@@ -262,11 +262,16 @@ class CenterMode:
         header = req.header
         env = self.env
 
-        def op(conn: sqlite3.Connection) -> bytes:
-            caller = authenticate(conn, env, header, now, SETTLE)
-            return settle.settle(conn, env, caller, req, digest, now, SETTLE, outcome, limits)
-
-        return await self.store.write(op)
+        call = settle.settle_call(
+            env,
+            lambda conn: authenticate(conn, env, header, now, SETTLE),
+            req,
+            digest,
+            now,
+            SETTLE,
+            limits,
+        )
+        return await settle.settle(self.store, call, outcome)
 
     async def pre_settle(self, req: settlement_pb2.SettleRequest) -> settlement_pb2.SettleResponse:
         header = req.header

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from server.common import (
     require_fresh_refdata,
 )
 from server.errors import FailedPrecondition, NotFound, field_error, refusal
-from server.frontend.store.sqlite import ledger_of
+from server.frontend.store.sqlite import LedgerCall, Store, ledger_of
 from server.frontend.visits import VisitRow, cancel_registration, load_visit
 from server.persons import ACC_FIELDS
 from server.security.pii import Vault
@@ -142,37 +143,40 @@ def pre_settle(
     return answer
 
 
-def settle(
-    conn: sqlite3.Connection,
+def settle_call(
     env: Env,
-    caller: Caller,
+    header_of: Callable[[sqlite3.Connection], Caller],
     req: settlement_pb2.SettleRequest,
     req_hash: bytes,
     now: int,
     rpc: str,
-    outcome: Outcome,
     offline: OfflineLimits | None = None,
-) -> bytes:
-    """Local mode, whole, in the ledger (engine_rs/src/ledger/settle.rs): the msgid's stored
-    answer replayed, or the visit computed and committed here with an outbox row that
-    carries it to the center, its answer stored with the msgid; the audit record of either.
-    With `offline`, the emergency plan of a center-mode front-end whose center is
-    unreachable: the same, marked offline, within the limits."""
-    ledger, policy, catalog = _in_ledger(conn, caller)
+) -> LedgerCall:
+    """A local-mode Settle as the ledger runs it whole (engine_rs/src/ledger/settle.rs), in
+    the store's next batch with the other settles (the GIL released): the msgid's stored
+    answer replayed, or the visit computed and committed here with an outbox row that carries
+    it to the center, its answer stored with the msgid; the audit record of either. With
+    `offline`, the emergency plan of a center-mode front-end whose center is unreachable:
+    the same, marked offline, within the limits. `header_of` authenticates the caller in the
+    batch's transaction. The outcome is `settled`'s input."""
     limits = None if offline is None else (offline.max_medfee_fen, offline.max_per_day)
+    data = req.SerializeToString()
+
+    def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
+        caller = header_of(conn)
+        _, policy, catalog = _in_ledger(conn, caller)
+        return (data, req_hash, now, caller.for_ledger(rpc), policy, catalog, limits)
+
+    return LedgerCall(env.ledger_node, prepare)
+
+
+async def settle(store: Store, call: LedgerCall, outcome: Outcome) -> bytes:
+    """Run a `settle_call` in the store's next batch: the answer's bytes once durable."""
     try:
-        answer, replayed, _, took = ledger.settle(
-            env.ledger_node,
-            req.SerializeToString(),
-            req_hash,
-            now,
-            caller.for_ledger(rpc),
-            policy,
-            catalog,
-            limits,
-        )
+        done: tuple[bytes, bool, str, tuple[float, float] | None] = await store.write(call)
     except engine_rs.Refused as exc:
         raise refusal(exc) from None
+    answer, replayed, _, took = done
     if took is not None:
         metrics.engine_time(*took)
     if replayed:

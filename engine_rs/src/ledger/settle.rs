@@ -759,6 +759,71 @@ pub fn settle(
     })
 }
 
+/// One Settle of a batch: its request, the caller it was authenticated as, and (center
+/// mode's emergency plan) the offline limits.
+pub struct BatchCall<'a> {
+    pub req: wire::SettleRequest,
+    pub req_hash: Vec<u8>,
+    pub now: i64,
+    pub caller: Caller<'a>,
+    pub offline: Option<Offline>,
+}
+
+/// SQLite's primary result codes that mean the store itself cannot write, whatever the call
+/// (the Python store's `STORE_FAILURES`): the batch that met one fails whole.
+pub fn store_failure(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi::ErrorCode::*;
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if matches!(
+            f.code,
+            OutOfMemory | ReadOnly | SystemIoFailure | DatabaseCorrupt | DiskFull
+                | CannotOpen | NotADatabase
+        )
+    )
+}
+
+/// The Settles of a batch in order, each in its own savepoint inside the caller's open
+/// transaction: one refused (or failing) is rolled back alone and the rest go on, so two
+/// settles of one person in a batch see each other's accumulators exactly as two batches
+/// would. A store failure (a full disk, an I/O error), or SQLite rolling the transaction
+/// back, fails the whole batch (`Err`): the caller rolls back and answers every call
+/// UNAVAILABLE. Nothing here commits.
+pub fn settle_batch(
+    conn: &Connection,
+    node: &Node,
+    calls: &[BatchCall<'_>],
+) -> Result<Vec<Result<Answered, LedgerError>>, rusqlite::Error> {
+    let mut out = Vec::with_capacity(calls.len());
+    for call in calls {
+        conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+        let done = settle(
+            conn,
+            node,
+            &call.caller,
+            &call.req,
+            &call.req_hash,
+            call.now,
+            call.offline,
+        );
+        match done {
+            Ok(answered) => {
+                conn.prepare_cached("RELEASE op")?.execute([])?;
+                out.push(Ok(answered));
+            }
+            Err(LedgerError::Sql(e)) if store_failure(&e) || conn.is_autocommit() => {
+                return Err(e);
+            }
+            Err(e) => {
+                conn.prepare_cached("ROLLBACK TO op")?.execute([])?;
+                conn.prepare_cached("RELEASE op")?.execute([])?;
+                out.push(Err(e));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use super::convert::get_col;
 use super::error::{guard, ledger_error, ledger_refused as refused};
 use super::policy::PyPolicy;
 use crate::ledger::refusal::{LedgerError, Refusal};
-use crate::ledger::settle::{self, Caller, Node, Offline};
+use crate::ledger::settle::{self, BatchCall, Caller, Node, Offline};
 use crate::ledger::vault::Vault;
 use crate::ledger::{self, LegRow, SettlementRow};
 use crate::split::Accumulators;
@@ -268,41 +268,81 @@ impl PyLedger {
         })
     }
 
-    /// A local-mode Settle whole (engine_rs/src/ledger/settle.rs): `request` is the
-    /// `SettleRequest`'s bytes, `caller` (fixmedins_code, hosp_lv, admdvs, opter, roles,
-    /// rpc) the authenticated caller; `offline` (max_medfee_fen, max_per_day) settles a
-    /// center-mode visit while its center is unreachable. Returns (answer bytes, replayed,
-    /// setl_id, engine time (preprocess, split seconds; None for a replay)); raises
-    /// `Refused` for a refused request.
-    #[pyo3(signature = (node, request, req_hash, now, caller, policy, catalog, offline=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn settle<'py>(
+    /// The Settles of a batch in one call, with the GIL released while they run
+    /// (engine_rs/src/ledger/settle.rs `settle_batch`): `calls` are `settle`'s arguments
+    /// after `node`, one tuple each. Returns one entry per call, in order: `settle`'s
+    /// answer tuple, or the exception it would have raised (`Refused`, a `sqlite3` error,
+    /// `EngineError`), as a value. A store failure raises (`sqlite3.OperationalError` with
+    /// its `sqlite_errorcode`): the batch is lost whole and the caller rolls it back.
+    fn settle_batch<'py>(
         &self,
         py: Python<'py>,
         node: &PyLedgerNode,
-        request: &[u8],
-        req_hash: &[u8],
-        now: i64,
-        caller: CallerArgs,
-        policy: &PyPolicy,
-        catalog: &PyCatalog,
-        offline: Option<(i64, i64)>,
-    ) -> PyResult<SettleAnswer<'py>> {
-        let req: wire::SettleRequest = decode(request)?;
-        let who = caller.caller(policy, catalog);
-        let offline = offline.map(|(max_medfee_fen, max_per_day)| Offline {
-            max_medfee_fen,
-            max_per_day,
-        });
-        let done = self.run(py, "settle", |conn| {
-            settle::settle(conn, &node.inner, &who, &req, req_hash, now, offline)
+        calls: Vec<BatchArgs>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        if self.owner.bind(py).upgrade().is_none() {
+            return Err(refused("its connection is gone"));
+        }
+        let mut decoded = Vec::with_capacity(calls.len());
+        for (request, ..) in &calls {
+            decoded.push(wire::SettleRequest::decode(&request[..]));
+        }
+        let mut batch = Vec::with_capacity(calls.len());
+        let mut malformed = Vec::new();
+        for (k, ((_, req_hash, now, caller, policy, catalog, offline), req)) in
+            calls.iter().zip(decoded).enumerate()
+        {
+            match req {
+                Ok(req) => batch.push(BatchCall {
+                    req,
+                    req_hash: req_hash.clone(),
+                    now: *now,
+                    caller: caller.caller(policy.get(), catalog.get()),
+                    offline: offline.map(|(max_medfee_fen, max_per_day)| Offline {
+                        max_medfee_fen,
+                        max_per_day,
+                    }),
+                }),
+                Err(e) => malformed.push((k, e.to_string())),
+            }
+        }
+        let node = &node.inner;
+        let conn = &self.conn;
+        // The batch's statements and crypto run without the GIL: the event loop takes the
+        // next calls meanwhile. The connection is this ledger's alone while the lock is held.
+        let done = py.detach(|| {
+            guard("ledger", "settle_batch", || {
+                let held = conn.lock().unwrap_or_else(|e| e.into_inner());
+                held.as_ref().map(|c| settle::settle_batch(c, node, &batch))
+            })
         })?;
-        Ok((
-            PyBytes::new(py, &done.answer),
-            done.replayed,
-            done.setl_id,
-            done.timing.map(|t| (t.preprocess_s, t.split_s)),
-        ))
+        let done = match done {
+            None => return Err(refused("the ledger is closed")),
+            Some(Err(e)) => return Err(ledger_error("settle_batch", LedgerError::Sql(e))),
+            Some(Ok(done)) => done,
+        };
+        let out = PyList::empty(py);
+        let mut done = done.into_iter();
+        let mut malformed = malformed.into_iter().peekable();
+        for k in 0..calls.len() {
+            if malformed.peek().is_some_and(|(m, _)| *m == k) {
+                let (_, why) = malformed.next().unwrap_or_default();
+                let err = Refusal::field("request", format!("malformed request message: {why}"));
+                out.append(ledger_error("settle_batch", err.into()).into_value(py))?;
+                continue;
+            }
+            match done.next() {
+                Some(Ok(a)) => out.append((
+                    PyBytes::new(py, &a.answer),
+                    a.replayed,
+                    a.setl_id,
+                    a.timing.map(|t| (t.preprocess_s, t.split_s)),
+                ))?,
+                Some(Err(e)) => out.append(ledger_error("settle", e).into_value(py))?,
+                None => return Err(refused("settle_batch: an answer is missing")),
+            }
+        }
+        Ok(out)
     }
 
     /// PreSettle's answer bytes (a `SettleResponse`) and the engine's time (preprocess,
@@ -408,8 +448,16 @@ fn settlement_row(d: &Bound<'_, PyDict>) -> PyResult<SettlementRow> {
     })
 }
 
-/// A settle's (answer, replayed, setl_id, engine seconds (preprocess, split)).
-type SettleAnswer<'py> = (Bound<'py, PyBytes>, bool, String, Option<(f64, f64)>);
+/// One Settle of a batch as Python hands it over: `settle`'s arguments after `node`.
+type BatchArgs = (
+    Vec<u8>,
+    Vec<u8>,
+    i64,
+    CallerArgs,
+    Py<PyPolicy>,
+    Py<PyCatalog>,
+    Option<(i64, i64)>,
+);
 
 /// The caller as Python hands it over: (fixmedins_code, hosp_lv, admdvs, opter, roles, rpc).
 type CallerArgs = (String, u32, String, String, String, String);

@@ -118,6 +118,30 @@ class Calls:
             await self.auditor.refused(path, request, exc, write=True)
             raise
 
+    async def write_ledger(
+        self,
+        method: str,
+        request: Any,
+        run: Callable[[Callable[[sqlite3.Connection], Caller], bytes, int, str], Awaitable[bytes]],
+    ) -> bytes:
+        """A write the ledger does whole (it keeps the msgid's answer and the audit record):
+        `run(authenticate, request hash, now, path)` queues it in the store and awaits its
+        answer; `authenticate(conn)` is the caller's authentication for the batch's
+        transaction. A refusal is audited."""
+        header = request.header
+        check_header(header, needs_msgid=True)
+        digest = request_hash(method, request)
+        now = now_ms()
+        path = f"/medsettle.v1.{self.service}/{method}"
+        env = self.env
+        try:
+            return await run(
+                lambda conn: authenticate(conn, env, header, now, path), digest, now, path
+            )
+        except ClientError as exc:
+            await self.auditor.refused(path, request, exc, write=True)
+            raise
+
     async def admit(self, path: str, request: Any) -> None:
         """Authenticate a write to `path` before reading more of it (a client stream's first
         message, base.Guards.admit): a snapshot check of the sign_no and the role, audited
@@ -292,14 +316,15 @@ class SettlementService:
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> bytes:
         if self.center is not None:
             return await self._in_center_mode(SETTLE, request, self.center.settle(request))
-        env = self.env
         outcome = Outcome()
         try:
-            resp = await self.calls.write_whole(
+            resp = await self.calls.write_ledger(
                 "Settle",
                 request,
-                lambda conn, caller, digest, now, path: settle.settle(
-                    conn, env, caller, request, digest, now, path, outcome
+                lambda auth, digest, now, path: settle.settle(
+                    self.store,
+                    settle.settle_call(self.env, auth, request, digest, now, path),
+                    outcome,
                 ),
             )
         except ClientError as exc:

@@ -49,6 +49,7 @@ import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import engine_rs
@@ -60,7 +61,25 @@ from server.security.datakeys import DataKeys
 log = logging.getLogger("medsettle.store")
 
 T = TypeVar("T")
-Op = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(frozen=True)
+class LedgerCall:
+    """A write the ledger does whole, in Rust (a Settle: engine_rs/src/ledger/settle.rs).
+    `prepare(conn)` runs first, on the loop's thread inside the batch's transaction, and
+    writes nothing (the caller's authentication); it returns the call's arguments to
+    `Ledger.settle_batch` after `node`, or raises (that call's outcome). The ledger calls of
+    a batch then run together, the GIL released, on the commit thread: the last run of
+    them with the batch's COMMIT, in one hop. The call's outcome is the ledger's answer
+    tuple, or the exception it names (`engine_rs.Refused` for a refusal)."""
+
+    node: engine_rs.LedgerNode
+    prepare: Callable[[sqlite3.Connection], tuple[Any, ...]]
+
+
+Op = Callable[[sqlite3.Connection], Any] | LedgerCall
+# A run of consecutive ledger calls: (index in the batch, node, its settle_batch arguments).
+Segment = list[tuple[int, engine_rs.LedgerNode, tuple[Any, ...]]]
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -197,7 +216,7 @@ class Store:
             fn(ok)
 
     # ------------------------------------------------------------------ writes
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, op: Callable[[sqlite3.Connection], T] | LedgerCall) -> T:
         """Run `op` in the next group commit; returns once it is durable."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
@@ -235,20 +254,65 @@ class Store:
         except BaseException as exc:  # the write turn is not held
             return self._failed(len(ops), exc)
         try:
-            results = [_run_op(conn, op) for op in ops]
+            results, tail = await self._run_ops(conn, ops)
+            done = await loop.run_in_executor(self._io, self._finish, conn, tail)
         except _BatchFailed as failed:  # the turn is still held: give it back
             self._abandon(conn)
             return self._failed(len(ops), failed.cause)
-        try:
-            await loop.run_in_executor(self._io, self._commit, conn)
         except BaseException as exc:  # the commit failed: nobody is acknowledged
             self._drop_writer()
             return self._failed(len(ops), exc)
+        _place(results, tail, done)
         self.commits += 1
         self.ops += len(ops)
         metrics.COMMIT_BATCH.observe(len(ops))
         self._set_writable(True)
-        return results
+        return [r if r is not None else (False, RuntimeError("no outcome")) for r in results]
+
+    async def _run_ops(
+        self, conn: sqlite3.Connection, ops: list[Op]
+    ) -> tuple[list[tuple[bool, Any] | None], Segment]:
+        """Every operation of a batch in order: Python ones here, each in its savepoint;
+        runs of ledger calls in one Rust call on the commit thread, except the last run,
+        returned for `_finish` to run with the COMMIT."""
+        loop = asyncio.get_running_loop()
+        results: list[tuple[bool, Any] | None] = [None] * len(ops)
+        segment: Segment = []
+        for i, op in enumerate(ops):
+            if isinstance(op, LedgerCall):
+                try:
+                    segment.append((i, op.node, op.prepare(conn)))
+                except BaseException as exc:
+                    if _store_failure(exc) or not conn.in_transaction:
+                        raise _BatchFailed(exc) from exc
+                    results[i] = (False, exc)
+                continue
+            if segment:  # before a Python operation, which may read what they wrote
+                done = await loop.run_in_executor(self._io, self._ledger_run, conn, segment)
+                _place(results, segment, done)
+                segment = []
+            results[i] = _run_op(conn, op)
+        return results, segment
+
+    def _ledger_run(self, conn: sqlite3.Connection, segment: Segment) -> list[Any]:
+        """A run of ledger calls in one `settle_batch` (on the commit thread; the GIL is
+        released inside). Anything it raises loses the batch: a store failure, or a fault
+        that may have left a call's savepoint open."""
+        if not segment:
+            return []
+        node = segment[0][1]  # the process's one front-end node
+        try:
+            if any(n is not node for _, n, _ in segment):
+                raise RuntimeError("ledger calls of one batch for two nodes")
+            return ledger_of(conn).settle_batch(node, [a for _, _, a in segment])
+        except BaseException as exc:
+            raise _BatchFailed(exc) from exc
+
+    def _finish(self, conn: sqlite3.Connection, tail: Segment) -> list[Any]:
+        """The batch's last run of ledger calls, then its COMMIT: one hop to this thread."""
+        done = self._ledger_run(conn, tail)
+        self._commit(conn)
+        return done
 
     def _failed(self, n: int, exc: BaseException) -> list[tuple[bool, Any]]:
         """The outcome of every operation of a batch that did not commit: UNAVAILABLE for all
@@ -449,7 +513,7 @@ def _roll_back(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-def _run_op(conn: sqlite3.Connection, op: Op) -> tuple[bool, Any]:
+def _run_op(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
     """One operation in its own savepoint: one that raises is rolled back alone and its
     caller gets the exception; the batch goes on. A store failure, in the operation or in
     the savepoint's own statements, fails the batch (_BatchFailed)."""
@@ -473,6 +537,13 @@ def _run_op(conn: sqlite3.Connection, op: Op) -> tuple[bool, Any]:
     except sqlite3.Error as exc:
         raise _BatchFailed(exc) from exc
     return True, value
+
+
+def _place(results: list[tuple[bool, Any] | None], segment: Segment, done: list[Any]) -> None:
+    """The outcomes of a run of ledger calls into the batch's results (an exception value is
+    that call's failure)."""
+    for (i, _, _), value in zip(segment, done, strict=True):
+        results[i] = (False, value) if isinstance(value, BaseException) else (True, value)
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
