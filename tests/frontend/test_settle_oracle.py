@@ -13,6 +13,10 @@ first answer byte for byte and change nothing; the stored accumulators must be t
 from __future__ import annotations
 
 import sqlite3
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +26,7 @@ import engine_rs
 from clients.sdk import MedsettleClient
 from medsettle.v1 import common_pb2, settlement_pb2
 from server.codes import treatment_of
-from server.demo.localserver import LocalServer
+from server.demo.localserver import LocalServer, free_port
 from server.frontend.visits import VisitRow, engine_visit, line_columns, load_person
 from server.fundsplit import SplitContext, choose_rule, fund_split, split_differences
 from server.persons import ACC_FIELDS
@@ -58,17 +62,18 @@ class Oracle:
         self.vault = Vault(datakeys.load("", db + ".key"))
         self.snap = RefData().current(self.conn)
         self.acc: dict[tuple[str, int, str], dict[str, int]] = {}
-        self.balc: dict[str, int] = {}
+        # the account balances as loaded, before any settle
+        self.balc: dict[str, int] = dict(self.conn.execute("SELECT psn_no, balc FROM persons"))
         self.diagnoses: dict[str, list[str]] = {}  # as each visit was registered
         # setl_id -> what its settle added to the accumulators (a cancel takes it back)
         self.added: dict[str, dict[str, int]] = {}
 
     def opening(self, psn_no: str, year: int, pool: str) -> dict[str, int]:
         key = (psn_no, year, pool)
-        if key not in self.acc:  # read before this person's first settle in the pool
+        if key not in self.acc:  # the loaded opening values (the server's own row may be later)
             row = self.conn.execute(
                 f"SELECT {', '.join(ACC_FIELDS)} FROM accumulators"
-                " WHERE psn_no = ? AND year = ? AND pool = ? ORDER BY opening LIMIT 1",
+                " WHERE psn_no = ? AND year = ? AND pool = ? AND opening = 1",
                 key,
             ).fetchone()
             self.acc[key] = dict(zip(ACC_FIELDS, row or [0] * len(ACC_FIELDS), strict=True))
@@ -93,7 +98,7 @@ class Oracle:
         )
         person = load_person(self.conn, self.vault, visit.psn_no)
         assert person is not None
-        person.balc = self.balc.setdefault(person.psn_no, person.balc)
+        person.balc = self.balc[person.psn_no]
         inst = self.snap.institutions[INST_A]
         policy = self.snap.policy
         assert policy is not None
@@ -220,3 +225,80 @@ def _settle(
     )
     latest.setdefault(psn_no, []).append(len(done))
     done.append((req, resp.SerializeToString(), got.setl_id, key, got.acct_pay))
+
+
+def _commit_batches(port: int) -> tuple[float, float]:
+    """(batches committed, operations in them) of the server's store so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    got = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("medsettle_commit_batch_operations_"):
+            got[name.removeprefix("medsettle_commit_batch_operations_")] = float(value)
+    return got["count"], got["sum"]
+
+
+@pytest.fixture
+def metered(tmp_path: Path) -> Iterator[tuple[LocalServer, int]]:
+    port = free_port()
+    server = LocalServer(
+        tmp_path / "frontend.db", log=tmp_path / "server.log", extra=["--metrics-port", str(port)]
+    )
+    server.start()
+    try:
+        yield server, port
+    finally:
+        server.stop()
+
+
+def test_concurrent_settles_in_shared_batches_match_settling_one_at_a_time(
+    metered: tuple[LocalServer, int],
+) -> None:
+    """Settles sent at once share the store's batches (one Rust call, one commit each):
+    taken in the order they were recorded, each equals the oracle's settlement of its visit
+    one at a time, so two settles of one person in one batch see each other's
+    accumulators."""
+    frontend, port = metered
+    oracle = Oracle(frontend.db)
+    c: MedsettleClient = client(frontend, INST_A, opter=ALL_ROLES)
+    people = (RETIRED, SECOND_STAY, CHILD)  # several visits each
+    with c:
+        todo = []
+        for n in range(36):
+            person = people[n % len(people)]
+            med_type = 21 if n < len(people) else 11  # one open admission a person
+            v = c.register(
+                person.psn_no,
+                insutype=person.insutype,
+                med_type=med_type,
+                begndate=DAY,
+                ipt_otp_no=f"C{n}",
+                dise_codg=["I10"],
+            )
+            oracle.diagnoses[v.mdtrt_id] = ["I10"]
+            ls = lines(1 + n % 17, seed=500 + n, inst=INST_A)
+            c.upload_fees(v.mdtrt_id, ls)
+            todo.append((v.mdtrt_id, person.psn_no, ls, n % 3 == 0))
+        commits_before, ops_before = _commit_batches(port)
+        with ThreadPoolExecutor(len(todo)) as pool:
+            answers = list(
+                pool.map(
+                    lambda t: c.settle(t[0], t[1], medfee_sumamt=total(t[2]), acct_used=t[3]),
+                    todo,
+                )
+            )
+        commits, ops = _commit_batches(port)
+    # the settles shared batches: more of them committed than batches (nothing else ran)
+    assert ops - ops_before == len(todo)
+    assert commits - commits_before < len(todo)
+    by_visit = {t[0]: t for t in todo}
+    infos = sorted((a.setlinfo for a in answers), key=lambda i: i.setl_id)
+    for got in infos:
+        mdtrt_id, _, ls, acct_used = by_visit[got.mdtrt_id]
+        want, key, after = oracle.settle(mdtrt_id, ls, acct_used)
+        assert split_differences(got, want) == [], got.setl_id
+        oracle.acc[key] = after
+        oracle.balc[key[0]] -= got.acct_pay
+    for key, acc in oracle.acc.items():
+        assert _stored_acc(frontend.db, key) == acc, key
