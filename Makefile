@@ -19,7 +19,7 @@ $(PY):
 build: $(PY) sysdeps
 	$(PIP) install --quiet -e '.[dev]'
 
-# The extension links the system SQLite (the copy Python's sqlite3 loads; engine_rs/src/ledger.rs):
+# The extension links the system SQLite (the copy Python's sqlite3 loads; engine_rs/src/ledger/mod.rs):
 # Debian's libsqlite3-dev, when missing.
 sysdeps:
 	@test -e /usr/include/sqlite3.h || \

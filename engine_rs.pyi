@@ -201,7 +201,8 @@ class CatalogSlot:
 
 @final
 class Ledger:
-    """The ledger's reads on the connection of a front-end's store (engine_rs/src/ledger.rs):
+    """The settle operations and the ledger's reads and writes on the connection of a
+    front-end's store (engine_rs/src/ledger/):
     the same `sqlite3*` handle, the same SQLite library, inside its open transaction."""
 
     def __new__(cls, conn: sqlite3.Connection) -> Ledger: ...

@@ -1,5 +1,6 @@
-//! `engine_rs.Ledger`: the ledger's reads on the connection a Python `sqlite3.Connection`
-//! already holds (engine_rs/src/ledger.rs says why it never opens one of its own).
+//! `engine_rs.Ledger`: the settle operations and the ledger's reads and writes on the connection
+//! a Python `sqlite3.Connection` already holds (engine_rs/src/ledger/mod.rs says why it never
+//! opens one of its own), and `engine_rs.LedgerNode`, the node they settle for.
 //!
 //! Attaching borrows the connection's `sqlite3*` handle. CPython keeps it as the first field
 //! after the object header of `sqlite3.Connection` (`pysqlite_Connection.db`, unchanged from
@@ -241,7 +242,7 @@ impl PyLedger {
         })
     }
 
-    /// Records a settlement in the connection's open transaction (engine_rs/src/ledger.rs,
+    /// Records a settlement in the connection's open transaction (engine_rs/src/ledger/mod.rs,
     /// `record_settlement`): its row, legs `(fund_pay_type, base, amount)`, the
     /// accumulators after it, the balance, the visit's state and (`forward`) the outbox row.
     fn record_settlement(

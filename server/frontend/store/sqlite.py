@@ -26,7 +26,11 @@ NOT_SERVING until a batch commits again.
 Every connection of the store carries `ledger` (`engine_rs.Ledger`), through which the hot
 path reads in Rust on the same handle, inside the same transaction: one connection per use,
 one group commit, one copy of the SQLite library in the process (the ledger refuses to
-attach otherwise; engine_rs/src/ledger.rs). `ledger_of` finds it for an operation.
+attach otherwise; engine_rs/src/ledger/mod.rs). `ledger_of` finds it for an operation.
+
+A `LedgerCall` (a Settle) is an operation the ledger does whole in Rust: the ledger calls
+of a batch run together in one `Ledger.settle_batch` on the commit thread, the GIL released,
+each in its own savepoint; the last run of them shares the hop with the COMMIT.
 
 Reads (`read`) run on a small thread pool, each in a deferred transaction: a consistent
 snapshot that never blocks the writer (WAL).
