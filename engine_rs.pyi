@@ -225,11 +225,13 @@ class Ledger:
         calls: list[
             tuple[bytes, bytes, int, LedgerCaller, Policy, Catalog, tuple[int, int] | None]
         ],
+        commit: bool = False,
     ) -> list[tuple[bytes, bool, str, tuple[float, float] | None] | BaseException]:
         """The Settles of a batch, each whole in its savepoint, the GIL released: per call
         (request, req_hash, now, caller, policy, catalog, offline limits) its (answer,
         replayed, setl_id, engine seconds or None for a replay), or the exception it
-        raised as a value (Refused for a refusal); a store failure raises."""
+        raised as a value (Refused for a refusal); a store failure raises. `commit`: COMMIT
+        the transaction in the same GIL-free run."""
     def pre_settle(
         self,
         node: LedgerNode,

@@ -824,6 +824,17 @@ pub fn settle_batch(
     Ok(out)
 }
 
+/// COMMITs the connection's open transaction (a batch's last step); when SQLite does not,
+/// what is left of the transaction is rolled back, so it never lingers half-done.
+pub fn commit(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch("COMMIT").inspect_err(|_| {
+        if !conn.is_autocommit() {
+            // the COMMIT's own error is the one reported
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

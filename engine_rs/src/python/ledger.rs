@@ -275,11 +275,15 @@ impl PyLedger {
     /// answer tuple, or the exception it would have raised (`Refused`, a `sqlite3` error,
     /// `EngineError`), as a value. A store failure raises (`sqlite3.OperationalError` with
     /// its `sqlite_errorcode`): the batch is lost whole and the caller rolls it back.
+    /// `commit`: COMMIT the connection's transaction too, in the same GIL-free run (a
+    /// failed COMMIT is rolled back and raises like a store failure).
+    #[pyo3(signature = (node, calls, commit=false))]
     fn settle_batch<'py>(
         &self,
         py: Python<'py>,
         node: &PyLedgerNode,
         calls: Vec<BatchArgs>,
+        commit: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         if self.owner.bind(py).upgrade().is_none() {
             return Err(refused("its connection is gone"));
@@ -314,7 +318,13 @@ impl PyLedger {
         let done = py.detach(|| {
             guard("ledger", "settle_batch", || {
                 let held = conn.lock().unwrap_or_else(|e| e.into_inner());
-                held.as_ref().map(|c| settle::settle_batch(c, node, &batch))
+                held.as_ref().map(|c| {
+                    let done = settle::settle_batch(c, node, &batch)?;
+                    if commit {
+                        settle::commit(c)?;
+                    }
+                    Ok(done)
+                })
             })
         })?;
         let done = match done {

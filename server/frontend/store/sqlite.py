@@ -298,7 +298,9 @@ class Store:
             results[i] = _run_op(conn, op)
         return results, segment
 
-    def _ledger_run(self, conn: sqlite3.Connection, segment: Segment) -> list[Any]:
+    def _ledger_run(
+        self, conn: sqlite3.Connection, segment: Segment, *, commit: bool = False
+    ) -> list[Any]:
         """A run of ledger calls in one `settle_batch` (on the commit thread; the GIL is
         released inside). Anything it raises loses the batch: a store failure, or a fault
         that may have left a call's savepoint open."""
@@ -308,14 +310,19 @@ class Store:
         try:
             if any(n is not node for _, n, _ in segment):
                 raise RuntimeError("ledger calls of one batch for two nodes")
-            return ledger_of(conn).settle_batch(node, [a for _, _, a in segment])
+            return ledger_of(conn).settle_batch(node, [a for _, _, a in segment], commit)
         except BaseException as exc:
             raise _BatchFailed(exc) from exc
 
     def _finish(self, conn: sqlite3.Connection, tail: Segment) -> list[Any]:
-        """The batch's last run of ledger calls, then its COMMIT: one hop to this thread."""
-        done = self._ledger_run(conn, tail)
-        self._commit(conn)
+        """The batch's last run of ledger calls, then its COMMIT: one hop to this thread,
+        and with ledger calls one GIL-free run in Rust for both (the write turn is given
+        back after; a failure of either loses the batch: `_abandon` rolls back)."""
+        if not tail:
+            self._commit(conn)
+            return []
+        done = self._ledger_run(conn, tail, commit=True)
+        self._writer_lock.release()
         return done
 
     def _failed(self, n: int, exc: BaseException) -> list[tuple[bool, Any]]:
