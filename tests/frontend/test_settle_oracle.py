@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import engine_rs
-from clients.sdk import MedsettleClient
+from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import common_pb2, settlement_pb2
 from server.codes import treatment_of
 from server.demo.localserver import LocalServer, free_port
@@ -258,14 +258,16 @@ def test_concurrent_settles_in_shared_batches_match_settling_one_at_a_time(
     """Settles sent at once share the store's batches (one Rust call, one commit each):
     taken in the order they were recorded, each equals the oracle's settlement of its visit
     one at a time, so two settles of one person in one batch see each other's
-    accumulators."""
+    accumulators. Refused settles in the same burst (a wrong total, an unknown visit) are
+    rolled back alone: they write nothing and the others commit."""
     frontend, port = metered
     oracle = Oracle(frontend.db)
     c: MedsettleClient = client(frontend, INST_A, opter=ALL_ROLES)
     people = (RETIRED, SECOND_STAY, CHILD)  # several visits each
     with c:
         todo = []
-        for n in range(36):
+        bad: list[tuple[str, str, int]] = []
+        for n in range(42):
             person = people[n % len(people)]
             med_type = 21 if n < len(people) else 11  # one open admission a person
             v = c.register(
@@ -279,19 +281,47 @@ def test_concurrent_settles_in_shared_batches_match_settling_one_at_a_time(
             oracle.diagnoses[v.mdtrt_id] = ["I10"]
             ls = lines(1 + n % 17, seed=500 + n, inst=INST_A)
             c.upload_fees(v.mdtrt_id, ls)
-            todo.append((v.mdtrt_id, person.psn_no, ls, n % 3 == 0))
+            if n % 6 == 5:  # its settle is refused: the total is one fen off
+                bad.append((v.mdtrt_id, person.psn_no, total(ls) + 1))
+            else:
+                todo.append((v.mdtrt_id, person.psn_no, ls, n % 3 == 0))
+        bad.append(("MH440101000010109999999999", CHILD.psn_no, 100))  # no such visit
+
+        def send(t: Any) -> Any:
+            if len(t) == 3:
+                try:
+                    c.settle(t[0], t[1], medfee_sumamt=t[2])
+                except MedsettleError as exc:
+                    return exc
+                raise AssertionError(f"{t[0]}: a wrong settle was answered")
+            return c.settle(t[0], t[1], medfee_sumamt=total(t[2]), acct_used=t[3])
+
         commits_before, ops_before = _commit_batches(port)
-        with ThreadPoolExecutor(len(todo)) as pool:
-            answers = list(
-                pool.map(
-                    lambda t: c.settle(t[0], t[1], medfee_sumamt=total(t[2]), acct_used=t[3]),
-                    todo,
-                )
-            )
+        burst = [*todo, *bad]
+        np.random.default_rng(7).shuffle(burst)
+        with ThreadPoolExecutor(len(burst)) as pool:
+            outcomes = list(pool.map(send, burst))
         commits, ops = _commit_batches(port)
-    # the settles shared batches: more of them committed than batches (nothing else ran)
-    assert ops - ops_before == len(todo)
+    answers = [o for o in outcomes if isinstance(o, settlement_pb2.SettleResponse)]
+    refused = sorted(o.code.name for o in outcomes if isinstance(o, MedsettleError))
+    assert len(answers) == len(todo)
+    assert refused == sorted(["INVALID_ARGUMENT"] * (len(bad) - 1) + ["NOT_FOUND"])
+    # the settles shared batches: fewer commits than settles (the refusals' audit records
+    # are written in the batches too)
+    assert ops - ops_before >= len(burst)
     assert commits - commits_before < len(todo)
+    conn = sqlite3.connect(frontend.db)
+    try:  # a refused settle wrote nothing: its visit is open, with no settlement
+        for mdtrt_id, _, _ in bad[:-1]:
+            state = conn.execute(
+                "SELECT state FROM visits WHERE mdtrt_id = ?", (mdtrt_id,)
+            ).fetchone()
+            assert state == ("registered",)
+            assert conn.execute(
+                "SELECT COUNT(*) FROM settlements WHERE mdtrt_id = ?", (mdtrt_id,)
+            ).fetchone() == (0,)
+    finally:
+        conn.close()
     by_visit = {t[0]: t for t in todo}
     infos = sorted((a.setlinfo for a in answers), key=lambda i: i.setl_id)
     for got in infos:
