@@ -302,3 +302,29 @@ def test_upload_results_are_the_python_encoding(
     want.results.extend(_results_in_python(sns, amounts.tolist(), lines, catalog.codes(lines.item)))
     got = rest.SerializeToString() + engine_rs.fee_line_results(catalog, lines, sns, amounts)
     assert got == want.SerializeToString()
+
+
+def test_a_batch_goes_on_past_a_request_that_does_not_decode(conn: Connection) -> None:
+    """A call of a batch whose bytes are not a SettleRequest is that call's refusal
+    (INVALID_ARGUMENT naming the request); the call beside it is settled or refused on its
+    own (here: no such visit), and the batch itself does not fail."""
+    node = engine_rs.LedgerNode("01", 480, bytes(32), 1, bytes(32))
+    catalog = catalog_from_rows([{"code": "X1"}])
+    caller = ("H1", 3, "440100", "op", "clerk", "/medsettle.v1.Settlement/Settle")
+    unknown = settlement_pb2.SettleRequest(mdtrt_id="M-none", psn_no="P1").SerializeToString()
+    conn.execute("BEGIN")
+    out = conn.ledger.settle_batch(
+        node,
+        [
+            (b"\xff\xff\xff", b"h1", 1, caller, FLAT_POLICY, catalog, None),
+            (unknown, b"h2", 1, caller, FLAT_POLICY, catalog, None),
+        ],
+    )
+    conn.execute("ROLLBACK")
+    assert len(out) == 2
+    bad, missing = out
+    assert isinstance(bad, engine_rs.Refused) and bad.code == "INVALID_ARGUMENT"
+    assert bad.field == "request" and bad.reason is not None
+    assert bad.reason.startswith("malformed request message")
+    assert isinstance(missing, engine_rs.Refused) and missing.code == "NOT_FOUND"
+    assert missing.message == "mdtrt_id: no visit M-none at this institution"

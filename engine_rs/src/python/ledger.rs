@@ -270,10 +270,12 @@ impl PyLedger {
     }
 
     /// The Settles of a batch in one call, with the GIL released while they run
-    /// (engine_rs/src/ledger/settle.rs `settle_batch`): `calls` are `settle`'s arguments
-    /// after `node`, one tuple each. Returns one entry per call, in order: `settle`'s
-    /// answer tuple, or the exception it would have raised (`Refused`, a `sqlite3` error,
-    /// `EngineError`), as a value. A store failure raises (`sqlite3.OperationalError` with
+    /// (engine_rs/src/ledger/settle.rs `settle_batch`): each call is (the `SettleRequest`'s
+    /// bytes, its request hash, now in ms, the authenticated caller (fixmedins_code,
+    /// hosp_lv, admdvs, opter, roles, rpc), policy, catalog, offline limits (max_medfee_fen,
+    /// max_per_day) or None). Returns one entry per call, in order: (answer bytes,
+    /// replayed, setl_id, engine seconds (preprocess, split) or None for a replay), or the
+    /// exception that call met (`Refused`, a `sqlite3` error, `EngineError`), as a value. A store failure raises (`sqlite3.OperationalError` with
     /// its `sqlite_errorcode`): the batch is lost whole and the caller rolls it back.
     /// `commit`: COMMIT the connection's transaction too, in the same GIL-free run (a
     /// failed COMMIT is rolled back and raises like a store failure).
@@ -288,16 +290,13 @@ impl PyLedger {
         if self.owner.bind(py).upgrade().is_none() {
             return Err(refused("its connection is gone"));
         }
-        let mut decoded = Vec::with_capacity(calls.len());
-        for (request, ..) in &calls {
-            decoded.push(wire::SettleRequest::decode(&request[..]));
-        }
         let mut batch = Vec::with_capacity(calls.len());
+        // a request that does not decode is that call's refusal; the others go on
         let mut malformed = Vec::new();
-        for (k, ((_, req_hash, now, caller, policy, catalog, offline), req)) in
-            calls.iter().zip(decoded).enumerate()
+        for (k, (request, req_hash, now, caller, policy, catalog, offline)) in
+            calls.iter().enumerate()
         {
-            match req {
+            match decode::<wire::SettleRequest>(request) {
                 Ok(req) => batch.push(BatchCall {
                     req,
                     req_hash: req_hash.clone(),
@@ -308,7 +307,7 @@ impl PyLedger {
                         max_per_day,
                     }),
                 }),
-                Err(e) => malformed.push((k, e.to_string())),
+                Err(e) => malformed.push((k, e)),
             }
         }
         let node = &node.inner;
@@ -336,10 +335,8 @@ impl PyLedger {
         let mut done = done.into_iter();
         let mut malformed = malformed.into_iter().peekable();
         for k in 0..calls.len() {
-            if malformed.peek().is_some_and(|(m, _)| *m == k) {
-                let (_, why) = malformed.next().unwrap_or_default();
-                let err = Refusal::field("request", format!("malformed request message: {why}"));
-                out.append(ledger_error("settle_batch", err.into()).into_value(py))?;
+            if let Some((_, err)) = malformed.next_if(|(m, _)| *m == k) {
+                out.append(err.into_value(py))?;
                 continue;
             }
             match done.next() {
