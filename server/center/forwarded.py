@@ -21,6 +21,9 @@ An id the center already holds is a DUPLICATE (a replay) when the content is the
 CONFLICT, logged at ERROR, when it is not: another front-end issues ids under this node. No
 later item of that batch is applied. A cancel applies only to a settlement of this node,
 under a cancel id of this node.
+
+The items are decided in order over the batch's view of the ledger (store/batch.py: read
+and locked set-wise first, written set-wise after), so each sees the ones before it.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ import engine_rs
 from medsettle.v1 import catalog_pb2, center_pb2, common_pb2
 from server import nodes
 from server.center import bindings
-from server.center.settle import CenterEnv, center_person, check_node_header
-from server.center.store.pg import Conn, lock_accumulators, write_accumulators
+from server.center.settle import CenterEnv, check_node_header, no_person, person_of
+from server.center.store.batch import HELD, SETTLED, Key, LedgerBatch
+from server.center.store.pg import Conn
 from server.codes import MED_TYPES, treatment_of, valid_date
 from server.common import local_date
-from server.errors import ClientError
+from server.errors import ClientError, NotFound
 from server.fundsplit import (
     SETL_AMOUNTS,
     SplitContext,
@@ -84,6 +88,8 @@ async def forward(
     h = req.header
     await env.institution(conn, h.fixmedins_code)
     await bindings.claim(conn, h, now)
+    batch = LedgerBatch(h.fixmedins_code)
+    await _load(conn, batch, req)
     out = center_pb2.ForwardResponse()
     conflicted: int | None = None
     for item in req.items:
@@ -91,9 +97,9 @@ async def forward(
             if conflicted is not None:
                 raise Refused(center_pb2.REJECTED, f"not applied: item {conflicted} conflicted")
             if item.kind == "settle":
-                result = await _forward_settle(conn, env, h, item, now)
+                result = await _forward_settle(conn, env, batch, h, item, now)
             elif item.kind == "cancel":
-                result = await _forward_cancel(conn, env, h, item, now)
+                result = _forward_cancel(env, batch, h, item, now)
             else:
                 raise Refused(center_pb2.REJECTED, f"unknown kind {item.kind!r}")
         except Refused as r:
@@ -112,7 +118,26 @@ async def forward(
                 result[1],
             )
         out.results.add(seq=item.seq, outcome=result[0], detail=result[1])
+    await batch.write(conn)
     return out
+
+
+async def _load(conn: Conn, batch: LedgerBatch, req: center_pb2.ForwardRequest) -> None:
+    """Read what the batch's items may touch (LedgerBatch.load)."""
+    settles = [i for i in req.items if i.kind == "settle"]
+    settle_ids = {i.setlinfo.setl_id for i in settles}
+    ids = settle_ids | {i.setl_id for i in req.items if i.kind == "cancel"}
+    keys = {
+        (i.setlinfo.psn_no, i.accumulators_before.year, i.accumulators_before.pool) for i in settles
+    }
+    await batch.load(
+        conn,
+        sorted(ids),
+        settle_ids,
+        sorted({i.setlinfo.mdtrt_id for i in settles}),
+        {i.setlinfo.psn_no for i in settles},
+        keys,
+    )
 
 
 # ------------------------------------------------------------------------------- settle
@@ -164,38 +189,16 @@ def _require_sane(env: CenterEnv, item: center_pb2.ForwardItem, now: int) -> Non
         raise Refused(center_pb2.REJECTED, "absurd settlement: " + "; ".join(bad))
 
 
-_HELD = (
-    "node_id",
-    "fixmedins_code",
-    "mdtrt_id",
-    "psn_no",
-    "msgid",
-    "setl_time",
-    "mode",
-    "medfee_sumamt",
-    "fund_pay_sumamt",
-    "acct_pay",
-    "psn_cash_pay",
-    "acc_year",
-    "acc_pool",
-    "acc_delta",
-)
-
-
-async def _held_differences(
-    conn: Conn, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem
+def _held_differences(
+    batch: LedgerBatch, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem
 ) -> list[str] | None:
     """None when the center has no settlement of this id; else the fields in which the one
     it holds differs from the forwarded one (only names: the content is someone else's)."""
     info = item.setlinfo
-    row = await (
-        await conn.execute(
-            f"SELECT {', '.join(_HELD)} FROM settlements WHERE setl_id = %s", (info.setl_id,)
-        )
-    ).fetchone()
-    if row is None:
+    held = batch.settlements.get(info.setl_id)
+    if held is None:
         return None
-    theirs: dict[str, Any] = {f: getattr(info, f, None) for f in _HELD}
+    theirs: dict[str, Any] = {f: getattr(info, f, None) for f in HELD}
     theirs |= {
         "node_id": h.node_id,
         "setl_time": info.setl_time.ToMilliseconds(),
@@ -204,27 +207,28 @@ async def _held_differences(
         "acc_pool": item.accumulators_before.pool,
         "acc_delta": _delta(item),
     }
-    diff = [f for f, held in zip(_HELD, row, strict=True) if theirs[f] != held]
-    legs = await (
-        await conn.execute(
-            "SELECT fund_pay_type, base, amount FROM setl_legs WHERE setl_id = %s",
-            (info.setl_id,),
-        )
-    ).fetchall()
+    diff = [f for f in HELD if theirs[f] != held.values[f]]
     mine = [(g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in info.setldetail]
-    if sorted(mine) != sorted(tuple(r) for r in legs):
+    if sorted(mine) != held.legs:
         diff.append("setldetail")
     return diff
 
 
 async def _split_again(
-    conn: Conn, env: CenterEnv, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem
+    conn: Conn,
+    env: CenterEnv,
+    batch: LedgerBatch,
+    h: center_pb2.NodeHeader,
+    item: center_pb2.ForwardItem,
 ) -> tuple[common_pb2.SetlInfo, dict[str, int]]:
     """The settlement as the center splits it, and its accumulator change; REJECTED when it
     is not what the front-end forwarded."""
     info = item.setlinfo
     inst = await env.institution(conn, h.fixmedins_code)
-    person = await center_person(conn, env.pii, info.psn_no, lock=True)
+    row = batch.persons.get(info.psn_no)
+    if row is None:
+        raise NotFound(no_person(info.psn_no))
+    person = person_of(env.pii, row)
     if info.insutype != person.insutype:
         raise Refused(
             center_pb2.REJECTED,
@@ -288,11 +292,16 @@ async def _split_again(
 
 
 async def _forward_settle(
-    conn: Conn, env: CenterEnv, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem, now: int
+    conn: Conn,
+    env: CenterEnv,
+    batch: LedgerBatch,
+    h: center_pb2.NodeHeader,
+    item: center_pb2.ForwardItem,
+    now: int,
 ) -> tuple[int, str]:
     info = item.setlinfo
     _require_own_ids(h, item)
-    differs = await _held_differences(conn, h, item)
+    differs = _held_differences(batch, h, item)
     if differs is not None:
         if differs:
             raise Refused(
@@ -301,39 +310,27 @@ async def _forward_settle(
             )
         return center_pb2.DUPLICATE, info.setl_id
     _require_sane(env, item, now)
-    active = await (
-        await conn.execute(
-            "SELECT setl_id FROM settlements WHERE fixmedins_code = %s AND mdtrt_id = %s"
-            " AND state = 1",
-            (info.fixmedins_code, info.mdtrt_id),
-        )
-    ).fetchone()
+    active = batch.active.get(info.mdtrt_id)
     if active is not None:  # e.g. an offline settle after a center call that did commit
-        return center_pb2.REJECTED, f"visit {info.mdtrt_id} is already settled as {active[0]}"
-    ours, delta = await _split_again(conn, env, h, item)
-    theirs = _acc(item.accumulators_before)
-    await _require_no_credit(conn, item, ours, theirs)
-    await _record(conn, env, h, item, ours, delta, now)
-    return await _applied(conn, item, ours, theirs, delta, now)
+        return center_pb2.REJECTED, f"visit {info.mdtrt_id} is already settled as {active}"
+    ours, delta = await _split_again(conn, env, batch, h, item)
+    before = item.accumulators_before
+    key = (ours.psn_no, before.year, before.pool)
+    theirs = _acc(before)
+    _require_no_credit(batch, key, ours, theirs)
+    _record(env, batch, h, key, ours, delta, now)
+    return _applied(batch, key, ours, theirs, delta, now)
 
 
-async def _require_no_credit(
-    conn: Conn, item: center_pb2.ForwardItem, ours: common_pb2.SetlInfo, theirs: dict[str, int]
+def _require_no_credit(
+    batch: LedgerBatch, key: Key, ours: common_pb2.SetlInfo, theirs: dict[str, int]
 ) -> None:
     """The re-split takes the front-end's accumulators and balance as they were when it
     settled; a front-end may not claim the person had used more than the center knows of
     (a deductible already met, a cap nearer: the fund would pay more) nor had more in the
     account than the center holds. Such an item is refused before anything is written
     (a stale cache after a cancel elsewhere also lands here: reconciliation shows it)."""
-    psn_no, year, pool = ours.psn_no, item.accumulators_before.year, item.accumulators_before.pool
-    row = await (  # locked if there is one; a refusal must not create it (writes nothing)
-        await conn.execute(
-            f"SELECT {', '.join(ACC_FIELDS)} FROM accumulators WHERE psn_no = %s AND year = %s"
-            " AND pool = %s ORDER BY opening LIMIT 1 FOR UPDATE",
-            (psn_no, year, pool),
-        )
-    ).fetchone()
-    current = dict(zip(ACC_FIELDS, row, strict=True)) if row else dict.fromkeys(ACC_FIELDS, 0)
+    current = batch.current(key)
     claimed = [f"{f} {theirs[f]} > {current[f]}" for f in ACC_FIELDS if theirs[f] > current[f]]
     if claimed:
         raise Refused(
@@ -341,72 +338,57 @@ async def _require_no_credit(
             "settled against more use of the year than the center holds: " + "; ".join(claimed),
         )
     if ours.acct_pay:
-        row = await (
-            await conn.execute("SELECT balc FROM persons WHERE psn_no = %s FOR UPDATE", (psn_no,))
-        ).fetchone()
-        if row is None or ours.acct_pay > row[0]:
+        balc = batch.balances.get(ours.psn_no)
+        if balc is None or ours.acct_pay > balc:
             raise Refused(
                 center_pb2.REJECTED,
-                f"account pays {ours.acct_pay}, more than the center's balance"
-                f" {row[0] if row else 0}",
+                f"account pays {ours.acct_pay}, more than the center's balance {balc or 0}",
             )
 
 
-async def _record(
-    conn: Conn,
+def _record(
     env: CenterEnv,
+    batch: LedgerBatch,
     h: center_pb2.NodeHeader,
-    item: center_pb2.ForwardItem,
+    key: Key,
     ours: common_pb2.SetlInfo,
     delta: dict[str, int],
     now: int,
 ) -> None:
     """The center's ledger row of a checked forwarded settlement, and its legs."""
-    year, pool = item.accumulators_before.year, item.accumulators_before.pool
     setl_ms = ours.setl_time.ToMilliseconds()
-    await conn.execute(
-        "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
-        " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
-        " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
-        " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, 1, %s, %s, %s,"
-        " %s, %s, %s, %s, %s, %s, %s)",
-        (
-            ours.setl_id,
-            h.node_id,
-            ours.fixmedins_code,
-            ours.mdtrt_id,
-            ours.psn_no,
-            ours.insutype,
-            ours.clr_type,
-            ours.msgid,
-            ours.invono,
-            setl_ms,
-            local_date(setl_ms, env.tz_offset_min),
-            int(ours.offline),
-            ours.medfee_sumamt,
-            ours.fund_pay_sumamt,
-            ours.acct_pay,
-            ours.psn_cash_pay,
-            year,
-            pool,
-            Jsonb(delta),
-            env.pii.seal_setlinfo(ours.setl_id, ours.SerializeToString()),
-            now,
-        ),
-    )
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO setl_legs VALUES (%s, %s, %s, %s)",
-            [
-                (ours.setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt)
-                for g in ours.setldetail
-            ],
-        )
+    row = {
+        "setl_id": ours.setl_id,
+        "node_id": h.node_id,
+        "fixmedins_code": ours.fixmedins_code,
+        "mdtrt_id": ours.mdtrt_id,
+        "psn_no": ours.psn_no,
+        "insutype": ours.insutype,
+        "clr_type": ours.clr_type,
+        "msgid": ours.msgid,
+        "invono": ours.invono,
+        "setl_time": setl_ms,
+        "setl_date": local_date(setl_ms, env.tz_offset_min),
+        "state": SETTLED,
+        "mode": common_pb2.LOCAL,
+        "offline": int(ours.offline),
+        "medfee_sumamt": ours.medfee_sumamt,
+        "fund_pay_sumamt": ours.fund_pay_sumamt,
+        "acct_pay": ours.acct_pay,
+        "psn_cash_pay": ours.psn_cash_pay,
+        "acc_year": key[1],
+        "acc_pool": key[2],
+        "acc_delta": delta,
+        "info": env.pii.seal_setlinfo(ours.setl_id, ours.SerializeToString()),
+        "received_at": now,
+    }
+    legs = [(g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in ours.setldetail]
+    batch.record(row, legs)
 
 
-async def _applied(
-    conn: Conn,
-    item: center_pb2.ForwardItem,
+def _applied(
+    batch: LedgerBatch,
+    key: Key,
     ours: common_pb2.SetlInfo,
     theirs: dict[str, int],
     delta: dict[str, int],
@@ -414,27 +396,26 @@ async def _applied(
 ) -> tuple[int, str]:
     """Apply the change to the center's accumulators and account; a difference between the
     center's accumulators before and the front-end's is kept, not overwritten."""
-    psn_no, year, pool = ours.psn_no, item.accumulators_before.year, item.accumulators_before.pool
-    current = await lock_accumulators(conn, psn_no, year, pool)
-    await write_accumulators(
-        conn, psn_no, year, pool, {f: current[f] + delta[f] for f in ACC_FIELDS}
-    )
+    current = batch.current(key)
+    batch.set_accumulators(key, {f: current[f] + delta[f] for f in ACC_FIELDS})
     if ours.acct_pay:
-        await conn.execute(
-            "UPDATE persons SET balc = balc - %s WHERE psn_no = %s", (ours.acct_pay, psn_no)
-        )
+        batch.move_balance(ours.psn_no, -ours.acct_pay)
     if current != theirs:
-        await conn.execute(
-            "INSERT INTO accumulator_differences VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (ours.setl_id, psn_no, year, pool, Jsonb(current), Jsonb(theirs), now),
+        psn_no, year, pool = key
+        batch.differences.append(
+            (ours.setl_id, psn_no, year, pool, Jsonb(current), Jsonb(theirs), now)
         )
         return center_pb2.APPLIED_WITH_DIFFERENCE, "the center's accumulators differed"
     return center_pb2.APPLIED, ours.setl_id
 
 
 # ------------------------------------------------------------------------------- cancel
-async def _forward_cancel(
-    conn: Conn, env: CenterEnv, h: center_pb2.NodeHeader, item: center_pb2.ForwardItem, now: int
+def _forward_cancel(
+    env: CenterEnv,
+    batch: LedgerBatch,
+    h: center_pb2.NodeHeader,
+    item: center_pb2.ForwardItem,
+    now: int,
 ) -> tuple[int, str]:
     code, node = h.fixmedins_code, h.node_id
     if not nodes.issued_by(item.setl_id, "S", code, node):
@@ -443,38 +424,23 @@ async def _forward_cancel(
         return center_pb2.REJECTED, f"cancel id {item.cancel_id!r} is not one of node {node}"
     if not EARLIEST_MS <= item.cancel_time_ms <= now + DAY_MS:
         return center_pb2.REJECTED, f"absurd cancel_time_ms {item.cancel_time_ms}"
-    row: Any = await (
-        await conn.execute(
-            "SELECT fixmedins_code, psn_no, state, acct_pay, acc_year, acc_pool, acc_delta,"
-            " cancel_id FROM settlements WHERE setl_id = %s FOR UPDATE",
-            (item.setl_id,),
-        )
-    ).fetchone()
-    if row is None or row[0] != code:
+    held = batch.settlements.get(item.setl_id)
+    if held is None or held.values["fixmedins_code"] != code:
         return center_pb2.REJECTED, f"cancel of {item.setl_id}, which the center does not have"
-    if row[2] != common_pb2.SETTLED:
-        if row[7] == item.cancel_id:
+    if held.state != common_pb2.SETTLED:
+        if held.cancel_id == item.cancel_id:
             return center_pb2.DUPLICATE, item.cancel_id
-        if row[7] and nodes.issued_by(row[7], "C", code, node):
+        if held.cancel_id and nodes.issued_by(held.cancel_id, "C", code, node):
             raise Refused(
                 center_pb2.CONFLICT, f"{item.setl_id} is held cancelled by another cancel id"
             )
-        return center_pb2.REJECTED, f"{item.setl_id} is already cancelled as {row[7]}"
-    psn_no, acct_pay, year, pool, delta = row[1], row[3], row[4], row[5], row[6]
-    acc = await lock_accumulators(conn, psn_no, year, pool)
-    await write_accumulators(conn, psn_no, year, pool, {f: acc[f] - delta[f] for f in ACC_FIELDS})
-    if acct_pay:
-        await conn.execute(
-            "UPDATE persons SET balc = balc + %s WHERE psn_no = %s", (acct_pay, psn_no)
-        )
-    await conn.execute(
-        "UPDATE settlements SET state = 2, cancel_id = %s, cancel_time = %s, cancel_date = %s"
-        " WHERE setl_id = %s",
-        (
-            item.cancel_id,
-            item.cancel_time_ms,
-            local_date(item.cancel_time_ms, env.tz_offset_min),
-            item.setl_id,
-        ),
-    )
+        return center_pb2.REJECTED, f"{item.setl_id} is already cancelled as {held.cancel_id}"
+    v = held.values
+    key = (v["psn_no"], v["acc_year"], v["acc_pool"])
+    acc, delta = batch.current(key), v["acc_delta"]
+    batch.set_accumulators(key, {f: acc[f] - delta[f] for f in ACC_FIELDS})
+    if v["acct_pay"]:
+        batch.move_balance(v["psn_no"], v["acct_pay"])
+    at = item.cancel_time_ms
+    batch.cancel(item.setl_id, item.cancel_id, at, local_date(at, env.tz_offset_min))
     return center_pb2.APPLIED, item.cancel_id

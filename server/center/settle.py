@@ -144,13 +144,12 @@ def check_settle_request(req: center_pb2.CenterSettleRequest, max_visit_fee_fen:
     v.raise_if_any()
 
 
-async def center_person(conn: Conn, vault: Vault, psn_no: str, *, lock: bool) -> PersonRow:
-    """The insured person as the center holds them (locked to the transaction's end with
-    `lock`); NOT_FOUND when the center has no such person."""
-    sql = f"SELECT {READ_COLUMNS} FROM persons WHERE psn_no = %s" + (" FOR UPDATE" if lock else "")
-    row = await (await conn.execute(sql, (psn_no,))).fetchone()
-    if row is None:
-        raise NotFound(f"psn_no: no insured person {psn_no} at the center")
+def no_person(psn_no: str) -> str:
+    return f"psn_no: no insured person {psn_no} at the center"
+
+
+def person_of(vault: Vault, row: tuple[Any, ...]) -> PersonRow:
+    """A person as the center holds them, from a READ_COLUMNS row of `persons`."""
     r = open_person(vault, row)
     return PersonRow(
         r[0],
@@ -167,6 +166,16 @@ async def center_person(conn: Conn, vault: Vault, psn_no: str, *, lock: bool) ->
         r[11],
         r[12],
     )
+
+
+async def center_person(conn: Conn, vault: Vault, psn_no: str, *, lock: bool) -> PersonRow:
+    """The insured person as the center holds them (locked to the transaction's end with
+    `lock`); NOT_FOUND when the center has no such person."""
+    sql = f"SELECT {READ_COLUMNS} FROM persons WHERE psn_no = %s" + (" FOR UPDATE" if lock else "")
+    row = await (await conn.execute(sql, (psn_no,))).fetchone()
+    if row is None:
+        raise NotFound(no_person(psn_no))
+    return person_of(vault, row)
 
 
 async def _replay(
