@@ -314,54 +314,66 @@ async def settle_summary(
     info.setl_time.FromMilliseconds(now)
     blob = env.pii.seal_setlinfo(req.setl_id, info.SerializeToString())
     delta = {f: after[f] - before[f] for f in ACC_FIELDS}
-    await conn.execute(
-        "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
-        " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
-        " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
-        " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, 2, 0, %s, %s,"
-        " %s, %s, %s, %s, %s, %s, %s)",
-        (
-            req.setl_id,
-            h.node_id,
-            inst.fixmedins_code,
-            req.mdtrt_id,
-            person.psn_no,
-            info.insutype,
-            info.clr_type,
-            h.msgid,
-            req.invono,
-            now,
-            local_date(now, env.tz_offset_min),
-            info.medfee_sumamt,
-            info.fund_pay_sumamt,
-            info.acct_pay,
-            info.psn_cash_pay,
-            choice.year,
-            choice.pool,
-            Jsonb(delta),
-            blob,
-            now,
-        ),
-    )
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO setl_legs VALUES (%s, %s, %s, %s)",
-            [
-                (req.setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt)
-                for g in info.setldetail
-            ],
-        )
-    await write_accumulators(conn, person.psn_no, choice.year, choice.pool, after)
-    if info.acct_pay:
-        await conn.execute(
-            "UPDATE persons SET balc = balc - %s WHERE psn_no = %s", (info.acct_pay, person.psn_no)
-        )
     resp = center_pb2.CenterSettleResponse(
         setlinfo=info, accumulators=acc_after
     ).SerializeToString()
-    await _remember(
-        conn, env.pii, h.fixmedins_code, h.msgid, "SettleSummary", req_hash, resp, req.setl_id, now
-    )
+    # The writes go in one round trip (pipeline mode): none of them reads what another
+    # returns, and an error in any (a visit settled meanwhile) still fails the transaction.
+    async with conn.pipeline():
+        await conn.execute(
+            "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
+            " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
+            " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
+            " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, 2, 0, %s, %s,"
+            " %s, %s, %s, %s, %s, %s, %s)",
+            (
+                req.setl_id,
+                h.node_id,
+                inst.fixmedins_code,
+                req.mdtrt_id,
+                person.psn_no,
+                info.insutype,
+                info.clr_type,
+                h.msgid,
+                req.invono,
+                now,
+                local_date(now, env.tz_offset_min),
+                info.medfee_sumamt,
+                info.fund_pay_sumamt,
+                info.acct_pay,
+                info.psn_cash_pay,
+                choice.year,
+                choice.pool,
+                Jsonb(delta),
+                blob,
+                now,
+            ),
+        )
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO setl_legs VALUES (%s, %s, %s, %s)",
+                [
+                    (req.setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt)
+                    for g in info.setldetail
+                ],
+            )
+        await write_accumulators(conn, person.psn_no, choice.year, choice.pool, after)
+        if info.acct_pay:
+            await conn.execute(
+                "UPDATE persons SET balc = balc - %s WHERE psn_no = %s",
+                (info.acct_pay, person.psn_no),
+            )
+        await _remember(
+            conn,
+            env.pii,
+            h.fixmedins_code,
+            h.msgid,
+            "SettleSummary",
+            req_hash,
+            resp,
+            req.setl_id,
+            now,
+        )
     return resp
 
 
