@@ -77,7 +77,6 @@ SETTLED, CANCELLED = 1, 2
 
 _ACC = ", ".join(ACC_FIELDS)
 _ACC_ARRAYS = ", ".join("%s::bigint[]" for _ in ACC_FIELDS)
-_KEYS = "unnest(%s::text[], %s::int[], %s::text[])"
 
 
 @dataclass
@@ -122,8 +121,11 @@ class LedgerBatch:
         """Read (and lock) what items naming these may touch; the persons and accumulator
         keys of the settlements named are added to the given ones."""
         cur = await conn.execute(
-            f"SELECT setl_id, state, cancel_id, {', '.join(HELD)} FROM settlements"
-            " WHERE setl_id = ANY(%s) ORDER BY setl_id FOR UPDATE",
+            _probe(
+                f"setl_id, state, cancel_id, {', '.join(HELD)} FROM settlements",
+                "setl_id",
+                lock=True,
+            ),
             (setl_ids,),
         )
         for setl_id, state, cancel_id, *held in await cur.fetchall():
@@ -135,8 +137,7 @@ class LedgerBatch:
         dup = [s for s in self.settlements if s in settle_ids]
         if dup:
             cur = await conn.execute(
-                "SELECT setl_id, fund_pay_type, base, amount FROM setl_legs"
-                " WHERE setl_id = ANY(%s)",
+                _probe("setl_id, fund_pay_type, base, amount FROM setl_legs", "setl_id"),
                 (dup,),
             )
             for setl_id, *leg in await cur.fetchall():
@@ -144,13 +145,16 @@ class LedgerBatch:
             for s in dup:
                 self.settlements[s].legs.sort()
         cur = await conn.execute(
-            "SELECT mdtrt_id, setl_id FROM settlements WHERE fixmedins_code = %s"
-            " AND mdtrt_id = ANY(%s) AND state = 1",
-            (self.code, mdtrt_ids),
+            _probe(
+                "mdtrt_id, setl_id FROM settlements",
+                "mdtrt_id",
+                " AND fixmedins_code = %s AND state = 1",  # the partial index's rows
+            ),
+            (mdtrt_ids, self.code),
         )
         self.active = {m: s for m, s in await cur.fetchall()}
         cur = await conn.execute(
-            f"SELECT {READ_COLUMNS} FROM persons WHERE psn_no = ANY(%s) ORDER BY psn_no FOR UPDATE",
+            _probe(f"{READ_COLUMNS} FROM persons", "psn_no", lock=True),
             (sorted(psn_nos),),
         )
         for row in await cur.fetchall():
@@ -158,9 +162,12 @@ class LedgerBatch:
             self.balances[row[0]] = row[-1]  # READ_COLUMNS ends with balc
         ordered = sorted(keys)
         cur = await conn.execute(
+            f"SELECT r.* FROM unnest(%s::text[], %s::int[], %s::text[]) WITH ORDINALITY"
+            " AS u(k, y, p, n) CROSS JOIN LATERAL ("
             f"SELECT psn_no, year, pool, opening, {_ACC} FROM accumulators"
-            f" WHERE (psn_no, year, pool) IN (SELECT * FROM {_KEYS})"
-            " ORDER BY psn_no, year, pool, opening FOR UPDATE",
+            " WHERE psn_no = u.k AND year = u.y AND pool = u.p"
+            " ORDER BY opening OFFSET 0 FOR UPDATE) r"
+            " ORDER BY u.n, r.opening",
             _columns(ordered, 3),
         )
         # Ordered by `opening`: the current row (0) comes first and is the one kept; the
@@ -269,6 +276,21 @@ class LedgerBatch:
                 raise errors.SerializationFailure(
                     "an accumulator row was created by another transaction during the batch"
                 )
+
+
+def _probe(select: str, column: str, more: str = "", *, lock: bool = False) -> str:
+    """`SELECT <select> WHERE <column> = <key><more>` for each key of the array %s, in the
+    array's order (so rows are locked, with `lock`, in that order).
+
+    One index probe per key, whatever the planner believes of the table: `= ANY(%s)` or a
+    join can be planned as a scan of the table (or of an institution's part of it, once per
+    key) when the statistics lag its growth, as during a drain into a new center; a batch
+    then costs seconds. `OFFSET 0` keeps the subquery a subquery, probed once per key."""
+    return (
+        "SELECT r.* FROM unnest(%s::text[]) WITH ORDINALITY AS u(k, n) CROSS JOIN LATERAL"
+        f" (SELECT {select} WHERE {column} = u.k{more} OFFSET 0"
+        f"{' FOR UPDATE' if lock else ''}) r ORDER BY u.n"
+    )
 
 
 def _columns(rows: list[Any], width: int) -> list[list[Any]]:
