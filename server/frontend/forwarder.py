@@ -55,6 +55,8 @@ from server.security.pii import Vault
 
 log = logging.getLogger("medsettle.forwarder")
 
+GAUGE_EVERY_S = 1.0  # the outbox gauges' refresh while draining (scrapes are 15 s apart)
+
 # What the center holds once it answered so: the row is sent.
 RECORDED = frozenset({center_pb2.APPLIED, center_pb2.DUPLICATE, center_pb2.APPLIED_WITH_DIFFERENCE})
 
@@ -63,9 +65,13 @@ def _acc(year: int, pool: str, values: dict[str, int]) -> catalog_pb2.Accumulato
     return catalog_pb2.Accumulator(year=year, pool=pool, **{f: values[f] for f in ACC_FIELDS})
 
 
+# An unsent outbox row as a forward item, with (institution, the person's insured region).
+Pending = tuple[int, center_pb2.ForwardItem, tuple[str, str]]
+
+
 def pending(
     conn: sqlite3.Connection, vault: Vault, limit: int, held: Collection[int] = ()
-) -> list[tuple[int, center_pb2.ForwardItem, tuple[str, str]]]:
+) -> list[Pending]:
     """The oldest unsent outbox rows (but the `held` ones) as forward items, each with
     (institution, the person's insured region): a batch goes to one center for one
     institution."""
@@ -74,7 +80,9 @@ def pending(
         " s.acc_pool, s.acc_delta, s.acc_before, s.cancel_id, p.insuplc_admdvs, v.begndate"
         " FROM outbox o JOIN settlements s ON s.setl_id = o.ref"
         " JOIN persons p ON p.psn_no = s.psn_no JOIN visits v ON v.id = s.visit_id"
-        " WHERE o.sent_at IS NULL AND o.id NOT IN (SELECT value FROM json_each(?))"
+        # `undo` rows are the center's cancels (`_drain_undos`), not forwarded items.
+        " WHERE o.sent_at IS NULL AND o.kind IN ('settle', 'cancel')"
+        " AND o.id NOT IN (SELECT value FROM json_each(?))"
         " ORDER BY o.id LIMIT ?",
         (json.dumps(sorted(held)), limit),
     ).fetchall()
@@ -166,15 +174,28 @@ class Forwarder(Background):
         self.failures = 0
         self.held: dict[int, str] = {}  # outbox row -> why the center rejected it
         self._held_since = 0.0
+        self._gauged = 0.0  # when the backlog gauges were last set (monotonic)
+        # The next batch, read while the current one is at the center (`_drain_forwards`).
+        self._ahead: asyncio.Future[list[Pending]] | None = None
         if not routes.instance_id:
             routes.use_instance(node_instance(store.path))
 
     async def _run(self) -> None:
+        try:
+            await self._forward_until_stopped()
+        finally:
+            self._drop_ahead()
+
+    async def _forward_until_stopped(self) -> None:
         backoff = self.idle_s
         while fatal_reason() is None:
             if self.held and time.monotonic() - self._held_since >= self.retry_held_s:
                 self.held.clear()  # offer the rejected rows again, in their order
-            await self.store.read(backlog_gauges)
+                self._drop_ahead()  # it was read without them
+            if time.monotonic() - self._gauged >= GAUGE_EVERY_S:
+                # Counting the backlog reads every unsent row: not before every batch.
+                await self.store.read(backlog_gauges)
+                self._gauged = time.monotonic()
             try:
                 n = await self.drain_once()
             except ClientError as exc:  # the center is unreachable or refused the batch
@@ -236,12 +257,43 @@ class Forwarder(Background):
         await self.store.write(mark)
         self.sent += len(done)
 
+    def _pending(self, exclude: set[int]) -> asyncio.Future[list[Pending]]:
+        vault, limit = self.env.pii, self.batch
+        return asyncio.ensure_future(
+            self.store.read(lambda conn: pending(conn, vault, limit, exclude))
+        )
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+
     async def _drain_forwards(self) -> int:
-        vault = self.env.pii
         held = set(self.held)
-        items = await self.store.read(lambda conn: pending(conn, vault, self.batch, held))
+        ahead, self._ahead = self._ahead, None
+        items = await (ahead if ahead is not None else self._pending(held))
         if not items:
             return 0
+        # The next batch is read while this one is at the center; it is used only if every
+        # row of this one is sent (else a row left behind would go after later ones).
+        following = self._pending(held | {oid for oid, _, _ in items})
+        try:
+            answered, done, clash = await self._send(items)
+        except BaseException:
+            following.cancel()
+            raise
+        await self._mark_sent(done)
+        if len(done) == len(items):
+            self._ahead = following
+        else:
+            following.cancel()
+        if clash:
+            stop_serving(clash)
+        return answered
+
+    async def _send(self, items: list[Pending]) -> tuple[int, list[int], str]:
+        """Forward `items`, one request per (institution, center); the rows answered for,
+        those the center now holds, and why to stop (a CONFLICT), if so."""
         groups: dict[tuple[str, str], list[tuple[int, center_pb2.ForwardItem]]] = {}
         for oid, item, key in items:
             groups.setdefault(key, []).append((oid, item))
@@ -268,10 +320,7 @@ class Forwarder(Background):
                     self._hold(oid, item.kind, item.setl_id, r.detail)
             if clash:
                 break
-        await self._mark_sent(done)
-        if clash:
-            stop_serving(clash)
-        return answered
+        return answered, done, clash
 
     def _hold(self, oid: int, kind: str, setl_id: str, detail: str) -> None:
         if not self.held:

@@ -455,6 +455,15 @@ UPDATE fee_lines SET med_list_codg = '' WHERE med_list_codg <> ''
 CREATE TABLE signin_refusals (bucket INTEGER PRIMARY KEY, n INTEGER NOT NULL)
 """,
     ),
+    (
+        11,
+        "the forwarder finds due undo rows without walking the backlog",
+        """
+-- Looked for before every batch; through outbox_unsent alone the search read every unsent
+-- row, and a backlog of 100,000 settlements made each batch wait for it.
+CREATE INDEX outbox_undo ON outbox (id) WHERE kind = 'undo' AND sent_at IS NULL
+""",
+    ),
 ]
 
 
