@@ -123,21 +123,24 @@ async def forward(
 
 
 async def _load(conn: Conn, batch: LedgerBatch, req: center_pb2.ForwardRequest) -> None:
-    """Read what the batch's items may touch (LedgerBatch.load)."""
+    """Read what the batch's items may touch (LedgerBatch.load). Only plain texts are
+    looked up: an item with another (a NUL, a megabyte) is refused by its own checks, and
+    must not fail the whole batch's statement first."""
     settles = [i for i in req.items if i.kind == "settle"]
-    settle_ids = {i.setlinfo.setl_id for i in settles}
-    ids = settle_ids | {i.setl_id for i in req.items if i.kind == "cancel"}
+    settle_ids = {i.setlinfo.setl_id for i in settles if _plain(i.setlinfo.setl_id)}
+    ids = settle_ids | {i.setl_id for i in req.items if i.kind == "cancel" and _plain(i.setl_id)}
+    people = {i.setlinfo.psn_no for i in settles if _plain(i.setlinfo.psn_no)}
     keys = {
-        (i.setlinfo.psn_no, i.accumulators_before.year, i.accumulators_before.pool) for i in settles
+        (i.setlinfo.psn_no, i.accumulators_before.year, i.accumulators_before.pool)
+        for i in settles
+        if i.setlinfo.psn_no in people and _plain(i.accumulators_before.pool)
     }
-    await batch.load(
-        conn,
-        sorted(ids),
-        settle_ids,
-        sorted({i.setlinfo.mdtrt_id for i in settles}),
-        {i.setlinfo.psn_no for i in settles},
-        keys,
-    )
+    visits = {i.setlinfo.mdtrt_id for i in settles if _plain(i.setlinfo.mdtrt_id)}
+    await batch.load(conn, sorted(ids), settle_ids, sorted(visits), people, keys)
+
+
+def _plain(text: str) -> bool:
+    return len(text) <= MAX_TEXT and text.isprintable()
 
 
 # ------------------------------------------------------------------------------- settle

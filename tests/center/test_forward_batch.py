@@ -272,3 +272,40 @@ def test_the_account_balance_is_held_across_a_batch(
     assert forward(batched, INST_A, a[3:5]) == single
     assert [o for o, _ in single] == [center_pb2.APPLIED] * 2
     assert ledger(batch_dsn) == ledger(one_dsn)
+
+
+def test_texts_no_lookup_can_take_are_refused_at_the_door_or_alone(
+    forwarded: dict[str, list[center_pb2.ForwardItem]], two_centers: Any
+) -> None:
+    """A NUL or an overlong id or person number refuses the whole request at the door
+    (INVALID_ARGUMENT naming each field, nothing written); a NUL in an item's accumulator
+    pool, which the door does not bound, is that item's refusal: the batch's reads do not
+    take it (PostgreSQL's text cannot hold a NUL) and the rest of the batch applies."""
+    (target, dsn), _ = two_centers
+    a = forwarded[INST_A]
+
+    def variant(n: int, field: str, value: str) -> center_pb2.ForwardItem:
+        item = center_pb2.ForwardItem()
+        item.CopyFrom(a[1])
+        item.seq = 900 + n
+        item.setl_id = item.setlinfo.setl_id = f"S{INST_A}01{900 + n:012d}"
+        item.setlinfo.mdtrt_id = f"M{INST_A}01{900 + n:012d}"
+        if field == "pool":
+            item.accumulators_before.pool = item.accumulators_after.pool = value
+        else:
+            setattr(item.setlinfo, field, value)
+        return item
+
+    bad_ids = [variant(0, "psn_no", "44\x0001"), variant(1, "psn_no", "4" * 100_000)]
+    bad_ids.append(variant(2, "mdtrt_id", "M\x00"))
+    with pytest.raises(grpc.RpcError) as refused:
+        forward(target, INST_A, [*bad_ids, a[0]])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for where in ("items[0].setlinfo.psn_no", "items[1].setlinfo.psn_no", "items[2].setlinfo"):
+        assert where in (refused.value.details() or "")
+    results = forward(target, INST_A, [variant(3, "pool", "o\x00"), a[0]])
+    assert [o for o, _ in results] == [center_pb2.REJECTED, center_pb2.APPLIED]
+    assert "the policy's rule uses" in results[0][1]
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT setl_id FROM settlements").fetchall()
+    assert rows == [(a[0].setlinfo.setl_id,)]
