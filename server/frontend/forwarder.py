@@ -37,6 +37,7 @@ import json
 import logging
 import sqlite3
 import time
+import zlib
 from collections.abc import Collection
 from typing import Any
 
@@ -65,19 +66,25 @@ def _acc(year: int, pool: str, values: dict[str, int]) -> catalog_pb2.Accumulato
     return catalog_pb2.Accumulator(year=year, pool=pool, **{f: values[f] for f in ACC_FIELDS})
 
 
-# An unsent outbox row as a forward item, with (institution, the person's insured region).
-Pending = tuple[int, center_pb2.ForwardItem, tuple[str, str]]
+# Requests in flight at once: a round's rows go in this many requests per institution and
+# center, split by person, so the center decides one while it writes another (a person's
+# settlements and cancels stay in one request, in their order).
+LANES = 2
+
+# An unsent outbox row as a forward item, with its route: (institution, the person's
+# insured region, the person's lane).
+Pending = tuple[int, center_pb2.ForwardItem, tuple[str, str, int]]
 
 
 def pending(
     conn: sqlite3.Connection, vault: Vault, limit: int, held: Collection[int] = ()
 ) -> list[Pending]:
-    """The oldest unsent outbox rows (but the `held` ones) as forward items, each with
-    (institution, the person's insured region): a batch goes to one center for one
-    institution."""
+    """The oldest unsent outbox rows (but the `held` ones) as forward items, each with its
+    route: a request goes to one center for one institution."""
     rows = conn.execute(
         "SELECT o.id, o.kind, o.ref, o.created_at, s.fixmedins_code, s.info, s.acc_year,"
-        " s.acc_pool, s.acc_delta, s.acc_before, s.cancel_id, p.insuplc_admdvs, v.begndate"
+        " s.acc_pool, s.acc_delta, s.acc_before, s.cancel_id, p.insuplc_admdvs, v.begndate,"
+        " s.psn_no"
         " FROM outbox o JOIN settlements s ON s.setl_id = o.ref"
         " JOIN persons p ON p.psn_no = s.psn_no JOIN visits v ON v.id = s.visit_id"
         # `undo` rows are the center's cancels (`_drain_undos`), not forwarded items.
@@ -101,6 +108,7 @@ def pending(
         cancel_id,
         region,
         begndate,
+        psn_no,
     ) in rows:
         item = center_pb2.ForwardItem(seq=oid, kind=kind, setl_id=ref)
         if kind == "settle":
@@ -115,7 +123,7 @@ def pending(
         else:
             item.cancel_id = cancel_id or ""
             item.cancel_time_ms = created
-        out.append((oid, item, (code, region)))
+        out.append((oid, item, (code, region, zlib.crc32(psn_no.encode()) % LANES)))
     return out
 
 
@@ -156,9 +164,10 @@ class Forwarder(Background):
         env: Env,
         routes: CenterRoutes,
         *,
-        # The center records a batch set-wise in one transaction (center/store/batch.py), so
-        # larger batches drain faster; 1,000 settlements are about 1 MB on the wire.
-        batch: int = 1000,
+        # The center records a request set-wise in one transaction (center/store/batch.py),
+        # so larger ones drain faster: a round of 2,000 rows is LANES requests of about
+        # 1,000 settlements, 1 MB each on the wire.
+        batch: int = 2000,
         idle_s: float = 0.2,
         max_backoff_s: float = 5.0,
         retry_held_s: float = 300.0,
@@ -278,34 +287,49 @@ class Forwarder(Background):
         # row of this one is sent (else a row left behind would go after later ones).
         following = self._pending(held | {oid for oid, _, _ in items})
         try:
-            answered, done, clash = await self._send(items)
+            answered, done, clash, failure = await self._send(items)
         except BaseException:
             following.cancel()
             raise
-        await self._mark_sent(done)
+        await self._mark_sent(done)  # what the center answered for, even if a lane failed
         if len(done) == len(items):
             self._ahead = following
         else:
             following.cancel()
         if clash:
             stop_serving(clash)
+        if failure is not None:
+            raise failure
         return answered
 
-    async def _send(self, items: list[Pending]) -> tuple[int, list[int], str]:
-        """Forward `items`, one request per (institution, center); the rows answered for,
-        those the center now holds, and why to stop (a CONFLICT), if so."""
-        groups: dict[tuple[str, str], list[tuple[int, center_pb2.ForwardItem]]] = {}
-        for oid, item, key in items:
-            groups.setdefault(key, []).append((oid, item))
+    async def _send(self, items: list[Pending]) -> tuple[int, list[int], str, BaseException | None]:
+        """Forward `items`, one request per route, all in flight at once; the rows answered
+        for, those the center now holds, why to stop (a CONFLICT) and the first request's
+        failure, if any."""
+        groups: dict[tuple[str, str, int], list[tuple[int, center_pb2.ForwardItem]]] = {}
+        for oid, item, route in items:
+            groups.setdefault(route, []).append((oid, item))
+        node = self.env.node_id
+        answers = await asyncio.gather(
+            *(
+                self.routes.link_for(region).forward(
+                    center_pb2.ForwardRequest(
+                        header=center_pb2.NodeHeader(node_id=node, fixmedins_code=code),
+                        items=[item for _, item in part],
+                    )
+                )
+                for (code, region, _), part in groups.items()
+            ),
+            return_exceptions=True,
+        )
         done: list[int] = []
         answered = 0
         clash = ""
-        for (code, region), part in groups.items():
-            req = center_pb2.ForwardRequest(
-                header=center_pb2.NodeHeader(node_id=self.env.node_id, fixmedins_code=code),
-                items=[item for _, item in part],
-            )
-            resp = await self.routes.link_for(region).forward(req)
+        failure: BaseException | None = None
+        for ((code, _, _), part), resp in zip(groups.items(), answers, strict=True):
+            if isinstance(resp, BaseException):
+                failure = failure or resp
+                continue
             results = {r.seq: r for r in resp.results}
             for oid, item in part:
                 r = results.get(oid)
@@ -318,9 +342,7 @@ class Forwarder(Background):
                     clash = clash or self._clash_reason(code, item, r.detail)
                 else:
                     self._hold(oid, item.kind, item.setl_id, r.detail)
-            if clash:
-                break
-        return answered, done, clash
+        return answered, done, clash, failure
 
     def _hold(self, oid: int, kind: str, setl_id: str, detail: str) -> None:
         if not self.held:
