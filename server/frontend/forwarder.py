@@ -1,7 +1,10 @@
-"""Store-and-forward (local mode): sends the outbox to the center in order, in batches, and
-marks what the center recorded. Each settlement or cancel was written to the outbox in the
-same transaction as itself, so nothing committed can be missed; the center records each at
-most once, so a batch sent twice (a lost acknowledgement, a restart) changes nothing.
+"""Store-and-forward (local mode): sends the outbox to the center in batches, each person's
+rows in their order, and marks what the center recorded. Each settlement or cancel was
+written to the outbox in the same transaction as itself, so nothing committed can be missed;
+the center records each at most once, so a batch sent twice (a lost acknowledgement, a
+restart) changes nothing. A round's rows go as `LANES` requests at once, split by person
+(only a person's rows depend on each other's order), and the next round is read while one
+is at the center.
 
 One forwarder runs per front-end (in worker 0). When the center does not answer it backs off
 (doubling up to `max_backoff_s`) and the backlog drains by itself when the link returns.
