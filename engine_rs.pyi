@@ -564,6 +564,9 @@ def fee_line_results(
     """`UploadFeesResponse.results` encoded (field 5, the message's last), one
     `FeeLineResult` a line."""
 
+FUND_NAMES: dict[str, str]
+"""The name of each fund a settlement's legs are paid from, by fund_pay_type."""
+
 def split_batch(policy: Policy, columns: SettlementColumns) -> dict[str, npt.NDArray[np.int64]]:
     """Columns `rule`, `act_pay_dedc`, each fund, `fund_pay_sumamt`, `psn_part_amt`,
     `acct_pay`, `psn_cash_pay`, `balc` and `new_<accumulator>`; absent input columns are

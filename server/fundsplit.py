@@ -18,21 +18,7 @@ from server.codes import age_on
 from server.errors import FailedPrecondition
 from server.persons import PersonRow
 
-FUND_NAMES = {
-    "310100": "职工基本医疗保险统筹基金",
-    "310200": "职工基本医疗保险个人账户",
-    "320100": "公务员医疗补助资金",
-    "330100": "职工大额医疗费用补助基金",
-    "340100": "离休人员医疗保障基金",
-    "350100": "一至六级残疾军人医疗补助基金",
-    "370100": "企业补充医疗保险基金",
-    "390100": "城乡居民基本医疗保险基金",
-    "390200": "城乡居民大病医疗保险基金",
-    "510100": "生育基金",
-    "610100": "医疗救助基金",
-    "999996": "医院垫付",
-    "999997": "其他基金",
-}
+FUND_NAMES: dict[str, str] = engine_rs.FUND_NAMES  # one table: the ledger names legs too
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,11 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(settle::split_batch, m)?)?;
     m.add_function(wrap_pyfunction!(settle::line_results_blob, m)?)?;
     m.add_function(wrap_pyfunction!(settle::fee_line_results, m)?)?;
+    // The funds' names (fund_pay_type -> name): one table, which the center's SetlInfo
+    // (server/fundsplit.py) reads too.
+    let fund_names: std::collections::HashMap<&str, &str> =
+        crate::ledger::settle::FUND_NAMES.iter().copied().collect();
+    m.add("FUND_NAMES", fund_names)?;
 
     // matching
     m.add_class::<matching::PyMatcher>()?;
