@@ -226,12 +226,12 @@ class Ledger:
             tuple[bytes, bytes, int, LedgerCaller, Policy, Catalog, tuple[int, int] | None]
         ],
         commit: bool = False,
-    ) -> list[tuple[bytes, bool, str, tuple[float, float] | None] | BaseException]:
+    ) -> list[tuple[bytes, bool, str, tuple[int, int] | None] | BaseException]:
         """The Settles of a batch, each whole in its savepoint, the GIL released: per call
         (request, req_hash, now, caller, policy, catalog, offline limits) its (answer,
-        replayed, setl_id, engine seconds or None for a replay), or the exception it
-        raised as a value (Refused for a refusal); a store failure raises. `commit`: COMMIT
-        the transaction in the same GIL-free run."""
+        replayed, setl_id, engine nanoseconds (preprocess, split) or None for a replay), or
+        the exception it raised as a value (Refused for a refusal); a store failure raises.
+        `commit`: COMMIT the transaction in the same GIL-free run."""
     def pre_settle(
         self,
         node: LedgerNode,
@@ -239,7 +239,7 @@ class Ledger:
         caller: LedgerCaller,
         policy: Policy,
         catalog: Catalog,
-    ) -> tuple[bytes, tuple[float, float]]: ...
+    ) -> tuple[bytes, tuple[int, int]]: ...
     def compute(
         self,
         node: LedgerNode,
@@ -257,10 +257,10 @@ class Ledger:
         bytes,
         str,
         bytes,
-        tuple[float, float],
+        tuple[int, int],
     ]:
         """(visit row, SetlInfo bytes, acc year, acc pool, before, after, line results,
-        insured region, lines digest, engine seconds (preprocess, split))."""
+        insured region, lines digest, engine nanoseconds (preprocess, split))."""
 
 # (fixmedins_code, hosp_lv, admdvs, opter, roles, rpc) of an authenticated caller
 LedgerCaller: TypeAlias = tuple[str, int, str, str, str, str]

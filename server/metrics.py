@@ -294,10 +294,10 @@ PREPROCESS = ENGINE_SECONDS.labels("preprocess")
 SPLIT = ENGINE_SECONDS.labels("split")
 
 
-def engine_time(preprocess_s: float, split_s: float) -> None:
+def engine_time(preprocess_ns: int, split_ns: int) -> None:
     """The engine's time in one settlement's computation, as the ledger measured it."""
-    PREPROCESS.observe(preprocess_s)
-    SPLIT.observe(split_s)
+    PREPROCESS.observe(preprocess_ns / 1e9)
+    SPLIT.observe(split_ns / 1e9)
 
 
 def setl_info(response: bytes) -> common_pb2.SetlInfo:

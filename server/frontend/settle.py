@@ -173,7 +173,7 @@ def settle_call(
 async def settle(store: Store, call: LedgerCall, outcome: Outcome) -> bytes:
     """Run a `settle_call` in the store's next batch: the answer's bytes once durable."""
     try:
-        done: tuple[bytes, bool, str, tuple[float, float] | None] = await store.write(call)
+        done: tuple[bytes, bool, str, tuple[int, int] | None] = await store.write(call)
     except engine_rs.Refused as exc:
         raise refusal(exc) from None
     answer, replayed, _, took = done

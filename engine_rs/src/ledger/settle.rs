@@ -117,11 +117,16 @@ pub struct Computed {
     pub timing: Timing,
 }
 
-/// The engine's time in a computation (`medsettle_engine_seconds` by stage).
+/// The engine's time in a computation, in nanoseconds (`medsettle_engine_seconds` by
+/// stage: the metrics convert).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timing {
-    pub preprocess_s: f64,
-    pub split_s: f64,
+    pub preprocess_ns: u64,
+    pub split_ns: u64,
+}
+
+fn nanos_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What a Settle answered: the answer's bytes, whether it was a replay, and the setl_id.
@@ -345,7 +350,7 @@ pub fn compute(
     )
     .map_err(cannot_settle)?;
     let summary = sums.get(0);
-    let preprocess_s = started.elapsed().as_secs_f64();
+    let preprocess_ns = nanos_since(started);
     if req.medfee_sumamt != summary.medfee_sumamt {
         return Err(Refusal::field(
             "medfee_sumamt",
@@ -406,7 +411,7 @@ pub fn compute(
     )
     .map_err(cannot_settle)?;
     let legs = sp::legs(policy, &r, &trace, &sel);
-    let split_s = started.elapsed().as_secs_f64();
+    let split_ns = nanos_since(started);
     let applied = policy.rule(r.rule as usize);
     let critical_fund = applied
         .critical
@@ -480,8 +485,8 @@ pub fn compute(
         insured_region: person.insuplc_admdvs,
         lines_digest: rows.digest,
         timing: Timing {
-            preprocess_s,
-            split_s,
+            preprocess_ns,
+            split_ns,
         },
     })
 }

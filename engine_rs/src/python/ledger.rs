@@ -344,7 +344,7 @@ impl PyLedger {
                     PyBytes::new(py, &a.answer),
                     a.replayed,
                     a.setl_id,
-                    a.timing.map(|t| (t.preprocess_s, t.split_s)),
+                    a.timing.map(|t| (t.preprocess_ns, t.split_ns)),
                 ))?,
                 Some(Err(e)) => out.append(ledger_error("settle", e).into_value(py))?,
                 None => return Err(refused("settle_batch: an answer is missing")),
@@ -354,7 +354,7 @@ impl PyLedger {
     }
 
     /// PreSettle's answer bytes (a `SettleResponse`) and the engine's time (preprocess,
-    /// split, seconds); writes nothing.
+    /// split, nanoseconds); writes nothing.
     fn pre_settle<'py>(
         &self,
         py: Python<'py>,
@@ -363,19 +363,19 @@ impl PyLedger {
         caller: CallerArgs,
         policy: &PyPolicy,
         catalog: &PyCatalog,
-    ) -> PyResult<(Bound<'py, PyBytes>, (f64, f64))> {
+    ) -> PyResult<(Bound<'py, PyBytes>, (u64, u64))> {
         let req: wire::SettleRequest = decode(request)?;
         let who = caller.caller(policy, catalog);
         let (answer, t) = self.run(py, "pre_settle", |conn| {
             settle::pre_settle(conn, &node.inner, &who, &req)
         })?;
-        Ok((PyBytes::new(py, &answer), (t.preprocess_s, t.split_s)))
+        Ok((PyBytes::new(py, &answer), (t.preprocess_ns, t.split_ns)))
     }
 
     /// A visit's computation for center mode (server/frontend/settle.py `Computed`): the
     /// visit row, the `SetlInfo` bytes, accumulator year and pool, accumulators before and
     /// after, the line-results blob, the insured region, the lines' digest and the engine's
-    /// time (preprocess, split seconds).
+    /// time (preprocess, split nanoseconds).
     fn compute<'py>(
         &self,
         py: Python<'py>,
@@ -414,7 +414,7 @@ impl PyLedger {
             PyBytes::new(py, &c.line_results),
             c.insured_region,
             PyBytes::new(py, &c.lines_digest),
-            (c.timing.preprocess_s, c.timing.split_s),
+            (c.timing.preprocess_ns, c.timing.split_ns),
         )
             .into_pyobject(py)
     }

@@ -104,7 +104,7 @@ class LedgerBatch:
     # What the batch writes.
     touched: set[Key] = field(default_factory=set)
     moved: dict[str, int] = field(default_factory=dict)  # psn_no -> balance change
-    recorded: list[Held] = field(default_factory=list)
+    recorded: list[dict[str, Any]] = field(default_factory=list)  # new settlements' rows
     legs: list[tuple[str, str, int, int]] = field(default_factory=list)
     cancels: list[tuple[str, str, int, int]] = field(default_factory=list)  # held ones
     differences: list[tuple[Any, ...]] = field(default_factory=list)
@@ -197,7 +197,7 @@ class LedgerBatch:
         held = Held({f: row[f] for f in HELD}, sorted(legs), SETTLED, None, row)
         self.settlements[row["setl_id"]] = held
         self.active[row["mdtrt_id"]] = row["setl_id"]
-        self.recorded.append(held)
+        self.recorded.append(row)
         self.legs += [(row["setl_id"], *leg) for leg in legs]
 
     def cancel(self, setl_id: str, cancel_id: str, at: int, date: int) -> None:
@@ -206,8 +206,7 @@ class LedgerBatch:
         if self.active.get(held.values["mdtrt_id"]) == setl_id:
             del self.active[held.values["mdtrt_id"]]
         if held.new is not None:  # recorded in this batch: inserted as cancelled
-            held.new |= {"state": CANCELLED, "cancel_id": cancel_id}
-            held.new |= {"cancel_time": at, "cancel_date": date}
+            held.new.update(state=CANCELLED, cancel_id=cancel_id, cancel_time=at, cancel_date=date)
         else:
             self.cancels.append((setl_id, cancel_id, at, date))
 
@@ -225,8 +224,7 @@ class LedgerBatch:
             async with conn.cursor() as cur:
                 copy_sql = f"COPY settlements ({', '.join(SETTLEMENT_COLUMNS)}) FROM STDIN"
                 async with cur.copy(copy_sql) as copy:
-                    for held in self.recorded:
-                        row = held.new or {}
+                    for row in self.recorded:
                         row = row | {"acc_delta": Jsonb(row["acc_delta"])}
                         await copy.write_row([row.get(c) for c in SETTLEMENT_COLUMNS])
                 async with cur.copy("COPY setl_legs FROM STDIN") as copy:
