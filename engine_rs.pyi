@@ -277,6 +277,74 @@ class LedgerNode:
     def node_id(self) -> str: ...
 
 @final
+class CenterNode:
+    """The center's keys and settings for deciding forwarded batches: seal key and version
+    (1 AES-256-GCM, 2 SM4-GCM), clock zone, the largest credible visit fee."""
+
+    def __new__(
+        cls, pii_seal: bytes, pii_version: int, tz_offset_min: int, max_visit_fee_fen: int
+    ) -> CenterNode: ...
+
+# (fixmedins_code, node_id, hosp_lv, admdvs) of the front-end sending a batch
+ForwardSender: TypeAlias = tuple[str, str, int, str]
+
+@final
+class ForwardBatch:
+    """A decoded ForwardRequest and what its items name (server/center/store/batch.py reads
+    those rows, then `decide`)."""
+
+    def __new__(cls, request: bytes) -> ForwardBatch: ...
+    @property
+    def setl_ids(self) -> list[str]: ...
+    @property
+    def settle_ids(self) -> list[str]: ...
+    @property
+    def mdtrt_ids(self) -> list[str]: ...
+    @property
+    def psn_nos(self) -> list[str]: ...
+    @property
+    def keys(self) -> list[tuple[str, int, str]]: ...
+    @property
+    def policy_versions(self) -> list[int]: ...
+    def decide(
+        self,
+        node: CenterNode,
+        sender: ForwardSender,
+        now: int,
+        policies: dict[int, Policy],
+        settlements: list[tuple[Any, ...]],
+        legs: list[tuple[Any, ...]],
+        active: list[tuple[str, str]],
+        persons: list[tuple[Any, ...]],
+        accumulators: list[tuple[Any, ...]],
+    ) -> ForwardDecision: ...
+
+@final
+class ForwardDecision:
+    """What a forwarded batch decided: the encoded ForwardResponse and the writes."""
+
+    @property
+    def answer(self) -> bytes: ...
+    @property
+    def outcomes(self) -> list[tuple[int, int, str]]: ...
+    @property
+    def conflicts(self) -> list[tuple[int, str, str]]: ...
+    @property
+    def recorded(self) -> int: ...
+    @property
+    def settlements_copy(self) -> bytes: ...
+    @property
+    def legs_copy(self) -> bytes: ...
+    @property
+    def cancels(self) -> list[list[Any]]: ...
+    @property
+    def accumulators(self) -> tuple[list[list[Any]], list[list[Any]]]: ...
+    @property
+    def moved(self) -> list[list[Any]]: ...
+    @property
+    def differences(self) -> list[tuple[Any, ...]]: ...
+
+@final
 class Matcher:
     def __new__(cls, catalog: Catalog) -> Matcher: ...
     def __len__(self) -> int: ...
@@ -565,6 +633,8 @@ def fee_line_results(
     `FeeLineResult` a line."""
 
 FUND_NAMES: dict[str, str]
+# The columns of ForwardDecision.settlements_copy, in order.
+CENTER_SETTLEMENT_COLUMNS: list[str]
 """The name of each fund a settlement's legs are paid from, by fund_pay_type."""
 
 def split_batch(policy: Policy, columns: SettlementColumns) -> dict[str, npt.NDArray[np.int64]]:

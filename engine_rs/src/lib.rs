@@ -18,6 +18,7 @@ pub mod matching;
 pub mod policy;
 pub mod preprocess;
 pub mod rounding;
+pub mod settlement;
 pub mod split;
 
 /// The wire contract `medsettle.v1` as prost types, generated from proto/ by build.rs (the
@@ -52,6 +53,10 @@ pub mod wire {
 /// Beside the core: the front-end's hot reads (and, as issue 15 goes on, writes) over its
 /// SQLite database. The only module with I/O; the core modules above never use it.
 pub mod ledger;
+
+/// Beside the core: the center's decisions over what front-ends send, over a view of its
+/// ledger the server reads (PostgreSQL stays in the server; this module does no I/O).
+pub mod center;
 
 #[cfg(feature = "python")]
 mod python;

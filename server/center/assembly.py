@@ -18,7 +18,6 @@ from server.common import now_ms
 from server.config import Config
 from server.rpc import Access, Deadlines, Guards, generic_handler
 from server.security import roles
-from server.security.pii import Vault
 
 log = logging.getLogger("medsettle")
 Closer = Callable[[], Awaitable[None]]
@@ -44,9 +43,7 @@ async def assemble(
     pg_store = pg.PgStore(cfg.db)
     await pg_store.open()
     keys = cfg.data_keys()
-    center_env = CenterEnv.new(
-        cfg.tz_offset_min, Vault(keys, cfg.pii_cipher), cfg.max_visit_fee_fen
-    )
+    center_env = CenterEnv.new(cfg.tz_offset_min, keys, cfg.pii_cipher, cfg.max_visit_fee_fen)
     center = CenterService(pg_store, center_env, cfg.db, keys.audit, cfg.max_refusal_audits_per_s)
     plaintext = cfg.tls() is None
     if plaintext and index == 0:

@@ -146,7 +146,7 @@ class CenterService:
         env = self.env
         now = now_ms()
 
-        async def op(conn: Conn) -> center_pb2.ForwardResponse:
+        async def op(conn: Conn) -> bytes:
             resp = await forwarded.forward(conn, env, request, now)
             await self.auditor.append(
                 conn, FORWARD, request, now, False, f"items={len(request.items)}"

@@ -34,6 +34,7 @@ from server.errors import (
 from server.fundsplit import SplitContext, choose_rule, fund_split
 from server.persons import ACC_FIELDS, READ_COLUMNS, PersonRow, open_person
 from server.refdata import Institution
+from server.security.datakeys import DataKeys
 from server.security.pii import Vault
 
 
@@ -48,12 +49,19 @@ class CenterEnv:
     lock: asyncio.Lock
     pii: Vault
     max_visit_fee_fen: int  # above it a forwarded settlement is absurd
+    forward_node: engine_rs.CenterNode  # the engine's side of Forward: keys and settings
 
     @classmethod
     def new(
-        cls, tz_offset_min: int, pii: Vault, max_visit_fee_fen: int = Config.max_visit_fee_fen
+        cls,
+        tz_offset_min: int,
+        keys: DataKeys,
+        pii_cipher: str,
+        max_visit_fee_fen: int = Config.max_visit_fee_fen,
     ) -> CenterEnv:
-        return cls(tz_offset_min, {}, {}, asyncio.Lock(), pii, max_visit_fee_fen)
+        pii = Vault(keys, pii_cipher)
+        node = engine_rs.CenterNode(keys.pii_seal, pii.version, tz_offset_min, max_visit_fee_fen)
+        return cls(tz_offset_min, {}, {}, asyncio.Lock(), pii, max_visit_fee_fen, node)
 
     async def policy(self, conn: Conn, version: int) -> engine_rs.Policy:
         pol = self.policies.get(version)

@@ -24,33 +24,7 @@ use crate::preprocess::{self as pre, Lines, Summary, VisitCtx};
 use crate::split::{self as sp, Accumulators, Person, SplitInput, Trace};
 use crate::wire;
 
-/// `SettlementState.SETTLED`, `SettlementMode.LOCAL` (common.proto).
-const SETTLED: i32 = 1;
-const LOCAL: i32 = 1;
-
-/// The names of the funds a settlement's legs are paid from (fund_pay_type -> name).
-pub const FUND_NAMES: [(&str, &str); 13] = [
-    ("310100", "职工基本医疗保险统筹基金"),
-    ("310200", "职工基本医疗保险个人账户"),
-    ("320100", "公务员医疗补助资金"),
-    ("330100", "职工大额医疗费用补助基金"),
-    ("340100", "离休人员医疗保障基金"),
-    ("350100", "一至六级残疾军人医疗补助基金"),
-    ("370100", "企业补充医疗保险基金"),
-    ("390100", "城乡居民基本医疗保险基金"),
-    ("390200", "城乡居民大病医疗保险基金"),
-    ("510100", "生育基金"),
-    ("610100", "医疗救助基金"),
-    ("999996", "医院垫付"),
-    ("999997", "其他基金"),
-];
-
-fn fund_name(fund: &str) -> &'static str {
-    FUND_NAMES
-        .iter()
-        .find(|(f, _)| *f == fund)
-        .map_or("", |(_, n)| n)
-}
+use crate::settlement::{self as slip, Parties, LOCAL, SETTLED};
 
 /// What is settled against: this front-end's node, keys and clock settings.
 pub struct Node {
@@ -248,11 +222,6 @@ fn narrow<T: TryFrom<i64>>(v: i64, what: &str) -> Result<T, LedgerError> {
     T::try_from(v).map_err(|_| LedgerError::Internal(format!("{what} {v} is out of range")))
 }
 
-/// `server.codes.age_on`: whole years from a yyyymmdd birth date to a yyyymmdd date.
-pub fn age_on(brdy: i64, date: i64) -> i64 {
-    ((date - brdy).div_euclid(10_000)).max(0)
-}
-
 fn cannot_settle(e: impl std::fmt::Display) -> LedgerError {
     Refusal::failed_precondition(format!("the visit cannot be settled: {e}")).into()
 }
@@ -303,7 +272,7 @@ pub fn compute(
         .into());
     }
     let person = load_person(conn, &node.vault, &visit.psn_no)?;
-    let age = age_on(person.brdy, visit.begndate);
+    let age = slip::age_on(person.brdy, visit.begndate);
     let ev = VisitCtx {
         treatment: narrow(visit.treatment, "treatment")?,
         psn_type: narrow(person.psn_type, "psn_type")?,
@@ -364,7 +333,7 @@ pub fn compute(
     let sel = Selection {
         treatment: ev.treatment,
         date: ev.date,
-        region: region_of(&person.insuplc_admdvs),
+        region: slip::region_of(&person.insuplc_admdvs),
         insutype: narrow(visit.insutype, "insutype")?,
         psn_type: ev.psn_type,
         hosp_lv: caller.hosp_lv,
@@ -391,7 +360,11 @@ pub fn compute(
         age: ev.age,
         retired: person.retired,
         civil_servant: person.cvlserv_flag,
-        cross_region: cross_region(caller.admdvs, &person),
+        cross_region: slip::cross_region(
+            caller.admdvs,
+            &person.insuplc_admdvs,
+            person.cross_region,
+        ),
         assistance: person.maf_flag,
         acct_used: req.acct_used_flag,
         acct_balance: person.balc,
@@ -412,61 +385,28 @@ pub fn compute(
     .map_err(cannot_settle)?;
     let legs = sp::legs(policy, &r, &trace, &sel);
     let split_ns = nanos_since(started);
-    let applied = policy.rule(r.rule as usize);
-    let critical_fund = applied
-        .critical
-        .as_ref()
-        .map_or("", |c| c.fund_pay_type.as_str());
+    let info = slip::setl_info(
+        policy,
+        &Parties {
+            mdtrt_id: &visit.mdtrt_id,
+            psn_no: &visit.psn_no,
+            psn_name: &person.psn_name,
+            insutype: narrow(visit.insutype, "insutype")?,
+            psn_type: narrow(person.psn_type, "psn_type")?,
+            med_type: narrow(visit.med_type, "med_type")?,
+            treatment: ev.treatment,
+            fixmedins_code: caller.fixmedins_code,
+            invono: &req.invono,
+        },
+        &SplitInput::from(&summary),
+        narrow(summary.line_count, "line_count")?,
+        &r,
+        legs,
+    );
     let info = wire::SetlInfo {
-        mdtrt_id: visit.mdtrt_id.clone(),
-        psn_no: visit.psn_no.clone(),
-        psn_name: person.psn_name.clone(),
-        insutype: narrow(visit.insutype, "insutype")?,
-        psn_type: narrow(person.psn_type, "psn_type")?,
-        med_type: narrow(visit.med_type, "med_type")?,
-        clr_type: if visit.treatment == 2 { 21 } else { 11 },
-        fixmedins_code: caller.fixmedins_code.to_owned(),
-        invono: req.invono.clone(),
-        medfee_sumamt: summary.medfee_sumamt,
-        fulamt_ownpay_amt: summary.fulamt_ownpay_amt,
-        overlmt_amt: summary.overlmt_amt,
-        preselfpay_amt: summary.preselfpay_amt,
-        inscp_scp_amt: summary.inscp_scp_amt,
-        act_pay_dedc: r.act_pay_dedc,
-        hifp_pay: r.hifp_pay,
-        cvlserv_pay: r.cvlserv_pay,
-        hifob_pay: if critical_fund == "330100" {
-            r.critical_pay
-        } else {
-            0
-        },
-        hifmi_pay: if critical_fund == "390200" {
-            r.critical_pay
-        } else {
-            0
-        },
-        maf_pay: r.maf_pay,
-        fund_pay_sumamt: r.fund_pay_sumamt,
-        psn_part_amt: r.psn_part_amt,
-        acct_pay: r.acct_pay,
-        psn_cash_pay: r.psn_cash_pay,
-        balc: r.balc,
-        rule_id: applied.id.clone(),
-        policy_version: i64::from(doc.version),
-        line_count: narrow(summary.line_count, "line_count")?,
         catalog_version: caller.catalog.version,
-        setldetail: legs
-            .into_iter()
-            .map(|l| wire::FundLeg {
-                fund_pay_type_name: fund_name(&l.fund_pay_type).to_owned(),
-                fund_pay_type: l.fund_pay_type,
-                inscp_scp_amt: l.base,
-                fund_payamt: l.amount,
-                setl_proc_info: l.setl_proc_info,
-            })
-            .collect(),
         categories: categories(&summary),
-        ..Default::default()
+        ..info
     };
     let line_results = line_results(
         caller.catalog,
@@ -489,26 +429,6 @@ pub fn compute(
             split_ns,
         },
     })
-}
-
-/// The engine's region: the insured region's code when it is a number.
-fn region_of(admdvs: &str) -> u32 {
-    if !admdvs.is_empty() && admdvs.bytes().all(|b| b.is_ascii_digit()) {
-        admdvs.parse().unwrap_or(0)
-    } else {
-        0
-    }
-}
-
-/// 0 treated in the insured region; elsewhere 1 when the person filed the move, else 2.
-fn cross_region(treatment_admdvs: &str, person: &PersonRow) -> u8 {
-    if treatment_admdvs == person.insuplc_admdvs {
-        0
-    } else if person.cross_region == 1 {
-        1
-    } else {
-        2
-    }
 }
 
 fn categories(summary: &Summary) -> Vec<wire::CategorySum> {
@@ -856,11 +776,11 @@ mod tests {
 
     #[test]
     fn ages_and_regions() {
-        assert_eq!(age_on(19800615, 20260614), 45);
-        assert_eq!(age_on(19800615, 20260615), 46);
-        assert_eq!(age_on(20270101, 20260101), 0);
-        assert_eq!(region_of("440100"), 440100);
-        assert_eq!(region_of(""), 0);
-        assert_eq!(region_of("44A100"), 0);
+        assert_eq!(slip::age_on(19800615, 20260614), 45);
+        assert_eq!(slip::age_on(19800615, 20260615), 46);
+        assert_eq!(slip::age_on(20270101, 20260101), 0);
+        assert_eq!(slip::region_of("440100"), 440100);
+        assert_eq!(slip::region_of(""), 0);
+        assert_eq!(slip::region_of("44A100"), 0);
     }
 }

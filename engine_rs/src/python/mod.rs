@@ -12,8 +12,10 @@
 //! │            Summary, LineResults, FundLeg, SplitResult (error, convert, catalog, policy)
 //! ├── matching Matcher                                    (error, convert, catalog)
 //! ├── gm       sm3, hmac_sm3, sm2_*, sm4_*                (error)
-//! └── ledger   Ledger, LedgerNode: the settle operation and the ledger's reads and writes
-//!              on a Python sqlite3 connection              (error, catalog, policy)
+//! ├── ledger   Ledger, LedgerNode: the settle operation and the ledger's reads and writes
+//! │            on a Python sqlite3 connection              (error, catalog, policy)
+//! └── center   CenterNode, ForwardBatch, ForwardDecision: the center's decision over a
+//!              forwarded batch, on the rows the server read (error, policy)
 //! ```
 //!
 //! Value types that cross unchanged (`Visit` = `preprocess::VisitCtx`, `Selection`,
@@ -41,6 +43,7 @@
 //! arguments, run no core code and are not wrapped. Nothing here calls `unwrap`/`expect`.
 
 mod catalog;
+mod center;
 mod convert;
 mod error;
 mod gm;
@@ -85,7 +88,7 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The funds' names (fund_pay_type -> name): one table, which the center's SetlInfo
     // (server/fundsplit.py) reads too.
     let fund_names: std::collections::HashMap<&str, &str> =
-        crate::ledger::settle::FUND_NAMES.iter().copied().collect();
+        crate::settlement::FUND_NAMES.iter().copied().collect();
     m.add("FUND_NAMES", fund_names)?;
 
     // matching
@@ -94,6 +97,13 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // the ledger: hot reads on the front-end store's own connection
     m.add_class::<ledger::PyLedger>()?;
     m.add_class::<ledger::PyLedgerNode>()?;
+
+    // the center: its decision over a batch a front-end forwards
+    m.add_class::<center::PyCenterNode>()?;
+    m.add_class::<center::PyForwardBatch>()?;
+    m.add_class::<center::PyForwardDecision>()?;
+    let columns: Vec<&str> = crate::center::view::SETTLEMENT_COLUMNS.to_vec();
+    m.add("CENTER_SETTLEMENT_COLUMNS", columns)?;
 
     // national cryptography
     m.add("SM2_DEFAULT_UID", crate::gm::DEFAULT_UID)?;
