@@ -140,6 +140,9 @@ class Config:
     max_calls_per_peer: int = 200
     # Audit records of refused calls per second (per worker) before they are only counted.
     max_refusal_audits_per_s: float = 50.0
+    # The center's SettleSummary calls settled in one transaction at most (center mode: the
+    # calls that arrive while one batch commits form the next); 1 settles each alone.
+    center_settle_batch: int = 256
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -172,7 +175,12 @@ class Config:
                     " certificates (tls_cert, tls_key, tls_ca, require_client_cert);"
                     " set insecure (--insecure) only on a closed test network"
                 )
-        for key in ("max_line_fee_fen", "max_visit_fee_fen", "max_calls_per_peer"):
+        for key in (
+            "max_line_fee_fen",
+            "max_visit_fee_fen",
+            "max_calls_per_peer",
+            "center_settle_batch",
+        ):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}: must be positive")
         if self.workers < 1:

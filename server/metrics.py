@@ -101,6 +101,15 @@ COMMIT_BATCH = Histogram(
     "Operations sharing one group commit (one fsync) in the front-end's store.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+CENTER_SETTLE_BATCH = Histogram(
+    "medsettle_center_settle_batch_calls",
+    "Center-mode SettleSummary calls settled in one transaction at the center.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+CENTER_SETTLE_FALLBACKS = Counter(
+    "medsettle_center_settle_batch_fallbacks_total",
+    "Batches of SettleSummary calls that failed whole and were settled call by call.",
+)
 REPLAYS = Counter(
     "medsettle_idempotent_replays_total",
     "Calls answered with the stored answer of their msgid (retries).",

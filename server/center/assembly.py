@@ -44,7 +44,14 @@ async def assemble(
     await pg_store.open()
     keys = cfg.data_keys()
     center_env = CenterEnv.new(cfg.tz_offset_min, keys, cfg.pii_cipher, cfg.max_visit_fee_fen)
-    center = CenterService(pg_store, center_env, cfg.db, keys.audit, cfg.max_refusal_audits_per_s)
+    center = CenterService(
+        pg_store,
+        center_env,
+        cfg.db,
+        keys.audit,
+        cfg.max_refusal_audits_per_s,
+        cfg.center_settle_batch,
+    )
     plaintext = cfg.tls() is None
     if plaintext and index == 0:
         log.warning(

@@ -14,7 +14,7 @@ from psycopg.errors import UniqueViolation
 from medsettle.v1 import catalog_pb2, center_pb2, common_pb2, reconciliation_pb2
 from server import metrics, recon, reference
 from server.auditing import AUTH_CODES, RefusalRecorder, outcome_of
-from server.center import forwarded
+from server.center import forwarded, summaries
 from server.center import settle as center
 from server.center.store import pg
 from server.center.store.pg import Conn, PgStore
@@ -50,7 +50,7 @@ class CenterAuditor:
         await self.store.transaction(op)
 
     @staticmethod
-    def _record(rpc: str, request: Any, now: int, outcome: str, extra: str) -> audit.Record:
+    def record(rpc: str, request: Any, now: int, outcome: str, extra: str) -> audit.Record:
         h = request.header
         objects = audit.objects_of(request, f"node={h.node_id}" if h.node_id else "", extra)
         role = roles.CENTER_SERVICE
@@ -59,11 +59,11 @@ class CenterAuditor:
     async def append(
         self, conn: Conn, rpc: str, request: Any, now: int, replayed: bool, extra: str = ""
     ) -> None:
-        rec = self._record(rpc, request, now, "REPLAY" if replayed else "OK", extra)
+        rec = self.record(rpc, request, now, "REPLAY" if replayed else "OK", extra)
         await pg.audit_append(conn, self.key, rec, request.header.fixmedins_code)
 
     async def refused(self, rpc: str, request: Any, exc: ClientError) -> None:
-        rec = self._record(rpc, request, now_ms(), outcome_of(exc), "")
+        rec = self.record(rpc, request, now_ms(), outcome_of(exc), "")
         await self.refusals.record(rec, exc)
 
     async def denied(self, rpc: str, peer: Peer, request: Any, exc: ClientError) -> None:
@@ -103,10 +103,21 @@ class CenterService:
         dsn: str,
         audit_key: bytes,
         refusals_per_s: float = 50.0,
+        settle_batch: int = 256,
     ) -> None:
         self.store = store
         self.env = env
         self.auditor = CenterAuditor(store, audit_key, refusals_per_s)
+        self.summaries = summaries.SummaryGroup(
+            store,
+            env,
+            audit_key,
+            self._settle_alone,
+            lambda call, replayed: CenterAuditor.record(
+                SETTLE, call.req, call.now, "REPLAY" if replayed else "OK", ""
+            ),
+            settle_batch,
+        )
         increments = CenterIncrements(dsn)
         self.CatalogSince = increments.CatalogSince
         self.PolicySince = increments.PolicySince
@@ -115,32 +126,35 @@ class CenterService:
         center.check_settle_request(request, self.env.max_visit_fee_fen)
         digest = payload_hash("SettleSummary", request)
         now = now_ms()
-        env = self.env
-
-        outcome = Outcome()
-
-        async def op(conn: Conn) -> bytes:
-            outcome.replayed = False  # a serialisation retry runs it again
-            resp = await center.settle_summary(conn, env, request, digest, now, outcome)
-            if not request.pre_settle:
-                await self.auditor.append(conn, SETTLE, request, now, outcome.replayed)
-            return resp
-
         if request.pre_settle:
-            return await self.store.read(op)
+            return await self.store.read(
+                lambda conn: center.settle_summary(conn, self.env, request, digest, now)
+            )
         try:
-            resp = await self.store.transaction(op)
-        except UniqueViolation:  # a concurrent settle of the same visit got there first
-            metrics.settle_refused("center", "center", FailedPrecondition.code)
-            exc = FailedPrecondition(f"mdtrt_id: {request.mdtrt_id} is already settled")
-            await self.auditor.refused(SETTLE, request, exc)
-            raise exc from None
+            resp, replayed = await self.summaries.settle(request, digest, now)
         except ClientError as exc:
             metrics.settle_refused("center", "center", exc.code)
             await self.auditor.refused(SETTLE, request, exc)
             raise
-        metrics.settle_answered("center", "center", resp, outcome.replayed)
+        metrics.settle_answered("center", "center", resp, replayed)
         return resp
+
+    async def _settle_alone(self, call: summaries.Call) -> summaries.Answer:
+        """One `SettleSummary` in a transaction of its own (a batch that failed whole)."""
+        request, digest, now = call.req, call.digest, call.now
+        outcome = Outcome()
+
+        async def op(conn: Conn) -> bytes:
+            outcome.replayed = False  # a serialisation retry runs it again
+            resp = await center.settle_summary(conn, self.env, request, digest, now, outcome)
+            await self.auditor.append(conn, SETTLE, request, now, outcome.replayed)
+            return resp
+
+        try:
+            resp = await self.store.transaction(op)
+        except UniqueViolation:  # a concurrent settle of the same visit got there first
+            raise FailedPrecondition(f"mdtrt_id: {request.mdtrt_id} is already settled") from None
+        return resp, outcome.replayed
 
     async def Forward(self, request: center_pb2.ForwardRequest, context: Ctx) -> Any:
         env = self.env

@@ -82,7 +82,7 @@ class LedgerBatch:
         """Read (and lock) what items naming these may touch; the persons and accumulator
         keys of the settlements named are added to the given ones."""
         cur = await conn.execute(
-            _probe(
+            probe(
                 f"setl_id, state, cancel_id, {', '.join(HELD)} FROM settlements",
                 "setl_id",
                 lock=True,
@@ -98,12 +98,12 @@ class LedgerBatch:
         dup = [row[0] for row in self.settlements if row[0] in settle_ids]
         if dup:
             cur = await conn.execute(
-                _probe("setl_id, fund_pay_type, base, amount FROM setl_legs", "setl_id"),
+                probe("setl_id, fund_pay_type, base, amount FROM setl_legs", "setl_id"),
                 (dup,),
             )
             self.legs = await cur.fetchall()
         cur = await conn.execute(
-            _probe(
+            probe(
                 "mdtrt_id, setl_id FROM settlements",
                 "mdtrt_id",
                 " AND fixmedins_code = %s AND state = 1",  # the partial index's rows
@@ -112,23 +112,11 @@ class LedgerBatch:
         )
         self.active = await cur.fetchall()
         cur = await conn.execute(
-            _probe(f"{READ_COLUMNS} FROM persons", "psn_no", lock=True),
+            probe(f"{READ_COLUMNS} FROM persons", "psn_no", lock=True),
             (sorted(psn_nos),),
         )
         self.persons = await cur.fetchall()
-        ordered = sorted(keys)
-        # Ordered by `opening`: the current row (0) comes first and is the one kept; the
-        # loaded opening row (1) only seeds a current row not made yet.
-        cur = await conn.execute(
-            f"SELECT r.* FROM unnest(%s::text[], %s::int[], %s::text[]) WITH ORDINALITY"
-            " AS u(k, y, p, n) CROSS JOIN LATERAL ("
-            f"SELECT psn_no, year, pool, opening, {_ACC} FROM accumulators"
-            " WHERE psn_no = u.k AND year = u.y AND pool = u.p"
-            " ORDER BY opening OFFSET 0 FOR UPDATE) r"
-            " ORDER BY u.n, r.opening",
-            _columns(ordered, 3),
-        )
-        self.accumulators = await cur.fetchall()
+        self.accumulators = await lock_accumulator_rows(conn, keys)
 
     @staticmethod
     async def write(conn: Conn, decided: engine_rs.ForwardDecision) -> None:
@@ -148,30 +136,7 @@ class LedgerBatch:
                     await copy.write(decided.settlements_copy)
                 async with cur.copy("COPY setl_legs FROM STDIN") as copy:
                     await copy.write(decided.legs_copy)
-        old, new = decided.accumulators
-        if old[0]:
-            sets = ", ".join(f"{f} = u.{f}" for f in ACC_FIELDS)
-            await conn.execute(
-                f"UPDATE accumulators a SET {sets}"
-                f" FROM unnest(%s::text[], %s::int[], %s::text[], {_ACC_ARRAYS})"
-                f" AS u(psn_no, year, pool, {_ACC}) WHERE a.psn_no = u.psn_no"
-                " AND a.year = u.year AND a.pool = u.pool AND a.opening = 0",
-                old,
-            )
-        if new[0]:
-            cur = await conn.execute(
-                f"INSERT INTO accumulators (psn_no, year, pool, opening, {_ACC})"
-                f" SELECT psn_no, year, pool, 0, {_ACC}"
-                f" FROM unnest(%s::text[], %s::int[], %s::text[], {_ACC_ARRAYS})"
-                f" AS u(psn_no, year, pool, {_ACC}) ON CONFLICT DO NOTHING RETURNING 1",
-                new,
-            )
-            if len(await cur.fetchall()) != len(new[0]):
-                # Another transaction made a current row this batch read as missing: its
-                # values were not the ones decided on. Run the batch again.
-                raise errors.SerializationFailure(
-                    "an accumulator row was created by another transaction during the batch"
-                )
+        await write_accumulators(conn, *decided.accumulators)
         moved = decided.moved
         if moved[0]:
             await conn.execute(
@@ -189,7 +154,53 @@ class LedgerBatch:
                 )
 
 
-def _probe(select: str, column: str, more: str = "", *, lock: bool = False) -> str:
+async def lock_accumulator_rows(conn: Conn, keys: set[Key]) -> list[tuple[Any, ...]]:
+    """The accumulator rows of `keys` (psn_no, year, pool, opening, ACC_FIELDS), locked in
+    key order; a key's current row (opening 0) comes before its loaded opening row (1),
+    which only seeds a current row not made yet."""
+    ordered = sorted(keys)
+    cur = await conn.execute(
+        f"SELECT r.* FROM unnest(%s::text[], %s::int[], %s::text[]) WITH ORDINALITY"
+        " AS u(k, y, p, n) CROSS JOIN LATERAL ("
+        f"SELECT psn_no, year, pool, opening, {_ACC} FROM accumulators"
+        " WHERE psn_no = u.k AND year = u.y AND pool = u.p"
+        " ORDER BY opening OFFSET 0 FOR UPDATE) r"
+        " ORDER BY u.n, r.opening",
+        _columns(ordered, 3),
+    )
+    return await cur.fetchall()
+
+
+async def write_accumulators(conn: Conn, old: list[list[Any]], new: list[list[Any]]) -> None:
+    """Store accumulator rows decided over locked ones: `old` (rows that exist) and `new`
+    (rows read as missing), each as columns psn_no, year, pool, then ACC_FIELDS. A row of
+    `new` that another transaction made meanwhile makes the batch run again."""
+    if old[0]:
+        sets = ", ".join(f"{f} = u.{f}" for f in ACC_FIELDS)
+        await conn.execute(
+            f"UPDATE accumulators a SET {sets}"
+            f" FROM unnest(%s::text[], %s::int[], %s::text[], {_ACC_ARRAYS})"
+            f" AS u(psn_no, year, pool, {_ACC}) WHERE a.psn_no = u.psn_no"
+            " AND a.year = u.year AND a.pool = u.pool AND a.opening = 0",
+            old,
+        )
+    if new[0]:
+        cur = await conn.execute(
+            f"INSERT INTO accumulators (psn_no, year, pool, opening, {_ACC})"
+            f" SELECT psn_no, year, pool, 0, {_ACC}"
+            f" FROM unnest(%s::text[], %s::int[], %s::text[], {_ACC_ARRAYS})"
+            f" AS u(psn_no, year, pool, {_ACC}) ON CONFLICT DO NOTHING RETURNING 1",
+            new,
+        )
+        if len(await cur.fetchall()) != len(new[0]):
+            # Another transaction made a current row this batch read as missing: its
+            # values were not the ones decided on. Run the batch again.
+            raise errors.SerializationFailure(
+                "an accumulator row was created by another transaction during the batch"
+            )
+
+
+def probe(select: str, column: str, more: str = "", *, lock: bool = False) -> str:
     """`SELECT <select> WHERE <column> = <key><more>` for each key of the array %s, in the
     array's order (so rows are locked, with `lock`, in that order).
 

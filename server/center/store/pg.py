@@ -187,6 +187,12 @@ AUDIT_LOCK = 0x6D65_6461  # advisory lock class of the audit chains; the chain's
 async def audit_append(conn: Conn, key: bytes, rec: audit.Record, chain: str) -> int:
     """Add `rec` to the end of `chain` in the caller's transaction; the chain's lock is held
     until it ends (one chain per institution, so others do not wait)."""
+    return await audit_append_many(conn, key, [rec], chain)
+
+
+async def audit_append_many(conn: Conn, key: bytes, records: list[audit.Record], chain: str) -> int:
+    """`audit_append` of several records, in order, in one lock and one insert; the last
+    record's sequence number."""
     await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (AUDIT_LOCK, chain))
     cur = await conn.execute(
         "SELECT seq, hash FROM audit WHERE chain = %s ORDER BY seq DESC LIMIT 1", (chain,)
@@ -195,11 +201,16 @@ async def audit_append(conn: Conn, key: bytes, rec: audit.Record, chain: str) ->
     if row is None:
         cur = await conn.execute("SELECT seq, hash FROM audit_anchor WHERE chain = %s", (chain,))
         row = await cur.fetchone() or (0, audit.GENESIS)
-    seq, prev = int(row[0]) + 1, bytes(row[1])
-    await conn.execute(
-        "INSERT INTO audit VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (chain, seq, *rec.fields(), audit.link(key, chain, seq, prev, rec)),
-    )
+    seq, prev = int(row[0]), bytes(row[1])
+    rows = []
+    for rec in records:
+        seq += 1
+        prev = audit.link(key, chain, seq, prev, rec)
+        rows.append((chain, seq, *rec.fields(), prev))
+    async with conn.cursor() as c:
+        await c.executemany(
+            "INSERT INTO audit VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows
+        )
     return seq
 
 

@@ -1,0 +1,495 @@
+"""Center mode's `SettleSummary` calls settled together (issue 15): the calls that arrive
+while a batch commits form the next batch, one transaction, read and written set-wise.
+
+One call alone costs about seventeen statements one after another (the node binding, the
+msgid, the ids, the person, the accumulator lock, the writes, the audit chain). A batch
+reads what its calls may touch in a few statements (their msgids, setl_ids and visits, the
+persons and accumulator rows, locked in key order like a forwarded batch), settles the calls
+in order in memory (two calls for one person see each other's accumulators and balance),
+and writes with COPY and one statement per table, the audit records of an institution in
+one append.
+
+What each call is told is what it would have been told alone (server/center/settle.py
+`settle_summary`, whose checks and texts these are): a refused call writes nothing and its
+refusal goes back to it alone. A batch that fails as a whole (a visit or msgid taken
+meanwhile by another worker's transaction, a lost connection) is not guessed at: each of
+its calls runs again alone, on the one-call path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+import engine_rs
+from medsettle.v1 import catalog_pb2, center_pb2, common_pb2
+from server import metrics
+from server.center import bindings
+from server.center.settle import CenterEnv, no_person, person_of
+from server.center.store.batch import lock_accumulator_rows, probe, write_accumulators
+from server.center.store.pg import Conn, PgStore, audit_append_many
+from server.codes import treatment_of
+from server.common import local_date
+from server.errors import AlreadyExists, ClientError, FailedPrecondition, NotFound, field_error
+from server.fundsplit import SplitContext, choose_rule, fund_split
+from server.persons import ACC_FIELDS, READ_COLUMNS, PersonRow
+from server.refdata import Institution
+from server.security import audit
+
+log = logging.getLogger("medsettle.center")
+METHOD = "SettleSummary"
+
+Answer = tuple[bytes, bool]  # the answer, and whether it is a stored one replayed
+Key = tuple[str, int, str]
+
+SETTLEMENT_COLUMNS = (
+    "setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype, clr_type, msgid, invono,"
+    " setl_time, setl_date, state, mode, offline, medfee_sumamt, fund_pay_sumamt, acct_pay,"
+    " psn_cash_pay, acc_year, acc_pool, acc_delta, info, received_at"
+)
+
+
+@dataclass
+class Call:
+    req: center_pb2.CenterSettleRequest
+    digest: bytes
+    now: int
+    done: asyncio.Future[Answer]
+
+
+@dataclass
+class _Batch:
+    """A batch's reads, what its calls decided, and what it writes."""
+
+    env: CenterEnv
+    answers: dict[int, Answer | ClientError] = field(default_factory=dict)  # by call index
+    unknown: dict[int, ClientError] = field(default_factory=dict)  # institution, policy
+    persons: dict[str, PersonRow] = field(default_factory=dict)
+    balances: dict[str, int] = field(default_factory=dict)
+    accumulators: dict[Key, dict[str, int]] = field(default_factory=dict)
+    stored: set[Key] = field(default_factory=set)
+    touched: set[Key] = field(default_factory=set)
+    moved: dict[str, int] = field(default_factory=dict)
+    settlements: list[tuple[Any, ...]] = field(default_factory=list)
+    new_ids: dict[str, str] = field(default_factory=dict)  # setl_id -> msgid, this batch's
+    new_visits: dict[tuple[str, str], str] = field(default_factory=dict)  # -> setl_id
+    legs: list[tuple[Any, ...]] = field(default_factory=list)
+    remembered: list[tuple[Any, ...]] = field(default_factory=list)
+    audited: list[tuple[str, Call, bool]] = field(default_factory=list)  # chain, call, replay
+
+
+class SummaryGroup:
+    """Takes `SettleSummary` calls and settles them in batches, one batch at a time per
+    process; `alone` is the one-call path (a transaction of its own) for a failed batch."""
+
+    def __init__(
+        self,
+        store: PgStore,
+        env: CenterEnv,
+        audit_key: bytes,
+        alone: Callable[[Call], Awaitable[Answer]],
+        record: Callable[[Call, bool], audit.Record],
+        max_batch: int = 256,
+    ) -> None:
+        self.store = store
+        self.env = env
+        self.audit_key = audit_key
+        self.alone = alone
+        self.record = record
+        self.max_batch = max_batch  # calls a batch takes; the rest wait for the next
+        self.pending: list[Call] = []
+        self.running: asyncio.Task[None] | None = None
+
+    async def settle(self, req: center_pb2.CenterSettleRequest, digest: bytes, now: int) -> Answer:
+        if self.max_batch == 1:
+            return await self.alone(Call(req, digest, now, asyncio.Future()))
+        done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.pending.append(Call(req, digest, now, done))
+        if self.running is None:
+            self.running = asyncio.create_task(self._run())
+        return await done
+
+    async def _run(self) -> None:
+        try:
+            while self.pending:
+                calls, held = _take(self.pending, self.max_batch)
+                self.pending = held + self.pending[len(calls) + len(held) :]
+                await self._settle(calls)
+        finally:
+            self.running = None
+
+    async def _settle(self, calls: list[Call]) -> None:
+        metrics.CENTER_SETTLE_BATCH.observe(len(calls))
+        try:
+            answers = await self.store.transaction(lambda conn: self._batch(conn, calls))
+        except Exception as exc:  # the batch as a whole: each call alone says what it is
+            metrics.CENTER_SETTLE_FALLBACKS.inc()
+            log.warning(
+                "a batch of %d SettleSummary calls failed (%r); each runs alone", len(calls), exc
+            )
+            await asyncio.gather(*(self._alone(c) for c in calls))
+            return
+        for i, call in enumerate(calls):
+            a = answers[i]
+            if not call.done.done():
+                if isinstance(a, ClientError):
+                    call.done.set_exception(a)
+                else:
+                    call.done.set_result(a)
+
+    async def _alone(self, call: Call) -> None:
+        try:
+            result = await self.alone(call)
+        except BaseException as exc:  # the call's own outcome, whatever it is
+            if not call.done.done():
+                call.done.set_exception(exc)
+            return
+        if not call.done.done():
+            call.done.set_result(result)
+
+    async def _batch(self, conn: Conn, calls: list[Call]) -> dict[int, Answer | ClientError]:
+        """The batch's transaction (run again whole on a serialization failure)."""
+        b = _Batch(self.env)
+        await _claim(conn, b, calls)
+        await _replays(conn, b, calls)
+        await _taken(conn, b, calls)
+        insts, policies = await _reference(conn, b, calls)
+        await _load(conn, b, calls, insts, policies)
+        for i, call in enumerate(calls):
+            if i not in b.answers:
+                try:
+                    _require_new(b, call)
+                    if i in b.unknown:  # an institution or policy version the center lacks
+                        raise b.unknown[i]
+                    b.answers[i] = _settle(b, call, insts, policies)
+                except ClientError as exc:
+                    b.answers[i] = exc
+        await _write(conn, b)
+        by_chain: dict[str, list[audit.Record]] = {}
+        for chain, call, replayed in b.audited:
+            by_chain.setdefault(chain, []).append(self.record(call, replayed))
+        for chain, records in sorted(by_chain.items()):
+            await audit_append_many(conn, self.audit_key, records, chain)
+        return b.answers
+
+
+def _take(pending: list[Call], most: int) -> tuple[list[Call], list[Call]]:
+    """The next batch: up to `most` calls, none with a msgid another one in it has (a
+    retry arriving with its first try waits for the next batch, to be its replay)."""
+    calls: list[Call] = []
+    held: list[Call] = []
+    seen: set[tuple[str, str]] = set()
+    for call in pending:
+        if len(calls) + len(held) >= most:
+            break
+        key = (call.req.header.fixmedins_code, call.req.header.msgid)
+        (held if key in seen else calls).append(call)
+        seen.add(key)
+    return calls, held
+
+
+async def _claim(conn: Conn, b: _Batch, calls: list[Call]) -> None:
+    """The node bindings, once per header of the batch; a refused one refuses its calls."""
+    refused: dict[tuple[str, str, str], ClientError | None] = {}
+    for call in calls:
+        h = call.req.header
+        key = (h.fixmedins_code, h.node_id, h.instance_id)
+        if key not in refused:
+            try:
+                await bindings.claim(conn, h, call.now, bind=True)
+                refused[key] = None
+            except ClientError as exc:
+                refused[key] = exc
+    for i, call in enumerate(calls):
+        h = call.req.header
+        refusal = refused[(h.fixmedins_code, h.node_id, h.instance_id)]
+        if refusal is not None:
+            b.answers[i] = refusal
+
+
+def _open(b: _Batch, calls: list[Call]) -> list[int]:
+    """The calls not answered yet."""
+    return [i for i in range(len(calls)) if i not in b.answers]
+
+
+async def _replays(conn: Conn, b: _Batch, calls: list[Call]) -> None:
+    """Calls whose msgid the center has answered: replayed, or refused when the request
+    differs or the settlement was cancelled since."""
+    open_ = _open(b, calls)
+    heads = [calls[i].req.header for i in open_]
+    cur = await conn.execute(
+        "SELECT r.* FROM unnest(%s::text[], %s::text[]) AS u(c, m) CROSS JOIN LATERAL"
+        " (SELECT fixmedins_code, msgid, method, req_hash, response FROM idempotency"
+        " WHERE fixmedins_code = u.c AND msgid = u.m OFFSET 0) r",
+        ([h.fixmedins_code for h in heads], [h.msgid for h in heads]),
+    )
+    stored = {(r[0], r[1]): r[2:] for r in await cur.fetchall()}
+    replayed = [
+        i for i, h in zip(open_, heads, strict=True) if (h.fixmedins_code, h.msgid) in stored
+    ]
+    if not replayed:
+        return
+    cur = await conn.execute(
+        probe("setl_id, state, cancel_id FROM settlements", "setl_id"),
+        ([calls[i].req.setl_id for i in replayed],),
+    )
+    states = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+    for i in replayed:
+        req, h = calls[i].req, calls[i].req.header
+        method, req_hash, response = stored[(h.fixmedins_code, h.msgid)]
+        if method != METHOD or bytes(req_hash) != calls[i].digest:
+            b.answers[i] = AlreadyExists(
+                f"header.msgid: {h.msgid} was already used for a different request ({method})"
+            )
+            continue
+        state = states.get(req.setl_id)
+        if state is not None and state[0] != common_pb2.SETTLED:
+            b.answers[i] = FailedPrecondition(
+                f"setl_id: {req.setl_id} was cancelled since ({state[1]}); settle again with a"
+                " new msgid"
+            )
+            continue
+        answer = b.env.pii.open_answer(h.fixmedins_code, h.msgid, bytes(response))
+        b.answers[i] = (answer, True)
+        b.audited.append((h.fixmedins_code, calls[i], True))
+
+
+async def _taken(conn: Conn, b: _Batch, calls: list[Call]) -> None:
+    """Calls whose setl_id the center holds already, or whose visit is settled."""
+    open_ = _open(b, calls)
+    cur = await conn.execute(
+        probe("setl_id, msgid FROM settlements", "setl_id"),
+        (sorted({calls[i].req.setl_id for i in open_}),),
+    )
+    taken: dict[str, str] = dict(await cur.fetchall())
+    cur = await conn.execute(
+        "SELECT r.* FROM unnest(%s::text[], %s::text[]) AS u(c, m) CROSS JOIN LATERAL"
+        " (SELECT fixmedins_code, mdtrt_id, setl_id FROM settlements WHERE fixmedins_code = u.c"
+        " AND mdtrt_id = u.m AND state = 1 OFFSET 0) r",
+        (
+            [calls[i].req.header.fixmedins_code for i in open_],
+            [calls[i].req.mdtrt_id for i in open_],
+        ),
+    )
+    active = {(r[0], r[1]): r[2] for r in await cur.fetchall()}
+    for i in open_:
+        req = calls[i].req
+        if req.setl_id in taken:
+            b.answers[i] = AlreadyExists(
+                f"setl_id: {req.setl_id} was already settled by {taken[req.setl_id]}"
+            )
+        elif (req.header.fixmedins_code, req.mdtrt_id) in active:
+            setl = active[(req.header.fixmedins_code, req.mdtrt_id)]
+            b.answers[i] = FailedPrecondition(
+                f"mdtrt_id: {req.mdtrt_id} is already settled as {setl}"
+            )
+
+
+async def _reference(
+    conn: Conn, b: _Batch, calls: list[Call]
+) -> tuple[dict[str, Institution], dict[int, engine_rs.Policy]]:
+    """The institutions and policy versions the open calls name (a missing one refuses)."""
+    insts: dict[str, Institution] = {}
+    policies: dict[int, engine_rs.Policy] = {}
+    for i in _open(b, calls):
+        try:
+            code, version = calls[i].req.header.fixmedins_code, calls[i].req.policy_version
+            insts[code] = insts.get(code) or await b.env.institution(conn, code)
+            policies[version] = policies.get(version) or await b.env.policy(conn, version)
+        except ClientError as exc:
+            b.unknown[i] = exc
+    return insts, policies
+
+
+def _context(call: Call, inst: Institution) -> SplitContext:
+    req = call.req
+    return SplitContext(
+        fixmedins_code=inst.fixmedins_code,
+        hosp_lv=inst.hosp_lv,
+        treatment_admdvs=inst.admdvs,
+        mdtrt_id=req.mdtrt_id,
+        insutype=req.insutype,
+        med_type=req.med_type,
+        treatment=treatment_of(req.med_type),
+        begndate=req.begndate,
+    )
+
+
+async def _load(
+    conn: Conn,
+    b: _Batch,
+    calls: list[Call],
+    insts: dict[str, Institution],
+    policies: dict[int, engine_rs.Policy],
+) -> None:
+    """Lock the persons, then the accumulator rows the open calls' rules name, in key order."""
+    open_ = [i for i in _open(b, calls) if i not in b.unknown]
+    cur = await conn.execute(
+        probe(f"{READ_COLUMNS} FROM persons", "psn_no", lock=True),
+        (sorted({calls[i].req.psn_no for i in open_}),),
+    )
+    for row in await cur.fetchall():
+        held = person_of(b.env.pii, row)
+        b.persons[held.psn_no] = held
+        b.balances[held.psn_no] = held.balc
+    keys: set[Key] = set()
+    for i in open_:
+        req = calls[i].req
+        person = b.persons.get(req.psn_no)
+        if person is None or req.insutype != person.insutype:
+            continue  # refused when settled
+        ctx = _context(calls[i], insts[req.header.fixmedins_code])
+        try:
+            choice = choose_rule(policies[req.policy_version], ctx, person)
+        except ClientError:
+            continue  # refused when settled
+        keys.add((person.psn_no, choice.year, choice.pool))
+    # The current row (opening 0) first: it is the one kept; an opening row only seeds.
+    for psn_no, year, pool, opening, *acc in await lock_accumulator_rows(conn, keys):
+        key = (psn_no, year, pool)
+        if opening == 0:
+            b.stored.add(key)
+        b.accumulators.setdefault(key, dict(zip(ACC_FIELDS, acc, strict=True)))
+
+
+def _require_new(b: _Batch, call: Call) -> None:
+    """The setl_id and the visit not settled by an earlier call of the batch (the database's
+    were checked by `_taken`)."""
+    req = call.req
+    if req.setl_id in b.new_ids:
+        raise AlreadyExists(
+            f"setl_id: {req.setl_id} was already settled by {b.new_ids[req.setl_id]}"
+        )
+    visit = (req.header.fixmedins_code, req.mdtrt_id)
+    if visit in b.new_visits:
+        raise FailedPrecondition(
+            f"mdtrt_id: {req.mdtrt_id} is already settled as {b.new_visits[visit]}"
+        )
+
+
+def _settle(
+    b: _Batch, call: Call, insts: dict[str, Institution], policies: dict[int, engine_rs.Policy]
+) -> Answer:
+    """One call settled over the batch's view (`settle_summary`'s steps and refusals)."""
+    req, h, now, env = call.req, call.req.header, call.now, b.env
+    person = b.persons.get(req.psn_no)
+    if person is None:
+        raise NotFound(no_person(req.psn_no))
+    if req.insutype != person.insutype:
+        raise field_error("insutype", f"the person is insured under {person.insutype}")
+    visit = (h.fixmedins_code, req.mdtrt_id)
+    inst = insts[h.fixmedins_code]
+    policy = policies[req.policy_version]
+    ctx = _context(call, inst)
+    choice = choose_rule(policy, ctx, person)
+    key = (person.psn_no, choice.year, choice.pool)
+    before = dict(b.accumulators.get(key) or dict.fromkeys(ACC_FIELDS, 0))
+    s = req.summary
+    summary = engine_rs.Summary(
+        medfee_sumamt=s.medfee_sumamt,
+        fulamt_ownpay_amt=s.fulamt_ownpay_amt,
+        overlmt_amt=s.overlmt_amt,
+        preselfpay_amt=s.preselfpay_amt,
+        inscp_scp_amt=s.inscp_scp_amt,
+        line_count=s.line_count,
+    )
+    now_person = dataclasses.replace(person, balc=b.balances[person.psn_no])
+    info, after = fund_split(
+        policy, choice, ctx, now_person, summary, before, req.acct_used_flag, req.invono
+    )
+    info.categories.extend(s.categories)
+    info.catalog_version = req.catalog_version
+    info.mode = common_pb2.CENTER
+    info.setl_id = req.setl_id
+    info.msgid = h.msgid
+    info.state = common_pb2.SETTLED
+    info.setl_time.FromMilliseconds(now)
+    acc_after = catalog_pb2.Accumulator(year=choice.year, pool=choice.pool, **after)
+    resp = center_pb2.CenterSettleResponse(setlinfo=info, accumulators=acc_after)
+    answer = resp.SerializeToString()
+    delta = {f: after[f] - before[f] for f in ACC_FIELDS}
+    b.accumulators[key] = after
+    b.touched.add(key)
+    if info.acct_pay:
+        b.balances[person.psn_no] -= info.acct_pay
+        b.moved[person.psn_no] = b.moved.get(person.psn_no, 0) - info.acct_pay
+    b.settlements.append(
+        (
+            req.setl_id,
+            h.node_id,
+            inst.fixmedins_code,
+            req.mdtrt_id,
+            person.psn_no,
+            info.insutype,
+            info.clr_type,
+            h.msgid,
+            req.invono,
+            now,
+            local_date(now, env.tz_offset_min),
+            common_pb2.SETTLED,
+            common_pb2.CENTER,
+            0,
+            info.medfee_sumamt,
+            info.fund_pay_sumamt,
+            info.acct_pay,
+            info.psn_cash_pay,
+            choice.year,
+            choice.pool,
+            Jsonb(delta),
+            env.pii.seal_setlinfo(req.setl_id, info.SerializeToString()),
+            now,
+        )
+    )
+    b.new_ids[req.setl_id] = h.msgid
+    b.new_visits[visit] = req.setl_id
+    b.legs += [
+        (req.setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in info.setldetail
+    ]
+    b.remembered.append(
+        (
+            h.fixmedins_code,
+            h.msgid,
+            METHOD,
+            call.digest,
+            env.pii.seal_answer(h.fixmedins_code, h.msgid, answer),
+            req.setl_id,
+            now,
+        )
+    )
+    b.audited.append((h.fixmedins_code, call, False))
+    return answer, False
+
+
+async def _write(conn: Conn, b: _Batch) -> None:
+    if b.settlements:
+        async with conn.cursor() as cur:
+            async with cur.copy(f"COPY settlements ({SETTLEMENT_COLUMNS}) FROM STDIN") as copy:
+                for row in b.settlements:
+                    await copy.write_row(row)
+            async with cur.copy("COPY setl_legs FROM STDIN") as copy:
+                for leg in b.legs:
+                    await copy.write_row(leg)
+            async with cur.copy("COPY idempotency FROM STDIN") as copy:
+                for rec in b.remembered:
+                    await copy.write_row(rec)
+    rows = [(*k, *(b.accumulators[k][f] for f in ACC_FIELDS)) for k in sorted(b.touched)]
+    width = 3 + len(ACC_FIELDS)
+    await write_accumulators(
+        conn,
+        [[r[i] for r in rows if r[:3] in b.stored] for i in range(width)],
+        [[r[i] for r in rows if r[:3] not in b.stored] for i in range(width)],
+    )
+    moved = [(p, d) for p, d in sorted(b.moved.items()) if d]
+    if moved:
+        await conn.execute(
+            "UPDATE persons p SET balc = p.balc + u.change"
+            " FROM unnest(%s::text[], %s::bigint[]) AS u(psn_no, change)"
+            " WHERE p.psn_no = u.psn_no",
+            [[m[0] for m in moved], [m[1] for m in moved]],
+        )
