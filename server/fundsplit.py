@@ -167,31 +167,3 @@ SETL_AMOUNTS = (
     "acct_pay",
     "psn_cash_pay",
 )
-# What a split decides for a settlement: two splits of the same visit, person, policy,
-# accumulators and account balance agree on all of them and on every fund leg.
-SPLIT_RESULT = (
-    *SETL_AMOUNTS,
-    "balc",
-    "psn_type",
-    "clr_type",
-    "rule_id",
-    "policy_version",
-)
-
-
-def split_differences(theirs: common_pb2.SetlInfo, ours: common_pb2.SetlInfo) -> list[str]:
-    """Where a settlement as another party computed it (`theirs`) differs from our split of
-    the same inputs (`ours`), one readable entry per field or fund leg; empty when equal."""
-    out = [
-        f"{f} {getattr(theirs, f)} (ours {getattr(ours, f)})"
-        for f in SPLIT_RESULT
-        if getattr(theirs, f) != getattr(ours, f)
-    ]
-    legs = {g.fund_pay_type: (g.inscp_scp_amt, g.fund_payamt) for g in theirs.setldetail}
-    mine = {g.fund_pay_type: (g.inscp_scp_amt, g.fund_payamt) for g in ours.setldetail}
-    if len(legs) != len(theirs.setldetail):
-        out.append("setldetail: a fund appears twice")
-    for fund in sorted(legs.keys() | mine.keys()):
-        if legs.get(fund) != mine.get(fund):
-            out.append(f"fund {fund} (base, paid) {legs.get(fund)} (ours {mine.get(fund)})")
-    return out

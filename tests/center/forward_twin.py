@@ -17,13 +17,7 @@ from server.center.store.batch import HELD
 from server.codes import MED_TYPES, treatment_of, valid_date
 from server.common import local_date
 from server.errors import ClientError, FailedPrecondition, NotFound
-from server.fundsplit import (
-    SETL_AMOUNTS,
-    SplitContext,
-    choose_rule,
-    fund_split,
-    split_differences,
-)
+from server.fundsplit import SETL_AMOUNTS, SplitContext, choose_rule, fund_split
 from server.persons import ACC_FIELDS
 from server.refdata import Institution
 from server.security.pii import Vault
@@ -34,6 +28,36 @@ MAX_BALANCE_FEN = 2**62
 EARLIEST_MS = 946_684_800_000
 DAY_MS = 86_400_000
 MAX_TEXT = 64
+
+
+# What a split decides for a settlement: two splits of the same visit, person, policy,
+# accumulators and account balance agree on all of them and on every fund leg.
+SPLIT_RESULT = (
+    *SETL_AMOUNTS,
+    "balc",
+    "psn_type",
+    "clr_type",
+    "rule_id",
+    "policy_version",
+)
+
+
+def split_differences(theirs: common_pb2.SetlInfo, ours: common_pb2.SetlInfo) -> list[str]:
+    """Where a settlement as another party computed it (`theirs`) differs from our split of
+    the same inputs (`ours`), one readable entry per field or fund leg; empty when equal."""
+    out = [
+        f"{f} {getattr(theirs, f)} (ours {getattr(ours, f)})"
+        for f in SPLIT_RESULT
+        if getattr(theirs, f) != getattr(ours, f)
+    ]
+    legs = {g.fund_pay_type: (g.inscp_scp_amt, g.fund_payamt) for g in theirs.setldetail}
+    mine = {g.fund_pay_type: (g.inscp_scp_amt, g.fund_payamt) for g in ours.setldetail}
+    if len(legs) != len(theirs.setldetail):
+        out.append("setldetail: a fund appears twice")
+    for fund in sorted(legs.keys() | mine.keys()):
+        if legs.get(fund) != mine.get(fund):
+            out.append(f"fund {fund} (base, paid) {legs.get(fund)} (ours {mine.get(fund)})")
+    return out
 
 
 @dataclass

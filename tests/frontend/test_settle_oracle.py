@@ -28,11 +28,12 @@ from medsettle.v1 import common_pb2, settlement_pb2
 from server.codes import treatment_of
 from server.demo.localserver import LocalServer, free_port
 from server.frontend.visits import VisitRow, engine_visit, line_columns, load_person
-from server.fundsplit import SplitContext, choose_rule, fund_split, split_differences
+from server.fundsplit import SplitContext, choose_rule, fund_split
 from server.persons import ACC_FIELDS
 from server.refdata import RefData
 from server.security import datakeys
 from server.security.pii import Vault
+from tests.center.forward_twin import split_differences
 from tests.harness import (
     ALL_ROLES,
     ASSISTED,
