@@ -32,8 +32,8 @@ from medsettle.v1 import catalog_pb2, center_pb2, common_pb2
 from server import metrics
 from server.center import bindings
 from server.center.settle import CenterEnv, no_person, person_of
-from server.center.store.batch import lock_accumulator_rows, probe, write_accumulators
-from server.center.store.pg import Conn, PgStore, audit_append_many
+from server.center.store.batch import ACC_INSERT, ACC_UPDATE, probe, require_made
+from server.center.store.pg import AUDIT_INSERT, Conn, PgStore, audit_heads, audit_rows
 from server.codes import treatment_of
 from server.common import local_date
 from server.errors import AlreadyExists, ClientError, FailedPrecondition, NotFound, field_error
@@ -48,10 +48,11 @@ METHOD = "SettleSummary"
 Answer = tuple[bytes, bool]  # the answer, and whether it is a stored one replayed
 Key = tuple[str, int, str]
 
-SETTLEMENT_COLUMNS = (
-    "setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype, clr_type, msgid, invono,"
-    " setl_time, setl_date, state, mode, offline, medfee_sumamt, fund_pay_sumamt, acct_pay,"
-    " psn_cash_pay, acc_year, acc_pool, acc_delta, info, received_at"
+_INSERT_SETTLEMENT = (
+    "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
+    " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
+    " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
+    " received_at) VALUES (" + ", ".join(["%s"] * 23) + ")"
 )
 
 
@@ -156,11 +157,12 @@ class SummaryGroup:
     async def _batch(self, conn: Conn, calls: list[Call]) -> dict[int, Answer | ClientError]:
         """The batch's transaction (run again whole on a serialization failure)."""
         b = _Batch(self.env)
-        await _claim(conn, b, calls)
-        await _replays(conn, b, calls)
-        await _taken(conn, b, calls)
+        reads = await _read(conn, calls)
+        _claimed(b, calls, reads)
+        await _replays(conn, b, calls, reads)
+        _taken(b, calls, reads)
         insts, policies = await _reference(conn, b, calls)
-        await _load(conn, b, calls, insts, policies)
+        _load(b, reads)
         for i, call in enumerate(calls):
             if i not in b.answers:
                 try:
@@ -170,12 +172,16 @@ class SummaryGroup:
                     b.answers[i] = _settle(b, call, insts, policies)
                 except ClientError as exc:
                     b.answers[i] = exc
-        await _write(conn, b)
         by_chain: dict[str, list[audit.Record]] = {}
         for chain, call, replayed in b.audited:
             by_chain.setdefault(chain, []).append(self.record(call, replayed))
-        for chain, records in sorted(by_chain.items()):
-            await audit_append_many(conn, self.audit_key, records, chain)
+        heads = await audit_heads(conn, list(by_chain)) if by_chain else {}
+        trail = [
+            row
+            for chain, records in sorted(by_chain.items())
+            for row in audit_rows(self.audit_key, chain, heads[chain], records)
+        ]
+        await _write(conn, b, trail)
         return b.answers
 
 
@@ -194,23 +200,89 @@ def _take(pending: list[Call], most: int) -> tuple[list[Call], list[Call]]:
     return calls, held
 
 
-async def _claim(conn: Conn, b: _Batch, calls: list[Call]) -> None:
-    """The node bindings, once per header of the batch; a refused one refuses its calls."""
-    refused: dict[tuple[str, str, str], ClientError | None] = {}
+@dataclass
+class _Reads:
+    """What a batch reads first, in one round trip (`_read`)."""
+
+    bound: dict[tuple[str, str], tuple[str, int]]  # (code, node) -> its machine, since
+    stored: dict[tuple[str, str], tuple[Any, ...]]  # (code, msgid) -> method, hash, answer
+    taken: dict[str, str]  # setl_id -> the msgid that settled it
+    active: dict[tuple[str, str], str]  # (code, mdtrt_id) -> its settled setl_id
+    persons: list[tuple[Any, ...]]  # READ_COLUMNS, locked
+    accumulators: list[tuple[Any, ...]]  # psn_no, year, pool, opening, ACC_FIELDS; locked
+
+
+_IDEMPOTENCY = (
+    "SELECT r.* FROM unnest(%s::text[], %s::text[]) AS u(c, m) CROSS JOIN LATERAL"
+    " (SELECT fixmedins_code, msgid, method, req_hash, response FROM idempotency"
+    " WHERE fixmedins_code = u.c AND msgid = u.m OFFSET 0) r"
+)
+_ACTIVE = (
+    "SELECT r.* FROM unnest(%s::text[], %s::text[]) AS u(c, m) CROSS JOIN LATERAL"
+    " (SELECT fixmedins_code, mdtrt_id, setl_id FROM settlements WHERE fixmedins_code = u.c"
+    " AND mdtrt_id = u.m AND state = 1 OFFSET 0) r"
+)
+# Every pool of each person's year: the rule (hence the pool) is chosen after the read.
+_ACCUMULATORS = (
+    "SELECT r.* FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS u(k, y, n)"
+    f" CROSS JOIN LATERAL (SELECT psn_no, year, pool, opening, {', '.join(ACC_FIELDS)}"
+    " FROM accumulators WHERE psn_no = u.k AND year = u.y ORDER BY pool, opening"
+    " OFFSET 0 FOR UPDATE) r ORDER BY u.n, r.pool, r.opening"
+)
+
+
+async def _read(conn: Conn, calls: list[Call]) -> _Reads:
+    """Bind the nodes and read what the calls may touch, in one round trip: their msgids,
+    setl_ids and visits, and, locked in key order (as a forwarded batch locks them), their
+    persons and the accumulator rows of the persons' years."""
+    heads: dict[tuple[str, str, str], int] = {}
     for call in calls:
         h = call.req.header
-        key = (h.fixmedins_code, h.node_id, h.instance_id)
-        if key not in refused:
-            try:
-                await bindings.claim(conn, h, call.now, bind=True)
-                refused[key] = None
-            except ClientError as exc:
-                refused[key] = exc
+        if h.instance_id and h.fixmedins_code:
+            heads.setdefault((h.fixmedins_code, h.node_id, h.instance_id), call.now)
+    nodes = sorted({(code, node) for code, node, _ in heads})
+    codes = [c.req.header.fixmedins_code for c in calls]
+    years = sorted({(c.req.psn_no, c.req.begndate // 10000) for c in calls})
+    async with conn.pipeline():
+        for (code, node, instance), now in heads.items():
+            await conn.execute(bindings.BIND, (code, node, instance, now))
+        bound = [await conn.execute(bindings.BOUND, key) for key in nodes]
+        stored = await conn.execute(_IDEMPOTENCY, (codes, [c.req.header.msgid for c in calls]))
+        taken = await conn.execute(
+            probe("setl_id, msgid FROM settlements", "setl_id"),
+            (sorted({c.req.setl_id for c in calls}),),
+        )
+        active = await conn.execute(_ACTIVE, (codes, [c.req.mdtrt_id for c in calls]))
+        persons = await conn.execute(
+            probe(f"{READ_COLUMNS} FROM persons", "psn_no", lock=True),
+            (sorted({c.req.psn_no for c in calls}),),
+        )
+        accumulators = await conn.execute(
+            _ACCUMULATORS, ([y[0] for y in years], [y[1] for y in years])
+        )
+    bound_rows = {}
+    for key, cur in zip(nodes, bound, strict=True):
+        row = await cur.fetchone()
+        if row is not None:
+            bound_rows[key] = (row[0], row[1])
+    return _Reads(
+        bound_rows,
+        {(r[0], r[1]): r[2:] for r in await stored.fetchall()},
+        {r[0]: r[1] for r in await taken.fetchall()},
+        {(r[0], r[1]): r[2] for r in await active.fetchall()},
+        await persons.fetchall(),
+        await accumulators.fetchall(),
+    )
+
+
+def _claimed(b: _Batch, calls: list[Call], reads: _Reads) -> None:
+    """A call whose node is bound to another front-end machine is refused."""
     for i, call in enumerate(calls):
         h = call.req.header
-        refusal = refused[(h.fixmedins_code, h.node_id, h.instance_id)]
-        if refusal is not None:
-            b.answers[i] = refusal
+        if h.instance_id and h.fixmedins_code:
+            refusal = bindings.clash(h, reads.bound.get((h.fixmedins_code, h.node_id)))
+            if refusal is not None:
+                b.answers[i] = refusal
 
 
 def _open(b: _Batch, calls: list[Call]) -> list[int]:
@@ -218,20 +290,14 @@ def _open(b: _Batch, calls: list[Call]) -> list[int]:
     return [i for i in range(len(calls)) if i not in b.answers]
 
 
-async def _replays(conn: Conn, b: _Batch, calls: list[Call]) -> None:
+async def _replays(conn: Conn, b: _Batch, calls: list[Call], reads: _Reads) -> None:
     """Calls whose msgid the center has answered: replayed, or refused when the request
     differs or the settlement was cancelled since."""
-    open_ = _open(b, calls)
-    heads = [calls[i].req.header for i in open_]
-    cur = await conn.execute(
-        "SELECT r.* FROM unnest(%s::text[], %s::text[]) AS u(c, m) CROSS JOIN LATERAL"
-        " (SELECT fixmedins_code, msgid, method, req_hash, response FROM idempotency"
-        " WHERE fixmedins_code = u.c AND msgid = u.m OFFSET 0) r",
-        ([h.fixmedins_code for h in heads], [h.msgid for h in heads]),
-    )
-    stored = {(r[0], r[1]): r[2:] for r in await cur.fetchall()}
+    stored = reads.stored
     replayed = [
-        i for i, h in zip(open_, heads, strict=True) if (h.fixmedins_code, h.msgid) in stored
+        i
+        for i in _open(b, calls)
+        if (calls[i].req.header.fixmedins_code, calls[i].req.header.msgid) in stored
     ]
     if not replayed:
         return
@@ -260,24 +326,10 @@ async def _replays(conn: Conn, b: _Batch, calls: list[Call]) -> None:
         b.audited.append((h.fixmedins_code, calls[i], True))
 
 
-async def _taken(conn: Conn, b: _Batch, calls: list[Call]) -> None:
+def _taken(b: _Batch, calls: list[Call], reads: _Reads) -> None:
     """Calls whose setl_id the center holds already, or whose visit is settled."""
+    taken, active = reads.taken, reads.active
     open_ = _open(b, calls)
-    cur = await conn.execute(
-        probe("setl_id, msgid FROM settlements", "setl_id"),
-        (sorted({calls[i].req.setl_id for i in open_}),),
-    )
-    taken: dict[str, str] = dict(await cur.fetchall())
-    cur = await conn.execute(
-        "SELECT r.* FROM unnest(%s::text[], %s::text[]) AS u(c, m) CROSS JOIN LATERAL"
-        " (SELECT fixmedins_code, mdtrt_id, setl_id FROM settlements WHERE fixmedins_code = u.c"
-        " AND mdtrt_id = u.m AND state = 1 OFFSET 0) r",
-        (
-            [calls[i].req.header.fixmedins_code for i in open_],
-            [calls[i].req.mdtrt_id for i in open_],
-        ),
-    )
-    active = {(r[0], r[1]): r[2] for r in await cur.fetchall()}
     for i in open_:
         req = calls[i].req
         if req.setl_id in taken:
@@ -321,37 +373,14 @@ def _context(call: Call, inst: Institution) -> SplitContext:
     )
 
 
-async def _load(
-    conn: Conn,
-    b: _Batch,
-    calls: list[Call],
-    insts: dict[str, Institution],
-    policies: dict[int, engine_rs.Policy],
-) -> None:
-    """Lock the persons, then the accumulator rows the open calls' rules name, in key order."""
-    open_ = [i for i in _open(b, calls) if i not in b.unknown]
-    cur = await conn.execute(
-        probe(f"{READ_COLUMNS} FROM persons", "psn_no", lock=True),
-        (sorted({calls[i].req.psn_no for i in open_}),),
-    )
-    for row in await cur.fetchall():
+def _load(b: _Batch, reads: _Reads) -> None:
+    """The persons and accumulator rows read (and locked)."""
+    for row in reads.persons:
         held = person_of(b.env.pii, row)
         b.persons[held.psn_no] = held
         b.balances[held.psn_no] = held.balc
-    keys: set[Key] = set()
-    for i in open_:
-        req = calls[i].req
-        person = b.persons.get(req.psn_no)
-        if person is None or req.insutype != person.insutype:
-            continue  # refused when settled
-        ctx = _context(calls[i], insts[req.header.fixmedins_code])
-        try:
-            choice = choose_rule(policies[req.policy_version], ctx, person)
-        except ClientError:
-            continue  # refused when settled
-        keys.add((person.psn_no, choice.year, choice.pool))
     # The current row (opening 0) first: it is the one kept; an opening row only seeds.
-    for psn_no, year, pool, opening, *acc in await lock_accumulator_rows(conn, keys):
+    for psn_no, year, pool, opening, *acc in reads.accumulators:
         key = (psn_no, year, pool)
         if opening == 0:
             b.stored.add(key)
@@ -466,30 +495,35 @@ def _settle(
     return answer, False
 
 
-async def _write(conn: Conn, b: _Batch) -> None:
-    if b.settlements:
-        async with conn.cursor() as cur:
-            async with cur.copy(f"COPY settlements ({SETTLEMENT_COLUMNS}) FROM STDIN") as copy:
-                for row in b.settlements:
-                    await copy.write_row(row)
-            async with cur.copy("COPY setl_legs FROM STDIN") as copy:
-                for leg in b.legs:
-                    await copy.write_row(leg)
-            async with cur.copy("COPY idempotency FROM STDIN") as copy:
-                for rec in b.remembered:
-                    await copy.write_row(rec)
+async def _write(conn: Conn, b: _Batch, trail: list[tuple[Any, ...]]) -> None:
+    """Everything the batch writes, in one round trip: settlements, legs, idempotency and
+    audit records, accumulators and balances."""
     rows = [(*k, *(b.accumulators[k][f] for f in ACC_FIELDS)) for k in sorted(b.touched)]
     width = 3 + len(ACC_FIELDS)
-    await write_accumulators(
-        conn,
-        [[r[i] for r in rows if r[:3] in b.stored] for i in range(width)],
-        [[r[i] for r in rows if r[:3] not in b.stored] for i in range(width)],
-    )
+    old = [[r[i] for r in rows if r[:3] in b.stored] for i in range(width)]
+    new = [[r[i] for r in rows if r[:3] not in b.stored] for i in range(width)]
     moved = [(p, d) for p, d in sorted(b.moved.items()) if d]
-    if moved:
-        await conn.execute(
-            "UPDATE persons p SET balc = p.balc + u.change"
-            " FROM unnest(%s::text[], %s::bigint[]) AS u(psn_no, change)"
-            " WHERE p.psn_no = u.psn_no",
-            [[m[0] for m in moved], [m[1] for m in moved]],
-        )
+    made = None
+    async with conn.pipeline():
+        for sql, many in (
+            (_INSERT_SETTLEMENT, b.settlements),
+            ("INSERT INTO setl_legs VALUES (%s, %s, %s, %s)", b.legs),
+            ("INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s, %s)", b.remembered),
+            (AUDIT_INSERT, trail),
+        ):
+            if many:
+                async with conn.cursor() as cur:
+                    await cur.executemany(sql, many)
+        if old[0]:
+            await conn.execute(ACC_UPDATE, old)
+        if new[0]:
+            made = await conn.execute(ACC_INSERT, new)
+        if moved:
+            await conn.execute(
+                "UPDATE persons p SET balc = p.balc + u.change"
+                " FROM unnest(%s::text[], %s::bigint[]) AS u(psn_no, change)"
+                " WHERE p.psn_no = u.psn_no",
+                [[m[0] for m in moved], [m[1] for m in moved]],
+            )
+    if made is not None:
+        require_made(len(await made.fetchall()), new)

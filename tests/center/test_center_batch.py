@@ -141,8 +141,9 @@ def ledger(dsn: str) -> dict[str, list[str]]:
         }
 
 
-def batch_sizes(port: int) -> tuple[float, float]:
-    """(batches, calls in them) of the center's SettleSummary batches so far."""
+def batch_sizes(port: int) -> tuple[float, float, float]:
+    """(batches, calls in them, batches that failed whole) of the center's SettleSummary
+    batches so far."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
     got = {}
@@ -150,7 +151,9 @@ def batch_sizes(port: int) -> tuple[float, float]:
         name, _, value = line.partition(" ")
         if name.startswith("medsettle_center_settle_batch_calls_"):
             got[name.removeprefix("medsettle_center_settle_batch_calls_")] = float(value)
-    return got["count"], got["sum"]
+        if name == "medsettle_center_settle_batch_fallbacks_total":
+            got["fallbacks"] = float(value)
+    return got["count"], got["sum"], got["fallbacks"]
 
 
 def run(
@@ -159,7 +162,7 @@ def run(
     batch: int,
     waves: tuple[Wave, Wave],
     send: Callable[[str, Wave], list[Outcome]],
-) -> tuple[list[Outcome], list[Outcome], tuple[float, float]]:
+) -> tuple[list[Outcome], list[Outcome], tuple[float, float, float]]:
     mport = free_port()
     server = LocalServer(
         dsn,
@@ -180,7 +183,8 @@ def test_calls_settled_together_answer_as_one_after_another(tmp_path: Path) -> N
     first, second = waves()
     with fresh_database() as batched_dsn, fresh_database() as alone_dsn:
         together = run(tmp_path, batched_dsn, 256, (first, second), at_once)
-        batches, calls = together[2]
+        batches, calls, fallbacks = together[2]
+        assert fallbacks == 0  # one worker: no batch met another's commit
         assert calls == len(first) + len(second)  # every call went through a batch
         assert batches < calls  # and calls were settled together, not each alone
         order = settled_order(batched_dsn)
@@ -191,7 +195,7 @@ def test_calls_settled_together_answer_as_one_after_another(tmp_path: Path) -> N
             return [got[id(r)] for r in reqs]
 
         alone = run(tmp_path, alone_dsn, 1, (first, second), sequential)
-        assert alone[2] == (0.0, 0.0)  # the one-call path: no batch at all
+        assert alone[2] == (0.0, 0.0, 0.0)  # the one-call path: no batch at all
         for wave in (0, 1):
             for i, (a, b) in enumerate(zip(together[wave], alone[wave], strict=True)):
                 assert a == b, (wave, i)

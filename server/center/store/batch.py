@@ -171,33 +171,40 @@ async def lock_accumulator_rows(conn: Conn, keys: set[Key]) -> list[tuple[Any, .
     return await cur.fetchall()
 
 
+_SETS = ", ".join(f"{f} = u.{f}" for f in ACC_FIELDS)
+# Accumulator rows decided over locked ones, as columns psn_no, year, pool, then ACC_FIELDS:
+# rows that exist, and rows read as missing (RETURNING 1 for each one made).
+ACC_UPDATE = (
+    f"UPDATE accumulators a SET {_SETS}"
+    f" FROM unnest(%s::text[], %s::int[], %s::text[], {_ACC_ARRAYS})"
+    f" AS u(psn_no, year, pool, {_ACC}) WHERE a.psn_no = u.psn_no"
+    " AND a.year = u.year AND a.pool = u.pool AND a.opening = 0"
+)
+ACC_INSERT = (
+    f"INSERT INTO accumulators (psn_no, year, pool, opening, {_ACC})"
+    f" SELECT psn_no, year, pool, 0, {_ACC}"
+    f" FROM unnest(%s::text[], %s::int[], %s::text[], {_ACC_ARRAYS})"
+    f" AS u(psn_no, year, pool, {_ACC}) ON CONFLICT DO NOTHING RETURNING 1"
+)
+
+
+def require_made(made: int, new: list[list[Any]]) -> None:
+    """After ACC_INSERT: a row of `new` that another transaction made meanwhile (its values
+    were not the ones decided on) makes the batch run again."""
+    if made != len(new[0]):
+        raise errors.SerializationFailure(
+            "an accumulator row was created by another transaction during the batch"
+        )
+
+
 async def write_accumulators(conn: Conn, old: list[list[Any]], new: list[list[Any]]) -> None:
     """Store accumulator rows decided over locked ones: `old` (rows that exist) and `new`
-    (rows read as missing), each as columns psn_no, year, pool, then ACC_FIELDS. A row of
-    `new` that another transaction made meanwhile makes the batch run again."""
+    (rows read as missing), each as columns psn_no, year, pool, then ACC_FIELDS."""
     if old[0]:
-        sets = ", ".join(f"{f} = u.{f}" for f in ACC_FIELDS)
-        await conn.execute(
-            f"UPDATE accumulators a SET {sets}"
-            f" FROM unnest(%s::text[], %s::int[], %s::text[], {_ACC_ARRAYS})"
-            f" AS u(psn_no, year, pool, {_ACC}) WHERE a.psn_no = u.psn_no"
-            " AND a.year = u.year AND a.pool = u.pool AND a.opening = 0",
-            old,
-        )
+        await conn.execute(ACC_UPDATE, old)
     if new[0]:
-        cur = await conn.execute(
-            f"INSERT INTO accumulators (psn_no, year, pool, opening, {_ACC})"
-            f" SELECT psn_no, year, pool, 0, {_ACC}"
-            f" FROM unnest(%s::text[], %s::int[], %s::text[], {_ACC_ARRAYS})"
-            f" AS u(psn_no, year, pool, {_ACC}) ON CONFLICT DO NOTHING RETURNING 1",
-            new,
-        )
-        if len(await cur.fetchall()) != len(new[0]):
-            # Another transaction made a current row this batch read as missing: its
-            # values were not the ones decided on. Run the batch again.
-            raise errors.SerializationFailure(
-                "an accumulator row was created by another transaction during the batch"
-            )
+        cur = await conn.execute(ACC_INSERT, new)
+        require_made(len(await cur.fetchall()), new)
 
 
 def probe(select: str, column: str, more: str = "", *, lock: bool = False) -> str:

@@ -193,25 +193,51 @@ async def audit_append(conn: Conn, key: bytes, rec: audit.Record, chain: str) ->
 async def audit_append_many(conn: Conn, key: bytes, records: list[audit.Record], chain: str) -> int:
     """`audit_append` of several records, in order, in one lock and one insert; the last
     record's sequence number."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (AUDIT_LOCK, chain))
-    cur = await conn.execute(
-        "SELECT seq, hash FROM audit WHERE chain = %s ORDER BY seq DESC LIMIT 1", (chain,)
-    )
-    row = await cur.fetchone()
-    if row is None:
-        cur = await conn.execute("SELECT seq, hash FROM audit_anchor WHERE chain = %s", (chain,))
-        row = await cur.fetchone() or (0, audit.GENESIS)
-    seq, prev = int(row[0]), bytes(row[1])
+    heads = await audit_heads(conn, [chain])
+    rows = audit_rows(key, chain, heads[chain], records)
+    async with conn.cursor() as c:
+        await c.executemany(AUDIT_INSERT, rows)
+    return int(rows[-1][1]) if rows else heads[chain][0]
+
+
+AUDIT_INSERT = "INSERT INTO audit VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+
+
+async def audit_heads(conn: Conn, chains: list[str]) -> dict[str, tuple[int, bytes]]:
+    """Lock each chain (in name order) to the transaction's end and read its last link
+    (seq, hash), all in one round trip."""
+    queued = []
+    async with conn.pipeline():
+        for chain in sorted(set(chains)):
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (AUDIT_LOCK, chain)
+            )
+            last = await conn.execute(
+                "SELECT seq, hash FROM audit WHERE chain = %s ORDER BY seq DESC LIMIT 1",
+                (chain,),
+            )
+            anchor = await conn.execute(
+                "SELECT seq, hash FROM audit_anchor WHERE chain = %s", (chain,)
+            )
+            queued.append((chain, last, anchor))
+    heads = {}
+    for chain, last, anchor in queued:
+        row = await last.fetchone() or await anchor.fetchone() or (0, audit.GENESIS)
+        heads[chain] = (int(row[0]), bytes(row[1]))
+    return heads
+
+
+def audit_rows(
+    key: bytes, chain: str, head: tuple[int, bytes], records: list[audit.Record]
+) -> list[tuple[Any, ...]]:
+    """The `audit` rows of `records` appended after `head` (its last seq and hash)."""
+    seq, prev = head
     rows = []
     for rec in records:
         seq += 1
         prev = audit.link(key, chain, seq, prev, rec)
         rows.append((chain, seq, *rec.fields(), prev))
-    async with conn.cursor() as c:
-        await c.executemany(
-            "INSERT INTO audit VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows
-        )
-    return seq
+    return rows
 
 
 async def audit_prune(conn: Conn, key: bytes, now: int, retention_days: int) -> int:
