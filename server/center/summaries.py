@@ -3,11 +3,11 @@ while a batch commits form the next batch, one transaction, read and written set
 
 One call alone costs about seventeen statements one after another (the node binding, the
 msgid, the ids, the person, the accumulator lock, the writes, the audit chain). A batch
-reads what its calls may touch in a few statements (their msgids, setl_ids and visits, the
-persons and accumulator rows, locked in key order like a forwarded batch), settles the calls
-in order in memory (two calls for one person see each other's accumulators and balance),
-and writes with COPY and one statement per table, the audit records of an institution in
-one append.
+reads what its calls may touch in one pipelined round trip (the bindings, their msgids,
+setl_ids and visits, the persons and the accumulator rows of their years, locked in key
+order like a forwarded batch), settles the calls in order in memory (two calls for one
+person see each other's accumulators and balance), takes the audit chains' heads in a
+second round trip and writes everything in a third.
 
 What each call is told is what it would have been told alone (server/center/settle.py
 `settle_summary`, whose checks and texts these are): a refused call writes nothing and its
