@@ -31,7 +31,7 @@ from server.errors import (
     Violations,
     field_error,
 )
-from server.fundsplit import SplitContext, choose_rule, fund_split
+from server.fundsplit import RuleChoice, SplitContext, choose_rule, fund_split
 from server.persons import ACC_FIELDS, READ_COLUMNS, PersonRow, open_person
 from server.refdata import Institution
 from server.security.datakeys import DataKeys
@@ -205,6 +205,23 @@ async def _replay(
     return vault.open_answer(code, msgid, bytes(row[2]))
 
 
+INSERT_IDEMPOTENCY = "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s, %s)"
+
+
+def remembered(
+    vault: Vault,
+    code: str,
+    msgid: str,
+    method: str,
+    req_hash: bytes,
+    resp: bytes,
+    ref: str,
+    now: int,
+) -> tuple[Any, ...]:
+    """The idempotency record of an answer (INSERT_IDEMPOTENCY), the answer sealed."""
+    return (code, msgid, method, req_hash, vault.seal_answer(code, msgid, resp), ref, now)
+
+
 async def _remember(
     conn: Conn,
     vault: Vault,
@@ -217,16 +234,7 @@ async def _remember(
     now: int,
 ) -> None:
     await conn.execute(
-        "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (
-            code,
-            msgid,
-            method,
-            req_hash,
-            vault.seal_answer(code, msgid, resp),
-            ref,
-            now,
-        ),
+        INSERT_IDEMPOTENCY, remembered(vault, code, msgid, method, req_hash, resp, ref, now)
     )
 
 
@@ -281,7 +289,46 @@ async def settle_summary(
     person = await center_person(conn, env.pii, req.psn_no, lock=not req.pre_settle)
     if req.insutype != person.insutype:
         raise field_error("insutype", f"the person is insured under {person.insutype}")
-    ctx = SplitContext(
+    ctx = split_context(req, inst)
+    choice = choose_rule(policy, ctx, person)
+    if req.pre_settle:
+        before = await _current(conn, person.psn_no, choice.year, choice.pool)
+    else:
+        before = await lock_accumulators(conn, person.psn_no, choice.year, choice.pool)
+    info, after, acc_after = split_summary(policy, choice, ctx, person, req, before)
+    if req.pre_settle:
+        return center_pb2.CenterSettleResponse(
+            setlinfo=info, accumulators=acc_after
+        ).SerializeToString()
+    done = settled(env, req, req_hash, inst, choice, info, before, after, acc_after, now)
+    # The writes go in one round trip (pipeline mode): none of them reads what another
+    # returns, and an error in any (a visit settled meanwhile) still fails the transaction.
+    async with conn.pipeline():
+        await conn.execute(INSERT_SETTLEMENT, done.row)
+        async with conn.cursor() as cur:
+            await cur.executemany(INSERT_LEG, done.legs)
+        await write_accumulators(conn, person.psn_no, choice.year, choice.pool, after)
+        if info.acct_pay:
+            await conn.execute(
+                "UPDATE persons SET balc = balc - %s WHERE psn_no = %s",
+                (info.acct_pay, person.psn_no),
+            )
+        await conn.execute(INSERT_IDEMPOTENCY, done.remembered)
+    return done.answer
+
+
+INSERT_SETTLEMENT = (
+    "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
+    " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
+    " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
+    " received_at) VALUES (" + ", ".join(["%s"] * 23) + ")"
+)
+INSERT_LEG = "INSERT INTO setl_legs VALUES (%s, %s, %s, %s)"
+
+
+def split_context(req: center_pb2.CenterSettleRequest, inst: Institution) -> SplitContext:
+    """What the split needs of a center-mode call's visit and its institution."""
+    return SplitContext(
         fixmedins_code=inst.fixmedins_code,
         hosp_lv=inst.hosp_lv,
         treatment_admdvs=inst.admdvs,
@@ -291,11 +338,18 @@ async def settle_summary(
         treatment=treatment_of(req.med_type),
         begndate=req.begndate,
     )
-    choice = choose_rule(policy, ctx, person)
-    if req.pre_settle:
-        before = await _current(conn, person.psn_no, choice.year, choice.pool)
-    else:
-        before = await lock_accumulators(conn, person.psn_no, choice.year, choice.pool)
+
+
+def split_summary(
+    policy: engine_rs.Policy,
+    choice: RuleChoice,
+    ctx: SplitContext,
+    person: PersonRow,
+    req: center_pb2.CenterSettleRequest,
+    before: dict[str, int],
+) -> tuple[common_pb2.SetlInfo, dict[str, int], catalog_pb2.Accumulator]:
+    """The center-mode settlement of `req`'s summary (no id, time or state yet), the
+    accumulators after it, and those as the answer carries them."""
     s = req.summary
     summary = engine_rs.Summary(
         medfee_sumamt=s.medfee_sumamt,
@@ -311,78 +365,71 @@ async def settle_summary(
     info.categories.extend(s.categories)
     info.catalog_version = req.catalog_version
     info.mode = common_pb2.CENTER
-    acc_after = catalog_pb2.Accumulator(year=choice.year, pool=choice.pool, **after)
-    if req.pre_settle:
-        return center_pb2.CenterSettleResponse(
-            setlinfo=info, accumulators=acc_after
-        ).SerializeToString()
+    return info, after, catalog_pb2.Accumulator(year=choice.year, pool=choice.pool, **after)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A center-mode settlement ready to write: the answer and its rows."""
+
+    answer: bytes
+    row: tuple[Any, ...]  # INSERT_SETTLEMENT
+    legs: list[tuple[Any, ...]]  # INSERT_LEG
+    remembered: tuple[Any, ...]  # INSERT_IDEMPOTENCY
+
+
+def settled(
+    env: CenterEnv,
+    req: center_pb2.CenterSettleRequest,
+    req_hash: bytes,
+    inst: Institution,
+    choice: RuleChoice,
+    info: common_pb2.SetlInfo,
+    before: dict[str, int],
+    after: dict[str, int],
+    acc_after: catalog_pb2.Accumulator,
+    now: int,
+) -> Settled:
+    """`info` stamped as settled now under the call's ids, its answer, and its rows."""
+    h = req.header
     info.setl_id = req.setl_id
     info.msgid = h.msgid
     info.state = common_pb2.SETTLED
     info.setl_time.FromMilliseconds(now)
-    blob = env.pii.seal_setlinfo(req.setl_id, info.SerializeToString())
-    delta = {f: after[f] - before[f] for f in ACC_FIELDS}
-    resp = center_pb2.CenterSettleResponse(
+    answer = center_pb2.CenterSettleResponse(
         setlinfo=info, accumulators=acc_after
     ).SerializeToString()
-    # The writes go in one round trip (pipeline mode): none of them reads what another
-    # returns, and an error in any (a visit settled meanwhile) still fails the transaction.
-    async with conn.pipeline():
-        await conn.execute(
-            "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
-            " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
-            " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
-            " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, 2, 0, %s, %s,"
-            " %s, %s, %s, %s, %s, %s, %s)",
-            (
-                req.setl_id,
-                h.node_id,
-                inst.fixmedins_code,
-                req.mdtrt_id,
-                person.psn_no,
-                info.insutype,
-                info.clr_type,
-                h.msgid,
-                req.invono,
-                now,
-                local_date(now, env.tz_offset_min),
-                info.medfee_sumamt,
-                info.fund_pay_sumamt,
-                info.acct_pay,
-                info.psn_cash_pay,
-                choice.year,
-                choice.pool,
-                Jsonb(delta),
-                blob,
-                now,
-            ),
-        )
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO setl_legs VALUES (%s, %s, %s, %s)",
-                [
-                    (req.setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt)
-                    for g in info.setldetail
-                ],
-            )
-        await write_accumulators(conn, person.psn_no, choice.year, choice.pool, after)
-        if info.acct_pay:
-            await conn.execute(
-                "UPDATE persons SET balc = balc - %s WHERE psn_no = %s",
-                (info.acct_pay, person.psn_no),
-            )
-        await _remember(
-            conn,
-            env.pii,
-            h.fixmedins_code,
-            h.msgid,
-            "SettleSummary",
-            req_hash,
-            resp,
-            req.setl_id,
-            now,
-        )
-    return resp
+    delta = {f: after[f] - before[f] for f in ACC_FIELDS}
+    row = (
+        req.setl_id,
+        h.node_id,
+        inst.fixmedins_code,
+        req.mdtrt_id,
+        info.psn_no,
+        info.insutype,
+        info.clr_type,
+        h.msgid,
+        req.invono,
+        now,
+        local_date(now, env.tz_offset_min),
+        common_pb2.SETTLED,
+        common_pb2.CENTER,
+        0,
+        info.medfee_sumamt,
+        info.fund_pay_sumamt,
+        info.acct_pay,
+        info.psn_cash_pay,
+        choice.year,
+        choice.pool,
+        Jsonb(delta),
+        env.pii.seal_setlinfo(req.setl_id, info.SerializeToString()),
+        now,
+    )
+    legs = [(req.setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in info.setldetail]
+    memo = remembered(
+        env.pii, h.fixmedins_code, h.msgid, "SettleSummary", req_hash, answer, req.setl_id, now
+    )
+    return Settled(answer, row, legs, memo)
 
 
 async def _current(conn: Conn, psn_no: str, year: int, pool: str) -> dict[str, int]:

@@ -25,19 +25,25 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 import engine_rs
-from medsettle.v1 import catalog_pb2, center_pb2, common_pb2
+from medsettle.v1 import center_pb2, common_pb2
 from server import metrics
 from server.center import bindings
-from server.center.settle import CenterEnv, no_person, person_of
+from server.center.settle import (
+    INSERT_IDEMPOTENCY,
+    INSERT_LEG,
+    INSERT_SETTLEMENT,
+    CenterEnv,
+    no_person,
+    person_of,
+    settled,
+    split_context,
+    split_summary,
+)
 from server.center.store.batch import ACC_INSERT, ACC_UPDATE, probe, require_made
 from server.center.store.pg import AUDIT_INSERT, Conn, PgStore, audit_heads, audit_rows
-from server.codes import treatment_of
-from server.common import local_date
 from server.errors import AlreadyExists, ClientError, FailedPrecondition, NotFound, field_error
-from server.fundsplit import SplitContext, choose_rule, fund_split
+from server.fundsplit import choose_rule
 from server.persons import ACC_FIELDS, READ_COLUMNS, PersonRow
 from server.refdata import Institution
 from server.security import audit
@@ -47,13 +53,6 @@ METHOD = "SettleSummary"
 
 Answer = tuple[bytes, bool]  # the answer, and whether it is a stored one replayed
 Key = tuple[str, int, str]
-
-_INSERT_SETTLEMENT = (
-    "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
-    " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
-    " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
-    " received_at) VALUES (" + ", ".join(["%s"] * 23) + ")"
-)
 
 
 @dataclass
@@ -359,20 +358,6 @@ async def _reference(
     return insts, policies
 
 
-def _context(call: Call, inst: Institution) -> SplitContext:
-    req = call.req
-    return SplitContext(
-        fixmedins_code=inst.fixmedins_code,
-        hosp_lv=inst.hosp_lv,
-        treatment_admdvs=inst.admdvs,
-        mdtrt_id=req.mdtrt_id,
-        insutype=req.insutype,
-        med_type=req.med_type,
-        treatment=treatment_of(req.med_type),
-        begndate=req.begndate,
-    )
-
-
 def _load(b: _Batch, reads: _Reads) -> None:
     """The persons and accumulator rows read (and locked)."""
     for row in reads.persons:
@@ -415,84 +400,25 @@ def _settle(
     visit = (h.fixmedins_code, req.mdtrt_id)
     inst = insts[h.fixmedins_code]
     policy = policies[req.policy_version]
-    ctx = _context(call, inst)
+    ctx = split_context(req, inst)
     choice = choose_rule(policy, ctx, person)
     key = (person.psn_no, choice.year, choice.pool)
     before = dict(b.accumulators.get(key) or dict.fromkeys(ACC_FIELDS, 0))
-    s = req.summary
-    summary = engine_rs.Summary(
-        medfee_sumamt=s.medfee_sumamt,
-        fulamt_ownpay_amt=s.fulamt_ownpay_amt,
-        overlmt_amt=s.overlmt_amt,
-        preselfpay_amt=s.preselfpay_amt,
-        inscp_scp_amt=s.inscp_scp_amt,
-        line_count=s.line_count,
-    )
     now_person = dataclasses.replace(person, balc=b.balances[person.psn_no])
-    info, after = fund_split(
-        policy, choice, ctx, now_person, summary, before, req.acct_used_flag, req.invono
-    )
-    info.categories.extend(s.categories)
-    info.catalog_version = req.catalog_version
-    info.mode = common_pb2.CENTER
-    info.setl_id = req.setl_id
-    info.msgid = h.msgid
-    info.state = common_pb2.SETTLED
-    info.setl_time.FromMilliseconds(now)
-    acc_after = catalog_pb2.Accumulator(year=choice.year, pool=choice.pool, **after)
-    resp = center_pb2.CenterSettleResponse(setlinfo=info, accumulators=acc_after)
-    answer = resp.SerializeToString()
-    delta = {f: after[f] - before[f] for f in ACC_FIELDS}
+    info, after, acc_after = split_summary(policy, choice, ctx, now_person, req, before)
+    done = settled(env, req, call.digest, inst, choice, info, before, after, acc_after, now)
     b.accumulators[key] = after
     b.touched.add(key)
     if info.acct_pay:
         b.balances[person.psn_no] -= info.acct_pay
         b.moved[person.psn_no] = b.moved.get(person.psn_no, 0) - info.acct_pay
-    b.settlements.append(
-        (
-            req.setl_id,
-            h.node_id,
-            inst.fixmedins_code,
-            req.mdtrt_id,
-            person.psn_no,
-            info.insutype,
-            info.clr_type,
-            h.msgid,
-            req.invono,
-            now,
-            local_date(now, env.tz_offset_min),
-            common_pb2.SETTLED,
-            common_pb2.CENTER,
-            0,
-            info.medfee_sumamt,
-            info.fund_pay_sumamt,
-            info.acct_pay,
-            info.psn_cash_pay,
-            choice.year,
-            choice.pool,
-            Jsonb(delta),
-            env.pii.seal_setlinfo(req.setl_id, info.SerializeToString()),
-            now,
-        )
-    )
+    b.settlements.append(done.row)
     b.new_ids[req.setl_id] = h.msgid
     b.new_visits[visit] = req.setl_id
-    b.legs += [
-        (req.setl_id, g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in info.setldetail
-    ]
-    b.remembered.append(
-        (
-            h.fixmedins_code,
-            h.msgid,
-            METHOD,
-            call.digest,
-            env.pii.seal_answer(h.fixmedins_code, h.msgid, answer),
-            req.setl_id,
-            now,
-        )
-    )
+    b.legs += done.legs
+    b.remembered.append(done.remembered)
     b.audited.append((h.fixmedins_code, call, False))
-    return answer, False
+    return done.answer, False
 
 
 async def _write(conn: Conn, b: _Batch, trail: list[tuple[Any, ...]]) -> None:
@@ -506,9 +432,9 @@ async def _write(conn: Conn, b: _Batch, trail: list[tuple[Any, ...]]) -> None:
     made = None
     async with conn.pipeline():
         for sql, many in (
-            (_INSERT_SETTLEMENT, b.settlements),
-            ("INSERT INTO setl_legs VALUES (%s, %s, %s, %s)", b.legs),
-            ("INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s, %s)", b.remembered),
+            (INSERT_SETTLEMENT, b.settlements),
+            (INSERT_LEG, b.legs),
+            (INSERT_IDEMPOTENCY, b.remembered),
             (AUDIT_INSERT, trail),
         ):
             if many:
