@@ -24,6 +24,10 @@ from server.security.certs import TlsFiles
 from server.security.datakeys import DataKeys
 from server.security.pii import CIPHERS
 
+# The most settles one SettleSummaries call to a center may carry (a front-end's
+# `center_batch` is at most this; the center refuses a longer call whole).
+MAX_SETTLES_PER_CALL = 256
+
 
 class Role(StrEnum):
     """What a server is: a hospital's front-end (SQLite) or the insurance center
@@ -143,6 +147,9 @@ class Config:
     # The center's SettleSummary calls settled in one transaction at most (center mode: the
     # calls that arrive while one batch commits form the next); 1 settles each alone.
     center_settle_batch: int = 256
+    # A center-mode front-end's settles in one call to its center at most (the settles that
+    # arrive while the previous call is out travel together); 1 sends each alone.
+    center_batch: int = 64
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -180,9 +187,12 @@ class Config:
             "max_visit_fee_fen",
             "max_calls_per_peer",
             "center_settle_batch",
+            "center_batch",
         ):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}: must be positive")
+        if self.center_batch > MAX_SETTLES_PER_CALL:
+            raise ValueError(f"center_batch: at most {MAX_SETTLES_PER_CALL} (what a center takes)")
         if self.workers < 1:
             raise ValueError("workers: must be at least 1")
         if self.signing not in ("off", "required"):

@@ -106,6 +106,11 @@ CENTER_SETTLE_BATCH = Histogram(
     "Center-mode SettleSummary calls settled in one transaction at the center.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+CENTER_LINK_BATCH = Histogram(
+    "medsettle_center_link_batch_settles",
+    "Center-mode settles a front-end sent to its center in one SettleSummaries call.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 CENTER_SETTLE_FALLBACKS = Counter(
     "medsettle_center_settle_batch_fallbacks_total",
     "Batches of SettleSummary calls that failed whole and were settled call by call.",

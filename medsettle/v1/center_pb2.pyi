@@ -244,6 +244,86 @@ class CenterSettleResponse(_message.Message):
 Global___CenterSettleResponse: _TypeAlias = CenterSettleResponse  # noqa: Y015
 
 @_typing.final
+class CenterSettleBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___NodeHeader:
+        """the node and institution every item's header names"""
+
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CenterSettleRequest]:
+        """settles, not pre-settles"""
+
+    def __init__(
+        self,
+        *,
+        header: Global___NodeHeader | None = ...,
+        calls: _abc.Iterable[Global___CenterSettleRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CenterSettleBatch: _TypeAlias = CenterSettleBatch  # noqa: Y015
+
+@_typing.final
+class CenterSettleOutcome(_message.Message):
+    """One item's answer: its settlement, or the status SettleSummary would have answered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """a gRPC status code"""
+    message: _builtins.str
+    """the status's message, naming the field"""
+    @_builtins.property
+    def answer(self) -> Global___CenterSettleResponse:
+        """when code is 0 (OK)"""
+
+    def __init__(
+        self,
+        *,
+        answer: Global___CenterSettleResponse | None = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CenterSettleOutcome: _TypeAlias = CenterSettleOutcome  # noqa: Y015
+
+@_typing.final
+class CenterSettleBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CenterSettleOutcome]: ...
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___CenterSettleOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CenterSettleBatchResponse: _TypeAlias = CenterSettleBatchResponse  # noqa: Y015
+
+@_typing.final
 class CenterCancelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

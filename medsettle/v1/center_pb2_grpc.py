@@ -40,6 +40,11 @@ class CenterStub:
                 request_serializer=medsettle_dot_v1_dot_center__pb2.CenterSettleRequest.SerializeToString,
                 response_deserializer=medsettle_dot_v1_dot_center__pb2.CenterSettleResponse.FromString,
                 _registered_method=True)
+        self.SettleSummaries = channel.unary_unary(
+                '/medsettle.v1.Center/SettleSummaries',
+                request_serializer=medsettle_dot_v1_dot_center__pb2.CenterSettleBatch.SerializeToString,
+                response_deserializer=medsettle_dot_v1_dot_center__pb2.CenterSettleBatchResponse.FromString,
+                _registered_method=True)
         self.CancelSettlement = channel.unary_unary(
                 '/medsettle.v1.Center/CancelSettlement',
                 request_serializer=medsettle_dot_v1_dot_center__pb2.CenterCancelRequest.SerializeToString,
@@ -67,6 +72,17 @@ class CenterServicer:
 
     def SettleSummary(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleSummaries(self, request, context):
+        """Several settles of one front-end node for one institution in one call (the settles
+        that reach the front-end while its previous call is out). Each is settled as its own
+        SettleSummary would be and answered on its own, in order: two of one person see each
+        other. The call is refused whole, settling nothing, when an item's header is not the
+        batch's (institution, node, instance) or when it carries more than 256 items.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -107,6 +123,11 @@ def add_CenterServicer_to_server(servicer, server):
                     servicer.SettleSummary,
                     request_deserializer=medsettle_dot_v1_dot_center__pb2.CenterSettleRequest.FromString,
                     response_serializer=medsettle_dot_v1_dot_center__pb2.CenterSettleResponse.SerializeToString,
+            ),
+            'SettleSummaries': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleSummaries,
+                    request_deserializer=medsettle_dot_v1_dot_center__pb2.CenterSettleBatch.FromString,
+                    response_serializer=medsettle_dot_v1_dot_center__pb2.CenterSettleBatchResponse.SerializeToString,
             ),
             'CancelSettlement': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelSettlement,
@@ -156,6 +177,33 @@ class Center:
             '/medsettle.v1.Center/SettleSummary',
             medsettle_dot_v1_dot_center__pb2.CenterSettleRequest.SerializeToString,
             medsettle_dot_v1_dot_center__pb2.CenterSettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleSummaries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medsettle.v1.Center/SettleSummaries',
+            medsettle_dot_v1_dot_center__pb2.CenterSettleBatch.SerializeToString,
+            medsettle_dot_v1_dot_center__pb2.CenterSettleBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,13 @@ class CenterStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CenterAsyncStub: ...
     SettleSummary: _grpc.UnaryUnaryMultiCallable[_center_pb2.CenterSettleRequest, _center_pb2.CenterSettleResponse]
+    SettleSummaries: _grpc.UnaryUnaryMultiCallable[_center_pb2.CenterSettleBatch, _center_pb2.CenterSettleBatchResponse]
+    """Several settles of one front-end node for one institution in one call (the settles
+    that reach the front-end while its previous call is out). Each is settled as its own
+    SettleSummary would be and answered on its own, in order: two of one person see each
+    other. The call is refused whole, settling nothing, when an item's header is not the
+    batch's (institution, node, instance) or when it carries more than 256 items.
+    """
     CancelSettlement: _grpc.UnaryUnaryMultiCallable[_center_pb2.CenterCancelRequest, _center_pb2.CenterSettleResponse]
     Forward: _grpc.UnaryUnaryMultiCallable[_center_pb2.ForwardRequest, _center_pb2.ForwardResponse]
     """A batch of outbox rows from one front-end, in its order. Each item is applied at most
@@ -60,6 +67,13 @@ class CenterStub:
 class CenterAsyncStub(CenterStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SettleSummary: _aio.UnaryUnaryMultiCallable[_center_pb2.CenterSettleRequest, _center_pb2.CenterSettleResponse]  # type: ignore[assignment]
+    SettleSummaries: _aio.UnaryUnaryMultiCallable[_center_pb2.CenterSettleBatch, _center_pb2.CenterSettleBatchResponse]  # type: ignore[assignment]
+    """Several settles of one front-end node for one institution in one call (the settles
+    that reach the front-end while its previous call is out). Each is settled as its own
+    SettleSummary would be and answered on its own, in order: two of one person see each
+    other. The call is refused whole, settling nothing, when an item's header is not the
+    batch's (institution, node, instance) or when it carries more than 256 items.
+    """
     CancelSettlement: _aio.UnaryUnaryMultiCallable[_center_pb2.CenterCancelRequest, _center_pb2.CenterSettleResponse]  # type: ignore[assignment]
     Forward: _aio.UnaryUnaryMultiCallable[_center_pb2.ForwardRequest, _center_pb2.ForwardResponse]  # type: ignore[assignment]
     """A batch of outbox rows from one front-end, in its order. Each item is applied at most
@@ -78,6 +92,19 @@ class CenterServicer(metaclass=_abc_1.ABCMeta):
         request: _center_pb2.CenterSettleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_center_pb2.CenterSettleResponse, _abc.Awaitable[_center_pb2.CenterSettleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SettleSummaries(
+        self,
+        request: _center_pb2.CenterSettleBatch,
+        context: _ServicerContext,
+    ) -> _typing.Union[_center_pb2.CenterSettleBatchResponse, _abc.Awaitable[_center_pb2.CenterSettleBatchResponse]]:
+        """Several settles of one front-end node for one institution in one call (the settles
+        that reach the front-end while its previous call is out). Each is settled as its own
+        SettleSummary would be and answered on its own, in order: two of one person see each
+        other. The call is refused whole, settling nothing, when an item's header is not the
+        batch's (institution, node, instance) or when it carries more than 256 items.
+        """
 
     @_abc_1.abstractmethod
     def CancelSettlement(

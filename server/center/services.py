@@ -123,9 +123,32 @@ class CenterService:
         self.PolicySince = increments.PolicySince
 
     async def SettleSummary(self, request: center_pb2.CenterSettleRequest, context: Ctx) -> bytes:
+        return await self._summary(request, now_ms())
+
+    async def SettleSummaries(self, request: center_pb2.CenterSettleBatch, context: Ctx) -> Any:
+        """Each item as its own SettleSummary, started in order so they share a batch
+        (summaries.SummaryGroup); a refusal is that item's outcome."""
+        center.check_settle_batch(request)
+        now = now_ms()
+        outcomes = await asyncio.gather(*(self._outcome(call, now) for call in request.calls))
+        return center_pb2.CenterSettleBatchResponse(outcomes=outcomes)
+
+    async def _outcome(
+        self, call: center_pb2.CenterSettleRequest, now: int
+    ) -> center_pb2.CenterSettleOutcome:
+        try:
+            if call.pre_settle:
+                raise field_error("pre_settle", "SettleSummaries settles; pre-settle one by one")
+            answer = await self._summary(call, now)
+        except ClientError as exc:
+            return center_pb2.CenterSettleOutcome(code=exc.code.value[0], message=exc.message)
+        out = center_pb2.CenterSettleOutcome()
+        out.answer.MergeFromString(answer)
+        return out
+
+    async def _summary(self, request: center_pb2.CenterSettleRequest, now: int) -> bytes:
         center.check_settle_request(request, self.env.max_visit_fee_fen)
         digest = payload_hash("SettleSummary", request)
-        now = now_ms()
         if request.pre_settle:
             return await self.store.read(
                 lambda conn: center.settle_summary(conn, self.env, request, digest, now)

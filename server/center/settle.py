@@ -23,7 +23,7 @@ from server.center import bindings
 from server.center.store.pg import Conn, lock_accumulators, write_accumulators
 from server.codes import MED_TYPES, treatment_of, valid_date
 from server.common import Outcome, id_prefix, local_date, out_of_order
-from server.config import Config
+from server.config import MAX_SETTLES_PER_CALL, Config
 from server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -108,6 +108,32 @@ def check_node_header(header: center_pb2.NodeHeader, *, needs_msgid: bool = True
     v.require(len(header.msgid) <= 64, "header.msgid", "at most 64 characters")
     if needs_msgid:
         v.require(bool(header.msgid), "header.msgid", "is required")
+    v.raise_if_any()
+
+
+def check_settle_batch(batch: center_pb2.CenterSettleBatch) -> None:
+    """The checks of a SettleSummaries call as a whole (a failure refuses every item): its
+    header names the node and institution, and every item's header is that header's, so
+    what the door checked of the call's header (the client certificate's institution, the
+    node's binding) holds for each item; at most MAX_SETTLES_PER_CALL items."""
+    check_node_header(batch.header, needs_msgid=False)
+    if not batch.calls:
+        raise field_error("calls", "a batch needs at least one settle")
+    if len(batch.calls) > MAX_SETTLES_PER_CALL:
+        raise field_error(
+            "calls", f"{len(batch.calls)} settles, more than {MAX_SETTLES_PER_CALL} in one call"
+        )
+    h = batch.header
+    v = Violations()
+    for i, call in enumerate(batch.calls):
+        for name in ("fixmedins_code", "node_id", "instance_id"):
+            v.require(
+                getattr(call.header, name) == getattr(h, name),
+                f"calls[{i}].header.{name}",
+                f"differs from the batch's header.{name}",
+            )
+        if len(v.items) >= 20:
+            break
     v.raise_if_any()
 
 

@@ -90,6 +90,7 @@ async def assemble(
         tls.channel_credentials() if tls and tls.ca else None,
         # Every worker names this machine to the center (server/nodes.py).
         instance_id=node_instance(cfg.db) if cfg.center_target or cfg.centers else "",
+        batch=cfg.center_batch,
     )
     if not routes:
         routes = None

@@ -5,10 +5,18 @@ not answer in time is UNAVAILABLE to the HIS; nothing is committed locally then.
 Every request's NodeHeader carries this front-end's instance id (server/nodes.py). A
 center that answers that this node id belongs to another machine stops the front-end
 (`background.stop_serving`): whatever call learns it, nothing more is settled under ids
-another machine issues too."""
+another machine issues too.
+
+Settles go to the center in batches (`batch` > 1, the setting `center_batch`): the settles
+of one institution that reach the link while its previous call is out travel together in
+one `SettleSummaries` call, each answered on its own as `SettleSummary` would answer it. A
+call that fails as a whole (no answer, a refusal of the batch) fails each of its settles
+the same way, as a lost `SettleSummary` would. A center that predates `SettleSummaries`
+answers it UNIMPLEMENTED: `center_batch = 1` sends it one `SettleSummary` a settle."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -21,6 +29,9 @@ from server.errors import FailedPrecondition, Relayed, Unavailable
 from server.nodes import CLASH
 
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+# A settle waiting for its batch's answer: the request, and where its answer goes.
+Waiting = tuple[center_pb2.CenterSettleRequest, "asyncio.Future[center_pb2.CenterSettleResponse]"]
 
 
 def center_setl_id(node_id: str, fixmedins_code: str, msgid: str) -> str:
@@ -32,15 +43,22 @@ def center_setl_id(node_id: str, fixmedins_code: str, msgid: str) -> str:
 
 class CenterLink:
     def __init__(
-        self, target: str, deadline_s: float, credentials: grpc.ChannelCredentials | None = None
+        self,
+        target: str,
+        deadline_s: float,
+        credentials: grpc.ChannelCredentials | None = None,
+        batch: int = 1,
     ) -> None:
         self.target = target
         self.deadline_s = deadline_s
         self.credentials = credentials  # mutual TLS when set
+        self.batch = batch  # settles in one SettleSummaries call at most; 1: SettleSummary
         self.instance_id = ""  # this front-end's (CenterRoutes.use_instance)
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None  # the generated stub's types describe the sync channel
         self._up = metrics.CENTER_LINK_UP.labels(target)
+        self._waiting: dict[tuple[str, str], list[Waiting]] = {}  # by (institution, node)
+        self._senders: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def _center(self) -> Any:
         if self._stub is None:  # created on the serving loop, on first use
@@ -61,6 +79,76 @@ class CenterLink:
 
     async def settle(self, req: center_pb2.CenterSettleRequest) -> center_pb2.CenterSettleResponse:
         req.header.instance_id = self.instance_id
+        if self.batch > 1 and not req.pre_settle:
+            return await self._batched(req)
+        return await self._settle_one(req)
+
+    async def _batched(
+        self, req: center_pb2.CenterSettleRequest
+    ) -> center_pb2.CenterSettleResponse:
+        """`req` in the next SettleSummaries call of its institution and node."""
+        key = (req.header.fixmedins_code, req.header.node_id)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[center_pb2.CenterSettleResponse] = loop.create_future()
+        self._waiting.setdefault(key, []).append((req, done))
+        if key not in self._senders:
+            self._senders[key] = loop.create_task(self._send(key))
+        return await done
+
+    async def _send(self, key: tuple[str, str]) -> None:
+        """Calls for `key` one after another while settles wait. A settle whose caller gave
+        up meanwhile is sent all the same: the caller has left its undo (center_mode.py)."""
+        try:
+            while waiting := self._waiting.get(key):
+                batch, self._waiting[key] = waiting[: self.batch], waiting[self.batch :]
+                await self._send_batch(batch)
+        finally:
+            del self._senders[key]
+            if not self._waiting.get(key):
+                self._waiting.pop(key, None)
+
+    async def _send_batch(self, batch: list[Waiting]) -> None:
+        first = batch[0][0].header
+        call = center_pb2.CenterSettleBatch(
+            header=center_pb2.NodeHeader(
+                node_id=first.node_id,
+                fixmedins_code=first.fixmedins_code,
+                instance_id=first.instance_id,
+            ),
+            calls=[req for req, _ in batch],
+        )
+        metrics.CENTER_LINK_BATCH.observe(len(batch))
+        try:
+            resp: center_pb2.CenterSettleBatchResponse = await self._center().SettleSummaries(
+                call, timeout=self.deadline_s, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as err:
+            for _, done in batch:
+                _settle_future(done, error=self._refusal(err))
+            return
+        except BaseException as exc:  # this task cancelled (the server stopping), or a fault
+            for _, done in batch:
+                _settle_future(done, error=exc)
+            raise
+        self._up.set(1)
+        if len(resp.outcomes) != len(batch):  # not an answer to this call: as if none came
+            lost = Unavailable(
+                f"the center ({self.target}) answered {len(resp.outcomes)} settles of"
+                f" {len(batch)}; retry with the same msgid"
+            )
+            for _, done in batch:
+                _settle_future(done, error=lost)
+            return
+        for (_, done), out in zip(batch, resp.outcomes, strict=True):
+            if out.code == 0:
+                _settle_future(done, answer=out.answer)
+            else:
+                code = _CODES.get(out.code, grpc.StatusCode.UNKNOWN)
+                _settle_future(done, error=self._status_error(code, out.message))
+
+    async def _settle_one(
+        self, req: center_pb2.CenterSettleRequest
+    ) -> center_pb2.CenterSettleResponse:
         try:
             resp: center_pb2.CenterSettleResponse = await self._center().SettleSummary(
                 req, timeout=self.deadline_s, wait_for_ready=True
@@ -117,23 +205,40 @@ class CenterLink:
             raise self._refusal(err) from None
 
     def _refusal(self, err: grpc.aio.AioRpcError) -> Exception:
-        if err.code() in UNREACHABLE:
+        return self._status_error(err.code(), err.details() or "")
+
+    def _status_error(self, code: grpc.StatusCode, details: str) -> Exception:
+        """The front-end's own error for the center's status `code` with `details`."""
+        if code in UNREACHABLE:
             self._up.set(0)
             return Unavailable(
                 f"the center ({self.target}) did not answer within {self.deadline_s} s;"
                 " nothing was settled: retry with the same msgid"
             )
-        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and (err.details() or "").startswith(
-            CLASH
-        ):
-            background.stop_serving(
-                f"the center ({self.target}) refused this front-end: {err.details()}"
-            )
-        return Relayed(err.code(), f"center: {err.details()}")
+        if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith(CLASH):
+            background.stop_serving(f"the center ({self.target}) refused this front-end: {details}")
+        return Relayed(code, f"center: {details}")
 
     async def close(self) -> None:
+        for task in list(self._senders.values()):
+            task.cancel()
         if self._channel is not None:
             await self._channel.close()
+
+
+def _settle_future(
+    done: asyncio.Future[center_pb2.CenterSettleResponse],
+    *,
+    answer: center_pb2.CenterSettleResponse | None = None,
+    error: BaseException | None = None,
+) -> None:
+    """Hand a settle its outcome, unless its caller has gone."""
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    elif answer is not None:
+        done.set_result(answer)
 
 
 class CenterRoutes:
@@ -147,9 +252,10 @@ class CenterRoutes:
         deadline_s: float,
         credentials: grpc.ChannelCredentials | None = None,
         instance_id: str = "",
+        batch: int = 1,
     ) -> None:
         self.links = {
-            target: CenterLink(target, deadline_s, credentials)
+            target: CenterLink(target, deadline_s, credentials, batch)
             for target in {default, *by_region.values()}
             if target
         }

@@ -91,7 +91,14 @@ CENTER_RULES: dict[str, frozenset[str]] = {
         "Center",
         {
             m: {CENTER_SERVICE}
-            for m in ("SettleSummary", "CancelSettlement", "Forward", "CatalogSince", "PolicySince")
+            for m in (
+                "SettleSummary",
+                "SettleSummaries",
+                "CancelSettlement",
+                "Forward",
+                "CatalogSince",
+                "PolicySince",
+            )
         },
     ),
     **_rules("Reconciliation", {"Totals": {CENTER_SERVICE}, "Details": {CENTER_SERVICE}}),

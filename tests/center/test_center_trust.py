@@ -23,6 +23,8 @@ from server.demo.localserver import LocalServer
 from server.frontend.store.sqlite import Store
 from server.nodes import instance_file
 from server.security import certs
+from tests.center.test_center import in_scope as summary_in_scope
+from tests.center.test_center import request as summary_request
 from tests.frontend.test_forwarding import center_set, front_set, pending_all, unsent, wait_for
 from tests.harness import CIVIL, EMPLOYEE, INST_A, INST_B, RETIRED, admit, client, total
 from tests.pg import center_server
@@ -285,3 +287,58 @@ def test_forged_forwards_are_rejected_and_change_nothing(
             "SELECT balc, opening_balc FROM persons WHERE psn_no = %s", (RETIRED.psn_no,)
         ).fetchone()
     assert balc == (RETIRED.balc - account.setlinfo.acct_pay, RETIRED.balc)
+
+
+# ------------------------------------------------------------------------ settle batches
+def settle_batch(
+    center: LocalServer, pki: Path, cert_of: str, header_of: str, *calls: Any
+) -> list[tuple[int, str]]:
+    """One SettleSummaries call as `cert_of`'s front-end machine, its header naming
+    `header_of`, node 01; each item's (code, message)."""
+    creds = files(pki, f"frontend-{cert_of}").channel_credentials()
+    with grpc.secure_channel(center.target, creds) as ch:
+        resp = center_pb2_grpc.CenterStub(ch).SettleSummaries(
+            center_pb2.CenterSettleBatch(
+                header=center_pb2.NodeHeader(node_id="01", fixmedins_code=header_of),
+                calls=calls,
+            ),
+            timeout=30,
+        )
+    return [(o.code, o.message) for o in resp.outcomes]
+
+
+def test_a_settle_batch_speaks_for_its_certificate_alone(
+    tls_center: LocalServer, pg_dsn: str, pki: Path
+) -> None:
+    """A SettleSummaries call is refused whole, settling nothing, when its header is not the
+    certificate's institution, when an item's header is not the call's, or when it carries
+    too many items; a pre-settle in it is refused alone."""
+    mine = summary_request(RETIRED, summary_in_scope(40_000), inst=INST_A)
+    theirs = summary_request(CIVIL, summary_in_scope(40_000), inst=INST_B)
+    other_node = summary_request(EMPLOYEE, summary_in_scope(40_000), inst=INST_A, node="02")
+    before = center_rows(pg_dsn)
+    refused = {
+        "an item of another institution": (INST_A, [mine, theirs], "calls[1].header.fixm"),
+        "an item of another node": (INST_A, [mine, other_node], "calls[1].header.node_id"),
+        "a header of another institution": (INST_B, [theirs], "is not the institution"),
+        "too many items": (INST_A, [mine] * 257, "more than 256"),
+        "no items": (INST_A, [], "calls: a batch needs"),
+    }
+    for name, (header_of, calls, says) in refused.items():
+        with pytest.raises(grpc.RpcError) as err:
+            settle_batch(tls_center, pki, INST_A, header_of, *calls)
+        want = (
+            grpc.StatusCode.PERMISSION_DENIED
+            if header_of != INST_A
+            else grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert (err.value.code(), says in (err.value.details() or "")) == (want, True), name
+    assert center_rows(pg_dsn) == before
+    pre = summary_request(EMPLOYEE, summary_in_scope(40_000), inst=INST_A)
+    pre.pre_settle = True
+    got = settle_batch(tls_center, pki, INST_A, INST_A, mine, pre)
+    assert got[0] == (0, "")
+    assert got[1][0] == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "pre_settle" in got[1][1]
+    with psycopg.connect(pg_dsn) as conn:
+        held = conn.execute("SELECT setl_id FROM settlements").fetchall()
+    assert held == [(mine.setl_id,)]

@@ -6,8 +6,11 @@ makes the settle UNAVAILABLE with nothing written (the retry then settles exactl
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -15,9 +18,12 @@ import psycopg
 import pytest
 
 from clients.sdk import MedsettleError
-from medsettle.v1 import common_pb2
-from server.demo.localserver import LocalServer
+from medsettle.v1 import common_pb2, settlement_pb2
+from server.demo.localserver import LocalServer, free_port
+from tests.frontend.test_metrics import scrape, value
 from tests.harness import (
+    CIVIL,
+    EMPLOYEE,
     INST_A,
     RETIRED,
     SECOND_STAY,
@@ -89,6 +95,14 @@ def test_center_mode_answers_like_local_mode(
     )
     assert acc == [(2,)]
     assert snapshot(front.db)["outbox"] == []
+
+
+def sqlite_rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
 
 
 def test_retry_and_cancel_go_through_the_center(front: LocalServer, pg_dsn: str) -> None:
@@ -283,3 +297,49 @@ def test_policy_and_catalog_versions_are_pulled_from_the_center(
         assert info.overlmt_amt > before.overlmt_amt  # the lowered price caps are in force
     finally:
         front.stop()
+
+
+def test_settles_at_once_travel_to_the_center_together(
+    center: LocalServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    """Center-mode settles reaching the front-end together go to the center in shared
+    SettleSummaries calls (center_link.py); each HIS call still gets its own answer, a retry
+    sent beside its first try the same bytes, and each visit is settled once on each side,
+    to the same fen."""
+    mport = free_port()
+    front = LocalServer(
+        tmp_path / "together.db",
+        extra=["--mode", "center", "--center-target", center.target, "--metrics-port", str(mport)],
+        env={"MEDSETTLE_CENTER_DEADLINE_S": "20"},
+        log=tmp_path / "together.log",
+    ).start()
+    try:
+        c = client(front)
+        calls = []
+        for i, psn in enumerate([RETIRED, EMPLOYEE, CIVIL] * 6):
+            mdtrt_id, ls = admit(c, psn, n_lines=8, seed=300 + i, med_type=11)
+            calls.append((psn.psn_no, mdtrt_id, total(ls), f"CM-TOGETHER-{i}"))
+        calls += calls[:3]  # retries, sent with their first tries
+        gate = threading.Barrier(len(calls))
+
+        def go(call: tuple[str, str, int, str]) -> bytes:
+            psn_no, mdtrt_id, fee, msgid = call
+            gate.wait()
+            resp = c.settle(mdtrt_id, psn_no, medfee_sumamt=fee, acct_used=True, msgid=msgid)
+            return resp.SerializeToString()
+
+        with ThreadPoolExecutor(len(calls)) as pool:
+            answers = list(pool.map(go, calls))
+        sent = scrape(mport)
+    finally:
+        front.stop()
+    assert answers[-3:] == answers[:3]
+    infos = [settlement_pb2.SettleResponse.FromString(a).setlinfo for a in answers[:-3]]
+    assert all(i.state == common_pb2.SETTLED and i.mode == common_pb2.CENTER for i in infos)
+    calls_made = value(sent, "medsettle_center_link_batch_settles_count")
+    settles_sent = value(sent, "medsettle_center_link_batch_settles_sum")
+    assert settles_sent >= len(calls) and calls_made < settles_sent  # some travelled together
+    at_center = center_rows(pg_dsn, "SELECT setl_id, fund_pay_sumamt, acct_pay FROM settlements")
+    assert sorted(at_center) == sorted((i.setl_id, i.fund_pay_sumamt, i.acct_pay) for i in infos)
+    here = sqlite_rows(tmp_path / "together.db", "SELECT setl_id, fund_pay_sumamt FROM settlements")
+    assert sorted(here) == sorted((i.setl_id, i.fund_pay_sumamt) for i in infos)
