@@ -108,32 +108,6 @@ class SettlementColumns(TypedDict):
     cvlserv_paid: NotRequired[_I64]
     maf_paid: NotRequired[_I64]
 
-class SettlementRow(TypedDict):
-    """`Ledger.record_settlement`: a settlement's row of the front-end's `settlements`."""
-
-    id: int | None  # the row id a local settle issued setl_id from; None: the next one
-    setl_id: str
-    fixmedins_code: str
-    mdtrt_id: str
-    visit_id: int
-    psn_no: str
-    insutype: int
-    clr_type: int
-    msgid: str
-    invono: str
-    setl_time: int  # ms since the epoch
-    setl_date: int  # yyyymmdd, local
-    mode: int  # SettlementMode
-    offline: bool
-    medfee_sumamt: int
-    fund_pay_sumamt: int
-    acct_pay: int
-    psn_cash_pay: int
-    acc_year: int
-    acc_pool: str
-    info: bytes  # the sealed SetlInfo
-    line_results: bytes
-
 class EngineError(ValueError): ...
 
 class ColumnError(EngineError):
@@ -211,24 +185,27 @@ class Ledger:
     def close(self) -> None: ...
     def fee_lines(self, visit_id: int) -> tuple[FeeLines, list[str], bytes]: ...
     def accumulators(self, psn_no: str, year: int, pool: str) -> Accumulators | None: ...
-    def record_settlement(
-        self,
-        row: SettlementRow,
-        legs: list[tuple[str, int, int]],
-        before: Accumulators,
-        after: Accumulators,
-        forward: bool,
-    ) -> None: ...
     def settle_batch(
         self,
         node: LedgerNode,
         calls: list[
-            tuple[bytes, bytes, int, LedgerCaller, Policy, Catalog, tuple[int, int] | None]
+            tuple[
+                bytes,
+                bytes,
+                int,
+                LedgerCaller,
+                Policy,
+                Catalog,
+                tuple[int, int] | None,
+                tuple[bytes, int, str, bytes, bytes] | None,
+            ]
         ],
         commit: bool = False,
     ) -> list[tuple[bytes, bool, str, tuple[int, int] | None] | BaseException]:
         """The Settles of a batch, each whole in its savepoint, the GIL released: per call
-        (request, req_hash, now, caller, policy, catalog, offline limits) its (answer,
+        (request, req_hash, now, caller, policy, catalog, offline limits, and for center
+        mode's keep (the center's CenterSettleResponse, accumulator year, pool, line
+        results, lines' digest)) its (answer,
         replayed, setl_id, engine nanoseconds (preprocess, split) or None for a replay), or
         the exception it raised as a value (Refused for a refusal); a store failure raises.
         `commit`: COMMIT the transaction in the same GIL-free run."""

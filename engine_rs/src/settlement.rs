@@ -4,7 +4,7 @@
 //! differently. Pure: plain data in, a message out.
 
 use crate::policy::Policy;
-use crate::split::{FundLeg, SplitInput, SplitResult};
+use crate::split::{Accumulators, FundLeg, SplitInput, SplitResult};
 use crate::wire;
 
 /// `SettlementState.SETTLED`, `SettlementMode.LOCAL` (common.proto).
@@ -27,6 +27,21 @@ pub const FUND_NAMES: [(&str, &str); 13] = [
     ("999996", "医院垫付"),
     ("999997", "其他基金"),
 ];
+
+/// The values of a wire `Accumulator`, in `Accumulators::FIELDS` order (its year and pool
+/// aside).
+pub fn accumulator_values(a: &wire::Accumulator) -> [i64; Accumulators::LEN] {
+    [
+        a.inpatient_count,
+        a.dedc_paid,
+        a.hifp_paid,
+        a.hifp_base,
+        a.critical_base,
+        a.critical_paid,
+        a.cvlserv_paid,
+        a.maf_paid,
+    ]
+}
 
 pub fn fund_name(fund: &str) -> &'static str {
     FUND_NAMES

@@ -43,7 +43,6 @@ from server.frontend.center_link import CenterRoutes, center_setl_id
 from server.frontend.forwarder import cancelled_already, undo_row
 from server.frontend.settle import Computed, OfflineLimits
 from server.frontend.store.sqlite import Store, StoreUnavailable
-from server.persons import ACC_FIELDS
 
 SETTLE = "/medsettle.v1.Settlement/Settle"
 PRE_SETTLE = "/medsettle.v1.Settlement/PreSettle"
@@ -226,28 +225,21 @@ class CenterMode:
         answer: center_pb2.CenterSettleResponse,
         outcome: Outcome,
     ) -> bytes:
-        """Keep the settlement the center committed, with the idempotency record."""
+        """Keep the settlement the center committed, with the idempotency record (in the
+        ledger, in the store's next batch: settle.keep_call)."""
         header = req.header
         env = self.env
-        after = {f: getattr(answer.accumulators, f) for f in ACC_FIELDS}
-
-        def keep(conn: sqlite3.Connection) -> bytes:
-            caller = authenticate(conn, env, header, now, SETTLE)
-            return idempotent(
-                conn,
-                header.fixmedins_code,
-                header.msgid,
-                "Settle",
-                digest,
-                now,
-                lambda: settle.record_center_settlement(
-                    conn, env, caller, req, got, answer.setlinfo, after, now
-                ),
-                outcome,
-                Trail.of(env, SETTLE, caller, req),
-            )
-
-        return await self.store.write(keep)
+        call = settle.keep_call(
+            env,
+            lambda conn: authenticate(conn, env, header, now, SETTLE),
+            req,
+            digest,
+            now,
+            SETTLE,
+            got,
+            answer,
+        )
+        return await settle.settle(self.store, call, outcome)
 
     async def _settle_offline(
         self,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import engine_rs
-from medsettle.v1 import common_pb2, settlement_pb2
+from medsettle.v1 import center_pb2, common_pb2, settlement_pb2
 from server import metrics
 from server.common import (
     Caller,
@@ -49,14 +49,15 @@ class OfflineLimits:
     max_per_day: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Computed:
+    """A visit's computation for center mode: what goes to the center and what the keep
+    needs when the center answers (`keep_call`)."""
+
     visit: VisitRow
     info: common_pb2.SetlInfo
     acc_year: int
     acc_pool: str
-    acc_before: dict[str, int]
-    acc_after: dict[str, int]
     line_results: bytes  # store.line_results layout
     insured_region: str  # which center settles it in center mode
     lines_digest: bytes  # the lines computed from (center mode: unchanged when kept?)
@@ -79,10 +80,10 @@ def compute(
     req: settlement_pb2.SettleRequest,
 ) -> Computed:
     """Preprocess and split a visit's fees (in the ledger); changes nothing. Center mode
-    sends the result to the center and keeps the center's answer (`record_center_settlement`)."""
+    sends the result to the center and keeps the center's answer (`keep_call`)."""
     ledger, policy, catalog = _in_ledger(conn, caller)
     try:
-        visit, info, year, pool, before, after, blob, region, digest, took = ledger.compute(
+        visit, info, year, pool, _, _, blob, region, digest, took = ledger.compute(
             env.ledger_node,
             req.SerializeToString(),
             caller.for_ledger(""),
@@ -97,8 +98,6 @@ def compute(
         common_pb2.SetlInfo.FromString(info),
         year,
         pool,
-        before.to_dict(),
-        after.to_dict(),
         blob,
         region,
         digest,
@@ -165,7 +164,49 @@ def settle_call(
     def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
         caller = header_of(conn)
         _, policy, catalog = _in_ledger(conn, caller)
-        return (data, req_hash, now, caller.for_ledger(rpc), policy, catalog, limits)
+        return (data, req_hash, now, caller.for_ledger(rpc), policy, catalog, limits, None)
+
+    return LedgerCall(env.ledger_node, prepare)
+
+
+def keep_call(
+    env: Env,
+    header_of: Callable[[sqlite3.Connection], Caller],
+    req: settlement_pb2.SettleRequest,
+    req_hash: bytes,
+    now: int,
+    rpc: str,
+    computed: Computed,
+    answer: center_pb2.CenterSettleResponse,
+) -> LedgerCall:
+    """Center mode's last step as the ledger runs it whole (engine_rs/src/ledger/keep.rs),
+    in the store's next batch: the msgid's stored answer replayed, or the settlement the
+    center committed kept here, refused when the visit or its lines changed since they were
+    sent or its undo is due; the center's accumulators become this front-end's cache, the
+    answer is stored with the msgid, and either is audited. The outcome is `settled`'s
+    input. (The center has committed: stale reference data does not refuse the keep.)"""
+    data = req.SerializeToString()
+    kept = (
+        answer.SerializeToString(),
+        computed.acc_year,
+        computed.acc_pool,
+        computed.line_results,
+        computed.lines_digest,
+    )
+
+    def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
+        caller = header_of(conn)
+        catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
+        return (
+            data,
+            req_hash,
+            now,
+            caller.for_ledger(rpc),
+            caller.snap.policy,
+            catalog,
+            None,
+            kept,
+        )
 
     return LedgerCall(env.ledger_node, prepare)
 
@@ -183,102 +224,6 @@ async def settle(store: Store, call: LedgerCall, outcome: Outcome) -> bytes:
         metrics.REPLAYS.labels("Settle").inc()
         outcome.replayed = True
     return answer
-
-
-def record_center_settlement(
-    conn: sqlite3.Connection,
-    env: Env,
-    caller: Caller,
-    req: settlement_pb2.SettleRequest,
-    prepared: Computed,
-    info: common_pb2.SetlInfo,
-    acc_after: dict[str, int],
-    now: int,
-) -> tuple[bytes, str]:
-    """Center mode: keep the settlement the center committed, with its accumulators as this
-    front-end's cache. Refused when the visit or its lines changed since they were sent."""
-    visit = load_visit(conn, caller, req.mdtrt_id)
-    if visit.state != "registered":
-        raise FailedPrecondition(
-            f"mdtrt_id: {visit.mdtrt_id} is {visit.state} here; the center's settlement"
-            f" {info.setl_id} is cancelled there"
-        )
-    if ledger_of(conn).fee_lines(visit.id)[2] != prepared.lines_digest:
-        raise FailedPrecondition(
-            f"mdtrt_id: the fee lines changed while the center settled {info.setl_id};"
-            " it is cancelled there: settle again"
-        )
-    # The cancel left for a lost answer (CenterMode): before it is due, this retry keeps
-    # the settlement and the cancel is void; once due, the forwarder may be sending it, so
-    # the settlement is not kept here (and is cancelled there).
-    undo = conn.execute(
-        "SELECT created_at, sent_at FROM outbox WHERE kind = 'undo' AND ref = ?"
-        " ORDER BY id DESC LIMIT 1",
-        (info.setl_id,),
-    ).fetchone()
-    if undo is not None and (undo[1] is not None or undo[0] <= now):
-        raise FailedPrecondition(
-            f"header.msgid: the answer to this settle was lost and its settlement"
-            f" {info.setl_id} is cancelled at the center since; settle again with a new msgid"
-        )
-    conn.execute("DELETE FROM outbox WHERE kind = 'undo' AND ref = ?", (info.setl_id,))
-    before = current_accumulators(conn, visit.psn_no, prepared.acc_year, prepared.acc_pool)
-    prepared.acc_before = before
-    return record(conn, env, prepared, info, acc_after, req, now, rowid=None, forward=False)
-
-
-def record(
-    conn: sqlite3.Connection,
-    env: Env,
-    c: Computed,
-    info: common_pb2.SetlInfo,
-    acc_after: dict[str, int],
-    req: settlement_pb2.SettleRequest,
-    now: int,
-    *,
-    rowid: int | None,
-    forward: bool,
-) -> tuple[bytes, str]:
-    """Commit a settlement: its row, legs, line results, the accumulators and account
-    balance it moved, the visit's state and (local mode) the outbox row for the center."""
-    setl_id = info.setl_id
-    info.msgid = req.header.msgid
-    info.state = common_pb2.SETTLED
-    blob = env.pii.seal_setlinfo(setl_id, info.SerializeToString())  # names a person
-    row: engine_rs.SettlementRow = {
-        "id": rowid,
-        "setl_id": setl_id,
-        "fixmedins_code": info.fixmedins_code,
-        "mdtrt_id": c.visit.mdtrt_id,
-        "visit_id": c.visit.id,
-        "psn_no": c.visit.psn_no,
-        "insutype": info.insutype,
-        "clr_type": info.clr_type,
-        "msgid": req.header.msgid,
-        "invono": req.invono,
-        "setl_time": now,
-        "setl_date": local_date(now, env.tz_offset_min),
-        "mode": info.mode,
-        "offline": info.offline,
-        "medfee_sumamt": info.medfee_sumamt,
-        "fund_pay_sumamt": info.fund_pay_sumamt,
-        "acct_pay": info.acct_pay,
-        "psn_cash_pay": info.psn_cash_pay,
-        "acc_year": c.acc_year,
-        "acc_pool": c.acc_pool,
-        "info": blob,
-        "line_results": c.line_results,
-    }
-    # The writes run in Rust on this connection (the ledger), in this operation's savepoint;
-    # the forwarder reads the settlement itself (`settlements.info`) for the outbox row.
-    ledger_of(conn).record_settlement(
-        row,
-        [(g.fund_pay_type, g.inscp_scp_amt, g.fund_payamt) for g in info.setldetail],
-        engine_rs.Accumulators(**c.acc_before),
-        engine_rs.Accumulators(**acc_after),
-        forward,
-    )
-    return settlement_pb2.SettleResponse(setlinfo=info).SerializeToString(), setl_id
 
 
 # ---------------------------------------------------------------------------- cancel

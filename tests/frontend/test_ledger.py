@@ -146,51 +146,6 @@ def test_one_copy_of_sqlite_in_the_process(conn: Connection) -> None:
     assert lib.sqlite3_libversion().decode() == sqlite3.sqlite_version
 
 
-def test_a_recorded_settlement_rolls_back_with_its_transaction(conn: Connection) -> None:
-    row: engine_rs.SettlementRow = {
-        "id": None,
-        "setl_id": "S1",
-        "fixmedins_code": "H1",
-        "mdtrt_id": "M1",
-        "visit_id": 1,
-        "psn_no": "P1",
-        "insutype": 310,
-        "clr_type": 11,
-        "msgid": "m",
-        "invono": "",
-        "setl_time": 1,
-        "setl_date": 20260615,
-        "mode": 1,
-        "offline": False,
-        "medfee_sumamt": 100,
-        "fund_pay_sumamt": 60,
-        "acct_pay": 0,
-        "psn_cash_pay": 40,
-        "acc_year": 2026,
-        "acc_pool": "emp",
-        "info": b"sealed",
-        "line_results": b"",
-    }
-    after = engine_rs.Accumulators(hifp_paid=60)
-    conn.execute("BEGIN")
-    conn.ledger.record_settlement(row, [("310100", 100, 60)], engine_rs.Accumulators(), after, True)
-    assert conn.ledger.accumulators("P1", 2026, "emp") == after
-    (delta,) = conn.execute("SELECT acc_delta FROM settlements WHERE setl_id = 'S1'").fetchone()
-    assert '"hifp_paid":60' in delta
-    conn.execute("ROLLBACK")
-    assert conn.ledger.accumulators("P1", 2026, "emp") is None
-    assert conn.execute("SELECT COUNT(*) FROM settlements").fetchone() == (0,)
-    assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
-    with pytest.raises(engine_rs.ColumnError, match="setl_id"):
-        conn.ledger.record_settlement(
-            {**row, "setl_id": 5},  # type: ignore[typeddict-item]
-            [],
-            engine_rs.Accumulators(),
-            after,
-            False,
-        )
-
-
 @settings(max_examples=40, deadline=None)
 @given(
     picks=st.lists(
@@ -316,15 +271,18 @@ def test_a_batch_goes_on_past_a_request_that_does_not_decode(conn: Connection) -
     out = conn.ledger.settle_batch(
         node,
         [
-            (b"\xff\xff\xff", b"h1", 1, caller, FLAT_POLICY, catalog, None),
-            (unknown, b"h2", 1, caller, FLAT_POLICY, catalog, None),
+            (b"\xff\xff\xff", b"h1", 1, caller, FLAT_POLICY, catalog, None, None),
+            (unknown, b"h2", 1, caller, FLAT_POLICY, catalog, None, None),
+            (unknown, b"h3", 1, caller, FLAT_POLICY, catalog, None, (b"", 2026, "emp", b"", b"")),
         ],
     )
     conn.execute("ROLLBACK")
-    assert len(out) == 2
-    bad, missing = out
+    assert len(out) == 3
+    bad, missing, not_kept = out
     assert isinstance(bad, engine_rs.Refused) and bad.code == "INVALID_ARGUMENT"
     assert bad.field == "request" and bad.reason is not None
     assert bad.reason.startswith("malformed request message")
     assert isinstance(missing, engine_rs.Refused) and missing.code == "NOT_FOUND"
     assert missing.message == "mdtrt_id: no visit M-none at this institution"
+    # center mode's keep of the same visit: the same refusal
+    assert isinstance(not_kept, engine_rs.Refused) and not_kept.message == missing.message

@@ -19,7 +19,7 @@ use super::view::{Batch, Difference, Key, NewSettlement, Values, View, Writes, L
 use crate::ledger::settle::local_date;
 use crate::ledger::vault::{Vault, VaultError};
 use crate::policy::{Policy, Selection};
-use crate::settlement::{self as slip, Parties, LOCAL, SETTLED};
+use crate::settlement::{self as slip, accumulator_values, Parties, LOCAL, SETTLED};
 use crate::split::{self as sp, Accumulators, Person, SplitInput, Trace};
 use crate::wire;
 
@@ -84,18 +84,6 @@ fn millis(t: Option<&prost_types::Timestamp>) -> Option<i64> {
         .checked_add(i64::from(t.nanos).div_euclid(1_000_000))
 }
 
-fn values_of(a: &wire::Accumulator) -> Values {
-    [
-        a.inpatient_count,
-        a.dedc_paid,
-        a.hifp_paid,
-        a.hifp_base,
-        a.critical_base,
-        a.critical_paid,
-        a.cvlserv_paid,
-        a.maf_paid,
-    ]
-}
 
 /// The plan of a request: what its items name.
 pub fn plan(req: &wire::ForwardRequest) -> Plan {
@@ -327,9 +315,9 @@ fn require_sane(
     if (before.year, &before.pool) != (after.year, &after.pool) {
         bad.push("accumulators before and after are of another year or pool".into());
     }
-    if values_of(before)
+    if accumulator_values(before)
         .iter()
-        .chain(&values_of(after))
+        .chain(&accumulator_values(after))
         .any(|&v| v < 0)
     {
         bad.push("accumulators: negative values".into());
@@ -358,7 +346,7 @@ fn require_sane(
 
 /// The change of the front-end's accumulators (after - before).
 fn their_delta(before: &wire::Accumulator, after: &wire::Accumulator) -> Values {
-    let (b, a) = (values_of(before), values_of(after));
+    let (b, a) = (accumulator_values(before), accumulator_values(after));
     std::array::from_fn(|i| a[i] - b[i])
 }
 
@@ -584,7 +572,7 @@ fn split_again(
         acct_used: info.acct_pay > 0,
         acct_balance: info.balc + info.acct_pay,
     };
-    let acc = Accumulators::from_values(values_of(before));
+    let acc = Accumulators::from_values(accumulator_values(before));
     let mut trace = Trace::default();
     let mut scratch = Vec::new();
     let r = sp::split(
@@ -613,7 +601,7 @@ fn split_again(
     };
     let ours = slip::setl_info(policy, &parties, &sums, info.line_count, &r, legs);
     let after = r.acc.values();
-    let before_values = values_of(before);
+    let before_values = accumulator_values(before);
     let delta: Values = std::array::from_fn(|i| after[i] - before_values[i]);
     let mut diff = split_differences(info, &ours);
     for (i, f) in Accumulators::FIELDS.iter().enumerate() {
@@ -656,7 +644,7 @@ fn forward_settle(
     let after = item.accumulators_after.clone().unwrap_or_default();
     require_own_ids(sender, item, &info)?;
     // wrapping: the values are not known to be sane yet (a wrapped change differs anyway)
-    let (b, a) = (values_of(&before), values_of(&after));
+    let (b, a) = (accumulator_values(&before), accumulator_values(&after));
     let theirs_delta: Values = std::array::from_fn(|i| a[i].wrapping_sub(b[i]));
     if let Some(differs) = held_differences(batch, sender, &info, &before, &theirs_delta) {
         if !differs.is_empty() {
@@ -683,7 +671,7 @@ fn forward_settle(
         i64::from(before.year),
         before.pool.clone(),
     );
-    let theirs = values_of(&before);
+    let theirs = accumulator_values(&before);
     require_no_credit(batch, &key, &ours, &theirs)?;
     record(center, sender, batch, &key, &ours, delta)?;
     Ok(applied(center, batch, &key, &ours, &theirs, &delta))

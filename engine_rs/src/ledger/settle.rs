@@ -13,6 +13,7 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::journal::{self, AuditRecord};
+use super::keep::{keep, Kept};
 use super::refusal::{LedgerError, Refusal};
 use super::vault::Vault;
 use super::{accumulators, encode_line_results, fee_lines, record_settlement};
@@ -114,13 +115,13 @@ pub struct Answered {
 }
 
 /// The settle request's header (absent: empty; the server checked it before).
-fn header(req: &wire::SettleRequest) -> (&str, &str) {
+pub(super) fn header(req: &wire::SettleRequest) -> (&str, &str) {
     req.header
         .as_ref()
         .map_or(("", ""), |h| (h.msgid.as_str(), h.fixmedins_code.as_str()))
 }
 
-fn load_visit(
+pub(super) fn load_visit(
     conn: &Connection,
     vault: &Vault,
     caller: &Caller<'_>,
@@ -684,14 +685,22 @@ pub fn settle(
     })
 }
 
-/// One Settle of a batch: its request, the caller it was authenticated as, and (center
-/// mode's emergency plan) the offline limits.
+/// One Settle of a batch: its request, the caller it was authenticated as, and what it
+/// does.
 pub struct BatchCall<'a> {
     pub req: wire::SettleRequest,
     pub req_hash: Vec<u8>,
     pub now: i64,
     pub caller: Caller<'a>,
-    pub offline: Option<Offline>,
+    pub work: Work,
+}
+
+/// What a Settle of a batch does.
+pub enum Work {
+    /// Settle here: local mode, or with limits center mode's emergency plan (`settle`).
+    Settle(Option<Offline>),
+    /// Keep what the center settled: center mode (`keep::keep`).
+    Keep(Box<Kept>),
 }
 
 /// SQLite's primary result codes that mean the store itself cannot write, whatever the call
@@ -708,7 +717,7 @@ pub fn store_failure(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// The Settles of a batch in order, each in its own savepoint inside the caller's open
+/// The Settles of a batch (center mode's keeps among them) in order, each in its own savepoint inside the caller's open
 /// transaction: one refused (or failing) is rolled back alone and the rest go on, so two
 /// settles of one person in a batch see each other's accumulators exactly as two batches
 /// would. A store failure (a full disk, an I/O error), or SQLite rolling the transaction
@@ -722,15 +731,11 @@ pub fn settle_batch(
     let mut out = Vec::with_capacity(calls.len());
     for call in calls {
         conn.prepare_cached("SAVEPOINT op")?.execute([])?;
-        let done = settle(
-            conn,
-            node,
-            &call.caller,
-            &call.req,
-            &call.req_hash,
-            call.now,
-            call.offline,
-        );
+        let (req, hash, now) = (&call.req, &call.req_hash, call.now);
+        let done = match &call.work {
+            Work::Settle(offline) => settle(conn, node, &call.caller, req, hash, now, *offline),
+            Work::Keep(kept) => keep(conn, node, &call.caller, req, hash, now, kept),
+        };
         match done {
             Ok(answered) => {
                 conn.prepare_cached("RELEASE op")?.execute([])?;

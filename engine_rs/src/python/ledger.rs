@@ -26,13 +26,13 @@ use rusqlite::ffi;
 use prost::Message;
 
 use super::catalog::PyCatalog;
-use super::convert::get_col;
 use super::error::{guard, ledger_error, ledger_refused as refused};
 use super::policy::PyPolicy;
 use crate::ledger::refusal::{LedgerError, Refusal};
-use crate::ledger::settle::{self, BatchCall, Caller, Node, Offline};
+use crate::ledger::keep::Kept;
+use crate::ledger::settle::{self, BatchCall, Caller, Node, Offline, Work};
 use crate::ledger::vault::Vault;
-use crate::ledger::{self, LegRow, SettlementRow};
+use crate::ledger;
 use crate::split::Accumulators;
 use crate::wire;
 
@@ -242,38 +242,12 @@ impl PyLedger {
         })
     }
 
-    /// Records a settlement in the connection's open transaction (engine_rs/src/ledger/mod.rs,
-    /// `record_settlement`): its row, legs `(fund_pay_type, base, amount)`, the
-    /// accumulators after it, the balance, the visit's state and (`forward`) the outbox row.
-    fn record_settlement(
-        &self,
-        py: Python<'_>,
-        row: &Bound<'_, PyDict>,
-        legs: Vec<(String, i64, i64)>,
-        before: &Accumulators,
-        after: &Accumulators,
-        forward: bool,
-    ) -> PyResult<()> {
-        let (before, after) = (*before, *after);
-        let row = settlement_row(row)?;
-        let legs: Vec<LegRow> = legs
-            .into_iter()
-            .map(|(fund_pay_type, base, amount)| LegRow {
-                fund_pay_type,
-                base,
-                amount,
-            })
-            .collect();
-        self.with(py, "record_settlement", move |conn| {
-            ledger::record_settlement(conn, &row, &legs, &before, &after, forward)
-        })
-    }
-
     /// The Settles of a batch in one call, with the GIL released while they run
     /// (engine_rs/src/ledger/settle.rs `settle_batch`): each call is (the `SettleRequest`'s
     /// bytes, its request hash, now in ms, the authenticated caller (fixmedins_code,
     /// hosp_lv, admdvs, opter, roles, rpc), policy, catalog, offline limits (max_medfee_fen,
-    /// max_per_day) or None). Returns one entry per call, in order: (answer bytes,
+    /// max_per_day) or None, and for center mode's keep (the center's answer bytes,
+    /// accumulator year, pool, line results, lines' digest) or None). Returns one entry per call, in order: (answer bytes,
     /// replayed, setl_id, engine seconds (preprocess, split) or None for a replay), or the
     /// exception that call met (`Refused`, a `sqlite3` error, `EngineError`), as a value. A store failure raises (`sqlite3.OperationalError` with
     /// its `sqlite_errorcode`): the batch is lost whole and the caller rolls it back.
@@ -293,21 +267,37 @@ impl PyLedger {
         let mut batch = Vec::with_capacity(calls.len());
         // a request that does not decode is that call's refusal; the others go on
         let mut malformed = Vec::new();
-        for (k, (request, req_hash, now, caller, policy, catalog, offline)) in
+        for (k, (request, req_hash, now, caller, policy, catalog, offline, kept)) in
             calls.iter().enumerate()
         {
-            match decode::<wire::SettleRequest>(request) {
-                Ok(req) => batch.push(BatchCall {
+            let work = match kept {
+                Some((answer, acc_year, acc_pool, line_results, lines_digest)) => {
+                    decode::<wire::CenterSettleResponse>(answer).map(|answer| {
+                        Work::Keep(Box::new(Kept {
+                            answer,
+                            acc_year: *acc_year,
+                            acc_pool: acc_pool.clone(),
+                            line_results: line_results.clone(),
+                            lines_digest: lines_digest.clone(),
+                        }))
+                    })
+                }
+                None => Ok(Work::Settle(offline.map(|(max_medfee_fen, max_per_day)| {
+                    Offline {
+                        max_medfee_fen,
+                        max_per_day,
+                    }
+                }))),
+            };
+            match (decode::<wire::SettleRequest>(request), work) {
+                (Ok(req), Ok(work)) => batch.push(BatchCall {
                     req,
                     req_hash: req_hash.clone(),
                     now: *now,
                     caller: caller.caller(policy.get(), catalog.get()),
-                    offline: offline.map(|(max_medfee_fen, max_per_day)| Offline {
-                        max_medfee_fen,
-                        max_per_day,
-                    }),
+                    work,
                 }),
-                Err(e) => malformed.push((k, e)),
+                (Err(e), _) | (_, Err(e)) => malformed.push((k, e)),
             }
         }
         let node = &node.inner;
@@ -420,43 +410,8 @@ impl PyLedger {
     }
 }
 
-/// A `SettlementRow` from its dict (`engine_rs.SettlementRow` in engine_rs.pyi).
-fn settlement_row(d: &Bound<'_, PyDict>) -> PyResult<SettlementRow> {
-    fn get<'py, T: pyo3::conversion::FromPyObjectOwned<'py>>(
-        d: &Bound<'py, PyDict>,
-        key: &str,
-    ) -> PyResult<T> {
-        get_col(d, key)?
-            .extract::<T>()
-            .map_err(|e| super::convert::column_error(key, Into::<PyErr>::into(e).to_string()))
-    }
-    Ok(SettlementRow {
-        id: get(d, "id")?,
-        setl_id: get(d, "setl_id")?,
-        fixmedins_code: get(d, "fixmedins_code")?,
-        mdtrt_id: get(d, "mdtrt_id")?,
-        visit_id: get(d, "visit_id")?,
-        psn_no: get(d, "psn_no")?,
-        insutype: get(d, "insutype")?,
-        clr_type: get(d, "clr_type")?,
-        msgid: get(d, "msgid")?,
-        invono: get(d, "invono")?,
-        setl_time: get(d, "setl_time")?,
-        setl_date: get(d, "setl_date")?,
-        mode: get(d, "mode")?,
-        offline: get(d, "offline")?,
-        medfee_sumamt: get(d, "medfee_sumamt")?,
-        fund_pay_sumamt: get(d, "fund_pay_sumamt")?,
-        acct_pay: get(d, "acct_pay")?,
-        psn_cash_pay: get(d, "psn_cash_pay")?,
-        acc_year: get(d, "acc_year")?,
-        acc_pool: get(d, "acc_pool")?,
-        info: get(d, "info")?,
-        line_results: get(d, "line_results")?,
-    })
-}
-
-/// One Settle of a batch as Python hands it over: `settle`'s arguments after `node`.
+/// One Settle of a batch as Python hands it over: `settle`'s arguments after `node`, then
+/// for center mode's keep what it keeps (`KeptArgs`).
 type BatchArgs = (
     Vec<u8>,
     Vec<u8>,
@@ -465,7 +420,13 @@ type BatchArgs = (
     Py<PyPolicy>,
     Py<PyCatalog>,
     Option<(i64, i64)>,
+    Option<KeptArgs>,
 );
+
+/// Center mode's keep (engine_rs/src/ledger/keep.rs `Kept`): the center's
+/// `CenterSettleResponse` bytes, the accumulator year and pool, the line-results blob and
+/// the fee lines' digest as computed before the center was asked.
+type KeptArgs = (Vec<u8>, i64, String, Vec<u8>, Vec<u8>);
 
 /// The caller as Python hands it over: (fixmedins_code, hosp_lv, admdvs, opter, roles, rpc).
 type CallerArgs = (String, u32, String, String, String, String);

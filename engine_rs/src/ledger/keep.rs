@@ -1,0 +1,181 @@
+//! Center mode's last step at the front-end, whole, in one call on the store's connection:
+//! keep the settlement the center committed (server/frontend/center_mode.py). The msgid's
+//! stored answer is replayed, or the visit and its lines are checked unchanged since they
+//! were sent, a pending undo of this settlement is void, and the center's settlement is
+//! recorded with the center's accumulators as this front-end's cache, its answer stored
+//! with the msgid; and the audit record of either. Runs inside the writer's transaction
+//! (a batch's savepoint), like `settle::settle`, whose checks and texts these share.
+
+use prost::Message;
+use rusqlite::{params, Connection};
+
+use super::journal::{self, AuditRecord};
+use super::refusal::{LedgerError, Refusal};
+use super::settle::{header, load_visit, local_date, Answered, Caller, Node};
+use super::{accumulators, fee_lines, record_settlement, LegRow, SettlementRow};
+use crate::settlement::{accumulator_values, SETTLED};
+use crate::split::Accumulators;
+use crate::wire;
+
+/// What the front-end computed before it asked the center (`settle::compute`), and the
+/// center's answer.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub answer: wire::CenterSettleResponse,
+    pub acc_year: i64,
+    pub acc_pool: String,
+    pub line_results: Vec<u8>,
+    /// The fee lines' digest when they were computed: they must not have changed since.
+    pub lines_digest: Vec<u8>,
+}
+
+const METHOD: &str = "Settle";
+
+/// Keep the center's settlement of `req` (see the module's comment). A refusal leaves the
+/// center's settlement to the caller to cancel there.
+pub fn keep(
+    conn: &Connection,
+    node: &Node,
+    caller: &Caller<'_>,
+    req: &wire::SettleRequest,
+    req_hash: &[u8],
+    now: i64,
+    kept: &Kept,
+) -> Result<Answered, LedgerError> {
+    let (msgid, code) = header(req);
+    let objects = journal::objects(&[("psn_no", &req.psn_no), ("mdtrt_id", &req.mdtrt_id)]);
+    let audit = |outcome: &str, objects: &str| {
+        journal::append_audit(
+            conn,
+            &node.audit_key,
+            "",
+            &AuditRecord {
+                at: now,
+                fixmedins_code: code,
+                opter: caller.opter,
+                roles: caller.roles,
+                rpc: caller.rpc,
+                objects,
+                outcome,
+            },
+        )
+    };
+    if let Some(answer) = journal::replay_of(conn, &node.vault, code, msgid, METHOD, req_hash)? {
+        audit("REPLAY", &objects)?;
+        return Ok(Answered {
+            answer,
+            replayed: true,
+            setl_id: String::new(),
+            timing: None,
+        });
+    }
+    let mut info = kept.answer.setlinfo.clone().unwrap_or_default();
+    let setl_id = info.setl_id.clone();
+    let visit = load_visit(conn, &node.vault, caller, &req.mdtrt_id)?;
+    if visit.state != "registered" {
+        return Err(Refusal::failed_precondition(format!(
+            "mdtrt_id: {} is {} here; the center's settlement {setl_id} is cancelled there",
+            visit.mdtrt_id, visit.state
+        ))
+        .into());
+    }
+    if fee_lines(conn, visit.id)?.digest[..] != kept.lines_digest[..] {
+        return Err(Refusal::failed_precondition(format!(
+            "mdtrt_id: the fee lines changed while the center settled {setl_id}; it is \
+             cancelled there: settle again"
+        ))
+        .into());
+    }
+    // The cancel left for a lost answer (center_mode.py): before it is due, this retry
+    // keeps the settlement and the cancel is void; once due, the forwarder may be sending
+    // it, so the settlement is not kept here (and is cancelled there).
+    let undo: Option<(i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT created_at, sent_at FROM outbox WHERE kind = 'undo' AND ref = ?1 \
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([&setl_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    if let Some((created_at, sent_at)) = undo {
+        if sent_at.is_some() || created_at <= now {
+            return Err(Refusal::failed_precondition(format!(
+                "header.msgid: the answer to this settle was lost and its settlement \
+                 {setl_id} is cancelled at the center since; settle again with a new msgid"
+            ))
+            .into());
+        }
+    }
+    conn.prepare_cached("DELETE FROM outbox WHERE kind = 'undo' AND ref = ?1")?
+        .execute(params![&setl_id])?;
+    let before = accumulators(conn, &visit.psn_no, kept.acc_year, &kept.acc_pool)?
+        .unwrap_or_default();
+    let after = kept
+        .answer
+        .accumulators
+        .as_ref()
+        .map(|a| Accumulators::from_values(accumulator_values(a)))
+        .unwrap_or_default();
+    info.msgid = msgid.to_owned();
+    info.state = SETTLED;
+    let sealed = node
+        .vault
+        .seal("setlinfo", &setl_id, &info.encode_to_vec())
+        .map_err(|e| LedgerError::Internal(e.0))?;
+    let row = SettlementRow {
+        id: None,
+        setl_id: setl_id.clone(),
+        fixmedins_code: info.fixmedins_code.clone(),
+        mdtrt_id: visit.mdtrt_id.clone(),
+        visit_id: visit.id,
+        psn_no: visit.psn_no.clone(),
+        insutype: i64::from(info.insutype),
+        clr_type: i64::from(info.clr_type),
+        msgid: msgid.to_owned(),
+        invono: req.invono.clone(),
+        setl_time: now,
+        setl_date: local_date(now, node.tz_offset_min),
+        mode: i64::from(info.mode),
+        offline: info.offline,
+        medfee_sumamt: info.medfee_sumamt,
+        fund_pay_sumamt: info.fund_pay_sumamt,
+        acct_pay: info.acct_pay,
+        psn_cash_pay: info.psn_cash_pay,
+        acc_year: kept.acc_year,
+        acc_pool: kept.acc_pool.clone(),
+        info: sealed,
+        line_results: kept.line_results.clone(),
+    };
+    let legs: Vec<LegRow> = info
+        .setldetail
+        .iter()
+        .map(|g| LegRow {
+            fund_pay_type: g.fund_pay_type.clone(),
+            base: g.inscp_scp_amt,
+            amount: g.fund_payamt,
+        })
+        .collect();
+    record_settlement(conn, &row, &legs, &before, &after, false)?;
+    let answer = wire::SettleResponse {
+        setlinfo: Some(info),
+    }
+    .encode_to_vec();
+    journal::store_answer(
+        conn, &node.vault, code, msgid, METHOD, req_hash, &answer, &setl_id, now,
+    )?;
+    let with_ref = if objects.is_empty() {
+        format!("ref={setl_id}")
+    } else {
+        format!("{objects};ref={setl_id}")
+    };
+    audit("OK", &with_ref)?;
+    Ok(Answered {
+        answer,
+        replayed: false,
+        setl_id,
+        timing: None,
+    })
+}
