@@ -343,11 +343,50 @@ async def settle_summary(
     return done.answer
 
 
+# A settlement's row as `settled` makes it (name, SQL type), and its fund legs'.
+SETTLEMENT_COLUMNS = (
+    ("setl_id", "text"),
+    ("node_id", "text"),
+    ("fixmedins_code", "text"),
+    ("mdtrt_id", "text"),
+    ("psn_no", "text"),
+    ("insutype", "int"),
+    ("clr_type", "int"),
+    ("msgid", "text"),
+    ("invono", "text"),
+    ("setl_time", "bigint"),
+    ("setl_date", "int"),
+    ("state", "int"),
+    ("mode", "int"),
+    ("offline", "int"),
+    ("medfee_sumamt", "bigint"),
+    ("fund_pay_sumamt", "bigint"),
+    ("acct_pay", "bigint"),
+    ("psn_cash_pay", "bigint"),
+    ("acc_year", "int"),
+    ("acc_pool", "text"),
+    ("acc_delta", "jsonb"),
+    ("info", "bytea"),
+    ("received_at", "bigint"),
+)
+LEG_COLUMNS = (
+    ("setl_id", "text"),
+    ("fund_pay_type", "text"),
+    ("base", "bigint"),
+    ("amount", "bigint"),
+)
+IDEMPOTENCY_COLUMNS = (
+    ("fixmedins_code", "text"),
+    ("msgid", "text"),
+    ("method", "text"),
+    ("req_hash", "bytea"),
+    ("response", "bytea"),
+    ("ref", "text"),
+    ("created_at", "bigint"),
+)
 INSERT_SETTLEMENT = (
-    "INSERT INTO settlements (setl_id, node_id, fixmedins_code, mdtrt_id, psn_no, insutype,"
-    " clr_type, msgid, invono, setl_time, setl_date, state, mode, offline, medfee_sumamt,"
-    " fund_pay_sumamt, acct_pay, psn_cash_pay, acc_year, acc_pool, acc_delta, info,"
-    " received_at) VALUES (" + ", ".join(["%s"] * 23) + ")"
+    f"INSERT INTO settlements ({', '.join(c for c, _ in SETTLEMENT_COLUMNS)})"
+    f" VALUES ({', '.join(['%s'] * len(SETTLEMENT_COLUMNS))})"
 )
 INSERT_LEG = "INSERT INTO setl_legs VALUES (%s, %s, %s, %s)"
 

@@ -30,9 +30,9 @@ from medsettle.v1 import center_pb2, common_pb2
 from server import metrics
 from server.center import bindings
 from server.center.settle import (
-    INSERT_IDEMPOTENCY,
-    INSERT_LEG,
-    INSERT_SETTLEMENT,
+    IDEMPOTENCY_COLUMNS,
+    LEG_COLUMNS,
+    SETTLEMENT_COLUMNS,
     CenterEnv,
     no_person,
     person_of,
@@ -41,7 +41,15 @@ from server.center.settle import (
     split_summary,
 )
 from server.center.store.batch import ACC_INSERT, ACC_UPDATE, probe, require_made
-from server.center.store.pg import AUDIT_INSERT, Conn, PgStore, audit_heads, audit_rows
+from server.center.store.pg import (
+    AUDIT_COLUMNS,
+    Conn,
+    PgStore,
+    audit_heads,
+    audit_rows,
+    columns_of,
+    insert_all,
+)
 from server.errors import AlreadyExists, ClientError, FailedPrecondition, NotFound, field_error
 from server.fundsplit import choose_rule
 from server.persons import ACC_FIELDS, READ_COLUMNS, PersonRow
@@ -421,6 +429,22 @@ def _settle(
     return done.answer, False
 
 
+_ALL_SETTLEMENTS = insert_all("settlements", SETTLEMENT_COLUMNS)
+_ALL_LEGS = insert_all("setl_legs", LEG_COLUMNS)
+_ALL_REMEMBERED = insert_all("idempotency", IDEMPOTENCY_COLUMNS)
+_ALL_AUDIT = insert_all("audit", AUDIT_COLUMNS)
+
+
+def _inserts(b: _Batch, trail: list[tuple[Any, ...]]) -> list[tuple[str, int, list[Any]]]:
+    """The batch's new rows, one statement per table: (SQL, columns, rows)."""
+    return [
+        (_ALL_SETTLEMENTS, len(SETTLEMENT_COLUMNS), b.settlements),
+        (_ALL_LEGS, len(LEG_COLUMNS), b.legs),
+        (_ALL_REMEMBERED, len(IDEMPOTENCY_COLUMNS), b.remembered),
+        (_ALL_AUDIT, len(AUDIT_COLUMNS), trail),
+    ]
+
+
 async def _write(conn: Conn, b: _Batch, trail: list[tuple[Any, ...]]) -> None:
     """Everything the batch writes, in one round trip: settlements, legs, idempotency and
     audit records, accumulators and balances."""
@@ -431,15 +455,9 @@ async def _write(conn: Conn, b: _Batch, trail: list[tuple[Any, ...]]) -> None:
     moved = [(p, d) for p, d in sorted(b.moved.items()) if d]
     made = None
     async with conn.pipeline():
-        for sql, many in (
-            (INSERT_SETTLEMENT, b.settlements),
-            (INSERT_LEG, b.legs),
-            (INSERT_IDEMPOTENCY, b.remembered),
-            (AUDIT_INSERT, trail),
-        ):
-            if many:
-                async with conn.cursor() as cur:
-                    await cur.executemany(sql, many)
+        for sql, width, rows in _inserts(b, trail):
+            if rows:
+                await conn.execute(sql, columns_of(rows, width))
         if old[0]:
             await conn.execute(ACC_UPDATE, old)
         if new[0]:

@@ -25,7 +25,7 @@ from psycopg import errors
 from psycopg.types.json import Jsonb
 
 import engine_rs
-from server.center.store.pg import Conn
+from server.center.store.pg import Conn, columns_of
 from server.persons import ACC_FIELDS, READ_COLUMNS
 
 Key = tuple[str, int, str]  # psn_no, year, pool
@@ -166,7 +166,7 @@ async def lock_accumulator_rows(conn: Conn, keys: set[Key]) -> list[tuple[Any, .
         " WHERE psn_no = u.k AND year = u.y AND pool = u.p"
         " ORDER BY opening OFFSET 0 FOR UPDATE) r"
         " ORDER BY u.n, r.opening",
-        _columns(ordered, 3),
+        columns_of(ordered, 3),
     )
     return await cur.fetchall()
 
@@ -220,8 +220,3 @@ def probe(select: str, column: str, more: str = "", *, lock: bool = False) -> st
         f" (SELECT {select} WHERE {column} = u.k{more} OFFSET 0"
         f"{' FOR UPDATE' if lock else ''}) r ORDER BY u.n"
     )
-
-
-def _columns(rows: list[Any], width: int) -> list[list[Any]]:
-    """Rows as `width` column lists, for unnest()."""
-    return [[r[i] for r in rows] for i in range(width)]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -201,6 +201,31 @@ async def audit_append_many(conn: Conn, key: bytes, records: list[audit.Record],
 
 
 AUDIT_INSERT = "INSERT INTO audit VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+AUDIT_COLUMNS = (
+    ("chain", "text"),
+    ("seq", "bigint"),
+    ("at", "bigint"),
+    ("fixmedins_code", "text"),
+    ("opter", "text"),
+    ("roles", "text"),
+    ("rpc", "text"),
+    ("objects", "text"),
+    ("outcome", "text"),
+    ("hash", "bytea"),
+)
+
+
+def insert_all(table: str, columns: Sequence[tuple[str, str]]) -> str:
+    """An INSERT of many rows in one statement, one array parameter per column (name,
+    SQL type), in `columns`' order (`columns_of` makes the arrays of a list of rows)."""
+    names = ", ".join(name for name, _ in columns)
+    arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+    return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+
+
+def columns_of(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as `width` column lists, for unnest()."""
+    return [[r[i] for r in rows] for i in range(width)]
 
 
 async def audit_heads(conn: Conn, chains: list[str]) -> dict[str, tuple[int, bytes]]:
