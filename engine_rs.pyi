@@ -217,27 +217,19 @@ class Ledger:
         policy: Policy,
         catalog: Catalog,
     ) -> tuple[bytes, tuple[int, int]]: ...
-    def compute(
+    def prepare_center(
         self,
         node: LedgerNode,
         request: bytes,
         caller: LedgerCaller,
         policy: Policy,
         catalog: Catalog,
-    ) -> tuple[
-        tuple[int, str, str, str, int, int, int, int, list[str], str],
-        bytes,
-        int,
-        str,
-        Accumulators,
-        Accumulators,
-        bytes,
-        str,
-        bytes,
-        tuple[int, int],
-    ]:
-        """(visit row, SetlInfo bytes, acc year, acc pool, before, after, line results,
-        insured region, lines digest, engine nanoseconds (preprocess, split))."""
+        req_hash: bytes | None = None,
+    ) -> bytes | tuple[bytes, str, int, str, bytes, bytes, tuple[int, int]]:
+        """Center mode's question for the center; writes nothing. With `req_hash` (a
+        Settle): the msgid's stored answer when there is one. Otherwise
+        (CenterSettleRequest bytes, insured region, acc year, acc pool, line results, lines
+        digest, engine nanoseconds (preprocess, split))."""
 
 # (fixmedins_code, hosp_lv, admdvs, opter, roles, rpc) of an authenticated caller
 LedgerCaller: TypeAlias = tuple[str, int, str, str, str, str]

@@ -17,14 +17,12 @@ answers it UNIMPLEMENTED: `center_batch = 1` sends it one `SettleSummary` a sett
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any
 
 import grpc
 
 from medsettle.v1 import catalog_pb2, center_pb2, center_pb2_grpc
 from server import background, metrics
-from server.common import id_prefix
 from server.errors import FailedPrecondition, Relayed, Unavailable
 from server.nodes import CLASH
 
@@ -32,13 +30,6 @@ UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_E
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 # A settle waiting for its batch's answer: the request, and where its answer goes.
 Waiting = tuple[center_pb2.CenterSettleRequest, "asyncio.Future[center_pb2.CenterSettleResponse]"]
-
-
-def center_setl_id(node_id: str, fixmedins_code: str, msgid: str) -> str:
-    """The id of a center-mode settlement, the same on every retry of one HIS call: a retry
-    after a crash meets the center's record of it instead of settling twice."""
-    digest = hashlib.sha256(f"{fixmedins_code}\0{msgid}".encode()).hexdigest()[:12]
-    return f"{id_prefix('S', fixmedins_code, node_id)}H{digest}"
 
 
 class CenterLink:

@@ -5,7 +5,7 @@ answer to the HIS has the same shape as in local mode.
 
 Order of events for Settle, and why it is safe to retry at any point:
 1. on a snapshot: authenticate, replay the stored answer of this msgid if there is one,
-   preprocess (`settle.compute`);
+   preprocess and split, and make the summary for the center (`settle.center_ask`);
 2. the center settles, under an id derived from (institution, msgid), so a retry after a
    crash between 2 and 3 meets the center's own idempotent answer;
 3. one local transaction keeps the settlement, with the idempotency record.
@@ -39,9 +39,9 @@ from server.common import (
 )
 from server.errors import ClientError, Unavailable
 from server.frontend import settle
-from server.frontend.center_link import CenterRoutes, center_setl_id
+from server.frontend.center_link import CenterRoutes
 from server.frontend.forwarder import cancelled_already, undo_row
-from server.frontend.settle import Computed, OfflineLimits
+from server.frontend.settle import Ask, OfflineLimits
 from server.frontend.store.sqlite import Store, StoreUnavailable
 
 SETTLE = "/medsettle.v1.Settlement/Settle"
@@ -49,38 +49,6 @@ PRE_SETTLE = "/medsettle.v1.Settlement/PreSettle"
 CANCEL = "/medsettle.v1.Settlement/CancelSettlement"
 REVERSE = "/medsettle.v1.Settlement/Reverse"
 log = logging.getLogger("medsettle.center_mode")
-
-
-def _center_request(
-    env: Env, req: settlement_pb2.SettleRequest, c: settle.Computed, *, pre: bool
-) -> center_pb2.CenterSettleRequest:
-    info = c.info
-    code = info.fixmedins_code
-    return center_pb2.CenterSettleRequest(
-        header=center_pb2.NodeHeader(
-            node_id=env.node_id, fixmedins_code=code, msgid=req.header.msgid, opter=req.header.opter
-        ),
-        setl_id="" if pre else center_setl_id(env.node_id, code, req.header.msgid),
-        mdtrt_id=c.visit.mdtrt_id,
-        psn_no=c.visit.psn_no,
-        insutype=c.visit.insutype,
-        med_type=c.visit.med_type,
-        begndate=c.visit.begndate,
-        summary=center_pb2.VisitSummary(
-            medfee_sumamt=info.medfee_sumamt,
-            fulamt_ownpay_amt=info.fulamt_ownpay_amt,
-            overlmt_amt=info.overlmt_amt,
-            preselfpay_amt=info.preselfpay_amt,
-            inscp_scp_amt=info.inscp_scp_amt,
-            line_count=info.line_count,
-            categories=list(info.categories),
-        ),
-        acct_used_flag=req.acct_used_flag,
-        invono=req.invono,
-        policy_version=info.policy_version,
-        catalog_version=info.catalog_version,
-        pre_settle=pre,
-    )
 
 
 def undo_request(
@@ -138,10 +106,9 @@ class CenterMode:
         now = now_ms()
         env = self.env
 
-        def prepare(conn: sqlite3.Connection) -> bytes | settle.Computed:
+        def prepare(conn: sqlite3.Connection) -> bytes | Ask:
             caller = authenticate(conn, env, header, now, SETTLE)
-            stored = replay_of(conn, env.pii, header.fixmedins_code, header.msgid, "Settle", digest)
-            return stored if stored is not None else settle.compute(conn, env, caller, req)
+            return settle.center_ask(conn, env, caller, req, digest)
 
         outcome = Outcome()
         try:
@@ -149,7 +116,7 @@ class CenterMode:
             if isinstance(got, bytes):
                 metrics.settle_answered("center", "frontend", got, replayed=True)
                 return got
-            sent = _center_request(env, req, got, pre=False)
+            sent = got.request
             region = got.insured_region
             later = now_ms() + self.retry_grace_ms
             try:
@@ -221,7 +188,7 @@ class CenterMode:
         req: settlement_pb2.SettleRequest,
         digest: bytes,
         now: int,
-        got: Computed,
+        got: Ask,
         answer: center_pb2.CenterSettleResponse,
         outcome: Outcome,
     ) -> bytes:
@@ -271,13 +238,14 @@ class CenterMode:
         now = now_ms()
         env = self.env
 
-        def prepare(conn: sqlite3.Connection) -> settle.Computed:
-            return settle.compute(conn, env, authenticate(conn, env, header, now, PRE_SETTLE), req)
+        def prepare(conn: sqlite3.Connection) -> Ask:
+            caller = authenticate(conn, env, header, now, PRE_SETTLE)
+            ask = settle.center_ask(conn, env, caller, req, None)
+            assert isinstance(ask, Ask)  # no msgid's answer is looked up
+            return ask
 
         c = await self.store.read(prepare)
-        answer = await self.routes.link_for(c.insured_region).settle(
-            _center_request(env, req, c, pre=True)
-        )
+        answer = await self.routes.link_for(c.insured_region).settle(c.request)
         info = answer.setlinfo
         info.msgid = header.msgid
         return settlement_pb2.SettleResponse(setlinfo=info)

@@ -34,7 +34,7 @@ from server.common import (
 )
 from server.errors import FailedPrecondition, NotFound, field_error, refusal
 from server.frontend.store.sqlite import LedgerCall, Store, ledger_of
-from server.frontend.visits import VisitRow, cancel_registration, load_visit
+from server.frontend.visits import cancel_registration, load_visit
 from server.persons import ACC_FIELDS
 from server.security.pii import Vault
 
@@ -50,17 +50,16 @@ class OfflineLimits:
 
 
 @dataclass(frozen=True)
-class Computed:
-    """A visit's computation for center mode: what goes to the center and what the keep
-    needs when the center answers (`keep_call`)."""
+class Ask:
+    """Center mode's question for the center (engine_rs/src/ledger/center_mode.rs
+    `prepare`), and what the keep needs once the center has answered (`keep_call`)."""
 
-    visit: VisitRow
-    info: common_pb2.SetlInfo
+    request: center_pb2.CenterSettleRequest
+    insured_region: str  # which center settles it
     acc_year: int
     acc_pool: str
     line_results: bytes  # store.line_results layout
-    insured_region: str  # which center settles it in center mode
-    lines_digest: bytes  # the lines computed from (center mode: unchanged when kept?)
+    lines_digest: bytes  # the lines computed from: unchanged when the answer is kept?
 
 
 def _in_ledger(conn: sqlite3.Connection, caller: Caller) -> tuple[engine_rs.Ledger, Any, Any]:
@@ -73,35 +72,33 @@ def _in_ledger(conn: sqlite3.Connection, caller: Caller) -> tuple[engine_rs.Ledg
     )
 
 
-def compute(
+def center_ask(
     conn: sqlite3.Connection,
     env: Env,
     caller: Caller,
     req: settlement_pb2.SettleRequest,
-) -> Computed:
-    """Preprocess and split a visit's fees (in the ledger); changes nothing. Center mode
-    sends the result to the center and keeps the center's answer (`keep_call`)."""
+    req_hash: bytes | None,
+) -> bytes | Ask:
+    """Center mode, before the center is asked (in the ledger; changes nothing): for a
+    Settle (`req_hash`) the msgid's stored answer when there is one; otherwise the visit's
+    fees preprocessed and split as a local settle would, and the summary for the center."""
     ledger, policy, catalog = _in_ledger(conn, caller)
     try:
-        visit, info, year, pool, _, _, blob, region, digest, took = ledger.compute(
+        got = ledger.prepare_center(
             env.ledger_node,
             req.SerializeToString(),
             caller.for_ledger(""),
             policy,
             catalog,
+            req_hash,
         )
     except engine_rs.Refused as exc:
         raise refusal(exc) from None
+    if isinstance(got, bytes):
+        return got
+    request, region, year, pool, blob, digest, took = got
     metrics.engine_time(*took)
-    return Computed(
-        VisitRow(*visit),
-        common_pb2.SetlInfo.FromString(info),
-        year,
-        pool,
-        blob,
-        region,
-        digest,
-    )
+    return Ask(center_pb2.CenterSettleRequest.FromString(request), region, year, pool, blob, digest)
 
 
 def current_accumulators(
@@ -176,10 +173,10 @@ def keep_call(
     req_hash: bytes,
     now: int,
     rpc: str,
-    computed: Computed,
+    asked: Ask,
     answer: center_pb2.CenterSettleResponse,
 ) -> LedgerCall:
-    """Center mode's last step as the ledger runs it whole (engine_rs/src/ledger/keep.rs),
+    """Center mode's last step as the ledger runs it whole (engine_rs/src/ledger/center_mode.rs),
     in the store's next batch: the msgid's stored answer replayed, or the settlement the
     center committed kept here, refused when the visit or its lines changed since they were
     sent or its undo is due; the center's accumulators become this front-end's cache, the
@@ -188,10 +185,10 @@ def keep_call(
     data = req.SerializeToString()
     kept = (
         answer.SerializeToString(),
-        computed.acc_year,
-        computed.acc_pool,
-        computed.line_results,
-        computed.lines_digest,
+        asked.acc_year,
+        asked.acc_pool,
+        asked.line_results,
+        asked.lines_digest,
     )
 
     def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:

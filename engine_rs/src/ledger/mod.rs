@@ -17,7 +17,7 @@
 //! the batch's own earlier writes.
 
 pub mod journal;
-pub mod keep;
+pub mod center_mode;
 pub mod refusal;
 pub mod settle;
 pub mod vault;

@@ -13,7 +13,7 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::journal::{self, AuditRecord};
-use super::keep::{keep, Kept};
+use super::center_mode::{keep, Kept};
 use super::refusal::{LedgerError, Refusal};
 use super::vault::Vault;
 use super::{accumulators, encode_line_results, fee_lines, record_settlement};
@@ -219,7 +219,7 @@ fn load_person(conn: &Connection, vault: &Vault, psn_no: &str) -> Result<PersonR
 }
 
 /// A stored value that must fit a narrower engine type (`what` names it in the error).
-fn narrow<T: TryFrom<i64>>(v: i64, what: &str) -> Result<T, LedgerError> {
+pub(super) fn narrow<T: TryFrom<i64>>(v: i64, what: &str) -> Result<T, LedgerError> {
     T::try_from(v).map_err(|_| LedgerError::Internal(format!("{what} {v} is out of range")))
 }
 
@@ -699,7 +699,7 @@ pub struct BatchCall<'a> {
 pub enum Work {
     /// Settle here: local mode, or with limits center mode's emergency plan (`settle`).
     Settle(Option<Offline>),
-    /// Keep what the center settled: center mode (`keep::keep`).
+    /// Keep what the center settled: center mode (`center_mode::keep`).
     Keep(Box<Kept>),
 }
 

@@ -29,7 +29,7 @@ use super::catalog::PyCatalog;
 use super::error::{guard, ledger_error, ledger_refused as refused};
 use super::policy::PyPolicy;
 use crate::ledger::refusal::{LedgerError, Refusal};
-use crate::ledger::keep::Kept;
+use crate::ledger::center_mode::{self, Kept, Prepared};
 use crate::ledger::settle::{self, BatchCall, Caller, Node, Offline, Work};
 use crate::ledger::vault::Vault;
 use crate::ledger;
@@ -362,11 +362,13 @@ impl PyLedger {
         Ok((PyBytes::new(py, &answer), (t.preprocess_ns, t.split_ns)))
     }
 
-    /// A visit's computation for center mode (server/frontend/settle.py `Computed`): the
-    /// visit row, the `SetlInfo` bytes, accumulator year and pool, accumulators before and
-    /// after, the line-results blob, the insured region, the lines' digest and the engine's
-    /// time (preprocess, split nanoseconds).
-    fn compute<'py>(
+    /// Center mode's question for the center (engine_rs/src/ledger/center_mode.rs
+    /// `prepare`); writes nothing. With `req_hash` (a Settle) the msgid's stored answer
+    /// when there is one: its bytes. Otherwise (the `CenterSettleRequest`'s bytes, the
+    /// insured region, accumulator year, pool, line results, the lines' digest, the engine's
+    /// time (preprocess, split nanoseconds)).
+    #[pyo3(signature = (node, request, caller, policy, catalog, req_hash=None))]
+    fn prepare_center<'py>(
         &self,
         py: Python<'py>,
         node: &PyLedgerNode,
@@ -374,39 +376,27 @@ impl PyLedger {
         caller: CallerArgs,
         policy: &PyPolicy,
         catalog: &PyCatalog,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+        req_hash: Option<Vec<u8>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let req: wire::SettleRequest = decode(request)?;
         let who = caller.caller(policy, catalog);
-        let c = self.run(py, "compute", |conn| {
-            settle::compute(conn, &node.inner, &who, &req)
+        let prepared = self.run(py, "prepare_center", |conn| {
+            center_mode::prepare(conn, &node.inner, &who, &req, req_hash.as_deref())
         })?;
-        let v = c.visit;
-        let visit = (
-            v.id,
-            v.mdtrt_id,
-            v.fixmedins_code,
-            v.psn_no,
-            v.insutype,
-            v.med_type,
-            v.treatment,
-            v.begndate,
-            v.diagnoses,
-            v.state,
-        )
-            .into_pyobject(py)?;
-        (
-            visit,
-            PyBytes::new(py, &c.info.encode_to_vec()),
-            c.acc_year,
-            c.acc_pool,
-            c.acc_before,
-            c.acc_after,
-            PyBytes::new(py, &c.line_results),
-            c.insured_region,
-            PyBytes::new(py, &c.lines_digest),
-            (c.timing.preprocess_ns, c.timing.split_ns),
-        )
-            .into_pyobject(py)
+        match prepared {
+            Prepared::Replay(answer) => Ok(PyBytes::new(py, &answer).into_any()),
+            Prepared::Ask(a) => Ok((
+                PyBytes::new(py, &a.request.encode_to_vec()),
+                a.insured_region,
+                a.acc_year,
+                a.acc_pool,
+                PyBytes::new(py, &a.line_results),
+                PyBytes::new(py, &a.lines_digest),
+                (a.timing.preprocess_ns, a.timing.split_ns),
+            )
+                .into_pyobject(py)?
+                .into_any()),
+        }
     }
 }
 
@@ -423,7 +413,7 @@ type BatchArgs = (
     Option<KeptArgs>,
 );
 
-/// Center mode's keep (engine_rs/src/ledger/keep.rs `Kept`): the center's
+/// Center mode's keep (engine_rs/src/ledger/center_mode.rs `Kept`): the center's
 /// `CenterSettleResponse` bytes, the accumulator year and pool, the line-results blob and
 /// the fee lines' digest as computed before the center was asked.
 type KeptArgs = (Vec<u8>, i64, String, Vec<u8>, Vec<u8>);
