@@ -156,14 +156,7 @@ def settle_call(
     the same, marked offline, within the limits. `header_of` authenticates the caller in the
     batch's transaction. The outcome is `settled`'s input."""
     limits = None if offline is None else (offline.max_medfee_fen, offline.max_per_day)
-    data = req.SerializeToString()
-
-    def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
-        caller = header_of(conn)
-        _, policy, catalog = _in_ledger(conn, caller)
-        return (data, req_hash, now, caller.for_ledger(rpc), policy, catalog, limits, None)
-
-    return LedgerCall(env.ledger_node, prepare)
+    return _ledger_call(env, header_of, req, req_hash, now, rpc, limits, None)
 
 
 def keep_call(
@@ -182,7 +175,6 @@ def keep_call(
     sent or its undo is due; the center's accumulators become this front-end's cache, the
     answer is stored with the msgid, and either is audited. The outcome is `settled`'s
     input. (The center has committed: stale reference data does not refuse the keep.)"""
-    data = req.SerializeToString()
     kept = (
         answer.SerializeToString(),
         asked.acc_year,
@@ -190,20 +182,30 @@ def keep_call(
         asked.line_results,
         asked.lines_digest,
     )
+    return _ledger_call(env, header_of, req, req_hash, now, rpc, None, kept)
+
+
+def _ledger_call(
+    env: Env,
+    header_of: Callable[[sqlite3.Connection], Caller],
+    req: settlement_pb2.SettleRequest,
+    req_hash: bytes,
+    now: int,
+    rpc: str,
+    limits: tuple[int, int] | None,
+    kept: tuple[bytes, int, str, bytes, bytes] | None,
+) -> LedgerCall:
+    """One Settle of the store's next batch as `Ledger.settle_batch` takes it; `header_of`
+    authenticates the caller in the batch's transaction first."""
+    data = req.SerializeToString()
 
     def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
         caller = header_of(conn)
-        catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
-        return (
-            data,
-            req_hash,
-            now,
-            caller.for_ledger(rpc),
-            caller.snap.policy,
-            catalog,
-            None,
-            kept,
-        )
+        if kept is None:  # a keep settles nothing here: the center has
+            require_fresh_refdata(caller)
+        snap = caller.snap
+        catalog = snap.catalog(conn, caller.inst.fixmedins_code)
+        return (data, req_hash, now, caller.for_ledger(rpc), snap.policy, catalog, limits, kept)
 
     return LedgerCall(env.ledger_node, prepare)
 

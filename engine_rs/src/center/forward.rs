@@ -84,7 +84,6 @@ fn millis(t: Option<&prost_types::Timestamp>) -> Option<i64> {
         .checked_add(i64::from(t.nanos).div_euclid(1_000_000))
 }
 
-
 /// The plan of a request: what its items name.
 pub fn plan(req: &wire::ForwardRequest) -> Plan {
     let mut p = Plan::default();

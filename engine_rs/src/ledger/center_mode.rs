@@ -12,15 +12,15 @@
 //!
 //! The checks and texts are those of the local settle (`settle.rs`), which these share.
 
-use prost::Message;
 use rusqlite::{params, Connection};
 use sha2::{Digest, Sha256};
 
-use super::journal::{self, AuditRecord};
+use super::journal;
 use super::refusal::{LedgerError, Refusal};
-use super::settle::{compute, header, load_visit, local_date, narrow, Answered, Caller, Node, Timing};
-use super::{accumulators, fee_lines, record_settlement, LegRow, SettlementRow};
-use crate::settlement::{accumulator_values, SETTLED};
+use super::settle::{compute, header, load_visit, local_date, narrow, Answered, Caller, Node};
+use super::settle::{settlement_row, SettleJournal, Timing, METHOD};
+use super::{accumulators, fee_lines};
+use crate::settlement::accumulator_values;
 use crate::split::Accumulators;
 use crate::wire;
 
@@ -36,8 +36,6 @@ pub struct Kept {
     /// since.
     pub lines_digest: Vec<u8>,
 }
-
-const METHOD: &str = "Settle";
 
 /// What is sent to the center for a settle or a pre-settle, and what the keep will need.
 #[derive(Debug, Clone)]
@@ -91,7 +89,11 @@ pub fn prepare(
             node_id: node.node_id.clone(),
             fixmedins_code: info.fixmedins_code.clone(),
             msgid: msgid.to_owned(),
-            opter: req.header.as_ref().map(|h| h.opter.clone()).unwrap_or_default(),
+            opter: req
+                .header
+                .as_ref()
+                .map(|h| h.opter.clone())
+                .unwrap_or_default(),
             instance_id: String::new(),
         }),
         setl_id: if pre {
@@ -141,34 +143,11 @@ pub fn keep(
     now: i64,
     kept: &Kept,
 ) -> Result<Answered, LedgerError> {
-    let (msgid, code) = header(req);
-    let objects = journal::objects(&[("psn_no", &req.psn_no), ("mdtrt_id", &req.mdtrt_id)]);
-    let audit = |outcome: &str, objects: &str| {
-        journal::append_audit(
-            conn,
-            &node.audit_key,
-            "",
-            &AuditRecord {
-                at: now,
-                fixmedins_code: code,
-                opter: caller.opter,
-                roles: caller.roles,
-                rpc: caller.rpc,
-                objects,
-                outcome,
-            },
-        )
-    };
-    if let Some(answer) = journal::replay_of(conn, &node.vault, code, msgid, METHOD, req_hash)? {
-        audit("REPLAY", &objects)?;
-        return Ok(Answered {
-            answer,
-            replayed: true,
-            setl_id: String::new(),
-            timing: None,
-        });
+    let journal = SettleJournal::new(conn, node, caller, req, req_hash, now);
+    if let Some(replayed) = journal.replay()? {
+        return Ok(replayed);
     }
-    let mut info = kept.answer.setlinfo.clone().unwrap_or_default();
+    let info = kept.answer.setlinfo.clone().unwrap_or_default();
     let setl_id = info.setl_id.clone();
     let visit = load_visit(conn, &node.vault, caller, &req.mdtrt_id)?;
     if visit.state != "registered" {
@@ -210,73 +189,18 @@ pub fn keep(
     }
     conn.prepare_cached("DELETE FROM outbox WHERE kind = 'undo' AND ref = ?1")?
         .execute(params![&setl_id])?;
-    let before = accumulators(conn, &visit.psn_no, kept.acc_year, &kept.acc_pool)?
-        .unwrap_or_default();
+    let before =
+        accumulators(conn, &visit.psn_no, kept.acc_year, &kept.acc_pool)?.unwrap_or_default();
     let after = kept
         .answer
         .accumulators
         .as_ref()
         .map(|a| Accumulators::from_values(accumulator_values(a)))
         .unwrap_or_default();
-    info.msgid = msgid.to_owned();
-    info.state = SETTLED;
-    let sealed = node
-        .vault
-        .seal("setlinfo", &setl_id, &info.encode_to_vec())
-        .map_err(|e| LedgerError::Internal(e.0))?;
-    let row = SettlementRow {
-        id: None,
-        setl_id: setl_id.clone(),
-        fixmedins_code: info.fixmedins_code.clone(),
-        mdtrt_id: visit.mdtrt_id.clone(),
-        visit_id: visit.id,
-        psn_no: visit.psn_no.clone(),
-        insutype: i64::from(info.insutype),
-        clr_type: i64::from(info.clr_type),
-        msgid: msgid.to_owned(),
-        invono: req.invono.clone(),
-        setl_time: now,
-        setl_date: local_date(now, node.tz_offset_min),
-        mode: i64::from(info.mode),
-        offline: info.offline,
-        medfee_sumamt: info.medfee_sumamt,
-        fund_pay_sumamt: info.fund_pay_sumamt,
-        acct_pay: info.acct_pay,
-        psn_cash_pay: info.psn_cash_pay,
-        acc_year: kept.acc_year,
-        acc_pool: kept.acc_pool.clone(),
-        info: sealed,
-        line_results: kept.line_results.clone(),
-    };
-    let legs: Vec<LegRow> = info
-        .setldetail
-        .iter()
-        .map(|g| LegRow {
-            fund_pay_type: g.fund_pay_type.clone(),
-            base: g.inscp_scp_amt,
-            amount: g.fund_payamt,
-        })
-        .collect();
-    record_settlement(conn, &row, &legs, &before, &after, false)?;
-    let answer = wire::SettleResponse {
-        setlinfo: Some(info),
-    }
-    .encode_to_vec();
-    journal::store_answer(
-        conn, &node.vault, code, msgid, METHOD, req_hash, &answer, &setl_id, now,
-    )?;
-    let with_ref = if objects.is_empty() {
-        format!("ref={setl_id}")
-    } else {
-        format!("{objects};ref={setl_id}")
-    };
-    audit("OK", &with_ref)?;
-    Ok(Answered {
-        answer,
-        replayed: false,
-        setl_id,
-        timing: None,
-    })
+    let at = (now, local_date(now, node.tz_offset_min));
+    let acc = (kept.acc_year, kept.acc_pool.as_str());
+    let row = settlement_row(&info, &visit, req, at, None, acc, kept.line_results.clone());
+    journal.record(row, info, &before, &after, false, None)
 }
 
 #[cfg(test)]

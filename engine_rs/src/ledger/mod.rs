@@ -16,8 +16,8 @@
 //! the file). Reads run inside whatever transaction the connection has open, so they see
 //! the batch's own earlier writes.
 
-pub mod journal;
 pub mod center_mode;
+pub mod journal;
 pub mod refusal;
 pub mod settle;
 pub mod vault;

@@ -12,8 +12,8 @@ use std::time::Instant;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::journal::{self, AuditRecord};
 use super::center_mode::{keep, Kept};
+use super::journal::{self, AuditRecord};
 use super::refusal::{LedgerError, Refusal};
 use super::vault::Vault;
 use super::{accumulators, encode_line_results, fee_lines, record_settlement};
@@ -560,6 +560,179 @@ fn check_offline(
     Ok(())
 }
 
+/// The method a Settle's answer is stored under (center mode's too).
+pub(super) const METHOD: &str = "Settle";
+
+/// What a Settle leaves beside its work, shared by the local settle and center mode's
+/// keep: the msgid's stored answer replayed, or the settlement recorded with its answer
+/// stored under the msgid; and the audit record of either.
+pub(super) struct SettleJournal<'a> {
+    conn: &'a Connection,
+    node: &'a Node,
+    caller: &'a Caller<'a>,
+    code: &'a str,
+    msgid: &'a str,
+    req_hash: &'a [u8],
+    now: i64,
+    objects: String,
+}
+
+impl<'a> SettleJournal<'a> {
+    pub(super) fn new(
+        conn: &'a Connection,
+        node: &'a Node,
+        caller: &'a Caller<'a>,
+        req: &'a wire::SettleRequest,
+        req_hash: &'a [u8],
+        now: i64,
+    ) -> Self {
+        let (msgid, code) = header(req);
+        let objects = journal::objects(&[("psn_no", &req.psn_no), ("mdtrt_id", &req.mdtrt_id)]);
+        Self {
+            conn,
+            node,
+            caller,
+            code,
+            msgid,
+            req_hash,
+            now,
+            objects,
+        }
+    }
+
+    fn audit(&self, outcome: &str, objects: &str) -> Result<i64, LedgerError> {
+        journal::append_audit(
+            self.conn,
+            &self.node.audit_key,
+            "",
+            &AuditRecord {
+                at: self.now,
+                fixmedins_code: self.code,
+                opter: self.caller.opter,
+                roles: self.caller.roles,
+                rpc: self.caller.rpc,
+                objects,
+                outcome,
+            },
+        )
+    }
+
+    /// The msgid's stored answer, audited as a replay; None when it has none.
+    pub(super) fn replay(&self) -> Result<Option<Answered>, LedgerError> {
+        let (n, c) = (self.node, self.conn);
+        let Some(answer) =
+            journal::replay_of(c, &n.vault, self.code, self.msgid, METHOD, self.req_hash)?
+        else {
+            return Ok(None);
+        };
+        self.audit("REPLAY", &self.objects)?;
+        Ok(Some(Answered {
+            answer,
+            replayed: true,
+            setl_id: String::new(),
+            timing: None,
+        }))
+    }
+
+    /// `info`, stamped with the msgid and settled, sealed into `row` and recorded with its
+    /// legs, the accumulators and (`forward`) the outbox row; its answer stored with the
+    /// msgid and audited.
+    pub(super) fn record(
+        &self,
+        mut row: SettlementRow,
+        mut info: wire::SetlInfo,
+        before: &Accumulators,
+        after: &Accumulators,
+        forward: bool,
+        timing: Option<Timing>,
+    ) -> Result<Answered, LedgerError> {
+        let setl_id = row.setl_id.clone();
+        info.msgid = self.msgid.to_owned();
+        info.state = SETTLED;
+        row.info = self
+            .node
+            .vault
+            .seal("setlinfo", &setl_id, &info.encode_to_vec())
+            .map_err(|e| LedgerError::Internal(e.0))?;
+        let legs: Vec<LegRow> = info
+            .setldetail
+            .iter()
+            .map(|g| LegRow {
+                fund_pay_type: g.fund_pay_type.clone(),
+                base: g.inscp_scp_amt,
+                amount: g.fund_payamt,
+            })
+            .collect();
+        record_settlement(self.conn, &row, &legs, before, after, forward)?;
+        let answer = wire::SettleResponse {
+            setlinfo: Some(info),
+        }
+        .encode_to_vec();
+        journal::store_answer(
+            self.conn,
+            &self.node.vault,
+            self.code,
+            self.msgid,
+            METHOD,
+            self.req_hash,
+            &answer,
+            &setl_id,
+            self.now,
+        )?;
+        let with_ref = if self.objects.is_empty() {
+            format!("ref={setl_id}")
+        } else {
+            format!("{};ref={setl_id}", self.objects)
+        };
+        self.audit("OK", &with_ref)?;
+        Ok(Answered {
+            answer,
+            replayed: false,
+            setl_id,
+            timing,
+        })
+    }
+}
+
+/// The `settlements` row of `info` settled for `visit` at `at` (ms, local date), with
+/// the row id a local settle issued its setl_id from (None: the next one) and the
+/// accumulator year and pool it moved, and its line results; its sealed info left empty
+/// (`SettleJournal::record` seals it).
+pub(super) fn settlement_row(
+    info: &wire::SetlInfo,
+    visit: &VisitRow,
+    req: &wire::SettleRequest,
+    at: (i64, i64),
+    id: Option<i64>,
+    acc: (i64, &str),
+    line_results: Vec<u8>,
+) -> SettlementRow {
+    SettlementRow {
+        id,
+        setl_id: info.setl_id.clone(),
+        fixmedins_code: info.fixmedins_code.clone(),
+        mdtrt_id: visit.mdtrt_id.clone(),
+        visit_id: visit.id,
+        psn_no: visit.psn_no.clone(),
+        insutype: i64::from(info.insutype),
+        clr_type: i64::from(info.clr_type),
+        msgid: header(req).0.to_owned(),
+        invono: req.invono.clone(),
+        setl_time: at.0,
+        setl_date: at.1,
+        mode: i64::from(info.mode),
+        offline: info.offline,
+        medfee_sumamt: info.medfee_sumamt,
+        fund_pay_sumamt: info.fund_pay_sumamt,
+        acct_pay: info.acct_pay,
+        psn_cash_pay: info.psn_cash_pay,
+        acc_year: acc.0,
+        acc_pool: acc.1.to_owned(),
+        info: Vec::new(),
+        line_results,
+    }
+}
+
 /// A local-mode Settle (or, with `offline`, the emergency settle of a center-mode front-end
 /// whose center is unreachable), whole: the msgid's stored answer replayed, or the visit
 /// computed and recorded with an outbox row for the center, its answer stored; and the
@@ -573,36 +746,11 @@ pub fn settle(
     now: i64,
     offline: Option<Offline>,
 ) -> Result<Answered, LedgerError> {
-    const METHOD: &str = "Settle";
-    let (msgid, code) = header(req);
-    let objects = journal::objects(&[("psn_no", &req.psn_no), ("mdtrt_id", &req.mdtrt_id)]);
-    let audit = |outcome: &str, objects: &str| {
-        journal::append_audit(
-            conn,
-            &node.audit_key,
-            "",
-            &AuditRecord {
-                at: now,
-                fixmedins_code: code,
-                opter: caller.opter,
-                roles: caller.roles,
-                rpc: caller.rpc,
-                objects,
-                outcome,
-            },
-        )
-    };
-    if let Some(answer) = journal::replay_of(conn, &node.vault, code, msgid, METHOD, req_hash)? {
-        audit("REPLAY", &objects)?;
-        return Ok(Answered {
-            answer,
-            replayed: true,
-            setl_id: String::new(),
-            timing: None,
-        });
+    let journal = SettleJournal::new(conn, node, caller, req, req_hash, now);
+    if let Some(replayed) = journal.replay()? {
+        return Ok(replayed);
     }
     let c = compute(conn, node, caller, req)?;
-    let timing = Some(c.timing);
     let setl_date = local_date(now, node.tz_offset_min);
     if let Some(limits) = offline {
         check_offline(conn, caller.policy, limits, c.info.medfee_sumamt, setl_date)?;
@@ -612,77 +760,14 @@ pub fn settle(
         .query_row([], |r| r.get(0))?;
     let setl_id = format!("S{}{}{:012}", caller.fixmedins_code, node.node_id, rowid);
     let mut info = c.info;
-    info.setl_id = setl_id.clone();
+    info.setl_id = setl_id;
     info.setl_time = Some(timestamp(now));
     info.mode = LOCAL;
     info.offline = offline.is_some();
-    info.msgid = msgid.to_owned();
-    info.state = SETTLED;
-    let sealed = node
-        .vault
-        .seal("setlinfo", &setl_id, &info.encode_to_vec())
-        .map_err(|e| LedgerError::Internal(e.0))?;
-    let row = SettlementRow {
-        id: Some(rowid),
-        setl_id: setl_id.clone(),
-        fixmedins_code: info.fixmedins_code.clone(),
-        mdtrt_id: c.visit.mdtrt_id.clone(),
-        visit_id: c.visit.id,
-        psn_no: c.visit.psn_no.clone(),
-        insutype: i64::from(info.insutype),
-        clr_type: i64::from(info.clr_type),
-        msgid: msgid.to_owned(),
-        invono: req.invono.clone(),
-        setl_time: now,
-        setl_date,
-        mode: i64::from(info.mode),
-        offline: info.offline,
-        medfee_sumamt: info.medfee_sumamt,
-        fund_pay_sumamt: info.fund_pay_sumamt,
-        acct_pay: info.acct_pay,
-        psn_cash_pay: info.psn_cash_pay,
-        acc_year: c.acc_year,
-        acc_pool: c.acc_pool.clone(),
-        info: sealed,
-        line_results: c.line_results,
-    };
-    let legs: Vec<LegRow> = info
-        .setldetail
-        .iter()
-        .map(|g| LegRow {
-            fund_pay_type: g.fund_pay_type.clone(),
-            base: g.inscp_scp_amt,
-            amount: g.fund_payamt,
-        })
-        .collect();
-    record_settlement(conn, &row, &legs, &c.acc_before, &c.acc_after, true)?;
-    let answer = wire::SettleResponse {
-        setlinfo: Some(info),
-    }
-    .encode_to_vec();
-    journal::store_answer(
-        conn,
-        &node.vault,
-        code,
-        msgid,
-        METHOD,
-        req_hash,
-        &answer,
-        &setl_id,
-        now,
-    )?;
-    let with_ref = if objects.is_empty() {
-        format!("ref={setl_id}")
-    } else {
-        format!("{objects};ref={setl_id}")
-    };
-    audit("OK", &with_ref)?;
-    Ok(Answered {
-        answer,
-        replayed: false,
-        setl_id,
-        timing,
-    })
+    let acc = (c.acc_year, c.acc_pool.as_str());
+    let at = (now, setl_date);
+    let row = settlement_row(&info, &c.visit, req, at, Some(rowid), acc, c.line_results);
+    journal.record(row, info, &c.acc_before, &c.acc_after, true, Some(c.timing))
 }
 
 /// One Settle of a batch: its request, the caller it was authenticated as, and what it

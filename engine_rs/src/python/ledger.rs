@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 use numpy::PyArray1;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyWeakrefMethods, PyWeakrefReference};
+use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefMethods, PyWeakrefReference};
 use rusqlite::ffi;
 
 use prost::Message;
@@ -28,11 +28,11 @@ use prost::Message;
 use super::catalog::PyCatalog;
 use super::error::{guard, ledger_error, ledger_refused as refused};
 use super::policy::PyPolicy;
-use crate::ledger::refusal::{LedgerError, Refusal};
+use crate::ledger;
 use crate::ledger::center_mode::{self, Kept, Prepared};
+use crate::ledger::refusal::{LedgerError, Refusal};
 use crate::ledger::settle::{self, BatchCall, Caller, Node, Offline, Work};
 use crate::ledger::vault::Vault;
-use crate::ledger;
 use crate::split::Accumulators;
 use crate::wire;
 
@@ -282,12 +282,12 @@ impl PyLedger {
                         }))
                     })
                 }
-                None => Ok(Work::Settle(offline.map(|(max_medfee_fen, max_per_day)| {
-                    Offline {
+                None => Ok(Work::Settle(offline.map(
+                    |(max_medfee_fen, max_per_day)| Offline {
                         max_medfee_fen,
                         max_per_day,
-                    }
-                }))),
+                    },
+                ))),
             };
             match (decode::<wire::SettleRequest>(request), work) {
                 (Ok(req), Ok(work)) => batch.push(BatchCall {
@@ -368,6 +368,7 @@ impl PyLedger {
     /// insured region, accumulator year, pool, line results, the lines' digest, the engine's
     /// time (preprocess, split nanoseconds)).
     #[pyo3(signature = (node, request, caller, policy, catalog, req_hash=None))]
+    #[allow(clippy::too_many_arguments)] // the binding's arguments, as Python passes them
     fn prepare_center<'py>(
         &self,
         py: Python<'py>,
