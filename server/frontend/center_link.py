@@ -93,6 +93,10 @@ class CenterLink:
             while waiting := self._waiting.get(key):
                 batch, self._waiting[key] = waiting[: self.batch], waiting[self.batch :]
                 await self._send_batch(batch)
+        except BaseException as exc:  # cancelled (the server stopping): nobody waits on
+            for _, done in self._waiting.pop(key, []):
+                _settle_future(done, error=exc)
+            raise
         finally:
             del self._senders[key]
             if not self._waiting.get(key):
