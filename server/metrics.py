@@ -96,20 +96,22 @@ ENGINE_SECONDS = Histogram(
     ("stage",),
     buckets=LATENCY_BUCKETS,
 )
+# How many calls or operations share one batch (a commit, a transaction, a call).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 COMMIT_BATCH = Histogram(
     "medsettle_commit_batch_operations",
     "Operations sharing one group commit (one fsync) in the front-end's store.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    buckets=BATCH_BUCKETS,
 )
 CENTER_SETTLE_BATCH = Histogram(
     "medsettle_center_settle_batch_calls",
     "Center-mode SettleSummary calls settled in one transaction at the center.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    buckets=BATCH_BUCKETS,
 )
 CENTER_LINK_BATCH = Histogram(
     "medsettle_center_link_batch_settles",
     "Center-mode settles a front-end sent to its center in one SettleSummaries call.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    buckets=BATCH_BUCKETS,
 )
 CENTER_SETTLE_FALLBACKS = Counter(
     "medsettle_center_settle_batch_fallbacks_total",

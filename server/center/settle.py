@@ -248,22 +248,6 @@ def remembered(
     return (code, msgid, method, req_hash, vault.seal_answer(code, msgid, resp), ref, now)
 
 
-async def _remember(
-    conn: Conn,
-    vault: Vault,
-    code: str,
-    msgid: str,
-    method: str,
-    req_hash: bytes,
-    resp: bytes,
-    ref: str,
-    now: int,
-) -> None:
-    await conn.execute(
-        INSERT_IDEMPOTENCY, remembered(vault, code, msgid, method, req_hash, resp, ref, now)
-    )
-
-
 async def _refuse_undone(conn: Conn, setl_id: str) -> None:
     """A retry of a settle the front-end could not keep, and cancelled here since (its
     compensating cancel): the stored answer would say settled; refuse instead."""
@@ -571,15 +555,8 @@ async def cancel(
     resp = center_pb2.CenterSettleResponse(
         setlinfo=info, accumulators=catalog_pb2.Accumulator(year=year, pool=pool, **restored)
     ).SerializeToString()
-    await _remember(
-        conn,
-        env.pii,
-        h.fixmedins_code,
-        h.msgid,
-        "CancelSettlement",
-        req_hash,
-        resp,
-        req.setl_id,
-        now,
+    memo = remembered(
+        env.pii, h.fixmedins_code, h.msgid, "CancelSettlement", req_hash, resp, req.setl_id, now
     )
+    await conn.execute(INSERT_IDEMPOTENCY, memo)
     return resp

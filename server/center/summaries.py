@@ -43,6 +43,7 @@ from server.center.settle import (
 from server.center.store.batch import ACC_INSERT, ACC_UPDATE, probe, require_made
 from server.center.store.pg import (
     AUDIT_COLUMNS,
+    AUDIT_INSERT_ALL,
     Conn,
     PgStore,
     audit_heads,
@@ -432,7 +433,6 @@ def _settle(
 _ALL_SETTLEMENTS = insert_all("settlements", SETTLEMENT_COLUMNS)
 _ALL_LEGS = insert_all("setl_legs", LEG_COLUMNS)
 _ALL_REMEMBERED = insert_all("idempotency", IDEMPOTENCY_COLUMNS)
-_ALL_AUDIT = insert_all("audit", AUDIT_COLUMNS)
 
 
 def _inserts(b: _Batch, trail: list[tuple[Any, ...]]) -> list[tuple[str, int, list[Any]]]:
@@ -441,7 +441,7 @@ def _inserts(b: _Batch, trail: list[tuple[Any, ...]]) -> list[tuple[str, int, li
         (_ALL_SETTLEMENTS, len(SETTLEMENT_COLUMNS), b.settlements),
         (_ALL_LEGS, len(LEG_COLUMNS), b.legs),
         (_ALL_REMEMBERED, len(IDEMPOTENCY_COLUMNS), b.remembered),
-        (_ALL_AUDIT, len(AUDIT_COLUMNS), trail),
+        (AUDIT_INSERT_ALL, len(AUDIT_COLUMNS), trail),
     ]
 
 

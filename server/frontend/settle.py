@@ -62,9 +62,13 @@ class Ask:
     lines_digest: bytes  # the lines computed from: unchanged when the answer is kept?
 
 
-def _in_ledger(conn: sqlite3.Connection, caller: Caller) -> tuple[engine_rs.Ledger, Any, Any]:
-    """The connection's ledger and the reference data an operation on it settles with."""
-    require_fresh_refdata(caller)
+def _in_ledger(
+    conn: sqlite3.Connection, caller: Caller, *, fresh: bool = True
+) -> tuple[engine_rs.Ledger, Any, Any]:
+    """The connection's ledger and the reference data an operation on it settles with
+    (`fresh`: refused unless a policy and a catalog are loaded)."""
+    if fresh:
+        require_fresh_refdata(caller)
     return (
         ledger_of(conn),
         caller.snap.policy,
@@ -201,11 +205,9 @@ def _ledger_call(
 
     def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
         caller = header_of(conn)
-        if kept is None:  # a keep settles nothing here: the center has
-            require_fresh_refdata(caller)
-        snap = caller.snap
-        catalog = snap.catalog(conn, caller.inst.fixmedins_code)
-        return (data, req_hash, now, caller.for_ledger(rpc), snap.policy, catalog, limits, kept)
+        # a keep settles nothing here (the center has): it needs no fresh reference data
+        _, policy, catalog = _in_ledger(conn, caller, fresh=kept is None)
+        return (data, req_hash, now, caller.for_ledger(rpc), policy, catalog, limits, kept)
 
     return LedgerCall(env.ledger_node, prepare)
 

@@ -12,7 +12,7 @@
 //!
 //! The checks and texts are those of the local settle (`settle.rs`), which these share.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::journal;
@@ -173,11 +173,7 @@ pub fn keep(
              ORDER BY id DESC LIMIT 1",
         )?
         .query_row([&setl_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
+        .optional()?;
     if let Some((created_at, sent_at)) = undo {
         if sent_at.is_some() || created_at <= now {
             return Err(Refusal::failed_precondition(format!(

@@ -195,12 +195,11 @@ async def audit_append_many(conn: Conn, key: bytes, records: list[audit.Record],
     record's sequence number."""
     heads = await audit_heads(conn, [chain])
     rows = audit_rows(key, chain, heads[chain], records)
-    async with conn.cursor() as c:
-        await c.executemany(AUDIT_INSERT, rows)
+    if rows:
+        await conn.execute(AUDIT_INSERT_ALL, columns_of(rows, len(AUDIT_COLUMNS)))
     return int(rows[-1][1]) if rows else heads[chain][0]
 
 
-AUDIT_INSERT = "INSERT INTO audit VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 AUDIT_COLUMNS = (
     ("chain", "text"),
     ("seq", "bigint"),
@@ -226,6 +225,9 @@ def insert_all(table: str, columns: Sequence[tuple[str, str]]) -> str:
 def columns_of(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     """Rows as `width` column lists, for unnest()."""
     return [[r[i] for r in rows] for i in range(width)]
+
+
+AUDIT_INSERT_ALL = insert_all("audit", AUDIT_COLUMNS)
 
 
 async def audit_heads(conn: Conn, chains: list[str]) -> dict[str, tuple[int, bytes]]:
