@@ -338,7 +338,10 @@ def test_settles_at_once_travel_to_the_center_together(
     assert all(i.state == common_pb2.SETTLED and i.mode == common_pb2.CENTER for i in infos)
     calls_made = value(sent, "medsettle_center_link_batch_settles_count")
     settles_sent = value(sent, "medsettle_center_link_batch_settles_sum")
-    assert settles_sent >= len(calls) and calls_made < settles_sent  # some travelled together
+    # A retry reaching the front-end after its first try was kept is answered there from the
+    # stored answer; one beside its first try travels too and the center replays it.
+    assert len(infos) <= settles_sent <= len(calls)
+    assert calls_made < settles_sent  # some travelled together
     at_center = center_rows(pg_dsn, "SELECT setl_id, fund_pay_sumamt, acct_pay FROM settlements")
     assert sorted(at_center) == sorted((i.setl_id, i.fund_pay_sumamt, i.acct_pay) for i in infos)
     here = sqlite_rows(tmp_path / "together.db", "SELECT setl_id, fund_pay_sumamt FROM settlements")
