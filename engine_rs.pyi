@@ -190,25 +190,26 @@ class Ledger:
         node: LedgerNode,
         calls: list[
             tuple[
+                str,
                 bytes,
                 bytes,
                 int,
                 LedgerCaller,
-                Policy,
-                Catalog,
+                tuple[Policy, Catalog] | None,
                 tuple[int, int] | None,
                 tuple[bytes, int, str, bytes, bytes] | None,
             ]
         ],
         commit: bool = False,
     ) -> list[tuple[bytes, bool, str, tuple[int, int] | None] | BaseException]:
-        """The Settles of a batch, each whole in its savepoint, the GIL released: per call
-        (request, req_hash, now, caller, policy, catalog, offline limits, and for center
-        mode's keep (the center's CenterSettleResponse, accumulator year, pool, line
-        results, lines' digest)) its (answer,
-        replayed, setl_id, engine nanoseconds (preprocess, split) or None for a replay), or
-        the exception it raised as a value (Refused for a refusal); a store failure raises.
-        `commit`: COMMIT the transaction in the same GIL-free run."""
+        """The settles and cancels of a batch, each whole in its savepoint, the GIL
+        released: per call (method "Settle" or "CancelSettlement", request, req_hash, now,
+        caller, (policy, catalog) for a settle, offline limits, and for center mode's keep
+        (the center's CenterSettleResponse, accumulator year, pool, line results, lines'
+        digest)) its (answer, replayed, setl_id, engine nanoseconds (preprocess, split) or
+        None when nothing was computed), or the exception it raised as a value (Refused for
+        a refusal); a store failure raises. `commit`: COMMIT the transaction in the same
+        GIL-free run."""
     def pre_settle(
         self,
         node: LedgerNode,
@@ -217,6 +218,23 @@ class Ledger:
         policy: Policy,
         catalog: Catalog,
     ) -> tuple[bytes, tuple[int, int]]: ...
+    def cancellable(
+        self, caller: LedgerCaller, setl_id: str, mdtrt_id: str, psn_no: str
+    ) -> tuple[int, str, str, int]:
+        """The settlement a cancel names, after every check: (row id, setl_id, psn_no,
+        mode); Refused otherwise."""
+    def cancel(
+        self,
+        node: LedgerNode,
+        caller: LedgerCaller,
+        setl_id: str,
+        mdtrt_id: str,
+        psn_no: str,
+        msgid: str,
+        now: int,
+    ) -> tuple[bytes, str]:
+        """The settlement cancelled in the open transaction, after every check: (the
+        cancelled SetlInfo, the cancel id); Refused otherwise."""
     def prepare_center(
         self,
         node: LedgerNode,

@@ -206,7 +206,7 @@ class CenterMode:
             got,
             answer,
         )
-        return await settle.settle(self.store, call, outcome)
+        return await settle.in_batch(self.store, call, outcome)
 
     async def _settle_offline(
         self,
@@ -230,7 +230,7 @@ class CenterMode:
             SETTLE,
             limits,
         )
-        return await settle.settle(self.store, call, outcome)
+        return await settle.in_batch(self.store, call, outcome)
 
     async def pre_settle(self, req: settlement_pb2.SettleRequest) -> settlement_pb2.SettleResponse:
         header = req.header
@@ -283,7 +283,7 @@ class CenterMode:
                 "CancelSettlement",
                 digest,
                 now,
-                lambda: settle.cancel_call(conn, env, caller, req, now),
+                lambda: settle.cancel_answer(conn, env, caller, req, now),
                 None,
                 Trail.of(env, CANCEL, caller, req),
             )
@@ -375,7 +375,7 @@ def _at_center(
     """After every check this front-end can make (so a refusal changes neither side): the
     settlement to cancel at the center first, or None for one settled here (offline)."""
     row = settle.cancellable(conn, caller, setl_id, mdtrt_id, psn_no)
-    if row[15] != common_pb2.CENTER:
+    if row.mode != common_pb2.CENTER:
         return None
-    region = conn.execute("SELECT insuplc_admdvs FROM persons WHERE psn_no = ?", (row[5],))
-    return _AtCenter(row[0], row[1], region.fetchone()[0])
+    region = conn.execute("SELECT insuplc_admdvs FROM persons WHERE psn_no = ?", (row.psn_no,))
+    return _AtCenter(row.rowid, row.setl_id, region.fetchone()[0])

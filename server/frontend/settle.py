@@ -7,14 +7,14 @@ accumulators for the year and the rule's pool) and a local-mode Settle whole run
 ledger, in Rust on the store's connection (engine_rs/src/ledger/settle.rs): Settle inside the
 writer's transaction, so the accumulators it reads are the latest committed ones, committing
 the settlement, its legs and line results, the new accumulators, the account balance, an
-outbox row for the center, the idempotency record and the audit record together. Center
-mode's steps around the computation (keeping the center's settlement), cancels, reversals
-and queries are here in Python.
+outbox row for the center, the idempotency record and the audit record together. A cancel's
+checks and undo run there too (engine_rs/src/ledger/cancel.rs), a local-mode
+CancelSettlement whole in the same batches as the settles. What is here: the calls' shapes
+for the store, center mode's steps around the computation, reversals and queries.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,15 +27,11 @@ from server.common import (
     Caller,
     Env,
     Outcome,
-    issue_id,
-    local_date,
-    out_of_order,
     require_fresh_refdata,
 )
 from server.errors import FailedPrecondition, NotFound, field_error, refusal
 from server.frontend.store.sqlite import LedgerCall, Store, ledger_of
 from server.frontend.visits import cancel_registration, load_visit
-from server.persons import ACC_FIELDS
 from server.security.pii import Vault
 
 
@@ -103,25 +99,6 @@ def center_ask(
     request, region, year, pool, blob, digest, took = got
     metrics.engine_time(*took)
     return Ask(center_pb2.CenterSettleRequest.FromString(request), region, year, pool, blob, digest)
-
-
-def current_accumulators(
-    conn: sqlite3.Connection, psn_no: str, year: int, pool: str
-) -> dict[str, int]:
-    """The current row, else the loaded (opening) row, else zeros."""
-    acc = ledger_of(conn).accumulators(psn_no, year, pool)
-    return acc.to_dict() if acc is not None else dict.fromkeys(ACC_FIELDS, 0)
-
-
-def write_accumulators(
-    conn: sqlite3.Connection, psn_no: str, year: int, pool: str, values: dict[str, int]
-) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO accumulators"
-        f" (psn_no, year, pool, opening, {', '.join(ACC_FIELDS)})"
-        f" VALUES (?, ?, ?, 0, {', '.join('?' * len(ACC_FIELDS))})",
-        (psn_no, year, pool, *(values[f] for f in ACC_FIELDS)),
-    )
 
 
 def pre_settle(
@@ -205,15 +182,39 @@ def _ledger_call(
 
     def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
         caller = header_of(conn)
-        # a keep settles nothing here (the center has): it needs no fresh reference data
-        _, policy, catalog = _in_ledger(conn, caller, fresh=kept is None)
-        return (data, req_hash, now, caller.for_ledger(rpc), policy, catalog, limits, kept)
+        refdata = None  # a keep settles nothing here (the center has): it needs none
+        if kept is None:
+            _, policy, catalog = _in_ledger(conn, caller)
+            refdata = (policy, catalog)
+        return ("Settle", data, req_hash, now, caller.for_ledger(rpc), refdata, limits, kept)
 
-    return LedgerCall(env.ledger_node, prepare)
+    return LedgerCall(env.ledger_node, "Settle", prepare)
 
 
-async def settle(store: Store, call: LedgerCall, outcome: Outcome) -> bytes:
-    """Run a `settle_call` in the store's next batch: the answer's bytes once durable."""
+def cancel_call(
+    env: Env,
+    header_of: Callable[[sqlite3.Connection], Caller],
+    req: settlement_pb2.CancelSettlementRequest,
+    req_hash: bytes,
+    now: int,
+    rpc: str,
+) -> LedgerCall:
+    """A local-mode CancelSettlement as the ledger runs it whole
+    (engine_rs/src/ledger/cancel.rs `cancel_call`), in the store's next batch with the
+    settles: the msgid's stored answer replayed, or the settlement cancelled (see `cancel`)
+    with its answer stored with the msgid; the audit record of either."""
+    data = req.SerializeToString()
+
+    def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
+        who = header_of(conn).for_ledger(rpc)
+        return ("CancelSettlement", data, req_hash, now, who, None, None, None)
+
+    return LedgerCall(env.ledger_node, "CancelSettlement", prepare)
+
+
+async def in_batch(store: Store, call: LedgerCall, outcome: Outcome) -> bytes:
+    """Run a ledger call (`settle_call`, `keep_call`, `cancel_call`) in the store's next
+    batch: the answer's bytes once durable."""
     try:
         done: tuple[bytes, bool, str, tuple[int, int] | None] = await store.write(call)
     except engine_rs.Refused as exc:
@@ -222,7 +223,7 @@ async def settle(store: Store, call: LedgerCall, outcome: Outcome) -> bytes:
     if took is not None:
         metrics.engine_time(*took)
     if replayed:
-        metrics.REPLAYS.labels("Settle").inc()
+        metrics.REPLAYS.labels(call.method).inc()
         outcome.replayed = True
     return answer
 
@@ -256,36 +257,27 @@ def setl_info(vault: Vault, row: tuple[Any, ...]) -> common_pb2.SetlInfo:
     return info
 
 
+@dataclass(frozen=True)
+class Cancellable:
+    """A settlement a cancel may undo now (engine_rs/src/ledger/cancel.rs `cancellable`)."""
+
+    rowid: int
+    setl_id: str
+    psn_no: str
+    mode: int  # SettlementMode
+
+
 def cancellable(
     conn: sqlite3.Connection, caller: Caller, setl_id: str, mdtrt_id: str, psn_no: str
-) -> tuple[Any, ...]:
+) -> Cancellable:
     """The settlement a cancel names, after every check this front-end can make (center
     mode makes them all before it asks the center to cancel, so a refused cancel changes
     nothing on either side)."""
-    row = load_settlement(conn, caller, setl_id)
-    if mdtrt_id and mdtrt_id != row[3]:
-        raise field_error("mdtrt_id", f"settlement {setl_id} belongs to visit {row[3]}")
-    if psn_no and psn_no != row[5]:
-        raise field_error("psn_no", "does not match the settlement's person")
-    if row[6] != common_pb2.SETTLED:
-        raise FailedPrecondition(f"setl_id: {setl_id} is already cancelled ({row[12]})")
-    refuse_out_of_order(conn, caller, row)
-    return row
-
-
-def refuse_out_of_order(conn: sqlite3.Connection, caller: Caller, row: tuple[Any, ...]) -> None:
-    """A settlement is cancelled only while it is the person's latest in its accumulator
-    year and pool. A later one was priced against the deductible and caps this one moved;
-    undoing this one alone would leave the later one's split wrong (a deductible paid twice
-    or not at all). So the later ones are cancelled first, newest first, then re-settled:
-    FAILED_PRECONDITION names them (those of another institution only by number)."""
-    later = conn.execute(
-        "SELECT setl_id, fixmedins_code FROM settlements WHERE psn_no = ? AND acc_year = ?"
-        " AND acc_pool = ? AND state = 1 AND id > ? ORDER BY id DESC",
-        (row[5], row[8], row[9], row[0]),
-    ).fetchall()
-    if later:
-        raise out_of_order(row[1], row[8], row[9], later, caller.inst.fixmedins_code)
+    try:
+        row = ledger_of(conn).cancellable(caller.for_ledger(""), setl_id, mdtrt_id, psn_no)
+    except engine_rs.Refused as exc:
+        raise refusal(exc) from None
+    return Cancellable(*row)
 
 
 def cancel(
@@ -298,38 +290,27 @@ def cancel(
     msgid: str,
     now: int,
 ) -> tuple[common_pb2.SetlInfo, str]:
-    row = cancellable(conn, caller, setl_id, mdtrt_id, psn_no)
-    delta = json.loads(row[10])
-    acc = current_accumulators(conn, row[5], row[8], row[9])
-    write_accumulators(conn, row[5], row[8], row[9], {f: acc[f] - delta[f] for f in ACC_FIELDS})
-    if row[7]:
-        conn.execute("UPDATE persons SET balc = balc + ? WHERE psn_no = ?", (row[7], row[5]))
-    conn.execute("UPDATE visits SET state = 'registered' WHERE id = ?", (row[4],))
-    cancel_id = issue_id(env, "C", row[2], row[0])
-    conn.execute(
-        "UPDATE settlements SET state = 2, cancel_id = ?, cancel_msgid = ?, cancel_time = ?,"
-        " cancel_date = ? WHERE id = ?",
-        (cancel_id, msgid, now, local_date(now, env.tz_offset_min), row[0]),
-    )
-    # Every cancel goes to the center through the outbox, retried until it confirms: a
-    # local-mode settlement's is news there; a center-mode one's was usually made there
-    # first (CenterMode.cancel), and then the center answers DUPLICATE; but a Reverse of a
-    # center-mode Settle is cancelled here first, and this row is what cancels it there.
-    conn.execute(
-        "INSERT INTO outbox (kind, ref, payload, created_at) VALUES ('cancel', ?, ?, ?)",
-        (setl_id, cancel_id.encode(), now),
-    )
-    info = setl_info(env.pii, (*row[:6], common_pb2.CANCELLED, *row[7:12], cancel_id, msgid, now))
-    return info, setl_id
+    """The settlement cancelled in the connection's transaction, after every check (the
+    ledger's `cancel`): its SetlInfo, cancelled, and the setl_id. Reverse and center mode's
+    keep of a cancel use it inside their journal; a local CancelSettlement is `cancel_call`."""
+    try:
+        info, _ = ledger_of(conn).cancel(
+            env.ledger_node, caller.for_ledger(""), setl_id, mdtrt_id, psn_no, msgid, now
+        )
+    except engine_rs.Refused as exc:
+        raise refusal(exc) from None
+    return common_pb2.SetlInfo.FromString(info), setl_id
 
 
-def cancel_call(
+def cancel_answer(
     conn: sqlite3.Connection,
     env: Env,
     caller: Caller,
     req: settlement_pb2.CancelSettlementRequest,
     now: int,
 ) -> tuple[bytes, str]:
+    """A CancelSettlement's answer (a SettleResponse's bytes) and its ref, for a journal
+    kept in Python (center mode's keep of a cancel the center made)."""
     info, ref = cancel(
         conn, env, caller, req.setl_id, req.mdtrt_id, req.psn_no, req.header.msgid, now
     )

@@ -240,6 +240,40 @@ def test_cancel_restores_accumulators_and_settling_again_gives_the_same(
     assert states == [common_pb2.CANCELLED, common_pb2.SETTLED]
 
 
+def test_a_cancel_waits_for_the_later_settlements_that_relied_on_it(
+    frontend: LocalServer,
+) -> None:
+    """A settlement is cancelled only while it is the person's latest in its accumulator
+    year and pool: the refusal names the later ones newest first (another institution's
+    only by number) and writes nothing; cancelled newest first, each goes."""
+    a, b = client(frontend), client(frontend, INST_B)
+    settled = []
+    for who, seed in ((a, 731), (a, 732), (b, 733), (a, 734)):
+        mdtrt_id, ls = admit(who, CIVIL, n_lines=6, seed=seed, med_type=11)
+        settled.append((who, who.settle(mdtrt_id, CIVIL.psn_no, medfee_sumamt=total(ls)).setlinfo))
+    first, second, _, last = (info for _, info in settled)
+    conn = sqlite3.connect(frontend.db)
+    try:
+        year, pool = conn.execute(
+            "SELECT acc_year, acc_pool FROM settlements WHERE setl_id = ?", (first.setl_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    before = snapshot(frontend.db)
+    with pytest.raises(MedsettleError) as err:
+        a.cancel_settlement(first.setl_id)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.message == (
+        f"setl_id: {first.setl_id} is not the person's latest settlement of {year} ({pool});"
+        " later settlements relied on its accumulators: cancel them first, newest first"
+        f" ({last.setl_id}, {second.setl_id}, 1 at other institutions), then this one, and"
+        " settle them again"
+    )
+    assert snapshot(frontend.db) == before
+    for who, info in reversed(settled):
+        assert who.cancel_settlement(info.setl_id).setlinfo.state == common_pb2.CANCELLED
+
+
 def test_reverse_by_msgid(frontend: LocalServer) -> None:
     c = client(frontend)
     mdtrt_id, ls = admit(c, EMPLOYEE, n_lines=20, seed=10)

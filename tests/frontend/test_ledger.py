@@ -261,28 +261,37 @@ def test_upload_results_are_the_python_encoding(
 
 def test_a_batch_goes_on_past_a_request_that_does_not_decode(conn: Connection) -> None:
     """A call of a batch whose bytes are not a SettleRequest is that call's refusal
-    (INVALID_ARGUMENT naming the request); the call beside it is settled or refused on its
-    own (here: no such visit), and the batch itself does not fail."""
+    (INVALID_ARGUMENT naming the request); the calls beside it are settled, kept, cancelled
+    or refused on their own (here: no such visit, no such settlement), and the batch itself
+    does not fail."""
     node = engine_rs.LedgerNode("01", 480, bytes(32), 1, bytes(32))
     catalog = catalog_from_rows([{"code": "X1"}])
     caller = ("H1", 3, "440100", "op", "clerk", "/medsettle.v1.Settlement/Settle")
     unknown = settlement_pb2.SettleRequest(mdtrt_id="M-none", psn_no="P1").SerializeToString()
+    no_setl = settlement_pb2.CancelSettlementRequest(setl_id="S-none").SerializeToString()
+    refdata = (FLAT_POLICY, catalog)
+    kept = (b"", 2026, "emp", b"", b"")
     conn.execute("BEGIN")
     out = conn.ledger.settle_batch(
         node,
         [
-            (b"\xff\xff\xff", b"h1", 1, caller, FLAT_POLICY, catalog, None, None),
-            (unknown, b"h2", 1, caller, FLAT_POLICY, catalog, None, None),
-            (unknown, b"h3", 1, caller, FLAT_POLICY, catalog, None, (b"", 2026, "emp", b"", b"")),
+            ("Settle", b"\xff\xff\xff", b"h1", 1, caller, refdata, None, None),
+            ("Settle", unknown, b"h2", 1, caller, refdata, None, None),
+            ("Settle", unknown, b"h3", 1, caller, None, None, kept),
+            ("CancelSettlement", no_setl, b"h4", 1, caller, None, None, None),
+            ("CancelSettlement", b"\xff\xff\xff", b"h5", 1, caller, None, None, None),
         ],
     )
     conn.execute("ROLLBACK")
-    assert len(out) == 3
-    bad, missing, not_kept = out
-    assert isinstance(bad, engine_rs.Refused) and bad.code == "INVALID_ARGUMENT"
-    assert bad.field == "request" and bad.reason is not None
-    assert bad.reason.startswith("malformed request message")
+    assert len(out) == 5
+    bad, missing, not_kept, no_such, bad_cancel = out
+    for b in (bad, bad_cancel):
+        assert isinstance(b, engine_rs.Refused) and b.code == "INVALID_ARGUMENT"
+        assert b.field == "request" and b.reason is not None
+        assert b.reason.startswith("malformed request message")
     assert isinstance(missing, engine_rs.Refused) and missing.code == "NOT_FOUND"
     assert missing.message == "mdtrt_id: no visit M-none at this institution"
     # center mode's keep of the same visit: the same refusal
     assert isinstance(not_kept, engine_rs.Refused) and not_kept.message == missing.message
+    assert isinstance(no_such, engine_rs.Refused) and no_such.code == "NOT_FOUND"
+    assert no_such.message == "setl_id: no settlement S-none at this institution"

@@ -333,3 +333,124 @@ def test_concurrent_settles_in_shared_batches_match_settling_one_at_a_time(
         oracle.balc[key[0]] -= got.acct_pay
     for key, acc in oracle.acc.items():
         assert _stored_acc(frontend.db, key) == acc, key
+
+
+def test_cancels_share_batches_with_settles_and_give_back_what_each_settle_added(
+    metered: tuple[LocalServer, int],
+) -> None:
+    """Cancels run in the ledger beside the settles (engine_rs/src/ledger/cancel.rs), in
+    the same batches. A burst of new settles for some people, cancels of other people's
+    latest settlements (one sent twice with one msgid), and cancels the ledger must refuse
+    (not the person's latest, already cancelled, another visit's mdtrt_id): each settle
+    equals the oracle's, each cancel takes back exactly what its settle added (the
+    accumulators and the account balance), the retry gets the first answer's bytes, and a
+    refused cancel writes nothing."""
+    frontend, port = metered
+    oracle = Oracle(frontend.db)
+    c: MedsettleClient = client(frontend, INST_A, opter=ALL_ROLES)
+    n = 0
+
+    def visit(person: Any) -> tuple[str, list[settlement_pb2.FeeLine]]:
+        nonlocal n
+        n += 1
+        v = c.register(
+            person.psn_no,
+            insutype=person.insutype,
+            med_type=11,
+            begndate=DAY,
+            ipt_otp_no=f"X{n}",
+            dise_codg=["I10"],
+        )
+        oracle.diagnoses[v.mdtrt_id] = ["I10"]
+        ls = lines(2 + n % 9, seed=900 + n, inst=INST_A)
+        c.upload_fees(v.mdtrt_id, ls)
+        return v.mdtrt_id, ls
+
+    def settle_now(person: Any, acct_used: bool) -> tuple[common_pb2.SetlInfo, Any]:
+        mdtrt_id, ls = visit(person)
+        want, key, after = oracle.settle(mdtrt_id, ls, acct_used)
+        got = c.settle(mdtrt_id, person.psn_no, medfee_sumamt=total(ls), acct_used=acct_used)
+        assert split_differences(got.setlinfo, want) == []
+        oracle.added[got.setlinfo.setl_id] = {f: after[f] - oracle.acc[key][f] for f in ACC_FIELDS}
+        oracle.acc[key] = after
+        oracle.balc[person.psn_no] -= got.setlinfo.acct_pay
+        return got.setlinfo, key
+
+    with c:
+        # before the burst: two settlements each for the people whose latest is cancelled in
+        # it, and for the one whose earlier one is refused; one cancelled already
+        latest = {p.psn_no: [settle_now(p, True), settle_now(p, True)] for p in (CHILD, CIVIL)}
+        earlier, _ = settle_now(EMPLOYEE, False)
+        settle_now(EMPLOYEE, False)
+        gone, gone_key = settle_now(FILED, True)
+        c.cancel_settlement(gone.setl_id)
+        added = oracle.added.pop(gone.setl_id)
+        oracle.acc[gone_key] = {f: oracle.acc[gone_key][f] - added[f] for f in ACC_FIELDS}
+        oracle.balc[FILED.psn_no] += gone.acct_pay
+        other_visit, _ = visit(FILED)
+        new = [(p, *visit(p), k % 2 == 0) for k, p in enumerate((RETIRED, SECOND_STAY) * 3)]
+        retry = f"CANCEL-TWICE-{latest[CHILD.psn_no][1][0].setl_id}"
+        cancels = [
+            (latest[CHILD.psn_no][1][0].setl_id, "", retry),
+            (latest[CHILD.psn_no][1][0].setl_id, "", retry),
+            (latest[CIVIL.psn_no][1][0].setl_id, "", None),
+        ]
+        refused = [
+            (earlier.setl_id, "", None),  # EMPLOYEE's later settlement relied on it
+            (gone.setl_id, "", None),  # cancelled already
+            (latest[CIVIL.psn_no][0][0].setl_id, other_visit, None),  # another visit's
+        ]
+        before_refused = {t: _stored_acc(frontend.db, t) for t in oracle.acc}
+
+        def send(t: Any) -> Any:
+            try:
+                if len(t) == 3:
+                    return c.cancel_settlement(t[0], mdtrt_id=t[1], msgid=t[2])
+                person, mdtrt_id, ls, acct = t
+                return c.settle(mdtrt_id, person.psn_no, medfee_sumamt=total(ls), acct_used=acct)
+            except MedsettleError as exc:
+                return exc
+
+        commits_before, ops_before = _commit_batches(port)
+        burst: list[Any] = [*new, *cancels, *refused]
+        np.random.default_rng(11).shuffle(burst)
+        with ThreadPoolExecutor(len(burst)) as pool:
+            outcomes = dict(zip(map(id, burst), pool.map(send, burst), strict=True))
+        commits, ops = _commit_batches(port)
+    assert ops - ops_before >= len(burst)
+    assert commits - commits_before < len(new) + len(cancels)  # they shared batches
+    codes = [getattr(outcomes[id(t)], "code", None) for t in refused]
+    assert [x.name if x else None for x in codes] == [
+        "FAILED_PRECONDITION", "FAILED_PRECONDITION", "INVALID_ARGUMENT"
+    ]  # fmt: skip
+    first, again, civil = (outcomes[id(t)] for t in cancels)
+    assert again.SerializeToString() == first.SerializeToString()
+    for answer in (first, civil):
+        info = answer.setlinfo
+        assert info.state == common_pb2.CANCELLED and info.cancel_id
+        added = oracle.added.pop(info.setl_id)
+        key = next(k for s, k in latest[info.psn_no] if s.setl_id == info.setl_id)
+        oracle.acc[key] = {f: oracle.acc[key][f] - added[f] for f in ACC_FIELDS}
+        oracle.balc[info.psn_no] += info.acct_pay
+    settled = sorted((outcomes[id(t)].setlinfo for t in new), key=lambda i: i.setl_id)
+    by_visit = {t[1]: t for t in new}
+    for got in settled:
+        _, mdtrt_id, ls, acct_used = by_visit[got.mdtrt_id]
+        want, key, after = oracle.settle(mdtrt_id, ls, acct_used)
+        assert split_differences(got, want) == [], got.setl_id
+        oracle.acc[key] = after
+        oracle.balc[key[0]] -= got.acct_pay
+    for key, acc in oracle.acc.items():
+        assert _stored_acc(frontend.db, key) == acc, key
+    conn = sqlite3.connect(frontend.db)
+    try:
+        balances = dict(conn.execute("SELECT psn_no, balc FROM persons"))
+        states = dict(conn.execute("SELECT setl_id, state FROM settlements"))
+    finally:
+        conn.close()
+    assert {p: balances[p] for p in oracle.balc} == oracle.balc
+    # the refused cancels wrote nothing: their settlements stand, EMPLOYEE's books as before
+    assert states[earlier.setl_id] == states[latest[CIVIL.psn_no][0][0].setl_id] == 1
+    for key, acc in before_refused.items():
+        if key[0] == EMPLOYEE.psn_no:
+            assert _stored_acc(frontend.db, key) == acc

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::journal;
 use super::refusal::{LedgerError, Refusal};
 use super::settle::{compute, header, load_visit, local_date, narrow, Answered, Caller, Node};
-use super::settle::{settlement_row, SettleJournal, Timing, METHOD};
+use super::settle::{settlement_row, SettleJournal, Timing, Who, METHOD};
 use super::{accumulators, fee_lines};
 use crate::settlement::accumulator_values;
 use crate::split::Accumulators;
@@ -137,19 +137,19 @@ pub fn prepare(
 pub fn keep(
     conn: &Connection,
     node: &Node,
-    caller: &Caller<'_>,
+    who: &Who<'_>,
     req: &wire::SettleRequest,
     req_hash: &[u8],
     now: i64,
     kept: &Kept,
 ) -> Result<Answered, LedgerError> {
-    let journal = SettleJournal::new(conn, node, caller, req, req_hash, now);
+    let journal = SettleJournal::new(conn, node, who, req, req_hash, now);
     if let Some(replayed) = journal.replay()? {
         return Ok(replayed);
     }
     let info = kept.answer.setlinfo.clone().unwrap_or_default();
     let setl_id = info.setl_id.clone();
-    let visit = load_visit(conn, &node.vault, caller, &req.mdtrt_id)?;
+    let visit = load_visit(conn, &node.vault, who, &req.mdtrt_id)?;
     if visit.state != "registered" {
         return Err(Refusal::failed_precondition(format!(
             "mdtrt_id: {} is {} here; the center's settlement {setl_id} is cancelled there",

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::refusal::{LedgerError, Refusal};
+use super::settle::{Node, Who};
 use super::vault::Vault;
 
 /// The method name a Reverse leaves on a msgid that never arrived.
@@ -164,6 +165,96 @@ pub fn append_audit(
             &hash[..]
         ])?;
     Ok(seq)
+}
+
+/// What a state-changing call of a batch leaves beside its work: the msgid's stored answer
+/// replayed, audited as a replay; or its answer stored with the msgid and audited with the
+/// object it made (`server.common.idempotent` with its `Trail`, for the calls in Python).
+pub struct Journal<'a> {
+    conn: &'a Connection,
+    node: &'a Node,
+    who: &'a Who<'a>,
+    method: &'a str,
+    /// The request header's (msgid, fixmedins_code).
+    header: (&'a str, &'a str),
+    req_hash: &'a [u8],
+    now: i64,
+    /// The objects the request names (`objects`).
+    objects: String,
+}
+
+impl<'a> Journal<'a> {
+    #[allow(clippy::too_many_arguments)] // one call's whole identity, named
+    pub fn new(
+        conn: &'a Connection,
+        node: &'a Node,
+        who: &'a Who<'a>,
+        method: &'a str,
+        header: (&'a str, &'a str),
+        req_hash: &'a [u8],
+        now: i64,
+        objects: String,
+    ) -> Self {
+        Self {
+            conn,
+            node,
+            who,
+            method,
+            header,
+            req_hash,
+            now,
+            objects,
+        }
+    }
+
+    pub fn msgid(&self) -> &'a str {
+        self.header.0
+    }
+
+    fn audit(&self, outcome: &str, objects: &str) -> Result<i64, LedgerError> {
+        append_audit(
+            self.conn,
+            &self.node.audit_key,
+            "",
+            &AuditRecord {
+                at: self.now,
+                fixmedins_code: self.header.1,
+                opter: self.who.opter,
+                roles: self.who.roles,
+                rpc: self.who.rpc,
+                objects,
+                outcome,
+            },
+        )
+    }
+
+    /// The msgid's stored answer, audited as a replay; None when it has none.
+    pub fn replay(&self) -> Result<Option<Vec<u8>>, LedgerError> {
+        let (msgid, code) = self.header;
+        let vault = &self.node.vault;
+        let stored = replay_of(self.conn, vault, code, msgid, self.method, self.req_hash)?;
+        if stored.is_some() {
+            self.audit("REPLAY", &self.objects)?;
+        }
+        Ok(stored)
+    }
+
+    /// `answer` stored as the msgid's, with `reference` (the object the call made), and the
+    /// call audited as done.
+    pub fn answered(&self, answer: &[u8], reference: &str) -> Result<(), LedgerError> {
+        let (msgid, code) = self.header;
+        let (vault, method, hash) = (&self.node.vault, self.method, self.req_hash);
+        store_answer(
+            self.conn, vault, code, msgid, method, hash, answer, reference, self.now,
+        )?;
+        let with_ref = if self.objects.is_empty() {
+            format!("ref={reference}")
+        } else {
+            format!("{};ref={reference}", self.objects)
+        };
+        self.audit("OK", &with_ref)?;
+        Ok(())
+    }
 }
 
 /// The longest value a record keeps as it is (`audit.VALUE_MAX`); a longer one is kept as

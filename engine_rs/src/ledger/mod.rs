@@ -2,7 +2,9 @@
 //!
 //! - this file: a visit's fee lines, a person's accumulators, the writes that record a
 //!   settlement, the line-results blob;
-//! - `settle`: the Settle and PreSettle operations whole (issue 15), over the rest;
+//! - `settle`: the Settle and PreSettle operations whole (issue 15), over the rest, and the
+//!   batch that runs settles, center mode's keeps and cancels together;
+//! - `cancel`: a settlement's cancel;
 //! - `journal`: the msgid's stored answer and the audit chain;
 //! - `vault`: personal data sealed and opened (the format of server/security/pii.py);
 //! - `refusal`: how an operation refuses a request, or fails.
@@ -16,6 +18,7 @@
 //! the file). Reads run inside whatever transaction the connection has open, so they see
 //! the batch's own earlier writes.
 
+pub mod cancel;
 pub mod center_mode;
 pub mod journal;
 pub mod refusal;
@@ -132,6 +135,31 @@ pub fn accumulators(
         .optional()
 }
 
+/// Sets a person's current accumulators for a year and pool (the opening row, loaded from
+/// the center, stays as it was).
+pub fn write_accumulators(
+    conn: &Connection,
+    psn_no: &str,
+    year: i64,
+    pool: &str,
+    values: &[i64; Accumulators::LEN],
+) -> rusqlite::Result<()> {
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "INSERT OR REPLACE INTO accumulators (psn_no, year, pool, opening, {}) \
+             VALUES (?, ?, ?, 0, {})",
+            Accumulators::FIELDS.join(", "),
+            ["?"; Accumulators::LEN].join(", ")
+        )
+    });
+    let mut acc = conn.prepare_cached(sql)?;
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&psn_no, &year, &pool];
+    args.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+    acc.execute(args.as_slice())?;
+    Ok(())
+}
+
 /// A settlement as `record_settlement` writes it: its `settlements` row (state settled).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SettlementRow {
@@ -239,19 +267,7 @@ pub fn record_settlement(
     for l in legs {
         leg.execute(params![row.setl_id, l.fund_pay_type, l.base, l.amount])?;
     }
-    static SQL: OnceLock<String> = OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "INSERT OR REPLACE INTO accumulators (psn_no, year, pool, opening, {}) \
-             VALUES (?, ?, ?, 0, {})",
-            Accumulators::FIELDS.join(", "),
-            ["?"; Accumulators::LEN].join(", ")
-        )
-    });
-    let mut acc = conn.prepare_cached(sql)?;
-    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&row.psn_no, &row.acc_year, &row.acc_pool];
-    values.extend(a.iter().map(|v| v as &dyn rusqlite::ToSql));
-    acc.execute(values.as_slice())?;
+    write_accumulators(conn, &row.psn_no, row.acc_year, &row.acc_pool, &a)?;
     if row.acct_pay != 0 {
         conn.prepare_cached("UPDATE persons SET balc = balc - ?1 WHERE psn_no = ?2")?
             .execute(params![row.acct_pay, row.psn_no])?;

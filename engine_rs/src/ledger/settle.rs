@@ -12,8 +12,9 @@ use std::time::Instant;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension};
 
+use super::cancel;
 use super::center_mode::{keep, Kept};
-use super::journal::{self, AuditRecord};
+use super::journal::{self, Journal};
 use super::refusal::{LedgerError, Refusal};
 use super::vault::Vault;
 use super::{accumulators, encode_line_results, fee_lines, record_settlement};
@@ -35,16 +36,23 @@ pub struct Node {
     pub audit_key: Vec<u8>,
 }
 
-/// The signed-in caller (authenticated before the operation runs) and its reference data.
-pub struct Caller<'a> {
+/// Who makes a call (signed in, authenticated before the operation runs), as the audit
+/// record names them.
+pub struct Who<'a> {
     pub fixmedins_code: &'a str,
-    pub hosp_lv: u32,
-    pub admdvs: &'a str,
     pub opter: &'a str,
     /// The roles the sign-in holds, rendered for the audit record.
     pub roles: &'a str,
     /// The method's path, for the audit record.
     pub rpc: &'a str,
+}
+
+/// The caller of a computation: who, their institution's level and region, and the
+/// reference data it settles with.
+pub struct Caller<'a> {
+    pub who: Who<'a>,
+    pub hosp_lv: u32,
+    pub admdvs: &'a str,
     pub policy: &'a Policy,
     pub catalog: &'a Catalog,
 }
@@ -104,14 +112,28 @@ fn nanos_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// What a Settle answered: the answer's bytes, whether it was a replay, and the setl_id.
+/// What a call of a batch answered: the answer's bytes, whether it was a replay, and the
+/// settlement it made or cancelled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answered {
     pub answer: Vec<u8>,
     pub replayed: bool,
+    /// Empty for a replay.
     pub setl_id: String,
-    /// None for a replay (nothing was computed).
+    /// The engine's time; None when nothing was computed (a replay, a cancel).
     pub timing: Option<Timing>,
+}
+
+impl Answered {
+    /// The msgid's stored answer, replayed.
+    pub(super) fn replayed(answer: Vec<u8>) -> Self {
+        Self {
+            answer,
+            replayed: true,
+            setl_id: String::new(),
+            timing: None,
+        }
+    }
 }
 
 /// The settle request's header (absent: empty; the server checked it before).
@@ -124,7 +146,7 @@ pub(super) fn header(req: &wire::SettleRequest) -> (&str, &str) {
 pub(super) fn load_visit(
     conn: &Connection,
     vault: &Vault,
-    caller: &Caller<'_>,
+    who: &Who<'_>,
     mdtrt_id: &str,
 ) -> Result<VisitRow, LedgerError> {
     if mdtrt_id.is_empty() {
@@ -153,7 +175,7 @@ pub(super) fn load_visit(
             ))
         })
         .optional()?;
-    let Some((mut visit, sealed)) = row.filter(|(v, _)| v.fixmedins_code == caller.fixmedins_code)
+    let Some((mut visit, sealed)) = row.filter(|(v, _)| v.fixmedins_code == who.fixmedins_code)
     else {
         return Err(Refusal::not_found(format!(
             "mdtrt_id: no visit {mdtrt_id} at this institution"
@@ -235,7 +257,7 @@ pub fn compute(
     req: &wire::SettleRequest,
 ) -> Result<Computed, LedgerError> {
     let policy = caller.policy;
-    let visit = load_visit(conn, &node.vault, caller, &req.mdtrt_id)?;
+    let visit = load_visit(conn, &node.vault, &caller.who, &req.mdtrt_id)?;
     if req.psn_no.is_empty() {
         return Err(Refusal::field("psn_no", "is required").into());
     }
@@ -396,7 +418,7 @@ pub fn compute(
             psn_type: narrow(person.psn_type, "psn_type")?,
             med_type: narrow(visit.med_type, "med_type")?,
             treatment: ev.treatment,
-            fixmedins_code: caller.fixmedins_code,
+            fixmedins_code: caller.who.fixmedins_code,
             invono: &req.invono,
         },
         &SplitInput::from(&summary),
@@ -497,7 +519,7 @@ pub fn local_date(ms: i64, tz_offset_min: i64) -> i64 {
     y * 10_000 + m * 100 + d
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
+pub(super) fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         // below 10^9
@@ -561,7 +583,7 @@ fn check_offline(
 }
 
 /// The method a Settle's answer is stored under (center mode's too).
-pub(super) const METHOD: &str = "Settle";
+pub const METHOD: &str = "Settle";
 
 /// What a Settle leaves beside its work, shared by the local settle and center mode's
 /// keep: the msgid's stored answer replayed, or the settlement recorded with its answer
@@ -569,69 +591,30 @@ pub(super) const METHOD: &str = "Settle";
 pub(super) struct SettleJournal<'a> {
     conn: &'a Connection,
     node: &'a Node,
-    caller: &'a Caller<'a>,
-    code: &'a str,
-    msgid: &'a str,
-    req_hash: &'a [u8],
-    now: i64,
-    objects: String,
+    journal: Journal<'a>,
 }
 
 impl<'a> SettleJournal<'a> {
     pub(super) fn new(
         conn: &'a Connection,
         node: &'a Node,
-        caller: &'a Caller<'a>,
+        who: &'a Who<'a>,
         req: &'a wire::SettleRequest,
         req_hash: &'a [u8],
         now: i64,
     ) -> Self {
-        let (msgid, code) = header(req);
         let objects = journal::objects(&[("psn_no", &req.psn_no), ("mdtrt_id", &req.mdtrt_id)]);
+        let journal = Journal::new(conn, node, who, METHOD, header(req), req_hash, now, objects);
         Self {
             conn,
             node,
-            caller,
-            code,
-            msgid,
-            req_hash,
-            now,
-            objects,
+            journal,
         }
-    }
-
-    fn audit(&self, outcome: &str, objects: &str) -> Result<i64, LedgerError> {
-        journal::append_audit(
-            self.conn,
-            &self.node.audit_key,
-            "",
-            &AuditRecord {
-                at: self.now,
-                fixmedins_code: self.code,
-                opter: self.caller.opter,
-                roles: self.caller.roles,
-                rpc: self.caller.rpc,
-                objects,
-                outcome,
-            },
-        )
     }
 
     /// The msgid's stored answer, audited as a replay; None when it has none.
     pub(super) fn replay(&self) -> Result<Option<Answered>, LedgerError> {
-        let (n, c) = (self.node, self.conn);
-        let Some(answer) =
-            journal::replay_of(c, &n.vault, self.code, self.msgid, METHOD, self.req_hash)?
-        else {
-            return Ok(None);
-        };
-        self.audit("REPLAY", &self.objects)?;
-        Ok(Some(Answered {
-            answer,
-            replayed: true,
-            setl_id: String::new(),
-            timing: None,
-        }))
+        Ok(self.journal.replay()?.map(Answered::replayed))
     }
 
     /// `info`, stamped with the msgid and settled, sealed into `row` and recorded with its
@@ -647,7 +630,7 @@ impl<'a> SettleJournal<'a> {
         timing: Option<Timing>,
     ) -> Result<Answered, LedgerError> {
         let setl_id = row.setl_id.clone();
-        info.msgid = self.msgid.to_owned();
+        info.msgid = self.journal.msgid().to_owned();
         info.state = SETTLED;
         row.info = self
             .node
@@ -668,23 +651,7 @@ impl<'a> SettleJournal<'a> {
             setlinfo: Some(info),
         }
         .encode_to_vec();
-        journal::store_answer(
-            self.conn,
-            &self.node.vault,
-            self.code,
-            self.msgid,
-            METHOD,
-            self.req_hash,
-            &answer,
-            &setl_id,
-            self.now,
-        )?;
-        let with_ref = if self.objects.is_empty() {
-            format!("ref={setl_id}")
-        } else {
-            format!("{};ref={setl_id}", self.objects)
-        };
-        self.audit("OK", &with_ref)?;
+        self.journal.answered(&answer, &setl_id)?;
         Ok(Answered {
             answer,
             replayed: false,
@@ -746,7 +713,7 @@ pub fn settle(
     now: i64,
     offline: Option<Offline>,
 ) -> Result<Answered, LedgerError> {
-    let journal = SettleJournal::new(conn, node, caller, req, req_hash, now);
+    let journal = SettleJournal::new(conn, node, &caller.who, req, req_hash, now);
     if let Some(replayed) = journal.replay()? {
         return Ok(replayed);
     }
@@ -758,7 +725,10 @@ pub fn settle(
     let rowid: i64 = conn
         .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM settlements")?
         .query_row([], |r| r.get(0))?;
-    let setl_id = format!("S{}{}{:012}", caller.fixmedins_code, node.node_id, rowid);
+    let setl_id = format!(
+        "S{}{}{:012}",
+        caller.who.fixmedins_code, node.node_id, rowid
+    );
     let mut info = c.info;
     info.setl_id = setl_id;
     info.setl_time = Some(timestamp(now));
@@ -770,22 +740,32 @@ pub fn settle(
     journal.record(row, info, &c.acc_before, &c.acc_after, true, Some(c.timing))
 }
 
-/// One Settle of a batch: its request, the caller it was authenticated as, and what it
-/// does.
+/// One call of a batch: its request hash, when it arrived, and what it does.
 pub struct BatchCall<'a> {
-    pub req: wire::SettleRequest,
     pub req_hash: Vec<u8>,
     pub now: i64,
-    pub caller: Caller<'a>,
-    pub work: Work,
+    pub work: Work<'a>,
 }
 
-/// What a Settle of a batch does.
-pub enum Work {
+/// What a call of a batch does, with its request and caller.
+pub enum Work<'a> {
     /// Settle here: local mode, or with limits center mode's emergency plan (`settle`).
-    Settle(Option<Offline>),
+    Settle {
+        req: wire::SettleRequest,
+        caller: Caller<'a>,
+        offline: Option<Offline>,
+    },
     /// Keep what the center settled: center mode (`center_mode::keep`).
-    Keep(Box<Kept>),
+    Keep {
+        req: wire::SettleRequest,
+        who: Who<'a>,
+        kept: Box<Kept>,
+    },
+    /// Cancel a settlement of this front-end: local mode (`cancel::cancel_call`).
+    Cancel {
+        req: wire::CancelSettlementRequest,
+        who: Who<'a>,
+    },
 }
 
 /// SQLite's primary result codes that mean the store itself cannot write, whatever the call
@@ -802,10 +782,10 @@ pub fn store_failure(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// The Settles of a batch (center mode's keeps among them) in order, each in its own savepoint inside the caller's open
-/// transaction: one refused (or failing) is rolled back alone and the rest go on, so two
-/// settles of one person in a batch see each other's accumulators exactly as two batches
-/// would. A store failure (a full disk, an I/O error), or SQLite rolling the transaction
+/// The calls of a batch (settles, center mode's keeps, cancels) in order, each in its own
+/// savepoint inside the caller's open transaction: one refused (or failing) is rolled back
+/// alone and the rest go on, so two settles of one person in a batch, or a settle and its
+/// cancel, see each other's writes exactly as two batches would. A store failure (a full disk, an I/O error), or SQLite rolling the transaction
 /// back, fails the whole batch (`Err`): the caller rolls back and answers every call
 /// UNAVAILABLE. Nothing here commits.
 pub fn settle_batch(
@@ -816,10 +796,15 @@ pub fn settle_batch(
     let mut out = Vec::with_capacity(calls.len());
     for call in calls {
         conn.prepare_cached("SAVEPOINT op")?.execute([])?;
-        let (req, hash, now) = (&call.req, &call.req_hash, call.now);
+        let (hash, now) = (&call.req_hash, call.now);
         let done = match &call.work {
-            Work::Settle(offline) => settle(conn, node, &call.caller, req, hash, now, *offline),
-            Work::Keep(kept) => keep(conn, node, &call.caller, req, hash, now, kept),
+            Work::Settle {
+                req,
+                caller,
+                offline,
+            } => settle(conn, node, caller, req, hash, now, *offline),
+            Work::Keep { req, who, kept } => keep(conn, node, who, req, hash, now, kept),
+            Work::Cancel { req, who } => cancel::cancel_call(conn, node, who, req, hash, now),
         };
         match done {
             Ok(answered) => {

@@ -29,9 +29,10 @@ use super::catalog::PyCatalog;
 use super::error::{guard, ledger_error, ledger_refused as refused};
 use super::policy::PyPolicy;
 use crate::ledger;
+use crate::ledger::cancel;
 use crate::ledger::center_mode::{self, Kept, Prepared};
 use crate::ledger::refusal::{LedgerError, Refusal};
-use crate::ledger::settle::{self, BatchCall, Caller, Node, Offline, Work};
+use crate::ledger::settle::{self, BatchCall, Caller, Node, Offline, Who, Work};
 use crate::ledger::vault::Vault;
 use crate::split::Accumulators;
 use crate::wire;
@@ -242,17 +243,20 @@ impl PyLedger {
         })
     }
 
-    /// The Settles of a batch in one call, with the GIL released while they run
-    /// (engine_rs/src/ledger/settle.rs `settle_batch`): each call is (the `SettleRequest`'s
-    /// bytes, its request hash, now in ms, the authenticated caller (fixmedins_code,
-    /// hosp_lv, admdvs, opter, roles, rpc), policy, catalog, offline limits (max_medfee_fen,
-    /// max_per_day) or None, and for center mode's keep (the center's answer bytes,
-    /// accumulator year, pool, line results, lines' digest) or None). Returns one entry per call, in order: (answer bytes,
-    /// replayed, setl_id, engine seconds (preprocess, split) or None for a replay), or the
-    /// exception that call met (`Refused`, a `sqlite3` error, `EngineError`), as a value. A store failure raises (`sqlite3.OperationalError` with
-    /// its `sqlite_errorcode`): the batch is lost whole and the caller rolls it back.
-    /// `commit`: COMMIT the connection's transaction too, in the same GIL-free run (a
-    /// failed COMMIT is rolled back and raises like a store failure).
+    /// The settles and cancels of a batch in one call, with the GIL released while they run
+    /// (engine_rs/src/ledger/settle.rs `settle_batch`). Each call is (its method, "Settle"
+    /// or "CancelSettlement"; the request's bytes; its request hash; now in ms; the
+    /// authenticated caller (fixmedins_code, hosp_lv, admdvs, opter, roles, rpc); the
+    /// reference data (policy, catalog) a settle computes with, else None; for a settle the
+    /// offline limits (max_medfee_fen, max_per_day) or None; for center mode's keep (the
+    /// center's answer bytes, accumulator year, pool, line results, lines' digest), else
+    /// None). Returns one entry per call, in order: (answer bytes, replayed, setl_id, engine
+    /// seconds (preprocess, split) or None when nothing was computed), or the exception that
+    /// call met (`Refused`, a `sqlite3` error, `EngineError`), as a value. A store failure
+    /// raises (`sqlite3.OperationalError` with its `sqlite_errorcode`): the batch is lost
+    /// whole and the caller rolls it back. `commit`: COMMIT the connection's transaction
+    /// too, in the same GIL-free run (a failed COMMIT is rolled back and raises like a store
+    /// failure).
     #[pyo3(signature = (node, calls, commit=false))]
     fn settle_batch<'py>(
         &self,
@@ -267,37 +271,14 @@ impl PyLedger {
         let mut batch = Vec::with_capacity(calls.len());
         // a request that does not decode is that call's refusal; the others go on
         let mut malformed = Vec::new();
-        for (k, (request, req_hash, now, caller, policy, catalog, offline, kept)) in
-            calls.iter().enumerate()
-        {
-            let work = match kept {
-                Some((answer, acc_year, acc_pool, line_results, lines_digest)) => {
-                    decode::<wire::CenterSettleResponse>(answer).map(|answer| {
-                        Work::Keep(Box::new(Kept {
-                            answer,
-                            acc_year: *acc_year,
-                            acc_pool: acc_pool.clone(),
-                            line_results: line_results.clone(),
-                            lines_digest: lines_digest.clone(),
-                        }))
-                    })
-                }
-                None => Ok(Work::Settle(offline.map(
-                    |(max_medfee_fen, max_per_day)| Offline {
-                        max_medfee_fen,
-                        max_per_day,
-                    },
-                ))),
-            };
-            match (decode::<wire::SettleRequest>(request), work) {
-                (Ok(req), Ok(work)) => batch.push(BatchCall {
-                    req,
-                    req_hash: req_hash.clone(),
-                    now: *now,
-                    caller: caller.caller(policy.get(), catalog.get()),
+        for (k, args) in calls.iter().enumerate() {
+            match work_of(args) {
+                Ok(work) => batch.push(BatchCall {
+                    req_hash: args.2.clone(),
+                    now: args.3,
                     work,
                 }),
-                (Err(e), _) | (_, Err(e)) => malformed.push((k, e)),
+                Err(e) => malformed.push((k, e)),
             }
         }
         let node = &node.inner;
@@ -362,6 +343,55 @@ impl PyLedger {
         Ok((PyBytes::new(py, &answer), (t.preprocess_ns, t.split_ns)))
     }
 
+    /// The settlement a cancel names, after every check this front-end can make
+    /// (engine_rs/src/ledger/cancel.rs `cancellable`): (row id, setl_id, psn_no, mode), or
+    /// `Refused`. `caller` as for `settle_batch`.
+    fn cancellable(
+        &self,
+        py: Python<'_>,
+        caller: CallerArgs,
+        setl_id: &str,
+        mdtrt_id: &str,
+        psn_no: &str,
+    ) -> PyResult<(i64, String, String, i64)> {
+        let who = caller.who();
+        let row = self.run(py, "cancellable", |conn| {
+            cancel::cancellable(conn, &who, setl_id, mdtrt_id, psn_no)
+        })?;
+        Ok((row.id, row.setl_id, row.psn_no, row.mode))
+    }
+
+    /// A settlement cancelled in the connection's open transaction, after the checks
+    /// (`cancel.rs` `cancel`): (the cancelled `SetlInfo`'s bytes, the cancel id), or
+    /// `Refused`. The caller keeps the msgid's answer and the audit record.
+    #[allow(clippy::too_many_arguments)] // the binding's arguments, as Python passes them
+    fn cancel<'py>(
+        &self,
+        py: Python<'py>,
+        node: &PyLedgerNode,
+        caller: CallerArgs,
+        setl_id: &str,
+        mdtrt_id: &str,
+        psn_no: &str,
+        msgid: &str,
+        now: i64,
+    ) -> PyResult<(Bound<'py, PyBytes>, String)> {
+        let who = caller.who();
+        let (info, cancel_id) = self.run(py, "cancel", |conn| {
+            cancel::cancel(
+                conn,
+                &node.inner,
+                &who,
+                setl_id,
+                mdtrt_id,
+                psn_no,
+                msgid,
+                now,
+            )
+        })?;
+        Ok((PyBytes::new(py, &info.encode_to_vec()), cancel_id))
+    }
+
     /// Center mode's question for the center (engine_rs/src/ledger/center_mode.rs
     /// `prepare`); writes nothing. With `req_hash` (a Settle) the msgid's stored answer
     /// when there is one: its bytes. Otherwise (the `CenterSettleRequest`'s bytes, the
@@ -401,18 +431,53 @@ impl PyLedger {
     }
 }
 
-/// One Settle of a batch as Python hands it over: `settle`'s arguments after `node`, then
-/// for center mode's keep what it keeps (`KeptArgs`).
+/// One call of a batch as Python hands it over (`settle_batch` names the parts).
 type BatchArgs = (
+    String,
     Vec<u8>,
     Vec<u8>,
     i64,
     CallerArgs,
-    Py<PyPolicy>,
-    Py<PyCatalog>,
+    Option<(Py<PyPolicy>, Py<PyCatalog>)>,
     Option<(i64, i64)>,
     Option<KeptArgs>,
 );
+
+/// What a call of a batch does, from its arguments; a request (or center's answer) that
+/// does not decode, or a settle without reference data, is refused.
+fn work_of(args: &BatchArgs) -> PyResult<Work<'_>> {
+    let (method, request, _, _, caller, refdata, offline, kept) = args;
+    match (method.as_str(), kept, refdata) {
+        (cancel::METHOD, _, _) => Ok(Work::Cancel {
+            req: decode(request)?,
+            who: caller.who(),
+        }),
+        (settle::METHOD, Some(kept), _) => {
+            let (answer, acc_year, acc_pool, line_results, lines_digest) = kept;
+            Ok(Work::Keep {
+                req: decode(request)?,
+                who: caller.who(),
+                kept: Box::new(Kept {
+                    answer: decode(answer)?,
+                    acc_year: *acc_year,
+                    acc_pool: acc_pool.clone(),
+                    line_results: line_results.clone(),
+                    lines_digest: lines_digest.clone(),
+                }),
+            })
+        }
+        (settle::METHOD, None, Some((policy, catalog))) => Ok(Work::Settle {
+            req: decode(request)?,
+            caller: caller.caller(policy.get(), catalog.get()),
+            offline: offline.map(|(max_medfee_fen, max_per_day)| Offline {
+                max_medfee_fen,
+                max_per_day,
+            }),
+        }),
+        (settle::METHOD, None, None) => Err(refused("a settle needs a policy and a catalog")),
+        (other, ..) => Err(refused(format!("settle_batch: no method {other}"))),
+    }
+}
 
 /// Center mode's keep (engine_rs/src/ledger/center_mode.rs `Kept`): the center's
 /// `CenterSettleResponse` bytes, the accumulator year and pool, the line-results blob and
@@ -423,18 +488,25 @@ type KeptArgs = (Vec<u8>, i64, String, Vec<u8>, Vec<u8>);
 type CallerArgs = (String, u32, String, String, String, String);
 
 trait AsCaller {
+    fn who(&self) -> Who<'_>;
     fn caller<'a>(&'a self, policy: &'a PyPolicy, catalog: &'a PyCatalog) -> Caller<'a>;
 }
 
 impl AsCaller for CallerArgs {
-    fn caller<'a>(&'a self, policy: &'a PyPolicy, catalog: &'a PyCatalog) -> Caller<'a> {
-        Caller {
+    fn who(&self) -> Who<'_> {
+        Who {
             fixmedins_code: &self.0,
-            hosp_lv: self.1,
-            admdvs: &self.2,
             opter: &self.3,
             roles: &self.4,
             rpc: &self.5,
+        }
+    }
+
+    fn caller<'a>(&'a self, policy: &'a PyPolicy, catalog: &'a PyCatalog) -> Caller<'a> {
+        Caller {
+            who: self.who(),
+            hosp_lv: self.1,
+            admdvs: &self.2,
             policy: &policy.inner,
             catalog: &catalog.inner,
         }

@@ -321,7 +321,7 @@ class SettlementService:
             resp = await self.calls.write_ledger(
                 "Settle",
                 request,
-                lambda auth, digest, now, path: settle.settle(
+                lambda auth, digest, now, path: settle.in_batch(
                     self.store,
                     settle.settle_call(self.env, auth, request, digest, now, path),
                     outcome,
@@ -338,31 +338,21 @@ class SettlementService:
     ) -> bytes:
         if self.center is not None:
             return await self._in_center_mode(CANCEL, request, self.center.cancel(request))
-        env = self.env
-        return await self._counted(
-            "CancelSettlement",
-            request,
-            lambda conn, caller, now: settle.cancel_call(conn, env, caller, request, now),
-            metrics.cancel_answered,
-            metrics.cancel_refused,
-        )
-
-    async def _counted(
-        self,
-        method: str,
-        request: Any,
-        body: WriteBody,
-        answered: Callable[[str, str, bytes, bool], None],
-        refused: Callable[[str, str, grpc.StatusCode], None],
-    ) -> bytes:
-        """A local-mode write whose outcome the business metrics count once it is durable."""
         outcome = Outcome()
         try:
-            resp = await self.calls.write(method, request, body, outcome=outcome)
+            resp = await self.calls.write_ledger(
+                "CancelSettlement",
+                request,
+                lambda auth, digest, now, path: settle.in_batch(
+                    self.store,
+                    settle.cancel_call(self.env, auth, request, digest, now, path),
+                    outcome,
+                ),
+            )
         except ClientError as exc:
-            refused("local", "frontend", exc.code)
+            metrics.cancel_refused("local", "frontend", exc.code)
             raise
-        answered("local", "frontend", resp, outcome.replayed)
+        metrics.cancel_answered("local", "frontend", resp, outcome.replayed)
         return resp
 
     async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Ctx) -> bytes:

@@ -28,9 +28,10 @@ path reads in Rust on the same handle, inside the same transaction: one connecti
 one group commit, one copy of the SQLite library in the process (the ledger refuses to
 attach otherwise; engine_rs/src/ledger/mod.rs). `ledger_of` finds it for an operation.
 
-A `LedgerCall` (a Settle) is an operation the ledger does whole in Rust: the ledger calls
-of a batch run together in one `Ledger.settle_batch` on the commit thread, the GIL released,
-each in its own savepoint; the last run of them shares the hop with the COMMIT.
+A `LedgerCall` (a Settle, a CancelSettlement) is an operation the ledger does whole in Rust:
+the ledger calls of a batch run together in one `Ledger.settle_batch` on the commit thread,
+the GIL released, each in its own savepoint; the last run of them shares the hop with the
+COMMIT.
 
 Reads (`read`) run on a small thread pool, each in a deferred transaction: a consistent
 snapshot that never blocks the writer (WAL).
@@ -69,7 +70,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class LedgerCall:
-    """A write the ledger does whole, in Rust (a Settle: engine_rs/src/ledger/settle.rs).
+    """A write the ledger does whole, in Rust (a Settle or a CancelSettlement:
+    engine_rs/src/ledger/settle.rs `settle_batch`).
     `prepare(conn)` runs first, on the loop's thread inside the batch's transaction, and
     writes nothing (the caller's authentication); it returns the call's arguments to
     `Ledger.settle_batch` after `node`, or raises (that call's outcome). The ledger calls of
@@ -78,6 +80,7 @@ class LedgerCall:
     tuple, or the exception it names (`engine_rs.Refused` for a refusal)."""
 
     node: engine_rs.LedgerNode
+    method: str  # the RPC's, as its answer is stored under
     prepare: Callable[[sqlite3.Connection], tuple[Any, ...]]
 
 
