@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 import engine_rs
@@ -38,28 +36,15 @@ MD_TYPE = "x-medsettle-sign-type"
 MD_TIMESTAMP = "x-medsettle-timestamp"
 MD_NONCE = "x-medsettle-nonce"
 MD_SIGNATURE = "x-medsettle-signature"
-RESERVED = ("method", "timestamp", "nonce")
 
 
 def canonical(method: str, request: Message, timestamp_ms: int, nonce: str) -> bytes:
-    """The bytes that are signed for a call (UTF-8 of the canonical string)."""
-    fields: dict[str, Any] = json_format.MessageToDict(request, preserving_proto_field_name=True)
-    for name in RESERVED:
-        if name in fields:  # pragma: no cover - the contract has no such fields
-            raise ValueError(f"{type(request).__name__} has a field named {name}")
-    fields.update(method=method, timestamp=str(timestamp_ms), nonce=nonce)
-    parts = []
-    for name in sorted(fields):
-        value = fields[name]
-        if value in ("", None) or value == [] or value == {}:
-            continue
-        text = (
-            value
-            if isinstance(value, str)
-            else json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        )
-        parts.append(f"{name}={text}")
-    return "&".join(parts).encode("utf-8")
+    """The bytes that are signed for a call (UTF-8 of the canonical string), computed by the
+    engine from the request's wire bytes and its type's descriptor (engine_rs/src/signing.rs),
+    the same on both sides of the call."""
+    return engine_rs.signed_text(
+        request.DESCRIPTOR.full_name, request.SerializeToString(), method, timestamp_ms, nonce
+    )
 
 
 @dataclass(frozen=True)

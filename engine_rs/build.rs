@@ -1,6 +1,6 @@
 //! Generates the wire types (`medsettle.v1`, prost) from `proto/medsettle/v1/*.proto`, the
 //! contract the Python wire package is generated from too; protox compiles the files, so
-//! the build needs no protoc.
+//! the build needs no protoc. The compiled descriptors are kept too (`medsettle.fds`).
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     files.sort();
     let descriptors = protox::compile(&files, [&root])?;
+    // the descriptors themselves, for what reads messages by their type (signing.rs)
+    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("medsettle.fds");
+    std::fs::write(out, prost::Message::encode_to_vec(&descriptors))?;
     prost_build::Config::new().compile_fds(descriptors)?;
     Ok(())
 }

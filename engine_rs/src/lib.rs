@@ -19,6 +19,7 @@ pub mod policy;
 pub mod preprocess;
 pub mod rounding;
 pub mod settlement;
+pub mod signing;
 pub mod split;
 
 /// The wire contract `medsettle.v1` as prost types, generated from proto/ by build.rs (the

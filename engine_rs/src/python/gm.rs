@@ -1,19 +1,38 @@
 //! The national cryptography of `gm.rs`: `engine_rs.sm3`, `hmac_sm3`, `sm2_public_key`,
-//! `sm2_sign`, `sm2_verify`, `sm4_encrypt_blocks`, `sm4_decrypt_blocks`. Bytes in, bytes
+//! `sm2_sign`, `sm2_verify`, `sm4_encrypt_blocks`, `sm4_decrypt_blocks`; and
+//! `signed_text`, the canonical string those sign (`signing.rs`). Bytes in, bytes
 //! out; a `GmError` is a `CryptoError`. Signing and verifying release the GIL (an SM2
 //! verification is a few hundred microseconds of curve arithmetic).
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::error::guard;
-use crate::gm;
+use crate::{gm, signing};
 
 #[pyfunction]
 #[pyo3(name = "sm3")]
 pub fn py_sm3<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
     let digest = guard("gm", "sm3", || gm::sm3(data))?;
     Ok(PyBytes::new(py, &digest))
+}
+
+#[pyfunction]
+#[pyo3(name = "signed_text")]
+pub fn py_signed_text<'py>(
+    py: Python<'py>,
+    type_name: &str,
+    request: &[u8],
+    method: &str,
+    timestamp_ms: i64,
+    nonce: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let text = guard("signing", "signed_text", || {
+        signing::canonical(type_name, request, method, timestamp_ms, nonce)
+    })?
+    .map_err(PyValueError::new_err)?;
+    Ok(PyBytes::new(py, &text))
 }
 
 #[pyfunction]

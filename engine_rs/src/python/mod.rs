@@ -109,6 +109,7 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SM2_DEFAULT_UID", crate::gm::DEFAULT_UID)?;
     m.add_function(wrap_pyfunction!(gm::py_sm3, m)?)?;
     m.add_function(wrap_pyfunction!(gm::py_hmac_sm3, m)?)?;
+    m.add_function(wrap_pyfunction!(gm::py_signed_text, m)?)?;
     m.add_function(wrap_pyfunction!(gm::py_sm2_public_key, m)?)?;
     m.add_function(wrap_pyfunction!(gm::py_sm2_sign, m)?)?;
     m.add_function(wrap_pyfunction!(gm::py_sm2_verify, m)?)?;
