@@ -34,7 +34,6 @@ use crate::ledger::center_mode::{self, Kept, Prepared};
 use crate::ledger::refusal::{LedgerError, Refusal};
 use crate::ledger::settle::{self, BatchCall, Caller, Node, Offline, Who, Work};
 use crate::ledger::vault::Vault;
-use crate::split::Accumulators;
 use crate::wire;
 
 /// The head of CPython's `pysqlite_Connection`: the object header, then the handle.
@@ -226,21 +225,6 @@ impl PyLedger {
             PyList::new(py, rows.feedetl_sn)?,
             PyBytes::new(py, &rows.digest),
         ))
-    }
-
-    /// A person's accumulators for a year and pool: the current row, else the loaded one,
-    /// else None.
-    fn accumulators(
-        &self,
-        py: Python<'_>,
-        psn_no: &str,
-        year: i64,
-        pool: &str,
-    ) -> PyResult<Option<Accumulators>> {
-        let (psn_no, pool) = (psn_no.to_owned(), pool.to_owned());
-        self.with(py, "accumulators", move |conn| {
-            ledger::accumulators(conn, &psn_no, year, &pool)
-        })
     }
 
     /// The settles and cancels of a batch in one call, with the GIL released while they run
