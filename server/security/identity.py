@@ -54,15 +54,25 @@ class Peer:
 ANONYMOUS = Peer()
 
 
+# What grpc names a peer by once its certificate verified: the subject alternative names,
+# or the common name of a certificate without any.
+_SAN, _CN = "x509_subject_alternative_name", "x509_common_name"
+
+
 def peer_of(context: Any) -> Peer:
-    """The identity in the peer's verified certificate; ANONYMOUS without one."""
-    auth = context.auth_context()
-    if not auth or auth.get("transport_security_type") != [b"ssl"]:
+    """The identity in the peer's verified certificate; ANONYMOUS without one. Read from
+    grpc's peer identities (under 1 us a call); the whole `auth_context()` (about 8 us: it
+    carries the certificate's PEM) only for a certificate that names nobody medsettle
+    knows."""
+    identities = context.peer_identities()
+    key = context.peer_identity_key() if identities else None
+    if key not in (_SAN, _CN):
         return ANONYMOUS
-    names = [
-        raw.decode() if isinstance(raw, bytes) else str(raw)
-        for raw in auth.get("x509_subject_alternative_name", [])
-    ]
+    names = (
+        [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in identities]
+        if key == _SAN
+        else []
+    )
     for name in names:
         if name.startswith(FRONTEND_URI):
             code = name[len(FRONTEND_URI) :]
@@ -73,6 +83,7 @@ def peer_of(context: Any) -> Peer:
             return Peer(institution=name[len(INSTITUTION_URI) :])
         if name.startswith(CENTER_URI):
             return Peer(center=name[len(CENTER_URI) :])
-    if auth.get("x509_common_name"):  # a certificate that names nobody medsettle knows
+    auth = context.auth_context()
+    if auth.get("transport_security_type") == [b"ssl"] and auth.get(_CN):
         raise PermissionDenied("the client certificate names no medsettle institution")
     return ANONYMOUS
