@@ -58,13 +58,10 @@ class Ask:
     lines_digest: bytes  # the lines computed from: unchanged when the answer is kept?
 
 
-def _in_ledger(
-    conn: sqlite3.Connection, caller: Caller, *, fresh: bool = True
-) -> tuple[engine_rs.Ledger, Any, Any]:
+def _in_ledger(conn: sqlite3.Connection, caller: Caller) -> tuple[engine_rs.Ledger, Any, Any]:
     """The connection's ledger and the reference data an operation on it settles with
-    (`fresh`: refused unless a policy and a catalog are loaded)."""
-    if fresh:
-        require_fresh_refdata(caller)
+    (refused unless a policy and a catalog are loaded)."""
+    require_fresh_refdata(caller)
     return (
         ledger_of(conn),
         caller.snap.policy,

@@ -119,6 +119,27 @@ class Oracle:
         info, after = fund_split(policy, choice, ctx, person, summary, before, acct_used, "")
         return info, (visit.psn_no, choice.year, choice.pool), after
 
+    def check_settled(
+        self,
+        infos: list[common_pb2.SetlInfo],
+        visits: dict[str, tuple[list[settlement_pb2.FeeLine], bool]],
+    ) -> None:
+        """Settlements made at once, taken in the order they were recorded: each equals the
+        oracle's settle of its visit (mdtrt_id -> lines, account used) one at a time, and
+        carries the accumulators and balance on."""
+        for got in sorted(infos, key=lambda i: i.setl_id):
+            ls, acct_used = visits[got.mdtrt_id]
+            want, key, after = self.settle(got.mdtrt_id, ls, acct_used)
+            assert split_differences(got, want) == [], got.setl_id
+            self.acc[key] = after
+            self.balc[key[0]] -= got.acct_pay
+
+    def cancelled(self, setl_id: str, key: tuple[str, int, str], acct_pay: int) -> None:
+        """A cancel takes back exactly what its settle added."""
+        added = self.added.pop(setl_id)
+        self.acc[key] = {f: self.acc[key][f] - added[f] for f in ACC_FIELDS}
+        self.balc[key[0]] += acct_pay
+
 
 def _stored_acc(db: str, key: tuple[str, int, str]) -> dict[str, int]:
     conn = sqlite3.connect(db)
@@ -161,10 +182,7 @@ def test_settles_cancels_and_replays_match_the_python_composition(
                     _, answer, setl_id, key, acct_pay = done[k]
                     info = settlement_pb2.SettleResponse.FromString(answer).setlinfo
                     c.cancel_settlement(setl_id)
-                    added = oracle.added.pop(setl_id)
-                    # the cancel takes back exactly what the settle added
-                    oracle.acc[key] = {f: oracle.acc[key][f] - added[f] for f in ACC_FIELDS}
-                    oracle.balc[psn_no] += acct_pay
+                    oracle.cancelled(setl_id, key, acct_pay)
                     assert _stored_acc(frontend.db, key) == oracle.acc[key], f"step {step}"
                     # the visit is open again: settled anew, with a new msgid
                     _settle(c, oracle, frontend.db, rng, info.mdtrt_id, visits, done, latest)
@@ -323,14 +341,7 @@ def test_concurrent_settles_in_shared_batches_match_settling_one_at_a_time(
             ).fetchone() == (0,)
     finally:
         conn.close()
-    by_visit = {t[0]: t for t in todo}
-    infos = sorted((a.setlinfo for a in answers), key=lambda i: i.setl_id)
-    for got in infos:
-        mdtrt_id, _, ls, acct_used = by_visit[got.mdtrt_id]
-        want, key, after = oracle.settle(mdtrt_id, ls, acct_used)
-        assert split_differences(got, want) == [], got.setl_id
-        oracle.acc[key] = after
-        oracle.balc[key[0]] -= got.acct_pay
+    oracle.check_settled([a.setlinfo for a in answers], {t[0]: (t[2], t[3]) for t in todo})
     for key, acc in oracle.acc.items():
         assert _stored_acc(frontend.db, key) == acc, key
 
@@ -384,9 +395,7 @@ def test_cancels_share_batches_with_settles_and_give_back_what_each_settle_added
         settle_now(EMPLOYEE, False)
         gone, gone_key = settle_now(FILED, True)
         c.cancel_settlement(gone.setl_id)
-        added = oracle.added.pop(gone.setl_id)
-        oracle.acc[gone_key] = {f: oracle.acc[gone_key][f] - added[f] for f in ACC_FIELDS}
-        oracle.balc[FILED.psn_no] += gone.acct_pay
+        oracle.cancelled(gone.setl_id, gone_key, gone.acct_pay)
         other_visit, _ = visit(FILED)
         new = [(p, *visit(p), k % 2 == 0) for k, p in enumerate((RETIRED, SECOND_STAY) * 3)]
         retry = f"CANCEL-TWICE-{latest[CHILD.psn_no][1][0].setl_id}"
@@ -428,18 +437,10 @@ def test_cancels_share_batches_with_settles_and_give_back_what_each_settle_added
     for answer in (first, civil):
         info = answer.setlinfo
         assert info.state == common_pb2.CANCELLED and info.cancel_id
-        added = oracle.added.pop(info.setl_id)
         key = next(k for s, k in latest[info.psn_no] if s.setl_id == info.setl_id)
-        oracle.acc[key] = {f: oracle.acc[key][f] - added[f] for f in ACC_FIELDS}
-        oracle.balc[info.psn_no] += info.acct_pay
-    settled = sorted((outcomes[id(t)].setlinfo for t in new), key=lambda i: i.setl_id)
-    by_visit = {t[1]: t for t in new}
-    for got in settled:
-        _, mdtrt_id, ls, acct_used = by_visit[got.mdtrt_id]
-        want, key, after = oracle.settle(mdtrt_id, ls, acct_used)
-        assert split_differences(got, want) == [], got.setl_id
-        oracle.acc[key] = after
-        oracle.balc[key[0]] -= got.acct_pay
+        oracle.cancelled(info.setl_id, key, info.acct_pay)
+    settled = [outcomes[id(t)].setlinfo for t in new]
+    oracle.check_settled(settled, {t[1]: (t[2], t[3]) for t in new})
     for key, acc in oracle.acc.items():
         assert _stored_acc(frontend.db, key) == acc, key
     conn = sqlite3.connect(frontend.db)

@@ -38,7 +38,7 @@ from server.frontend import settle, visits
 from server.frontend.auditing import FrontendAuditor
 from server.frontend.center_mode import CANCEL, PRE_SETTLE, REVERSE, SETTLE, CenterMode
 from server.frontend.services import signin
-from server.frontend.store.sqlite import Store
+from server.frontend.store.sqlite import LedgerCall, Store
 from server.rpc import check_parsed
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -316,43 +316,47 @@ class SettlementService:
     async def Settle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> bytes:
         if self.center is not None:
             return await self._in_center_mode(SETTLE, request, self.center.settle(request))
-        outcome = Outcome()
-        try:
-            resp = await self.calls.write_ledger(
-                "Settle",
-                request,
-                lambda auth, digest, now, path: settle.in_batch(
-                    self.store,
-                    settle.settle_call(self.env, auth, request, digest, now, path),
-                    outcome,
-                ),
-            )
-        except ClientError as exc:
-            metrics.settle_refused("local", "frontend", exc.code)
-            raise
-        metrics.settle_answered("local", "frontend", resp, outcome.replayed)
-        return resp
+        return await self._in_ledger(
+            "Settle", request, settle.settle_call, metrics.settle_answered, metrics.settle_refused
+        )
 
     async def CancelSettlement(
         self, request: settlement_pb2.CancelSettlementRequest, context: Ctx
     ) -> bytes:
         if self.center is not None:
             return await self._in_center_mode(CANCEL, request, self.center.cancel(request))
+        return await self._in_ledger(
+            "CancelSettlement",
+            request,
+            settle.cancel_call,
+            metrics.cancel_answered,
+            metrics.cancel_refused,
+        )
+
+    async def _in_ledger(
+        self,
+        method: str,
+        request: Any,
+        call_of: Callable[..., LedgerCall],
+        answered: Callable[[str, str, bytes, bool], None],
+        refused: Callable[[str, str, grpc.StatusCode], None],
+    ) -> bytes:
+        """A local-mode write the ledger does whole (`call_of`: settle.settle_call or
+        cancel_call) in the store's next batch, counted by the business metrics once it is
+        durable."""
         outcome = Outcome()
         try:
             resp = await self.calls.write_ledger(
-                "CancelSettlement",
+                method,
                 request,
                 lambda auth, digest, now, path: settle.in_batch(
-                    self.store,
-                    settle.cancel_call(self.env, auth, request, digest, now, path),
-                    outcome,
+                    self.store, call_of(self.env, auth, request, digest, now, path), outcome
                 ),
             )
         except ClientError as exc:
-            metrics.cancel_refused("local", "frontend", exc.code)
+            refused("local", "frontend", exc.code)
             raise
-        metrics.cancel_answered("local", "frontend", resp, outcome.replayed)
+        answered("local", "frontend", resp, outcome.replayed)
         return resp
 
     async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Ctx) -> bytes:
