@@ -153,6 +153,9 @@ def test_center_down_is_unavailable_then_the_retry_settles_once(
         pg_dsn, port=center.port, extra=["--role", "center"], log=tmp_path / "center2.log"
     ).start()
     try:
+        # As a HIS retries: the front-end's channel to the center may take a few seconds to
+        # connect again (UNAVAILABLE meanwhile, nothing kept), so the SDK retries with backoff.
+        c.retries, c.backoff_s = 6, 0.25
         done = c.settle(mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls), msgid="CM-DOWN-1")
         assert done.setlinfo.state == common_pb2.SETTLED
         assert center_rows(pg_dsn, "SELECT COUNT(*) FROM settlements") == [(1,)]
