@@ -631,6 +631,22 @@ def split_batch(policy: Policy, columns: SettlementColumns) -> dict[str, npt.NDA
 # 国密 (gm.rs): SM3, HMAC-SM3, SM3withSM2 signatures as 64-byte r||s, SM4 blocks.
 SM2_DEFAULT_UID: str
 
+@final
+class Door:
+    """A hot request read at the door from its wire bytes (engine_rs/src/door.rs):
+    `bounds` is the longest value, in characters, of every bounded field by name;
+    beyond `max_violations` a request is refused without looking further."""
+
+    def __new__(cls, bounds: dict[str, int], max_violations: int) -> Door: ...
+    def admit(
+        self, type_name: str, method: str, data: bytes
+    ) -> tuple[tuple[str, str, str, str, str, str] | None, bytes] | str | list[tuple[str, str]]:
+        """(header, digest) for a request that passes: the header's msgid, fixmedins_code,
+        opter, opter_name, sign_no, mdtrtarea_admvs (None for a type without a header),
+        and SHA-256 of `method`, a NUL and the request's encoding without its sign_no;
+        the decoder's reason for bytes that are not the message; else the (field, reason)
+        violations of the bounds. ValueError for an unknown type."""
+
 def sm3(data: bytes) -> bytes: ...
 def hmac_sm3(key: bytes, data: bytes) -> bytes: ...
 def signed_text(

@@ -8,12 +8,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
 import engine_rs
-from medsettle.v1 import common_pb2
 from server import metrics
 from server.errors import (
     AlreadyExists,
@@ -114,9 +113,23 @@ class Caller:
         )
 
 
-def check_header(
-    header: common_pb2.RequestHeader, *, needs_msgid: bool, needs_sign: bool = True
-) -> None:
+class HeaderFields(Protocol):
+    """A request header as the checks read it: the message's, or the door's
+    (server/door.py `Header`)."""
+
+    @property
+    def msgid(self) -> str: ...
+    @property
+    def fixmedins_code(self) -> str: ...
+    @property
+    def opter(self) -> str: ...
+    @property
+    def sign_no(self) -> str: ...
+    @property
+    def mdtrtarea_admvs(self) -> str: ...
+
+
+def check_header(header: HeaderFields, *, needs_msgid: bool, needs_sign: bool = True) -> None:
     """Field checks of a header, before anything is read."""
     v = Violations()
     v.require(bool(header.fixmedins_code), "header.fixmedins_code", "is required")
@@ -132,7 +145,7 @@ def check_header(
 def authenticate(
     conn: sqlite3.Connection,
     env: Env,
-    header: common_pb2.RequestHeader,
+    header: HeaderFields,
     now: int,
     method: str,
 ) -> Caller:

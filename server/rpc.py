@@ -8,6 +8,9 @@ byte for byte. Every handler is wrapped so a `ClientError` becomes its precise s
 with a client certificate speaks only for its institution: every request header it sends
 is checked against the certificate here, for every service. Every message's ids and codes
 are held to their lengths here too (server/limits.py), before anything reads or records them.
+A service's `RAW_METHODS` (its hot unary methods) get their requests as bytes read at the
+door in the engine instead (server/door.py: the same bounds, the header, the idempotency
+digest), never parsed in Python unless something asks for a field.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from server import limits
+from server import door, limits
 from server.errors import ClientError
 from server.security import roles
 from server.security.identity import ANONYMOUS, Peer, peer_of
@@ -48,6 +51,10 @@ def _deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
             return Malformed(str(exc))
 
     return parse
+
+
+def _admitter(cls: type[Message], method: str) -> Callable[[bytes], door.Raw]:
+    return lambda data: door.admit(cls, method, data)
 
 
 def check_parsed(request: Any) -> None:
@@ -183,7 +190,11 @@ def _wrap_unary(
     streaming_in: bool,
     parse: Callable[[bytes], Any],
     g: Guards,
+    raw: bool = False,
 ) -> Callable[..., Awaitable[Any]]:
+    """With `raw`, the request reaches the handler as bytes and `parse` is the door
+    (server/door.py: the bounds of its ids are checked there, the message is not parsed)."""
+
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         peer = ANONYMOUS
         try:
@@ -193,8 +204,12 @@ def _wrap_unary(
             if g.payload is not None:
                 inst, key = g.payload.key_for(context.invocation_metadata())
                 if not streaming_in:
-                    request = parse(g.payload.open(key, method, 0, request))
-            if not streaming_in:
+                    request = g.payload.open(key, method, 0, request)
+                    if not raw:
+                        request = parse(request)
+            if raw:
+                request = parse(request)
+            elif not streaming_in:
                 check_parsed(request)
                 limits.check_ids(request)
                 if g.payload is not None:
@@ -276,6 +291,7 @@ def generic_handler(
     start). With sealed payloads the messages reach the handler as bytes and are opened
     there, where the call's metadata names the key."""
     g = guards or Guards()
+    raw_methods: frozenset[str] = getattr(impl, "RAW_METHODS", frozenset())
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in service.methods:
         fn = getattr(impl, m.name, None)
@@ -284,8 +300,10 @@ def generic_handler(
         path = f"/{service.full_name}/{m.name}"  # what the caller signed
         if g.access is not None and path not in g.access.rules:
             raise RuntimeError(f"{path} has no role rule in server/security/roles.py")
-        parse = _deserializer(message_factory.GetMessageClass(m.input_type))
-        deser = _raw if g.payload is not None else parse
+        cls = message_factory.GetMessageClass(m.input_type)
+        raw = m.name in raw_methods and not (m.client_streaming or m.server_streaming)
+        parse = _admitter(cls, m.name) if raw else _deserializer(cls)
+        deser = _raw if g.payload is not None or raw else parse
         if m.client_streaming and not m.server_streaming:
             handlers[m.name] = grpc.stream_unary_rpc_method_handler(
                 _wrap_unary(path, fn, True, parse, g),
@@ -300,7 +318,7 @@ def generic_handler(
             )
         elif not m.client_streaming:
             handlers[m.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(path, fn, False, parse, g),
+                _wrap_unary(path, fn, False, parse, g, raw),
                 request_deserializer=deser,
                 response_serializer=_serialize,
             )

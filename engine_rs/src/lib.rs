@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod columns;
+pub mod door;
 pub mod error;
 pub mod gm;
 pub mod matching;
@@ -27,6 +28,20 @@ pub mod split;
 #[allow(clippy::all, clippy::pedantic)] // generated code
 pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/medsettle.v1.rs"));
+
+    /// The same contract's descriptors (build.rs keeps what protox compiled): what reads a
+    /// message of any type by its name (signing.rs, door.rs).
+    pub fn descriptors() -> &'static prost_reflect::DescriptorPool {
+        static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> =
+            std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            // the descriptors protox compiled in build.rs: they decode, or the build is broken
+            prost_reflect::DescriptorPool::decode(
+                &include_bytes!(concat!(env!("OUT_DIR"), "/medsettle.fds"))[..],
+            )
+            .expect("the build's descriptors decode")
+        })
+    }
 
     #[cfg(test)]
     mod tests {

@@ -11,23 +11,15 @@
 //! Python (protobuf's `MessageToDict`) that this must equal for every request type.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_reflect::{DynamicMessage, SerializeOptions};
+
+use crate::wire::descriptors;
 use serde_json::Value;
 
 /// The names the scheme adds beside the request's fields (no request may have a field of
 /// one of these names).
 pub const RESERVED: [&str; 3] = ["method", "timestamp", "nonce"];
-
-fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        // the descriptors protox compiled in build.rs: they decode, or the build is broken
-        DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/medsettle.fds"))[..])
-            .expect("the build's descriptors decode")
-    })
-}
 
 /// The canonical string (UTF-8) of a call of `method` whose request, of the message type
 /// `type_name` (e.g. `medsettle.v1.SettleRequest`), is `request` on the wire.
@@ -38,7 +30,7 @@ pub fn canonical(
     timestamp_ms: i64,
     nonce: &str,
 ) -> Result<Vec<u8>, String> {
-    let desc = pool()
+    let desc = descriptors()
         .get_message_by_name(type_name)
         .ok_or_else(|| format!("no message type {type_name}"))?;
     let msg = DynamicMessage::decode(desc, request)

@@ -224,7 +224,7 @@ class CenterMode:
         call = settle.settle_call(
             env,
             lambda conn: authenticate(conn, env, header, now, SETTLE),
-            req,
+            req.SerializeToString(),
             digest,
             now,
             SETTLE,

@@ -120,7 +120,7 @@ def pre_settle(
 def settle_call(
     env: Env,
     header_of: Callable[[sqlite3.Connection], Caller],
-    req: settlement_pb2.SettleRequest,
+    data: bytes,
     req_hash: bytes,
     now: int,
     rpc: str,
@@ -132,9 +132,10 @@ def settle_call(
     it to the center, its answer stored with the msgid; the audit record of either. With
     `offline`, the emergency plan of a center-mode front-end whose center is unreachable:
     the same, marked offline, within the limits. `header_of` authenticates the caller in the
-    batch's transaction. The outcome is `settled`'s input."""
+    batch's transaction; `data` is the SettleRequest's bytes. The outcome is `settled`'s
+    input."""
     limits = None if offline is None else (offline.max_medfee_fen, offline.max_per_day)
-    return _ledger_call(env, header_of, req, req_hash, now, rpc, limits, None)
+    return _ledger_call(env, header_of, data, req_hash, now, rpc, limits, None)
 
 
 def keep_call(
@@ -160,22 +161,22 @@ def keep_call(
         asked.line_results,
         asked.lines_digest,
     )
-    return _ledger_call(env, header_of, req, req_hash, now, rpc, None, kept)
+    return _ledger_call(env, header_of, req.SerializeToString(), req_hash, now, rpc, None, kept)
 
 
 def _ledger_call(
     env: Env,
     header_of: Callable[[sqlite3.Connection], Caller],
-    req: settlement_pb2.SettleRequest,
+    data: bytes,
     req_hash: bytes,
     now: int,
     rpc: str,
     limits: tuple[int, int] | None,
     kept: tuple[bytes, int, str, bytes, bytes] | None,
 ) -> LedgerCall:
-    """One Settle of the store's next batch as `Ledger.settle_batch` takes it; `header_of`
-    authenticates the caller in the batch's transaction first."""
-    data = req.SerializeToString()
+    """One Settle (its request's bytes: `data`) of the store's next batch as
+    `Ledger.settle_batch` takes it; `header_of` authenticates the caller in the batch's
+    transaction first."""
 
     def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
         caller = header_of(conn)
@@ -191,7 +192,7 @@ def _ledger_call(
 def cancel_call(
     env: Env,
     header_of: Callable[[sqlite3.Connection], Caller],
-    req: settlement_pb2.CancelSettlementRequest,
+    data: bytes,
     req_hash: bytes,
     now: int,
     rpc: str,
@@ -199,8 +200,8 @@ def cancel_call(
     """A local-mode CancelSettlement as the ledger runs it whole
     (engine_rs/src/ledger/cancel.rs `cancel_call`), in the store's next batch with the
     settles: the msgid's stored answer replayed, or the settlement cancelled (see `cancel`)
-    with its answer stored with the msgid; the audit record of either."""
-    data = req.SerializeToString()
+    with its answer stored with the msgid; the audit record of either. `data` is the
+    CancelSettlementRequest's bytes."""
 
     def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
         who = header_of(conn).for_ledger(rpc)

@@ -12,6 +12,7 @@
 //! │            Summary, LineResults, FundLeg, SplitResult (error, convert, catalog, policy)
 //! ├── matching Matcher                                    (error, convert, catalog)
 //! ├── gm       sm3, hmac_sm3, sm2_*, sm4_*                (error)
+//! ├── door     Door: a hot request's bounds, header and digest from its bytes (error)
 //! ├── ledger   Ledger, LedgerNode: the settle operation and the ledger's reads and writes
 //! │            on a Python sqlite3 connection              (error, catalog, policy)
 //! └── center   CenterNode, ForwardBatch, ForwardDecision: the center's decision over a
@@ -45,6 +46,7 @@
 mod catalog;
 mod center;
 mod convert;
+mod door;
 mod error;
 mod gm;
 mod ledger;
@@ -104,6 +106,9 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<center::PyForwardDecision>()?;
     let columns: Vec<&str> = crate::center::view::SETTLEMENT_COLUMNS.to_vec();
     m.add("CENTER_SETTLEMENT_COLUMNS", columns)?;
+
+    // the door of the hot requests: read once from their wire bytes
+    m.add_class::<door::PyDoor>()?;
 
     // national cryptography
     m.add("SM2_DEFAULT_UID", crate::gm::DEFAULT_UID)?;

@@ -33,6 +33,7 @@ from server.common import (
     now_ms,
     request_hash,
 )
+from server.door import Raw
 from server.errors import ClientError, field_error
 from server.frontend import settle, visits
 from server.frontend.auditing import FrontendAuditor
@@ -121,16 +122,17 @@ class Calls:
     async def write_ledger(
         self,
         method: str,
-        request: Any,
+        request: Raw,
         run: Callable[[Callable[[sqlite3.Connection], Caller], bytes, int, str], Awaitable[bytes]],
     ) -> bytes:
-        """A write the ledger does whole (it keeps the msgid's answer and the audit record):
+        """A write the ledger does whole (it keeps the msgid's answer and the audit record),
+        of a request read at the door (its digest is the request hash):
         `run(authenticate, request hash, now, path)` queues it in the store and awaits its
         answer; `authenticate(conn)` is the caller's authentication for the batch's
         transaction. A refusal is audited."""
         header = request.header
         check_header(header, needs_msgid=True)
-        digest = request_hash(method, request)
+        digest = request.digest
         now = now_ms()
         path = f"/medsettle.v1.{self.service}/{method}"
         env = self.env
@@ -180,6 +182,9 @@ class Calls:
 
 
 class SettlementService:
+    # read at the door from their bytes, which go to the ledger (server/door.py)
+    RAW_METHODS = frozenset({"Settle", "CancelSettlement"})
+
     def __init__(
         self,
         store: Store,
@@ -313,18 +318,18 @@ class SettlementService:
             lambda conn, caller: settle.pre_settle(conn, self.env, caller, request),
         )
 
-    async def Settle(self, request: settlement_pb2.SettleRequest, context: Ctx) -> bytes:
+    async def Settle(self, request: Raw, context: Ctx) -> bytes:
         if self.center is not None:
-            return await self._in_center_mode(SETTLE, request, self.center.settle(request))
+            settled = self.center.settle(request.message())
+            return await self._in_center_mode(SETTLE, request, settled)
         return await self._in_ledger(
             "Settle", request, settle.settle_call, metrics.settle_answered, metrics.settle_refused
         )
 
-    async def CancelSettlement(
-        self, request: settlement_pb2.CancelSettlementRequest, context: Ctx
-    ) -> bytes:
+    async def CancelSettlement(self, request: Raw, context: Ctx) -> bytes:
         if self.center is not None:
-            return await self._in_center_mode(CANCEL, request, self.center.cancel(request))
+            cancelled = self.center.cancel(request.message())
+            return await self._in_center_mode(CANCEL, request, cancelled)
         return await self._in_ledger(
             "CancelSettlement",
             request,
@@ -336,7 +341,7 @@ class SettlementService:
     async def _in_ledger(
         self,
         method: str,
-        request: Any,
+        request: Raw,
         call_of: Callable[..., LedgerCall],
         answered: Callable[[str, str, bytes, bool], None],
         refused: Callable[[str, str, grpc.StatusCode], None],
@@ -350,7 +355,7 @@ class SettlementService:
                 method,
                 request,
                 lambda auth, digest, now, path: settle.in_batch(
-                    self.store, call_of(self.env, auth, request, digest, now, path), outcome
+                    self.store, call_of(self.env, auth, request.data, digest, now, path), outcome
                 ),
             )
         except ClientError as exc:
