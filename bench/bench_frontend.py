@@ -47,6 +47,20 @@ def _header(sign_no: str, msgid: str) -> common_pb2.RequestHeader:
     )
 
 
+async def _retried(call: Any, request: Any) -> Any:
+    """`call(request)`, again on UNAVAILABLE: a stream the server refused while the
+    connection's stream limit was being agreed (RST_STREAM, REFUSED_STREAM) was never
+    processed, and the request's msgid makes a retry of one that was harmless."""
+    for attempt in range(5):
+        try:
+            return await call(request, timeout=30)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+                raise
+            await asyncio.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 async def _prepare_async(
     target: str, sign_no: str, n: int, lines: int, conc: int
 ) -> list[tuple[str, str, int]]:
@@ -75,7 +89,8 @@ async def _prepare_async(
                     )
                 )
             async with sem:
-                reg = await stub.Register(
+                reg = await _retried(
+                    stub.Register,
                     settlement_pb2.RegisterRequest(
                         header=_header(sign_no, f"PREP-R-{i}"),
                         psn_no=p.psn_no,
@@ -84,13 +99,12 @@ async def _prepare_async(
                         begndate=DAY,
                         ipt_otp_no=f"MZ{i}",
                     ),
-                    timeout=30,
                 )
-                await stub.UploadFees(
+                await _retried(
+                    stub.UploadFees,
                     settlement_pb2.UploadFeesRequest(
                         header=_header(sign_no, f"PREP-U-{i}"), mdtrt_id=reg.mdtrt_id, lines=ls
                     ),
-                    timeout=30,
                 )
             out.append((reg.mdtrt_id, p.psn_no, sum(x.det_item_fee_sumamt for x in ls)))
 
