@@ -212,8 +212,8 @@ def _wrap_unary(
             elif not streaming_in:
                 check_parsed(request)
                 limits.check_ids(request)
-                if g.payload is not None:
-                    g.payload.check_institution(inst, getattr(request, "header", None))
+            if not streaming_in and g.payload is not None:
+                g.payload.check_institution(inst, getattr(request, "header", None))
             peer = peer_of(context)
             if g.access is not None:
                 g.access.check(method, peer)

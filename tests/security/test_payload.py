@@ -104,7 +104,7 @@ def test_unsealed_or_wrongly_sealed_calls_are_refused(sealed: LocalServer) -> No
         header=common_pb2.RequestHeader(msgid="P1", fixmedins_code=INST_B, opter="cashier01")
     ).SerializeToString()
 
-    def raw(data: bytes, inst: str) -> grpc.StatusCode:
+    def raw(data: bytes, inst: str, path: str = path) -> grpc.StatusCode:
         md = ((MD_PAYLOAD, SM4_GCM), (MD_INSTITUTION, inst))
         try:
             with grpc.insecure_channel(sealed.target) as ch:
@@ -122,6 +122,17 @@ def test_unsealed_or_wrongly_sealed_calls_are_refused(sealed: LocalServer) -> No
     other = aad("/medsettle.v1.Settlement/SignOut", "req", 0)
     assert raw(sm4gcm.seal(KEY_B, req, other), INST_B) == grpc.StatusCode.UNAUTHENTICATED
     assert raw(req, INST_B) == grpc.StatusCode.UNAUTHENTICATED
+    # The same for the writes read at the door from their bytes (server/door.py).
+    for method, message in (
+        ("Settle", settlement_pb2.SettleRequest(mdtrt_id="M1", psn_no=EMPLOYEE.psn_no)),
+        ("CancelSettlement", settlement_pb2.CancelSettlementRequest(setl_id="S1")),
+    ):
+        message.header.CopyFrom(
+            common_pb2.RequestHeader(msgid=f"P-{method}", fixmedins_code=INST_B, opter="c")
+        )
+        hot = f"/medsettle.v1.Settlement/{method}"
+        sealed_by_a = sm4gcm.seal(KEY_A, message.SerializeToString(), aad(hot, "req", 0))
+        assert raw(sealed_by_a, INST_A, hot) == grpc.StatusCode.PERMISSION_DENIED, method
     assert snapshot(sealed.db) == before
 
 
