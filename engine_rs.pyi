@@ -184,6 +184,18 @@ class Ledger:
     def connection(self) -> sqlite3.Connection | None: ...
     def close(self) -> None: ...
     def fee_lines(self, visit_id: int) -> tuple[FeeLines, list[str], bytes]: ...
+    def insert_fee_lines(
+        self,
+        visit_id: int,
+        first_seq: int,
+        msgid: str,
+        feedetl_sn: list[str],
+        medins_list_codg: list[str],
+        bilg_dr_codg: list[str],
+        nums: npt.NDArray[np.int64],
+    ) -> None:
+        """An upload's fee lines written to the visit, numbered from `first_seq`; `nums`
+        holds each line's cnt, pric, det_item_fee_sumamt, fee_ocur_date, hosp_appr_flag."""
     def settle_batch(
         self,
         node: LedgerNode,

@@ -36,6 +36,7 @@ from server.errors import (
     Violations,
     field_error,
 )
+from server.frontend.store.sqlite import ledger_of
 from server.limits import joined, split_sum
 from server.persons import INDEX_OF, READ_COLUMNS, PersonRow, open_person
 from server.security import roles
@@ -351,26 +352,9 @@ def upload_fees(
         raise field_error(f"lines[{exc.line}].{exc.field}", exc.reason) from None
     codes = catalog.codes(results.item)
     classified_by_mapping(lines, codes)
-    base = int(have[1])
-    conn.executemany(
-        "INSERT INTO fee_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                visit.id,
-                ln.feedetl_sn,
-                base + i + 1,
-                ln.medins_list_codg,
-                "",
-                ln.cnt,
-                ln.pric,
-                ln.det_item_fee_sumamt,
-                ln.fee_ocur_date,
-                ln.bilg_dr_codg,
-                ln.hosp_appr_flag,
-                msgid,
-            )
-            for i, ln in enumerate(lines)
-        ],
+    sns = [ln.feedetl_sn for ln in lines]
+    ledger_of(conn).insert_fee_lines(
+        visit.id, int(have[1]) + 1, msgid, sns, hosp, [ln.bilg_dr_codg for ln in lines], nums
     )
     resp = settlement_pb2.UploadFeesResponse(
         mdtrt_id=mdtrt_id,
@@ -381,7 +365,7 @@ def upload_fees(
     # The per-line results are encoded in Rust (field 5, the message's last: appended, the
     # bytes are those protobuf writes for the whole message).
     results_bytes = engine_rs.fee_line_results(
-        catalog, results, [ln.feedetl_sn for ln in lines], np.ascontiguousarray(nums[:, 2])
+        catalog, results, sns, np.ascontiguousarray(nums[:, 2])
     )
     return resp.SerializeToString() + results_bytes, mdtrt_id
 

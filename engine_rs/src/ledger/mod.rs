@@ -108,6 +108,45 @@ pub fn fee_lines(conn: &Connection, visit_id: i64) -> rusqlite::Result<FeeLineRo
     Ok(out)
 }
 
+/// Fee lines an upload adds to a visit, as columns (one entry per line, in upload order).
+pub struct NewFeeLines<'a> {
+    pub feedetl_sn: &'a [String],
+    pub medins_list_codg: &'a [String],
+    pub bilg_dr_codg: &'a [String],
+    /// cnt, pric, det_item_fee_sumamt, fee_ocur_date, hosp_appr_flag of each line
+    pub nums: &'a [[i64; 5]],
+}
+
+const INSERT_FEE_LINE: &str = "INSERT INTO fee_lines (visit_id, feedetl_sn, seq, \
+     medins_list_codg, med_list_codg, cnt, pric, det_item_fee_sumamt, fee_ocur_date, \
+     bilg_dr_codg, hosp_appr_flag, msgid) VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Writes an upload's lines to visit `visit_id`, numbered from `first_seq` (the visit's
+/// last seq + 1), each marked with the upload's `msgid` (Reverse finds them by it). The
+/// HIS's insurance code is not stored: the institution's mapping classifies every line.
+/// The caller has checked the lines (their ids unique and new, the columns of one length).
+pub fn insert_fee_lines(
+    conn: &Connection,
+    visit_id: i64,
+    first_seq: i64,
+    msgid: &str,
+    lines: &NewFeeLines<'_>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(INSERT_FEE_LINE)?;
+    let columns = lines
+        .feedetl_sn
+        .iter()
+        .zip(lines.medins_list_codg)
+        .zip(lines.bilg_dr_codg)
+        .zip(lines.nums);
+    for (seq, (((sn, code), doctor), n)) in (first_seq..).zip(columns) {
+        stmt.execute(rusqlite::params![
+            visit_id, sn, seq, code, n[0], n[1], n[2], n[3], doctor, n[4], msgid
+        ])?;
+    }
+    Ok(())
+}
+
 /// The accumulator values of a person for a year and pool: the current row, else the loaded
 /// (opening) row, else none (the caller starts from zeros).
 pub fn accumulators(
@@ -358,6 +397,41 @@ mod tests {
         assert_eq!(rows.det_item_fee_sumamt, [99, 300]);
         assert_eq!(rows.fee_date, [20_260_615, 0]);
         assert_eq!(rows.hosp_appr_flag, [1, 0]);
+    }
+
+    #[test]
+    fn an_upload_adds_its_lines_after_the_visits_last() {
+        let conn = db();
+        let sns = ["c".to_string(), "d".to_string()];
+        let codes = ["H009".to_string(), "乙H010".to_string()];
+        let doctors = ["D1".to_string(), String::new()];
+        let lines = NewFeeLines {
+            feedetl_sn: &sns,
+            medins_list_codg: &codes,
+            bilg_dr_codg: &doctors,
+            nums: &[[10_000, 7, 7, 20_260_616, 0], [20_000, 5, 10, 0, 2]],
+        };
+        insert_fee_lines(&conn, 7, 3, "up2", &lines).unwrap();
+        let rows = fee_lines(&conn, 7).unwrap();
+        assert_eq!(rows.feedetl_sn, ["a", "b", "c", "d"]);
+        assert_eq!(rows.det_item_fee_sumamt, [99, 300, 7, 10]);
+        assert_eq!(rows.hosp_appr_flag, [1, 0, 0, 2]);
+        let stored: Vec<(i64, String, String, String)> = conn
+            .prepare("SELECT seq, med_list_codg, bilg_dr_codg, msgid FROM fee_lines WHERE visit_id = 7 AND seq > 2 ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            stored,
+            [
+                (3, String::new(), "D1".to_string(), "up2".to_string()),
+                (4, String::new(), String::new(), "up2".to_string())
+            ]
+        );
+        // a line id the visit has already: the primary key refuses the upload's write
+        assert!(insert_fee_lines(&conn, 7, 5, "up3", &lines).is_err());
     }
 
     #[test]

@@ -18,7 +18,8 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::Mutex;
 
-use numpy::PyArray1;
+use numpy::{PyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefMethods, PyWeakrefReference};
 use rusqlite::ffi;
@@ -225,6 +226,47 @@ impl PyLedger {
             PyList::new(py, rows.feedetl_sn)?,
             PyBytes::new(py, &rows.digest),
         ))
+    }
+
+    /// Writes an upload's fee lines to visit `visit_id`, numbered from `first_seq`, marked
+    /// with the upload's `msgid` (`ledger::insert_fee_lines`); `nums` holds each line's
+    /// cnt, pric, det_item_fee_sumamt, fee_ocur_date and hosp_appr_flag (int64, n x 5).
+    #[allow(clippy::too_many_arguments)]
+    fn insert_fee_lines(
+        &self,
+        py: Python<'_>,
+        visit_id: i64,
+        first_seq: i64,
+        msgid: &str,
+        feedetl_sn: Vec<String>,
+        medins_list_codg: Vec<String>,
+        bilg_dr_codg: Vec<String>,
+        nums: PyReadonlyArray2<'_, i64>,
+    ) -> PyResult<()> {
+        let shape = nums.shape();
+        let n = feedetl_sn.len();
+        if shape != [n, 5] || medins_list_codg.len() != n || bilg_dr_codg.len() != n {
+            return Err(PyValueError::new_err(format!(
+                "insert_fee_lines: {n} lines, {} codes, {} doctors and nums of shape {shape:?}",
+                medins_list_codg.len(),
+                bilg_dr_codg.len()
+            )));
+        }
+        let rows: Vec<[i64; 5]> = nums
+            .as_array()
+            .rows()
+            .into_iter()
+            .map(|r| [r[0], r[1], r[2], r[3], r[4]])
+            .collect();
+        let lines = ledger::NewFeeLines {
+            feedetl_sn: &feedetl_sn,
+            medins_list_codg: &medins_list_codg,
+            bilg_dr_codg: &bilg_dr_codg,
+            nums: &rows,
+        };
+        self.with(py, "insert_fee_lines", |conn| {
+            ledger::insert_fee_lines(conn, visit_id, first_seq, msgid, &lines)
+        })
     }
 
     /// The settles and cancels of a batch in one call, with the GIL released while they run
