@@ -42,13 +42,12 @@ from server.center.settle import (
 )
 from server.center.store.batch import ACC_INSERT, ACC_UPDATE, probe, require_made
 from server.center.store.pg import (
-    AUDIT_COLUMNS,
     AUDIT_INSERT_ALL,
     Conn,
+    InsertAll,
     PgStore,
     audit_heads,
     audit_rows,
-    columns_of,
     insert_all,
 )
 from server.errors import AlreadyExists, ClientError, FailedPrecondition, NotFound, field_error
@@ -435,13 +434,13 @@ _ALL_LEGS = insert_all("setl_legs", LEG_COLUMNS)
 _ALL_REMEMBERED = insert_all("idempotency", IDEMPOTENCY_COLUMNS)
 
 
-def _inserts(b: _Batch, trail: list[tuple[Any, ...]]) -> list[tuple[str, int, list[Any]]]:
-    """The batch's new rows, one statement per table: (SQL, columns, rows)."""
+def _inserts(b: _Batch, trail: list[tuple[Any, ...]]) -> list[tuple[InsertAll, list[Any]]]:
+    """The batch's new rows, one statement per table: (the insert, its rows)."""
     return [
-        (_ALL_SETTLEMENTS, len(SETTLEMENT_COLUMNS), b.settlements),
-        (_ALL_LEGS, len(LEG_COLUMNS), b.legs),
-        (_ALL_REMEMBERED, len(IDEMPOTENCY_COLUMNS), b.remembered),
-        (AUDIT_INSERT_ALL, len(AUDIT_COLUMNS), trail),
+        (_ALL_SETTLEMENTS, b.settlements),
+        (_ALL_LEGS, b.legs),
+        (_ALL_REMEMBERED, b.remembered),
+        (AUDIT_INSERT_ALL, trail),
     ]
 
 
@@ -455,9 +454,9 @@ async def _write(conn: Conn, b: _Batch, trail: list[tuple[Any, ...]]) -> None:
     moved = [(p, d) for p, d in sorted(b.moved.items()) if d]
     made = None
     async with conn.pipeline():
-        for sql, width, rows in _inserts(b, trail):
+        for insert, rows in _inserts(b, trail):
             if rows:
-                await conn.execute(sql, columns_of(rows, width))
+                await conn.execute(insert.sql, insert.param(rows))
         if old[0]:
             await conn.execute(ACC_UPDATE, old)
         if new[0]:

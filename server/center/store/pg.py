@@ -19,8 +19,10 @@ reconciliation totals and details agree, and such a transaction never fails to s
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -196,7 +198,7 @@ async def audit_append_many(conn: Conn, key: bytes, records: list[audit.Record],
     heads = await audit_heads(conn, [chain])
     rows = audit_rows(key, chain, heads[chain], records)
     if rows:
-        await conn.execute(AUDIT_INSERT_ALL, columns_of(rows, len(AUDIT_COLUMNS)))
+        await conn.execute(AUDIT_INSERT_ALL.sql, AUDIT_INSERT_ALL.param(rows))
     return int(rows[-1][1]) if rows else heads[chain][0]
 
 
@@ -214,16 +216,58 @@ AUDIT_COLUMNS = (
 )
 
 
-def insert_all(table: str, columns: Sequence[tuple[str, str]]) -> str:
-    """An INSERT of many rows in one statement, one array parameter per column (name,
-    SQL type), in `columns`' order (`columns_of` makes the arrays of a list of rows)."""
+@dataclass(frozen=True)
+class InsertAll:
+    """An INSERT of many rows in one statement (`insert_all`) whose one parameter is the
+    rows as a JSON array of arrays (`param`), taken apart by PostgreSQL. An array parameter
+    per column costs psycopg a Python dumper call per value (13 % of the center's samples
+    in a batch of SettleSummary calls); one string is dumped in C and `json.dumps` is C.
+    The parameter is `jsonb`, parsed once: `->>` on `json` text parses the row again for
+    every column (30 settlements: 6.1 ms against 1.4 ms with jsonb, 2.9 with arrays)."""
+
+    sql: str
+    binary: tuple[int, ...]  # bytea columns: hex in the JSON
+    documents: tuple[int, ...]  # jsonb columns: the document itself (psycopg's Jsonb or not)
+
+    def param(self, rows: Sequence[Sequence[Any]]) -> tuple[str]:
+        out: Sequence[Any] = rows
+        if self.binary or self.documents:
+            out = []
+            for row in rows:
+                r = list(row)
+                for i in self.binary:
+                    if r[i] is not None:
+                        r[i] = bytes(r[i]).hex()
+                for i in self.documents:
+                    r[i] = getattr(r[i], "obj", r[i])
+                out.append(r)
+        return (json.dumps(out, ensure_ascii=False, separators=(",", ":")),)
+
+
+def insert_all(table: str, columns: Sequence[tuple[str, str]]) -> InsertAll:
+    """The INSERT of many rows of `table` with `columns` (name, SQL type) in their order.
+    JSON numbers reach the integer columns as their digits (exact); texts are checked for
+    control characters at the door (server/limits.py), so none holds a NUL."""
     names = ", ".join(name for name, _ in columns)
-    arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
-    return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+    values = []
+    for i, (_, kind) in enumerate(columns):
+        if kind == "bytea":
+            values.append(f"decode(e->>{i}, 'hex')")
+        elif kind == "jsonb":
+            values.append(f"NULLIF(e->{i}, 'null'::jsonb)")
+        else:
+            values.append(f"(e->>{i})::{kind}")
+    sql = (
+        f"INSERT INTO {table} ({names}) SELECT {', '.join(values)}"
+        " FROM jsonb_array_elements(%s::jsonb) AS r(e)"
+    )
+    binary = tuple(i for i, (_, kind) in enumerate(columns) if kind == "bytea")
+    documents = tuple(i for i, (_, kind) in enumerate(columns) if kind == "jsonb")
+    return InsertAll(sql, binary, documents)
 
 
 def columns_of(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows as `width` column lists, for unnest()."""
+    """Rows as `width` column lists, for unnest() (an UPDATE ... FROM unnest)."""
     return [[r[i] for r in rows] for i in range(width)]
 
 
