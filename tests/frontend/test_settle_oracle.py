@@ -13,6 +13,7 @@ first answer byte for byte and change nothing; the stored accumulators must be t
 from __future__ import annotations
 
 import sqlite3
+import threading
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -410,8 +411,12 @@ def test_cancels_share_batches_with_settles_and_give_back_what_each_settle_added
             (latest[CIVIL.psn_no][0][0].setl_id, other_visit, None),  # another visit's
         ]
         before_refused = {t: _stored_acc(frontend.db, t) for t in oracle.acc}
+        # the burst's calls leave together (twelve threads started one by one may each
+        # find the store idle and commit alone on a busy machine)
+        start = threading.Barrier(len(new) + len(cancels) + len(refused))
 
         def send(t: Any) -> Any:
+            start.wait(timeout=30)
             try:
                 if len(t) == 3:
                     return c.cancel_settlement(t[0], mdtrt_id=t[1], msgid=t[2])
