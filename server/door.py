@@ -4,8 +4,9 @@ A local Settle or CancelSettlement is read once, in the engine (engine_rs/src/do
 the bytes grpc received: the bounds of its ids and codes (limits.FIELD_MAX, the same
 violations `limits.check_ids` names), its header, and the digest idempotency compares
 (`common.request_hash`'s). The ledger takes the same bytes, so on the hot path Python never
-parses or serialises the message. Anything else that wants a field (center mode, the audit
-record of a refusal) gets it from the message parsed on first use.
+parses or serialises the message (nor does center mode's Settle, which sends the same bytes
+on). Anything else that wants a field (center mode's cancel, the audit record of a refusal)
+gets it from the message parsed on first use.
 """
 
 from __future__ import annotations

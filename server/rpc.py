@@ -194,6 +194,8 @@ def _wrap_unary(
 ) -> Callable[..., Awaitable[Any]]:
     """With `raw`, the request reaches the handler as bytes and `parse` is the door
     (server/door.py: the bounds of its ids are checked there, the message is not parsed)."""
+    # a unary request arrives as bytes when sealed or read at the door (`_raw`)
+    as_bytes = not streaming_in and (raw or g.payload is not None)
 
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         peer = ANONYMOUS
@@ -205,15 +207,14 @@ def _wrap_unary(
                 inst, key = g.payload.key_for(context.invocation_metadata())
                 if not streaming_in:
                     request = g.payload.open(key, method, 0, request)
-                    if not raw:
-                        request = parse(request)
-            if raw:
+            if as_bytes:
                 request = parse(request)
-            elif not streaming_in:
-                check_parsed(request)
-                limits.check_ids(request)
-            if not streaming_in and g.payload is not None:
-                g.payload.check_institution(inst, getattr(request, "header", None))
+            if not streaming_in:
+                if not raw:
+                    check_parsed(request)
+                    limits.check_ids(request)
+                if g.payload is not None:
+                    g.payload.check_institution(inst, getattr(request, "header", None))
             peer = peer_of(context)
             if g.access is not None:
                 g.access.check(method, peer)

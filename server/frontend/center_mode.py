@@ -26,6 +26,7 @@ from server import metrics
 from server.common import (
     Caller,
     Env,
+    HeaderFields,
     Outcome,
     Trail,
     authenticate,
@@ -37,6 +38,7 @@ from server.common import (
     replay_of,
     request_hash,
 )
+from server.door import Raw
 from server.errors import ClientError, Unavailable
 from server.frontend import settle
 from server.frontend.center_link import CenterRoutes
@@ -51,9 +53,7 @@ REVERSE = "/medsettle.v1.Settlement/Reverse"
 log = logging.getLogger("medsettle.center_mode")
 
 
-def undo_request(
-    env: Env, header: common_pb2.RequestHeader, setl_id: str
-) -> center_pb2.CenterCancelRequest:
+def undo_request(env: Env, header: HeaderFields, setl_id: str) -> center_pb2.CenterCancelRequest:
     """The compensating cancel of a center-mode settlement, keyed to the HIS call's msgid."""
     key = f"undo\0{header.fixmedins_code}\0{header.msgid}"
     return compensating_cancel(env, header.fixmedins_code, header.opter, key, setl_id)
@@ -99,16 +99,18 @@ class CenterMode:
         # msgid before the forwarder cancels it at the center (config center_retry_grace_s).
         self.retry_grace_ms = int(retry_grace_s * 1000)
 
-    async def settle(self, req: settlement_pb2.SettleRequest) -> bytes:
+    async def settle(self, req: Raw) -> bytes:
+        """A Settle read at the door: its bytes go to the ledger and the center's question
+        as they came, with the door's header and digest (never parsed here)."""
         header = req.header
         check_header(header, needs_msgid=True)
-        digest = request_hash("Settle", req)
+        data, digest = req.data, req.digest
         now = now_ms()
         env = self.env
 
         def prepare(conn: sqlite3.Connection) -> bytes | Ask:
             caller = authenticate(conn, env, header, now, SETTLE)
-            return settle.center_ask(conn, env, caller, req, digest)
+            return settle.center_ask(conn, env, caller, data, digest)
 
         outcome = Outcome()
         try:
@@ -131,11 +133,11 @@ class CenterMode:
                     await asyncio.shield(self._leave_undo(undo, region, later))
                 if not isinstance(exc, Unavailable) or self.offline is None:
                     raise
-                resp = await self._settle_offline(req, digest, now, self.offline, outcome)
+                resp = await self._settle_offline(req, now, self.offline, outcome)
                 metrics.settle_answered("offline", "frontend", resp, outcome.replayed)
                 return resp
             try:
-                resp = await self._keep(req, digest, now, got, answer, outcome)
+                resp = await self._keep(req, now, got, answer, outcome)
             except (StoreUnavailable, asyncio.CancelledError):
                 # Not kept for a reason a retry of this msgid may get past: the same grace.
                 undo = undo_request(env, header, answer.setlinfo.setl_id)
@@ -150,7 +152,7 @@ class CenterMode:
         metrics.settle_answered("center", "frontend", resp, outcome.replayed)
         return resp
 
-    async def _undo(self, header: common_pb2.RequestHeader, setl_id: str, region: str) -> None:
+    async def _undo(self, header: HeaderFields, setl_id: str, region: str) -> None:
         """The center committed a settlement this front-end then could not keep (the visit or
         its lines changed meanwhile): cancel it there, so it is never left settled at the
         center alone. The cancel is keyed to the original msgid, so sending it twice changes
@@ -185,8 +187,7 @@ class CenterMode:
 
     async def _keep(
         self,
-        req: settlement_pb2.SettleRequest,
-        digest: bytes,
+        req: Raw,
         now: int,
         got: Ask,
         answer: center_pb2.CenterSettleResponse,
@@ -199,8 +200,8 @@ class CenterMode:
         call = settle.keep_call(
             env,
             lambda conn: authenticate(conn, env, header, now, SETTLE),
-            req,
-            digest,
+            req.data,
+            req.digest,
             now,
             SETTLE,
             got,
@@ -210,8 +211,7 @@ class CenterMode:
 
     async def _settle_offline(
         self,
-        req: settlement_pb2.SettleRequest,
-        digest: bytes,
+        req: Raw,
         now: int,
         limits: OfflineLimits,
         outcome: Outcome,
@@ -224,8 +224,8 @@ class CenterMode:
         call = settle.settle_call(
             env,
             lambda conn: authenticate(conn, env, header, now, SETTLE),
-            req.SerializeToString(),
-            digest,
+            req.data,
+            req.digest,
             now,
             SETTLE,
             limits,
@@ -240,7 +240,7 @@ class CenterMode:
 
         def prepare(conn: sqlite3.Connection) -> Ask:
             caller = authenticate(conn, env, header, now, PRE_SETTLE)
-            ask = settle.center_ask(conn, env, caller, req, None)
+            ask = settle.center_ask(conn, env, caller, req.SerializeToString(), None)
             assert isinstance(ask, Ask)  # no msgid's answer is looked up
             return ask
 
@@ -250,12 +250,13 @@ class CenterMode:
         info.msgid = header.msgid
         return settlement_pb2.SettleResponse(setlinfo=info)
 
-    async def cancel(self, req: settlement_pb2.CancelSettlementRequest) -> bytes:
+    async def cancel(self, raw: Raw) -> bytes:
         """A center-mode settlement is cancelled at the center first, then here; a local
-        (offline) one only here, and forwarded."""
+        (offline) one only here, and forwarded. (The door's digest; the message parsed.)"""
+        req: settlement_pb2.CancelSettlementRequest = raw.message()
         header = req.header
         check_header(header, needs_msgid=True)
-        digest = request_hash("CancelSettlement", req)
+        digest = raw.digest
         now = now_ms()
         env = self.env
 

@@ -73,17 +73,18 @@ def center_ask(
     conn: sqlite3.Connection,
     env: Env,
     caller: Caller,
-    req: settlement_pb2.SettleRequest,
+    data: bytes,
     req_hash: bytes | None,
 ) -> bytes | Ask:
-    """Center mode, before the center is asked (in the ledger; changes nothing): for a
-    Settle (`req_hash`) the msgid's stored answer when there is one; otherwise the visit's
-    fees preprocessed and split as a local settle would, and the summary for the center."""
+    """Center mode, before the center is asked (in the ledger; changes nothing), for the
+    SettleRequest whose bytes are `data`: for a Settle (`req_hash`) the msgid's stored
+    answer when there is one; otherwise the visit's fees preprocessed and split as a local
+    settle would, and the summary for the center."""
     ledger, policy, catalog = _in_ledger(conn, caller)
     try:
         got = ledger.prepare_center(
             env.ledger_node,
-            req.SerializeToString(),
+            data,
             caller.for_ledger(""),
             policy,
             catalog,
@@ -141,7 +142,7 @@ def settle_call(
 def keep_call(
     env: Env,
     header_of: Callable[[sqlite3.Connection], Caller],
-    req: settlement_pb2.SettleRequest,
+    data: bytes,
     req_hash: bytes,
     now: int,
     rpc: str,
@@ -161,7 +162,7 @@ def keep_call(
         asked.line_results,
         asked.lines_digest,
     )
-    return _ledger_call(env, header_of, req.SerializeToString(), req_hash, now, rpc, None, kept)
+    return _ledger_call(env, header_of, data, req_hash, now, rpc, None, kept)
 
 
 def _ledger_call(

@@ -320,16 +320,14 @@ class SettlementService:
 
     async def Settle(self, request: Raw, context: Ctx) -> bytes:
         if self.center is not None:
-            settled = self.center.settle(request.message())
-            return await self._in_center_mode(SETTLE, request, settled)
+            return await self._in_center_mode(SETTLE, request, self.center.settle(request))
         return await self._in_ledger(
             "Settle", request, settle.settle_call, metrics.settle_answered, metrics.settle_refused
         )
 
     async def CancelSettlement(self, request: Raw, context: Ctx) -> bytes:
         if self.center is not None:
-            cancelled = self.center.cancel(request.message())
-            return await self._in_center_mode(CANCEL, request, cancelled)
+            return await self._in_center_mode(CANCEL, request, self.center.cancel(request))
         return await self._in_ledger(
             "CancelSettlement",
             request,
