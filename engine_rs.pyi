@@ -282,6 +282,34 @@ class CenterNode:
     def __new__(
         cls, pii_seal: bytes, pii_version: int, tz_offset_min: int, max_visit_fee_fen: int
     ) -> CenterNode: ...
+    def settle_summaries(
+        self,
+        calls: list[tuple[bytes, bytes, int, bool]],
+        institutions: dict[str, tuple[int, str]],
+        policies: dict[int, Policy],
+        persons: list[tuple[Any, ...]],
+        accumulators: list[tuple[Any, ...]],
+    ) -> SummaryDecision: ...
+
+@final
+class SummaryDecision:
+    """What a batch of SettleSummary calls decided: per call its answer (bytes), its
+    refusal (a Refused, not raised) or None (the caller's own refusal stands); the writes."""
+
+    @property
+    def outcomes(self) -> list[bytes | Refused | None]: ...
+    @property
+    def settled(self) -> int: ...
+    @property
+    def settlements(self) -> str: ...
+    @property
+    def legs(self) -> str: ...
+    @property
+    def remembered(self) -> str: ...
+    @property
+    def accumulators(self) -> tuple[list[list[Any]], list[list[Any]]]: ...
+    @property
+    def moved(self) -> list[list[Any]]: ...
 
 # (fixmedins_code, node_id, hosp_lv, admdvs) of the front-end sending a batch
 ForwardSender: TypeAlias = tuple[str, str, int, str]

@@ -5,9 +5,12 @@ One call alone costs about seventeen statements one after another (the node bind
 msgid, the ids, the person, the accumulator lock, the writes, the audit chain). A batch
 reads what its calls may touch in one pipelined round trip (the bindings, their msgids,
 setl_ids and visits, the persons and the accumulator rows of their years, locked in key
-order like a forwarded batch), settles the calls in order in memory (two calls for one
-person see each other's accumulators and balance), takes the audit chains' heads in a
-second round trip and writes everything in a third.
+order like a forwarded batch), answers what those reads alone decide (a node bound to
+another machine, a replay, a setl_id or visit the center holds, an institution or policy
+version it lacks), has the engine settle the rest in order (`CenterNode.settle_summaries`,
+engine_rs/src/center/summary.rs: two calls for one person see each other's accumulators
+and balance; the split, the answers, their seals and the rows, with the GIL released),
+takes the audit chains' heads in a second round trip and writes everything in a third.
 
 What each call is told is what it would have been told alone (server/center/settle.py
 `settle_summary`, whose checks and texts these are): a refused call writes nothing and its
@@ -19,7 +22,6 @@ its calls runs again alone, on the one-call path.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,25 +36,18 @@ from server.center.settle import (
     LEG_COLUMNS,
     SETTLEMENT_COLUMNS,
     CenterEnv,
-    no_person,
-    person_of,
-    settled,
-    split_context,
-    split_summary,
 )
 from server.center.store.batch import ACC_INSERT, ACC_UPDATE, probe, require_made
 from server.center.store.pg import (
     AUDIT_INSERT_ALL,
     Conn,
-    InsertAll,
     PgStore,
     audit_heads,
     audit_rows,
     insert_all,
 )
-from server.errors import AlreadyExists, ClientError, FailedPrecondition, NotFound, field_error
-from server.fundsplit import choose_rule
-from server.persons import ACC_FIELDS, READ_COLUMNS, PersonRow
+from server.errors import AlreadyExists, ClientError, FailedPrecondition, refusal
+from server.persons import ACC_FIELDS, READ_COLUMNS
 from server.refdata import Institution
 from server.security import audit
 
@@ -60,7 +55,6 @@ log = logging.getLogger("medsettle.center")
 METHOD = "SettleSummary"
 
 Answer = tuple[bytes, bool]  # the answer, and whether it is a stored one replayed
-Key = tuple[str, int, str]
 
 
 @dataclass
@@ -73,22 +67,11 @@ class Call:
 
 @dataclass
 class _Batch:
-    """A batch's reads, what its calls decided, and what it writes."""
+    """What a batch's calls were answered before the engine settles the rest."""
 
     env: CenterEnv
     answers: dict[int, Answer | ClientError] = field(default_factory=dict)  # by call index
     unknown: dict[int, ClientError] = field(default_factory=dict)  # institution, policy
-    persons: dict[str, PersonRow] = field(default_factory=dict)
-    balances: dict[str, int] = field(default_factory=dict)
-    accumulators: dict[Key, dict[str, int]] = field(default_factory=dict)
-    stored: set[Key] = field(default_factory=set)
-    touched: set[Key] = field(default_factory=set)
-    moved: dict[str, int] = field(default_factory=dict)
-    settlements: list[tuple[Any, ...]] = field(default_factory=list)
-    new_ids: dict[str, str] = field(default_factory=dict)  # setl_id -> msgid, this batch's
-    new_visits: dict[tuple[str, str], str] = field(default_factory=dict)  # -> setl_id
-    legs: list[tuple[Any, ...]] = field(default_factory=list)
-    remembered: list[tuple[Any, ...]] = field(default_factory=list)
     audited: list[tuple[str, Call, bool]] = field(default_factory=list)  # chain, call, replay
 
 
@@ -169,16 +152,7 @@ class SummaryGroup:
         await _replays(conn, b, calls, reads)
         _taken(b, calls, reads)
         insts, policies = await _reference(conn, b, calls)
-        _load(b, reads)
-        for i, call in enumerate(calls):
-            if i not in b.answers:
-                try:
-                    _require_new(b, call)
-                    if i in b.unknown:  # an institution or policy version the center lacks
-                        raise b.unknown[i]
-                    b.answers[i] = _settle(b, call, insts, policies)
-                except ClientError as exc:
-                    b.answers[i] = exc
+        decided = _settle(b, calls, insts, policies, reads)
         by_chain: dict[str, list[audit.Record]] = {}
         for chain, call, replayed in b.audited:
             by_chain.setdefault(chain, []).append(self.record(call, replayed))
@@ -188,7 +162,7 @@ class SummaryGroup:
             for chain, records in sorted(by_chain.items())
             for row in audit_rows(self.audit_key, chain, heads[chain], records)
         ]
-        await _write(conn, b, trail)
+        await _write(conn, decided, trail)
         return b.answers
 
 
@@ -366,67 +340,34 @@ async def _reference(
     return insts, policies
 
 
-def _load(b: _Batch, reads: _Reads) -> None:
-    """The persons and accumulator rows read (and locked)."""
-    for row in reads.persons:
-        held = person_of(b.env.pii, row)
-        b.persons[held.psn_no] = held
-        b.balances[held.psn_no] = held.balc
-    # The current row (opening 0) first: it is the one kept; an opening row only seeds.
-    for psn_no, year, pool, opening, *acc in reads.accumulators:
-        key = (psn_no, year, pool)
-        if opening == 0:
-            b.stored.add(key)
-        b.accumulators.setdefault(key, dict(zip(ACC_FIELDS, acc, strict=True)))
-
-
-def _require_new(b: _Batch, call: Call) -> None:
-    """The setl_id and the visit not settled by an earlier call of the batch (the database's
-    were checked by `_taken`)."""
-    req = call.req
-    if req.setl_id in b.new_ids:
-        raise AlreadyExists(
-            f"setl_id: {req.setl_id} was already settled by {b.new_ids[req.setl_id]}"
-        )
-    visit = (req.header.fixmedins_code, req.mdtrt_id)
-    if visit in b.new_visits:
-        raise FailedPrecondition(
-            f"mdtrt_id: {req.mdtrt_id} is already settled as {b.new_visits[visit]}"
-        )
-
-
 def _settle(
-    b: _Batch, call: Call, insts: dict[str, Institution], policies: dict[int, engine_rs.Policy]
-) -> Answer:
-    """One call settled over the batch's view (`settle_summary`'s steps and refusals)."""
-    req, h, now, env = call.req, call.req.header, call.now, b.env
-    person = b.persons.get(req.psn_no)
-    if person is None:
-        raise NotFound(no_person(req.psn_no))
-    if req.insutype != person.insutype:
-        raise field_error("insutype", f"the person is insured under {person.insutype}")
-    visit = (h.fixmedins_code, req.mdtrt_id)
-    inst = insts[h.fixmedins_code]
-    policy = policies[req.policy_version]
-    ctx = split_context(req, inst)
-    choice = choose_rule(policy, ctx, person)
-    key = (person.psn_no, choice.year, choice.pool)
-    before = dict(b.accumulators.get(key) or dict.fromkeys(ACC_FIELDS, 0))
-    now_person = dataclasses.replace(person, balc=b.balances[person.psn_no])
-    info, after, acc_after = split_summary(policy, choice, ctx, now_person, req, before)
-    done = settled(env, req, call.digest, inst, choice, info, before, after, acc_after, now)
-    b.accumulators[key] = after
-    b.touched.add(key)
-    if info.acct_pay:
-        b.balances[person.psn_no] -= info.acct_pay
-        b.moved[person.psn_no] = b.moved.get(person.psn_no, 0) - info.acct_pay
-    b.settlements.append(done.row)
-    b.new_ids[req.setl_id] = h.msgid
-    b.new_visits[visit] = req.setl_id
-    b.legs += done.legs
-    b.remembered.append(done.remembered)
-    b.audited.append((h.fixmedins_code, call, False))
-    return done.answer, False
+    b: _Batch,
+    calls: list[Call],
+    insts: dict[str, Institution],
+    policies: dict[int, engine_rs.Policy],
+    reads: _Reads,
+) -> engine_rs.SummaryDecision:
+    """The calls not answered yet, settled in order by the engine over the persons and
+    accumulator rows read (`settle_summary`'s steps and refusals); a call whose
+    institution or policy version the center lacks keeps that refusal, unless an earlier
+    call of the batch took its setl_id or visit (as alone, those are checked first)."""
+    asked = [(i, calls[i]) for i in _open(b, calls)]
+    decided = b.env.forward_node.settle_summaries(
+        [(c.req.SerializeToString(), c.digest, c.now, i in b.unknown) for i, c in asked],
+        {code: (inst.hosp_lv, inst.admdvs) for code, inst in insts.items()},
+        policies,
+        reads.persons,
+        reads.accumulators,
+    )
+    for (i, call), outcome in zip(asked, decided.outcomes, strict=True):
+        if outcome is None:
+            b.answers[i] = b.unknown[i]
+        elif isinstance(outcome, bytes):
+            b.answers[i] = (outcome, False)
+            b.audited.append((call.req.header.fixmedins_code, call, False))
+        else:
+            b.answers[i] = refusal(outcome)
+    return decided
 
 
 _ALL_SETTLEMENTS = insert_all("settlements", SETTLEMENT_COLUMNS)
@@ -434,39 +375,32 @@ _ALL_LEGS = insert_all("setl_legs", LEG_COLUMNS)
 _ALL_REMEMBERED = insert_all("idempotency", IDEMPOTENCY_COLUMNS)
 
 
-def _inserts(b: _Batch, trail: list[tuple[Any, ...]]) -> list[tuple[InsertAll, list[Any]]]:
-    """The batch's new rows, one statement per table: (the insert, its rows)."""
-    return [
-        (_ALL_SETTLEMENTS, b.settlements),
-        (_ALL_LEGS, b.legs),
-        (_ALL_REMEMBERED, b.remembered),
-        (AUDIT_INSERT_ALL, trail),
-    ]
-
-
-async def _write(conn: Conn, b: _Batch, trail: list[tuple[Any, ...]]) -> None:
+async def _write(
+    conn: Conn, decided: engine_rs.SummaryDecision, trail: list[tuple[Any, ...]]
+) -> None:
     """Everything the batch writes, in one round trip: settlements, legs, idempotency and
-    audit records, accumulators and balances."""
-    rows = [(*k, *(b.accumulators[k][f] for f in ACC_FIELDS)) for k in sorted(b.touched)]
-    width = 3 + len(ACC_FIELDS)
-    old = [[r[i] for r in rows if r[:3] in b.stored] for i in range(width)]
-    new = [[r[i] for r in rows if r[:3] not in b.stored] for i in range(width)]
-    moved = [(p, d) for p, d in sorted(b.moved.items()) if d]
+    audit records (the engine's rows as `insert_all` takes them), accumulators and
+    balances."""
+    old, new = decided.accumulators
+    moved = decided.moved
     made = None
     async with conn.pipeline():
-        for insert, rows in _inserts(b, trail):
-            if rows:
-                await conn.execute(insert.sql, insert.param(rows))
+        if decided.settled:
+            await conn.execute(_ALL_SETTLEMENTS.sql, (decided.settlements,))
+            await conn.execute(_ALL_LEGS.sql, (decided.legs,))
+            await conn.execute(_ALL_REMEMBERED.sql, (decided.remembered,))
+        if trail:
+            await conn.execute(AUDIT_INSERT_ALL.sql, AUDIT_INSERT_ALL.param(trail))
         if old[0]:
             await conn.execute(ACC_UPDATE, old)
         if new[0]:
             made = await conn.execute(ACC_INSERT, new)
-        if moved:
+        if moved[0]:
             await conn.execute(
                 "UPDATE persons p SET balc = p.balc + u.change"
                 " FROM unnest(%s::text[], %s::bigint[]) AS u(psn_no, change)"
                 " WHERE p.psn_no = u.psn_no",
-                [[m[0] for m in moved], [m[1] for m in moved]],
+                moved,
             )
     if made is not None:
         require_made(len(await made.fetchall()), new)

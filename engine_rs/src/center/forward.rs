@@ -463,7 +463,8 @@ pub fn split_differences(theirs: &wire::SetlInfo, ours: &wire::SetlInfo) -> Vec<
 }
 
 /// The center's name of a person, opened once per batch.
-fn name_of(batch: &mut Batch<'_>, center: &Center<'_>, psn_no: &str) -> Result<String, Fault> {
+/// A person's name (opened once a batch), for the settlement it is written on.
+pub(crate) fn name_of(batch: &mut Batch<'_>, vault: &Vault, psn_no: &str) -> Result<String, Fault> {
     if let Some(n) = batch.names.get(psn_no) {
         return Ok(n.clone());
     }
@@ -473,7 +474,7 @@ fn name_of(batch: &mut Batch<'_>, center: &Center<'_>, psn_no: &str) -> Result<S
         .get(psn_no)
         .map(|p| p.psn_name_sealed.clone())
         .unwrap_or_default();
-    let name = center.vault.open_text("psn_name", psn_no, &sealed)?;
+    let name = vault.open_text("psn_name", psn_no, &sealed)?;
     batch.names.insert(psn_no.to_owned(), name.clone());
     Ok(name)
 }
@@ -586,7 +587,7 @@ fn split_again(
     )
     .map_err(|e| rejected(format!("the visit cannot be settled: {e}")))?;
     let legs = sp::legs(policy, &r, &trace, &sel);
-    let psn_name = name_of(batch, center, &info.psn_no)?;
+    let psn_name = name_of(batch, center.vault, &info.psn_no)?;
     let parties = Parties {
         mdtrt_id: &info.mdtrt_id,
         psn_no: &info.psn_no,

@@ -11,4 +11,5 @@
 pub mod checks;
 pub mod copy;
 pub mod forward;
+pub mod summary;
 pub mod view;

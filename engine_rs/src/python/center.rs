@@ -12,10 +12,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pyo3::BoundObject;
 
-use super::error::{guard, ledger_refused as refused};
+use super::error::{guard, ledger_error, ledger_refused as refused};
 use super::policy::PyPolicy;
 use crate::center::forward::{self, Center, Outcome, Plan, Sender};
+use crate::center::summary::{self, Remembered};
 use crate::center::view::{Held, HeldValues, Key, PersonRow, Values, View, Writes};
+use crate::ledger::refusal::LedgerError;
 use crate::ledger::vault::Vault;
 use crate::policy::Policy;
 use crate::split::Accumulators;
@@ -44,6 +46,142 @@ impl PyCenterNode {
             tz_offset_min,
             max_visit_fee_fen,
         })
+    }
+
+    /// A batch of `SettleSummary` calls settled in order (center/summary.rs) over the
+    /// persons and accumulator rows server/center/summaries.py read and locked. `calls`:
+    /// (CenterSettleRequest bytes, payload hash, now ms, refused by the caller);
+    /// `institutions`: code -> (hosp_lv, admdvs) of those the calls name.
+    fn settle_summaries(
+        &self,
+        py: Python<'_>,
+        calls: Vec<(Vec<u8>, Vec<u8>, i64, bool)>,
+        institutions: HashMap<String, (u32, String)>,
+        policies: HashMap<i64, Py<PyPolicy>>,
+        persons: Vec<Bound<'_, PyTuple>>,
+        accumulators: Vec<Bound<'_, PyTuple>>,
+    ) -> PyResult<PySummaryDecision> {
+        let mut view = view_of(&[], &[], Vec::new(), &persons, &accumulators)?;
+        let calls = calls
+            .into_iter()
+            .map(|(req, digest, now, refused_here)| {
+                let req = wire::CenterSettleRequest::decode(&req[..])
+                    .map_err(|e| refused(format!("malformed CenterSettleRequest: {e}")))?;
+                Ok(summary::Call {
+                    req,
+                    digest,
+                    now,
+                    refused: refused_here,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let institutions = institutions
+            .into_iter()
+            .map(|(code, (hosp_lv, admdvs))| (code, summary::Institution { hosp_lv, admdvs }))
+            .collect();
+        let decided = py.detach(|| {
+            guard("center", "settle summaries", || {
+                let by_version: HashMap<i64, &Policy> =
+                    policies.iter().map(|(v, p)| (*v, &p.get().inner)).collect();
+                let center = summary::Center {
+                    vault: &self.vault,
+                    tz_offset_min: self.tz_offset_min,
+                    policies: &by_version,
+                    institutions: &institutions,
+                };
+                summary::decide(&center, &mut view, &calls).map(|d| {
+                    let json = (
+                        summary::settlements_json(&d.writes),
+                        summary::legs_json(&d.writes),
+                        summary::remembered_json(&d.remembered),
+                    );
+                    (d, json)
+                })
+            })
+        })?;
+        let (d, (settlements, legs, remembered)) =
+            decided.map_err(|f| refused(format!("settle summaries: {}", f.0)))?;
+        let outcomes = d
+            .outcomes
+            .into_iter()
+            .map(|o| match o {
+                summary::Outcome::Answer(a) => Ok(PyBytes::new(py, &a).into_any().unbind()),
+                summary::Outcome::Refused(r) => {
+                    Ok(ledger_error("settle summaries", LedgerError::Refused(r))
+                        .value(py)
+                        .clone()
+                        .into_any()
+                        .unbind())
+                }
+                summary::Outcome::Theirs => Ok(py.None()),
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PySummaryDecision {
+            outcomes,
+            writes: d.writes,
+            remembered: d.remembered,
+            settlements,
+            legs,
+            remembered_json: remembered,
+        })
+    }
+}
+
+/// What a batch of `SettleSummary` calls decided: each call's outcome, and the writes as
+/// server/center/summaries.py `_write` makes them.
+#[pyclass(module = "engine_rs", name = "SummaryDecision", frozen)]
+pub struct PySummaryDecision {
+    outcomes: Vec<Py<PyAny>>,
+    writes: Writes,
+    remembered: Vec<Remembered>,
+    settlements: String,
+    legs: String,
+    remembered_json: String,
+}
+
+#[pymethods]
+impl PySummaryDecision {
+    /// Per call, in order: its answer (a `CenterSettleResponse`'s bytes), its refusal (a
+    /// `Refused`, not raised), or None where the caller's own refusal stands.
+    #[getter]
+    fn outcomes(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
+        self.outcomes.iter().map(|o| o.clone_ref(py)).collect()
+    }
+
+    /// How many calls settled.
+    #[getter]
+    fn settled(&self) -> usize {
+        self.remembered.len()
+    }
+
+    /// The new settlements, as `insert_all` takes them (SETTLEMENT_COLUMNS).
+    #[getter]
+    fn settlements(&self) -> &str {
+        &self.settlements
+    }
+
+    /// Their fund legs (LEG_COLUMNS).
+    #[getter]
+    fn legs(&self) -> &str {
+        &self.legs
+    }
+
+    /// The settled calls' idempotency records (IDEMPOTENCY_COLUMNS), answers sealed.
+    #[getter]
+    fn remembered(&self) -> &str {
+        &self.remembered_json
+    }
+
+    /// As `ForwardDecision.accumulators`.
+    #[getter]
+    fn accumulators<'py>(&self, py: Python<'py>) -> PyResult<AccumulatorColumns<'py>> {
+        accumulator_columns(py, &self.writes)
+    }
+
+    /// As `ForwardDecision.moved`.
+    #[getter]
+    fn moved<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        moved_columns(py, &self.writes)
     }
 }
 
@@ -344,6 +482,39 @@ where
     Ok(v.into_pyobject(py)?.into_any().into_bound())
 }
 
+type AccumulatorColumns<'py> = (Bound<'py, PyList>, Bound<'py, PyList>);
+
+/// The accumulator rows a batch changed, as columns psn_no, year, pool, then the fields:
+/// (rows that exist, rows to insert), each in key order.
+fn accumulator_columns<'py>(py: Python<'py>, writes: &Writes) -> PyResult<AccumulatorColumns<'py>> {
+    let rows = |stored: bool| -> PyResult<Bound<'py, PyList>> {
+        let mut out = Vec::new();
+        for (key, v, exists) in &writes.accumulator_rows {
+            if *exists != stored {
+                continue;
+            }
+            let mut row: Vec<Bound<'py, PyAny>> =
+                vec![any(py, &key.0)?, any(py, key.1)?, any(py, &key.2)?];
+            for x in v {
+                row.push(any(py, x)?);
+            }
+            out.push(row);
+        }
+        columns_of(py, 3 + Accumulators::LEN, out)
+    };
+    Ok((rows(true)?, rows(false)?))
+}
+
+/// A batch's balance changes, as columns psn_no, change (none zero), by psn_no.
+fn moved_columns<'py>(py: Python<'py>, writes: &Writes) -> PyResult<Bound<'py, PyList>> {
+    let rows = writes
+        .moved
+        .iter()
+        .filter(|(_, d)| **d != 0)
+        .map(|(p, d)| Ok::<_, PyErr>(vec![any(py, p)?, any(py, d)?]));
+    columns_of(py, 2, rows.collect::<PyResult<Vec<_>>>()?)
+}
+
 #[pymethods]
 impl PyForwardDecision {
     /// The `ForwardResponse`, encoded.
@@ -397,38 +568,14 @@ impl PyForwardDecision {
     /// The accumulator rows changed, as columns psn_no, year, pool, then the fields:
     /// (rows that exist, rows to insert), each in key order.
     #[getter]
-    fn accumulators<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
-        let rows = |stored: bool| -> PyResult<Bound<'py, PyList>> {
-            let mut out = Vec::new();
-            for (key, v, exists) in &self.writes.accumulator_rows {
-                if *exists != stored {
-                    continue;
-                }
-                let mut row: Vec<Bound<'py, PyAny>> =
-                    vec![any(py, &key.0)?, any(py, key.1)?, any(py, &key.2)?];
-                for x in v {
-                    row.push(any(py, x)?);
-                }
-                out.push(row);
-            }
-            columns_of(py, 3 + Accumulators::LEN, out)
-        };
-        Ok((rows(true)?, rows(false)?))
+    fn accumulators<'py>(&self, py: Python<'py>) -> PyResult<AccumulatorColumns<'py>> {
+        accumulator_columns(py, &self.writes)
     }
 
     /// Balance changes, as columns psn_no, change (none zero), by psn_no.
     #[getter]
     fn moved<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let rows = self
-            .writes
-            .moved
-            .iter()
-            .filter(|(_, d)| **d != 0)
-            .map(|(p, d)| Ok::<_, PyErr>(vec![any(py, p)?, any(py, d)?]));
-        columns_of(py, 2, rows.collect::<PyResult<Vec<_>>>()?)
+        moved_columns(py, &self.writes)
     }
 
     /// accumulator_differences rows: setl_id, psn_no, year, pool, ours, theirs, at.

@@ -104,6 +104,7 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<center::PyCenterNode>()?;
     m.add_class::<center::PyForwardBatch>()?;
     m.add_class::<center::PyForwardDecision>()?;
+    m.add_class::<center::PySummaryDecision>()?;
     let columns: Vec<&str> = crate::center::view::SETTLEMENT_COLUMNS.to_vec();
     m.add("CENTER_SETTLEMENT_COLUMNS", columns)?;
 
