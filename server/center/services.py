@@ -5,7 +5,7 @@ and policy versions front-ends pull; plus the center's side of reconciliation.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +28,7 @@ T = TypeVar("T")
 SETTLE = "/medsettle.v1.Center/SettleSummary"
 CANCEL = "/medsettle.v1.Center/CancelSettlement"
 FORWARD = "/medsettle.v1.Center/Forward"
+ONE_BY_ONE = "SettleSummaries settles; pre-settle one by one"
 
 
 class CenterAuditor:
@@ -123,38 +124,54 @@ class CenterService:
         self.PolicySince = increments.PolicySince
 
     async def SettleSummary(self, request: center_pb2.CenterSettleRequest, context: Ctx) -> bytes:
-        return await self._summary(request, now_ms())
-
-    async def SettleSummaries(self, request: center_pb2.CenterSettleBatch, context: Ctx) -> Any:
-        """Each item as its own SettleSummary, started in order so they share a batch
-        (summaries.SummaryGroup); a refusal is that item's outcome."""
-        center.check_settle_batch(request)
         now = now_ms()
-        outcomes = await asyncio.gather(*(self._outcome(call, now) for call in request.calls))
-        return center_pb2.CenterSettleBatchResponse(outcomes=outcomes)
-
-    async def _outcome(
-        self, call: center_pb2.CenterSettleRequest, now: int
-    ) -> center_pb2.CenterSettleOutcome:
-        try:
-            if call.pre_settle:
-                raise field_error("pre_settle", "SettleSummaries settles; pre-settle one by one")
-            answer = await self._summary(call, now)
-        except ClientError as exc:
-            return center_pb2.CenterSettleOutcome(code=exc.code.value[0], message=exc.message)
-        out = center_pb2.CenterSettleOutcome()
-        out.answer.MergeFromString(answer)
-        return out
-
-    async def _summary(self, request: center_pb2.CenterSettleRequest, now: int) -> bytes:
-        center.check_settle_request(request, self.env.max_visit_fee_fen)
-        digest = payload_hash("SettleSummary", request)
         if request.pre_settle:
+            center.check_settle_request(request, self.env.max_visit_fee_fen)
+            digest = payload_hash("SettleSummary", request)
             return await self.store.read(
                 lambda conn: center.settle_summary(conn, self.env, request, digest, now)
             )
+        return await self._answered(request, self._submit(request, now))
+
+    async def SettleSummaries(self, request: center_pb2.CenterSettleBatch, context: Ctx) -> Any:
+        """Each item as its own SettleSummary, all submitted before any is awaited so they
+        share a batch (summaries.SummaryGroup); a refusal is that item's outcome."""
+        center.check_settle_batch(request)
+        now = now_ms()
+        submitted: list[Awaitable[summaries.Answer] | ClientError] = []
+        for call in request.calls:
+            try:
+                if call.pre_settle:
+                    raise field_error("pre_settle", ONE_BY_ONE)
+                submitted.append(self._submit(call, now))
+            except ClientError as exc:
+                submitted.append(exc)
+        resp = center_pb2.CenterSettleBatchResponse()
+        for call, got in zip(request.calls, submitted, strict=True):
+            out = resp.outcomes.add()
+            try:
+                if isinstance(got, ClientError):
+                    raise got
+                answer = await self._answered(call, got)
+            except ClientError as exc:
+                out.code, out.message = exc.code.value[0], exc.message
+                continue
+            out.answer.MergeFromString(answer)
+        return resp
+
+    def _submit(
+        self, request: center_pb2.CenterSettleRequest, now: int
+    ) -> Awaitable[summaries.Answer]:
+        """A settle's request checked and handed to the batches: its answer, to await."""
+        center.check_settle_request(request, self.env.max_visit_fee_fen)
+        return self.summaries.submit(request, payload_hash("SettleSummary", request), now)
+
+    async def _answered(
+        self, request: center_pb2.CenterSettleRequest, answer: Awaitable[summaries.Answer]
+    ) -> bytes:
+        """A submitted settle's answer, counted; its refusal counted and audited."""
         try:
-            resp, replayed = await self.summaries.settle(request, digest, now)
+            resp, replayed = await answer
         except ClientError as exc:
             metrics.settle_refused("center", "center", exc.code)
             await self.auditor.refused(SETTLE, request, exc)

@@ -5,12 +5,13 @@ One call alone costs about seventeen statements one after another (the node bind
 msgid, the ids, the person, the accumulator lock, the writes, the audit chain). A batch
 reads what its calls may touch in one pipelined round trip (the bindings, their msgids,
 setl_ids and visits, the persons and the accumulator rows of their years, locked in key
-order like a forwarded batch), answers what those reads alone decide (a node bound to
-another machine, a replay, a setl_id or visit the center holds, an institution or policy
-version it lacks), has the engine settle the rest in order (`CenterNode.settle_summaries`,
+order like a forwarded batch, then the heads of their institutions' audit chains, locked),
+answers what those reads alone decide (a node bound to another machine, a replay, a
+setl_id or visit the center holds, an institution or policy version it lacks), has the
+engine settle the rest in order (`CenterNode.settle_summaries`,
 engine_rs/src/center/summary.rs: two calls for one person see each other's accumulators
 and balance; the split, the answers, their seals and the rows, with the GIL released),
-takes the audit chains' heads in a second round trip and writes everything in a third.
+and writes everything in a second round trip.
 
 What each call is told is what it would have been told alone (server/center/settle.py
 `settle_summary`, whose checks and texts these are): a refused call writes nothing and its
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,10 @@ from server.center.store.pg import (
     AUDIT_INSERT_ALL,
     Conn,
     PgStore,
-    audit_heads,
+    audit_heads_of,
     audit_rows,
     insert_all,
+    queue_audit_heads,
 )
 from server.errors import AlreadyExists, ClientError, FailedPrecondition, refusal
 from server.persons import ACC_FIELDS, READ_COLUMNS
@@ -84,7 +86,7 @@ class SummaryGroup:
         store: PgStore,
         env: CenterEnv,
         audit_key: bytes,
-        alone: Callable[[Call], Awaitable[Answer]],
+        alone: Callable[[Call], Coroutine[Any, Any, Answer]],
         record: Callable[[Call, bool], audit.Record],
         max_batch: int = 256,
     ) -> None:
@@ -97,14 +99,19 @@ class SummaryGroup:
         self.pending: list[Call] = []
         self.running: asyncio.Task[None] | None = None
 
-    async def settle(self, req: center_pb2.CenterSettleRequest, digest: bytes, now: int) -> Answer:
+    def submit(
+        self, req: center_pb2.CenterSettleRequest, digest: bytes, now: int
+    ) -> Awaitable[Answer]:
+        """The call queued for the next batch (the batches run while calls wait): its
+        answer, to await. Calls submitted before the caller awaits share a batch."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Answer] = loop.create_future()
         if self.max_batch == 1:
-            return await self.alone(Call(req, digest, now, asyncio.Future()))
-        done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            return loop.create_task(self.alone(Call(req, digest, now, done)))
         self.pending.append(Call(req, digest, now, done))
         if self.running is None:
-            self.running = asyncio.create_task(self._run())
-        return await done
+            self.running = loop.create_task(self._run())
+        return done
 
     async def _run(self) -> None:
         try:
@@ -156,11 +163,10 @@ class SummaryGroup:
         by_chain: dict[str, list[audit.Record]] = {}
         for chain, call, replayed in b.audited:
             by_chain.setdefault(chain, []).append(self.record(call, replayed))
-        heads = await audit_heads(conn, list(by_chain)) if by_chain else {}
         trail = [
             row
             for chain, records in sorted(by_chain.items())
-            for row in audit_rows(self.audit_key, chain, heads[chain], records)
+            for row in audit_rows(self.audit_key, chain, reads.heads[chain], records)
         ]
         await _write(conn, decided, trail)
         return b.answers
@@ -191,6 +197,7 @@ class _Reads:
     active: dict[tuple[str, str], str]  # (code, mdtrt_id) -> its settled setl_id
     persons: list[tuple[Any, ...]]  # READ_COLUMNS, locked
     accumulators: list[tuple[Any, ...]]  # psn_no, year, pool, opening, ACC_FIELDS; locked
+    heads: dict[str, tuple[int, bytes]]  # the audit chains of the calls' institutions, locked
 
 
 _IDEMPOTENCY = (
@@ -215,7 +222,9 @@ _ACCUMULATORS = (
 async def _read(conn: Conn, calls: list[Call]) -> _Reads:
     """Bind the nodes and read what the calls may touch, in one round trip: their msgids,
     setl_ids and visits, and, locked in key order (as a forwarded batch locks them), their
-    persons and the accumulator rows of the persons' years."""
+    persons and the accumulator rows of the persons' years; then the heads of their
+    institutions' audit chains, locked (a chain whose calls are all refused is locked for
+    nothing: a batch's institutions are few, and it saves a round trip)."""
     heads: dict[tuple[str, str, str], int] = {}
     for call in calls:
         h = call.req.header
@@ -241,6 +250,7 @@ async def _read(conn: Conn, calls: list[Call]) -> _Reads:
         accumulators = await conn.execute(
             _ACCUMULATORS, ([y[0] for y in years], [y[1] for y in years])
         )
+        chains = await queue_audit_heads(conn, codes)
     bound_rows = {}
     for key, cur in zip(nodes, bound, strict=True):
         row = await cur.fetchone()
@@ -253,6 +263,7 @@ async def _read(conn: Conn, calls: list[Call]) -> _Reads:
         {(r[0], r[1]): r[2] for r in await active.fetchall()},
         await persons.fetchall(),
         await accumulators.fetchall(),
+        await audit_heads_of(chains),
     )
 
 

@@ -27,6 +27,7 @@ from server.demo.localserver import LocalServer, free_port
 from tests.center.test_center import in_scope, request
 from tests.harness import CIVIL, EMPLOYEE, RETIRED
 from tests.pg import center_server, fresh_database
+from tests.security.test_audit import verify
 
 pytestmark = pytest.mark.pg
 
@@ -196,9 +197,13 @@ def run(
         first, second = waves
         got1 = send(server.target, first)
         got2 = send(server.target, second)
-        return got1, got2, batch_sizes(mport)
+        sizes = batch_sizes(mport)
     finally:
         server.stop()
+    # the batches took their chains' heads with their reads: the chains are whole
+    chains = verify(dsn, "--key-file", str(server.center_key_file()))
+    assert chains.returncode == 0, chains.stdout + chains.stderr
+    return got1, got2, sizes
 
 
 def test_calls_settled_together_answer_as_one_after_another(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import errors
+from psycopg import AsyncCursor, errors
 from psycopg_pool import AsyncConnectionPool
 
 from server.center.store.migrations import migrate
@@ -277,20 +277,31 @@ AUDIT_INSERT_ALL = insert_all("audit", AUDIT_COLUMNS)
 async def audit_heads(conn: Conn, chains: list[str]) -> dict[str, tuple[int, bytes]]:
     """Lock each chain (in name order) to the transaction's end and read its last link
     (seq, hash), all in one round trip."""
-    queued = []
     async with conn.pipeline():
-        for chain in sorted(set(chains)):
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (AUDIT_LOCK, chain)
-            )
-            last = await conn.execute(
-                "SELECT seq, hash FROM audit WHERE chain = %s ORDER BY seq DESC LIMIT 1",
-                (chain,),
-            )
-            anchor = await conn.execute(
-                "SELECT seq, hash FROM audit_anchor WHERE chain = %s", (chain,)
-            )
-            queued.append((chain, last, anchor))
+        queued = await queue_audit_heads(conn, chains)
+    return await audit_heads_of(queued)
+
+
+Queued = list[tuple[str, AsyncCursor[Any], AsyncCursor[Any]]]
+
+
+async def queue_audit_heads(conn: Conn, chains: list[str]) -> Queued:
+    """`audit_heads`' statements, queued in the caller's pipeline (so a batch that reads
+    its rows in one round trip takes its chains' heads in the same one, after its row
+    locks, the order every transaction takes them in); `audit_heads_of` after it."""
+    queued = []
+    for chain in sorted(set(chains)):
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (AUDIT_LOCK, chain))
+        last = await conn.execute(
+            "SELECT seq, hash FROM audit WHERE chain = %s ORDER BY seq DESC LIMIT 1",
+            (chain,),
+        )
+        anchor = await conn.execute("SELECT seq, hash FROM audit_anchor WHERE chain = %s", (chain,))
+        queued.append((chain, last, anchor))
+    return queued
+
+
+async def audit_heads_of(queued: Queued) -> dict[str, tuple[int, bytes]]:
     heads = {}
     for chain, last, anchor in queued:
         row = await last.fetchone() or await anchor.fetchone() or (0, audit.GENESIS)
