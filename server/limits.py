@@ -10,7 +10,7 @@ overflows every sum over it. Bounds stop both where the request comes in.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,11 @@ class _Plan:
     strings: tuple[tuple[str, int, bool], ...]
     nested: tuple[tuple[str, bool, _Plan], ...]
 
+    @property
+    def flat(self) -> bool:
+        """Only single strings: no message or repeated field below."""
+        return not self.nested and not any(repeated for _, _, repeated in self.strings)
+
 
 _PLANS: dict[str, _Plan | None] = {}
 
@@ -123,28 +128,37 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _walk(msg: Any, plan: _Plan, prefix: str, v: Violations) -> None:
+    # A field's name is only written out for a violation: a 5,000-line upload walks 20,000
+    # codes, nearly all of them fine.
     for name, most, repeated in plan.strings:
         value = getattr(msg, name)
-        values: Iterable[tuple[str, str]] = (
-            ((f"{prefix}{name}[{i}]", s) for i, s in enumerate(value))
-            if repeated
-            else ((f"{prefix}{name}", value),)
-        )
-        for field, s in values:
-            if len(s) > most:
-                v.add(field, f"longer than {most} characters ({len(s):,})")
-            elif _CONTROL.search(s):  # NUL cannot be stored in PostgreSQL text, nor should any
-                v.add(field, "holds control characters")
-            else:
-                continue
-            if len(v.items) >= MAX_VIOLATIONS:
-                v.raise_if_any()
-    for name, repeated, sub in plan.nested:
         if repeated:
+            for i, s in enumerate(value):
+                if len(s) > most or _CONTROL.search(s):
+                    _violation(v, f"{prefix}{name}[{i}]", s, most)
+        elif len(value) > most or _CONTROL.search(value):
+            _violation(v, f"{prefix}{name}", value, most)
+    for name, repeated, sub in plan.nested:
+        if repeated and sub.flat:  # fee lines: their codes checked here, named if need be
+            for i, m in enumerate(getattr(msg, name)):
+                for field, most, _ in sub.strings:
+                    s = getattr(m, field)
+                    if len(s) > most or _CONTROL.search(s):
+                        _violation(v, f"{prefix}{name}[{i}].{field}", s, most)
+        elif repeated:
             for i, m in enumerate(getattr(msg, name)):
                 _walk(m, sub, f"{prefix}{name}[{i}].", v)
         elif msg.HasField(name):
             _walk(getattr(msg, name), sub, f"{prefix}{name}.", v)
+
+
+def _violation(v: Violations, field: str, s: str, most: int) -> None:
+    if len(s) > most:
+        v.add(field, f"longer than {most} characters ({len(s):,})")
+    else:  # NUL cannot be stored in PostgreSQL text, nor should any control character
+        v.add(field, "holds control characters")
+    if len(v.items) >= MAX_VIOLATIONS:
+        v.raise_if_any()
 
 
 # ---------------------------------------------------------------------------- a fee stream
