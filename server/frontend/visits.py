@@ -305,24 +305,40 @@ def upload_fees(
             f" more than {env.max_lines_per_visit}",
             [("lines", f"at most {env.max_lines_per_visit} lines per visit")],
         )
+    # One pass over the lines: their checks, and the columns the engine and the ledger take
+    # (a 5,000-line stay's lines are walked once, not once per column).
     v = Violations()
     seen: set[str] = set()
+    sns: list[str] = []
+    hosp: list[str] = []
+    bilg: list[str] = []
+    rows: list[tuple[int, int, int, int, int]] = []
     for i, ln in enumerate(lines):
-        if not ln.feedetl_sn or len(ln.feedetl_sn) > 64:
+        sn, code, date, flag = (
+            ln.feedetl_sn,
+            ln.medins_list_codg,
+            ln.fee_ocur_date,
+            ln.hosp_appr_flag,
+        )
+        if not sn or len(sn) > 64:
             v.add(f"lines[{i}].feedetl_sn", "is required (at most 64 characters)")
-        elif ln.feedetl_sn in seen:
-            v.add(f"lines[{i}].feedetl_sn", f"{ln.feedetl_sn} appears twice in this upload")
-        seen.add(ln.feedetl_sn)
-        if not ln.medins_list_codg:
+        elif sn in seen:
+            v.add(f"lines[{i}].feedetl_sn", f"{sn} appears twice in this upload")
+        seen.add(sn)
+        if not code:
             v.add(f"lines[{i}].medins_list_codg", "is required")
-        if ln.fee_ocur_date and not valid_date(ln.fee_ocur_date):
-            v.add(f"lines[{i}].fee_ocur_date", f"{ln.fee_ocur_date} is not a yyyymmdd date")
-        if ln.hosp_appr_flag not in (0, 1, 2):
+        if date and not valid_date(date):
+            v.add(f"lines[{i}].fee_ocur_date", f"{date} is not a yyyymmdd date")
+        if flag not in (0, 1, 2):
             v.add(f"lines[{i}].hosp_appr_flag", "must be 0, 1 or 2")
         if len(v.items) >= 20:
             break
+        sns.append(sn)
+        hosp.append(code)
+        bilg.append(ln.bilg_dr_codg)
+        rows.append((ln.cnt, ln.pric, ln.det_item_fee_sumamt, date, flag))
     v.raise_if_any()
-    dup = _existing_sns(conn, visit.id, [ln.feedetl_sn for ln in lines])
+    dup = _existing_sns(conn, visit.id, sns)
     if dup:
         raise AlreadyExists(
             f"lines: feedetl_sn {', '.join(sorted(dup)[:5])} already uploaded for this visit;"
@@ -330,17 +346,10 @@ def upload_fees(
         )
     person = load_person(conn, caller.pii, visit.psn_no)
     assert person is not None  # registration checked it; persons are never deleted
-    hosp = [ln.medins_list_codg for ln in lines]
     # The institution's mapping (its admin's) classifies every line: a code the HIS sends
     # is only checked against it (`classified_by_mapping`), never used, and not stored.
     ins = [""] * len(lines)
-    nums = np.array(
-        [
-            (ln.cnt, ln.pric, ln.det_item_fee_sumamt, ln.fee_ocur_date, ln.hosp_appr_flag)
-            for ln in lines
-        ],
-        dtype=np.int64,
-    )
+    nums = np.array(rows, dtype=np.int64)
     catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
     assert caller.snap.policy is not None
     cols = line_columns(hosp, ins, nums)
@@ -352,10 +361,7 @@ def upload_fees(
         raise field_error(f"lines[{exc.line}].{exc.field}", exc.reason) from None
     codes = catalog.codes(results.item)
     classified_by_mapping(lines, codes)
-    sns = [ln.feedetl_sn for ln in lines]
-    ledger_of(conn).insert_fee_lines(
-        visit.id, int(have[1]) + 1, msgid, sns, hosp, [ln.bilg_dr_codg for ln in lines], nums
-    )
+    ledger_of(conn).insert_fee_lines(visit.id, int(have[1]) + 1, msgid, sns, hosp, bilg, nums)
     resp = settlement_pb2.UploadFeesResponse(
         mdtrt_id=mdtrt_id,
         line_count=len(lines),
