@@ -672,6 +672,31 @@ def split_batch(policy: Policy, columns: SettlementColumns) -> dict[str, npt.NDA
 SM2_DEFAULT_UID: str
 
 @final
+class FeeUpload:
+    """A fee upload's messages read as they arrive (engine_rs/src/upload.rs): lines whose
+    amount or unit price is beyond `max_line_fen` refuse their message (`add`); the
+    serials', codes', dates' and flags' checks over the whole upload, and its columns."""
+
+    def __new__(cls, max_line_fen: int) -> FeeUpload: ...
+    def add(self, data: bytes) -> list[tuple[str, str]]:
+        """An UploadFeesRequest's lines (its bytes) added: the (field, reason) of each
+        line refused for its amounts (none: accepted)."""
+    def __len__(self) -> int: ...
+    @property
+    def line_violations(self) -> list[tuple[str, str]]: ...
+    @property
+    def feedetl_sn(self) -> list[str]: ...
+    @property
+    def medins_list_codg(self) -> list[str]: ...
+    @property
+    def med_list_codg(self) -> list[str]: ...
+    @property
+    def bilg_dr_codg(self) -> list[str]: ...
+    @property
+    def nums(self) -> npt.NDArray[np.int64]:
+        """(lines, 5): cnt, pric, det_item_fee_sumamt, fee_ocur_date, hosp_appr_flag."""
+
+@final
 class Door:
     """A hot request read at the door from its wire bytes (engine_rs/src/door.rs):
     `bounds` is the longest value, in characters, of every bounded field by name;

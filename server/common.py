@@ -210,10 +210,13 @@ def chunk_hasher(method: str) -> hashlib._Hash:
     return h
 
 
-def add_chunk(h: hashlib._Hash, request: Message) -> None:
+def add_chunk(h: hashlib._Hash, request: Message) -> bytes:
+    """One message of a stream into its digest: the bytes hashed (what a reader of the
+    message's fields may decode again instead of asking protobuf for each)."""
     data = _payload_bytes(request)
     h.update(len(data).to_bytes(8, "little"))
     h.update(data)
+    return data
 
 
 @dataclass

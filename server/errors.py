@@ -102,6 +102,14 @@ class Violations:
             raise InvalidArgument(head + more, self.items)
 
 
+def refuse_fields(items: list[tuple[str, str]]) -> None:
+    """INVALID_ARGUMENT for these (field, reason) violations, if any, as Violations raises
+    them (found by the engine: engine_rs.FeeUpload)."""
+    v = Violations()
+    v.items = items
+    v.raise_if_any()
+
+
 class Unavailable(ClientError):
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -10,14 +10,12 @@ overflows every sum over it. Bounds stop both where the request comes in.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from medsettle.v1 import settlement_pb2
 from server.common import MSGID_MAX
 from server.errors import OutOfRange, ResourceExhausted, Violations
 
@@ -193,34 +191,7 @@ class StreamBound:
 
 
 # ---------------------------------------------------------------------------- money
-CNT_SCALE = 10_000  # cnt is in 1/10,000 units (the engine's CNT_SCALE)
 INT64_MAX = 2**63 - 1
-
-
-def check_fee_lines(
-    lines: Sequence[settlement_pb2.FeeLine], max_line_fen: int, first: int = 0
-) -> None:
-    """INVALID_ARGUMENT for lines whose amount or unit price is beyond the per-line
-    maximum, or whose cnt x pric would be (`first`: the index of lines[0] in the call).
-    Signs and the agreement of cnt x pric with the amount are the engine's to check."""
-    v = Violations()
-    for i, ln in enumerate(lines, first):
-        if ln.det_item_fee_sumamt > max_line_fen:
-            v.add(
-                f"lines[{i}].det_item_fee_sumamt",
-                f"{ln.det_item_fee_sumamt} fen is more than the {max_line_fen} one line may be",
-            )
-        if ln.pric > max_line_fen:
-            v.add(f"lines[{i}].pric", f"{ln.pric} fen is more than {max_line_fen} for one unit")
-        elif ln.cnt > 0 and ln.pric > 0 and ln.cnt * ln.pric > max_line_fen * CNT_SCALE:
-            v.add(
-                f"lines[{i}].cnt",
-                f"cnt x pric is {ln.cnt * ln.pric // CNT_SCALE} fen, more than the"
-                f" {max_line_fen} one line may be",
-            )
-        if len(v.items) >= MAX_VIOLATIONS:
-            break
-    v.raise_if_any()
 
 
 # ---------------------------------------------------------------------------- exact sums

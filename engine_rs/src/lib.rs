@@ -22,6 +22,7 @@ pub mod rounding;
 pub mod settlement;
 pub mod signing;
 pub mod split;
+pub mod upload;
 
 /// The wire contract `medsettle.v1` as prost types, generated from proto/ by build.rs (the
 /// same files the Python wire package comes from).

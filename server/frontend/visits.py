@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +34,7 @@ from server.errors import (
     Unauthenticated,
     Violations,
     field_error,
+    refuse_fields,
 )
 from server.frontend.store.sqlite import ledger_of
 from server.limits import joined, split_sum
@@ -287,57 +287,28 @@ def upload_fees(
     env: Env,
     caller: Caller,
     mdtrt_id: str,
-    lines: list[settlement_pb2.FeeLine],
+    upload: engine_rs.FeeUpload,
     msgid: str,
 ) -> tuple[bytes, str]:
+    """The upload's lines (read by the engine as they arrived: their checks and columns)
+    onto the visit, preprocessed; the answer with each line's result."""
     require_fresh_refdata(caller)
     visit = load_visit(conn, caller, mdtrt_id)
     if visit.state != "registered":
         raise FailedPrecondition(f"mdtrt_id: {mdtrt_id} is {visit.state}; fees cannot change")
-    if not lines:
+    n = len(upload)
+    if not n:
         raise field_error("lines", "at least one fee line is required")
     have = conn.execute(
         "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM fee_lines WHERE visit_id = ?", (visit.id,)
     ).fetchone()
-    if have[0] + len(lines) > env.max_lines_per_visit:
+    if have[0] + n > env.max_lines_per_visit:
         raise InvalidArgument(
-            f"lines: the visit would have {have[0] + len(lines)} lines,"
-            f" more than {env.max_lines_per_visit}",
+            f"lines: the visit would have {have[0] + n} lines, more than {env.max_lines_per_visit}",
             [("lines", f"at most {env.max_lines_per_visit} lines per visit")],
         )
-    # One pass over the lines: their checks, and the columns the engine and the ledger take
-    # (a 5,000-line stay's lines are walked once, not once per column).
-    v = Violations()
-    seen: set[str] = set()
-    sns: list[str] = []
-    hosp: list[str] = []
-    bilg: list[str] = []
-    rows: list[tuple[int, int, int, int, int]] = []
-    for i, ln in enumerate(lines):
-        sn, code, date, flag = (
-            ln.feedetl_sn,
-            ln.medins_list_codg,
-            ln.fee_ocur_date,
-            ln.hosp_appr_flag,
-        )
-        if not sn or len(sn) > 64:
-            v.add(f"lines[{i}].feedetl_sn", "is required (at most 64 characters)")
-        elif sn in seen:
-            v.add(f"lines[{i}].feedetl_sn", f"{sn} appears twice in this upload")
-        seen.add(sn)
-        if not code:
-            v.add(f"lines[{i}].medins_list_codg", "is required")
-        if date and not valid_date(date):
-            v.add(f"lines[{i}].fee_ocur_date", f"{date} is not a yyyymmdd date")
-        if flag not in (0, 1, 2):
-            v.add(f"lines[{i}].hosp_appr_flag", "must be 0, 1 or 2")
-        if len(v.items) >= 20:
-            break
-        sns.append(sn)
-        hosp.append(code)
-        bilg.append(ln.bilg_dr_codg)
-        rows.append((ln.cnt, ln.pric, ln.det_item_fee_sumamt, date, flag))
-    v.raise_if_any()
+    refuse_fields(upload.line_violations)
+    sns = upload.feedetl_sn
     dup = _existing_sns(conn, visit.id, sns)
     if dup:
         raise AlreadyExists(
@@ -346,10 +317,11 @@ def upload_fees(
         )
     person = load_person(conn, caller.pii, visit.psn_no)
     assert person is not None  # registration checked it; persons are never deleted
+    hosp = upload.medins_list_codg
+    nums = upload.nums
     # The institution's mapping (its admin's) classifies every line: a code the HIS sends
     # is only checked against it (`classified_by_mapping`), never used, and not stored.
-    ins = [""] * len(lines)
-    nums = np.array(rows, dtype=np.int64)
+    ins = [""] * n
     catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
     assert caller.snap.policy is not None
     cols = line_columns(hosp, ins, nums)
@@ -359,13 +331,14 @@ def upload_fees(
             results, _ = engine_rs.preprocess(catalog, caller.snap.policy, cols, ev)
     except engine_rs.LineError as exc:
         raise field_error(f"lines[{exc.line}].{exc.field}", exc.reason) from None
-    codes = catalog.codes(results.item)
-    classified_by_mapping(lines, codes)
-    ledger_of(conn).insert_fee_lines(visit.id, int(have[1]) + 1, msgid, sns, hosp, bilg, nums)
+    classified_by_mapping(hosp, upload.med_list_codg, catalog.codes(results.item))
+    ledger_of(conn).insert_fee_lines(
+        visit.id, int(have[1]) + 1, msgid, sns, hosp, upload.bilg_dr_codg, nums
+    )
     resp = settlement_pb2.UploadFeesResponse(
         mdtrt_id=mdtrt_id,
-        line_count=len(lines),
-        visit_line_count=int(have[0]) + len(lines),
+        line_count=n,
+        visit_line_count=int(have[0]) + n,
         det_item_fee_sumamt=int(nums[:, 2].sum()),
     )
     # The per-line results are encoded in Rust (field 5, the message's last: appended, the
@@ -376,22 +349,23 @@ def upload_fees(
     return resp.SerializeToString() + results_bytes, mdtrt_id
 
 
-def classified_by_mapping(lines: list[settlement_pb2.FeeLine], mapped: list[str]) -> None:
-    """INVALID_ARGUMENT for every line whose HIS-supplied `med_list_codg` is not the code the
-    institution's mapping gives its `medins_list_codg` (`mapped[i]`, "" when unmapped): a
-    cashier's system cannot re-classify an item (say a self-paid class C item as class A).
-    An unmapped item with a supplied code is refused too: only the institution's admin maps
-    items (PutMappings); until then the item is settled as unmapped, self-paid."""
+def classified_by_mapping(hosp: list[str], supplied: list[str], mapped: list[str]) -> None:
+    """INVALID_ARGUMENT for every line whose HIS-supplied `med_list_codg` (`supplied[i]`)
+    is not the code the institution's mapping gives its `medins_list_codg` (`hosp[i]`;
+    `mapped[i]`, "" when unmapped): a cashier's system cannot re-classify an item (say a
+    self-paid class C item as class A). An unmapped item with a supplied code is refused
+    too: only the institution's admin maps items (PutMappings); until then the item is
+    settled as unmapped, self-paid."""
     v = Violations()
-    for i, ln in enumerate(lines):
-        if ln.med_list_codg and ln.med_list_codg != mapped[i]:
+    for i, code in enumerate(supplied):
+        if code and code != mapped[i]:
             v.add(
                 f"lines[{i}].med_list_codg",
-                f"{ln.med_list_codg} is not the institution's mapping of"
-                f" {ln.medins_list_codg} ({mapped[i]}); send it empty or as mapped"
+                f"{code} is not the institution's mapping of {hosp[i]} ({mapped[i]}); send it"
+                " empty or as mapped"
                 if mapped[i]
-                else f"{ln.medins_list_codg} is not mapped at this institution (its admin"
-                " maps items); send it empty",
+                else f"{hosp[i]} is not mapped at this institution (its admin maps items);"
+                " send it empty",
             )
             if len(v.items) >= 20:
                 break
@@ -439,7 +413,7 @@ def check_visit_total(
     conn: sqlite3.Connection,
     caller: Caller,
     mdtrt_id: str,
-    lines: Sequence[settlement_pb2.FeeLine],
+    upload: engine_rs.FeeUpload,
     max_visit_fen: int,
 ) -> None:
     """INVALID_ARGUMENT naming the first line with which the visit's fees (those stored and
@@ -450,8 +424,8 @@ def check_visit_total(
         (visit.id,),
     ).fetchone()
     running = joined(hi, lo)
-    for i, ln in enumerate(lines):
-        running += ln.det_item_fee_sumamt
+    for i, amount in enumerate(upload.nums[:, 2].tolist()):
+        running += amount
         if running > max_visit_fen:
             raise field_error(
                 f"lines[{i}].det_item_fee_sumamt",

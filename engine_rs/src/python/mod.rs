@@ -53,6 +53,7 @@ mod ledger;
 mod matching;
 mod policy;
 mod settle;
+mod upload;
 
 use pyo3::prelude::*;
 
@@ -110,6 +111,7 @@ fn engine_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
     // the door of the hot requests: read once from their wire bytes
     m.add_class::<door::PyDoor>()?;
+    m.add_class::<upload::PyFeeUpload>()?;
 
     // national cryptography
     m.add("SM2_DEFAULT_UID", crate::gm::DEFAULT_UID)?;

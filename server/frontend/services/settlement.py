@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+import engine_rs
 from medsettle.v1 import settlement_pb2
 from server import limits, metrics
 from server.auditing import PERSONAL_READS
@@ -34,7 +35,7 @@ from server.common import (
     request_hash,
 )
 from server.door import Raw
-from server.errors import ClientError, field_error
+from server.errors import ClientError, field_error, refuse_fields
 from server.frontend import settle, visits
 from server.frontend.auditing import FrontendAuditor
 from server.frontend.center_mode import CANCEL, PRE_SETTLE, REVERSE, SETTLE, CenterMode
@@ -241,14 +242,15 @@ class SettlementService:
                 f"{len(request.lines)} lines in one call, more than"
                 f" {self.env.max_lines_per_call}; use StreamFees",
             )
-        limits.check_fee_lines(request.lines, self.env.max_line_fee_fen)
-        return await self._upload("UploadFees", request, list(request.lines))
+        upload = engine_rs.FeeUpload(self.env.max_line_fee_fen)
+        refuse_fields(upload.add(request.SerializeToString()))
+        return await self._upload("UploadFees", request, upload)
 
     async def StreamFees(
         self, request_iterator: AsyncIterator[settlement_pb2.UploadFeesRequest], context: Ctx
     ) -> bytes:
         first: settlement_pb2.UploadFeesRequest | None = None
-        lines: list[settlement_pb2.FeeLine] = []
+        upload = engine_rs.FeeUpload(self.env.max_line_fee_fen)
         digest = chunk_hasher("StreamFees")
         limit = self.env.max_lines_per_visit
         bound = limits.StreamBound(limit)
@@ -265,29 +267,28 @@ class SettlementService:
                     f"messages[{n}].lines",
                     f"more than {self.env.max_lines_per_call} lines in one message",
                 )
-            if len(lines) + len(chunk.lines) > limit:
+            if len(upload) + len(chunk.lines) > limit:
                 raise field_error("lines", f"more than {limit} lines in one stream")
-            limits.check_fee_lines(chunk.lines, self.env.max_line_fee_fen, first=len(lines))
-            add_chunk(digest, chunk)
-            lines.extend(chunk.lines)
+            # the bytes the digest takes are the ones the engine reads the lines from
+            refuse_fields(upload.add(add_chunk(digest, chunk)))
             n += 1
         if first is None:
             raise field_error("messages", "the stream carried no message")
-        return await self._upload("StreamFees", first, lines, digest.digest())
+        return await self._upload("StreamFees", first, upload, digest.digest())
 
     async def _upload(
         self,
         method: str,
         head: settlement_pb2.UploadFeesRequest,
-        lines: list[settlement_pb2.FeeLine],
+        upload: engine_rs.FeeUpload,
         req_hash: bytes | None = None,
     ) -> bytes:
         """Fee lines onto a visit, unless its fees would pass the per-visit bound."""
         env = self.env
 
         def body(conn: sqlite3.Connection, caller: Caller, now: int) -> tuple[bytes, str]:
-            visits.check_visit_total(conn, caller, head.mdtrt_id, lines, env.max_visit_fee_fen)
-            return visits.upload_fees(conn, env, caller, head.mdtrt_id, lines, head.header.msgid)
+            visits.check_visit_total(conn, caller, head.mdtrt_id, upload, env.max_visit_fee_fen)
+            return visits.upload_fees(conn, env, caller, head.mdtrt_id, upload, head.header.msgid)
 
         return await self.calls.write(method, head, body, req_hash=req_hash)
 
