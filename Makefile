@@ -63,6 +63,7 @@ bench: build bench-tools
 		--duration 8 --visits 20000 --stays 5 --json bench/frontend_figures_w2.json
 	$(PY) -m bench.bench_center --duration 8 --visits 20000 --backlog 100000 \
 		--json bench/center_figures.json
+	$(PY) -m bench.bench_stay --stays 8 --rounds 2
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-columns=min,median,mean,ops -q
 
 # A front-end on a fresh SQLite file, a scripted HIS visit over gRPC, the slip, stop.
