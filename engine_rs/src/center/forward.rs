@@ -140,18 +140,19 @@ impl From<VaultError> for Fault {
     }
 }
 
-enum Failure {
-    Item(Refused),
+/// An item's refusal (`R`: its outcome), or a fault of the center that fails the batch.
+pub(crate) enum Failure<R> {
+    Item(R),
     Batch(Fault),
 }
 
-impl From<Refused> for Failure {
+impl From<Refused> for Failure<Refused> {
     fn from(r: Refused) -> Self {
         Self::Item(r)
     }
 }
 
-impl From<Fault> for Failure {
+impl<R> From<Fault> for Failure<R> {
     fn from(f: Fault) -> Self {
         Self::Batch(f)
     }
@@ -489,7 +490,7 @@ fn split_again(
     info: &wire::SetlInfo,
     before: &wire::Accumulator,
     theirs: &Values,
-) -> Result<(wire::SetlInfo, Values), Failure> {
+) -> Result<(wire::SetlInfo, Values), Failure<Refused>> {
     let Some(person) = batch.view.persons.get(&info.psn_no).cloned() else {
         return Err(rejected(format!(
             "psn_no: no insured person {} at the center",
@@ -638,7 +639,7 @@ fn forward_settle(
     sender: &Sender<'_>,
     batch: &mut Batch<'_>,
     item: &wire::ForwardItem,
-) -> Result<(i32, String), Failure> {
+) -> Result<(i32, String), Failure<Refused>> {
     let info = item.setlinfo.clone().unwrap_or_default();
     let before = item.accumulators_before.clone().unwrap_or_default();
     let after = item.accumulators_after.clone().unwrap_or_default();

@@ -17,7 +17,7 @@ use prost::Message;
 use serde_json::{json, Value};
 
 use super::checks::treatment_of;
-use super::forward::{name_of, Fault};
+use super::forward::{name_of, Failure, Fault};
 use super::view::{Batch, Key, NewSettlement, Values, View, Writes, LEN};
 use crate::ledger::refusal::Refusal;
 use crate::ledger::settle::local_date;
@@ -86,20 +86,9 @@ pub struct Decided {
     pub remembered: Vec<Remembered>,
 }
 
-enum Failure {
-    Call(Refusal),
-    Batch(Fault),
-}
-
-impl From<Refusal> for Failure {
+impl From<Refusal> for Failure<Refusal> {
     fn from(r: Refusal) -> Self {
-        Self::Call(r)
-    }
-}
-
-impl From<Fault> for Failure {
-    fn from(f: Fault) -> Self {
-        Self::Batch(f)
+        Self::Item(r)
     }
 }
 
@@ -131,7 +120,7 @@ pub fn decide(center: &Center<'_>, view: &mut View, calls: &[Call]) -> Result<De
                 Outcome::Answer(answer)
             }
             Ok(None) => Outcome::Theirs,
-            Err(Failure::Call(r)) => Outcome::Refused(r),
+            Err(Failure::Item(r)) => Outcome::Refused(r),
             Err(Failure::Batch(f)) => return Err(f),
         });
     }
@@ -162,7 +151,7 @@ fn settle(
     batch: &mut Batch<'_>,
     taken: &mut Taken,
     call: &Call,
-) -> Result<Option<(Vec<u8>, Remembered)>, Failure> {
+) -> Result<Option<(Vec<u8>, Remembered)>, Failure<Refusal>> {
     let req = &call.req;
     let header = req.header.clone().unwrap_or_default();
     let code = &header.fixmedins_code;
