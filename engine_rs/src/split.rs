@@ -561,6 +561,22 @@ fn cap_text(uncapped: i64, paid: i64, cap: Option<i64>) -> String {
     }
 }
 
+/// One settlement split with its fund legs and their derivation (what a slip shows):
+/// `split`, traced, then `legs`.
+pub fn split_with_legs(
+    policy: &Policy,
+    s: &SplitInput,
+    sel: &Selection,
+    p: &Person,
+    acc: &Accumulators,
+) -> Result<(SplitResult, Vec<FundLeg>), EngineError> {
+    let mut trace = Trace::default();
+    let mut scratch = Vec::new();
+    let r = split(0, policy, s, sel, p, acc, &mut scratch, Some(&mut trace))?;
+    let legs = legs(policy, &r, &trace, sel);
+    Ok((r, legs))
+}
+
 /// The fund legs of a settlement with a readable derivation (`setl_proc_info`) for each.
 pub fn legs(policy: &Policy, r: &SplitResult, t: &Trace, sel: &Selection) -> Vec<FundLeg> {
     let rule = policy.rule(r.rule as usize);

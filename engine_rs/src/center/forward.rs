@@ -20,7 +20,7 @@ use crate::ledger::settle::local_date;
 use crate::ledger::vault::{Vault, VaultError};
 use crate::policy::{Policy, Selection};
 use crate::settlement::{self as slip, accumulator_values, Parties, LOCAL, SETTLED};
-use crate::split::{self as sp, Accumulators, Person, SplitInput, Trace};
+use crate::split::{self as sp, Accumulators, Person, SplitInput};
 use crate::wire;
 
 /// `ForwardOutcome` (center.proto).
@@ -574,20 +574,8 @@ fn split_again(
         acct_balance: info.balc + info.acct_pay,
     };
     let acc = Accumulators::from_values(accumulator_values(before));
-    let mut trace = Trace::default();
-    let mut scratch = Vec::new();
-    let r = sp::split(
-        0,
-        policy,
-        &sums,
-        &sel,
-        &who,
-        &acc,
-        &mut scratch,
-        Some(&mut trace),
-    )
-    .map_err(|e| rejected(format!("the visit cannot be settled: {e}")))?;
-    let legs = sp::legs(policy, &r, &trace, &sel);
+    let (r, legs) = sp::split_with_legs(policy, &sums, &sel, &who, &acc)
+        .map_err(|e| rejected(format!("the visit cannot be settled: {e}")))?;
     let psn_name = name_of(batch, center.vault, &info.psn_no)?;
     let parties = Parties {
         mdtrt_id: &info.mdtrt_id,

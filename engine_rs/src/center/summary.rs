@@ -24,7 +24,7 @@ use crate::ledger::settle::local_date;
 use crate::ledger::vault::Vault;
 use crate::policy::{Policy, Selection};
 use crate::settlement::{self as slip, SETTLED};
-use crate::split::{self as sp, Accumulators, Person, SplitInput, Trace};
+use crate::split::{self as sp, Accumulators, Person, SplitInput};
 use crate::wire;
 
 /// `SettlementMode.CENTER` (common.proto).
@@ -246,20 +246,8 @@ fn settle(
         acct_balance: batch.view.balances.get(&req.psn_no).copied().unwrap_or(0),
     };
     let acc = Accumulators::from_values(before);
-    let mut trace = Trace::default();
-    let mut scratch = Vec::new();
-    let r = sp::split(
-        0,
-        policy,
-        &sums,
-        &sel,
-        &who,
-        &acc,
-        &mut scratch,
-        Some(&mut trace),
-    )
-    .map_err(|e| Refusal::failed_precondition(format!("the visit cannot be settled: {e}")))?;
-    let legs = sp::legs(policy, &r, &trace, &sel);
+    let (r, legs) = sp::split_with_legs(policy, &sums, &sel, &who, &acc)
+        .map_err(|e| Refusal::failed_precondition(format!("the visit cannot be settled: {e}")))?;
     let psn_name = name_of(batch, center.vault, &req.psn_no)?;
     let parties = slip::Parties {
         mdtrt_id: &req.mdtrt_id,

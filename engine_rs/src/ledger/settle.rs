@@ -23,7 +23,7 @@ use crate::catalog::Catalog;
 use crate::columns::StrView;
 use crate::policy::{Policy, Selection};
 use crate::preprocess::{self as pre, Lines, Summary, VisitCtx};
-use crate::split::{self as sp, Accumulators, Person, SplitInput, Trace};
+use crate::split::{self as sp, Accumulators, Person, SplitInput};
 use crate::wire;
 
 use crate::settlement::{self as slip, Parties, LOCAL, SETTLED};
@@ -393,20 +393,8 @@ pub fn compute(
         acct_balance: person.balc,
     };
     let started = Instant::now();
-    let mut trace = Trace::default();
-    let mut scratch = Vec::new();
-    let r = sp::split(
-        0,
-        policy,
-        &SplitInput::from(&summary),
-        &sel,
-        &who,
-        &before,
-        &mut scratch,
-        Some(&mut trace),
-    )
-    .map_err(cannot_settle)?;
-    let legs = sp::legs(policy, &r, &trace, &sel);
+    let (r, legs) = sp::split_with_legs(policy, &SplitInput::from(&summary), &sel, &who, &before)
+        .map_err(cannot_settle)?;
     let split_ns = nanos_since(started);
     let info = slip::setl_info(
         policy,

@@ -22,9 +22,7 @@ use crate::error::EngineError;
 use crate::ledger;
 use crate::policy::Selection;
 use crate::preprocess::{self as pre, Lines, Summary, VisitCtx};
-use crate::split::{
-    self as sp, accumulator_fields, Accumulators, FundLeg, Person, SplitInput, Trace,
-};
+use crate::split::{self as sp, accumulator_fields, Accumulators, FundLeg, Person, SplitInput};
 use crate::wire;
 
 #[pymethods]
@@ -426,20 +424,13 @@ pub fn split(
 ) -> PyResult<PySplitResult> {
     let p = &policy.inner;
     let (r, legs) = guard("settle", "split", || {
-        let mut trace = Trace::default();
-        let mut scratch = Vec::new();
-        let r = sp::split(
-            0,
+        sp::split_with_legs(
             p,
             &SplitInput::from(summary),
             selection,
             person,
             accumulators,
-            &mut scratch,
-            Some(&mut trace),
-        )?;
-        let legs = sp::legs(p, &r, &trace, selection);
-        Ok::<_, EngineError>((r, legs))
+        )
     })??;
     let rule = p.rule(r.rule as usize);
     Ok(PySplitResult {
