@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prost::Message;
 
 use super::checks::{issued_by, plain, repr, treatment_of, valid_date};
-use super::view::{Batch, Difference, Key, NewSettlement, Values, View, Writes, LEN};
+use super::view::{Batch, Difference, Key, NewSettlement, PersonRow, Values, View, Writes, LEN};
 use crate::ledger::settle::local_date;
 use crate::ledger::vault::{Vault, VaultError};
 use crate::policy::{Policy, Selection};
@@ -480,6 +480,64 @@ pub(crate) fn name_of(batch: &mut Batch<'_>, vault: &Vault, psn_no: &str) -> Res
     Ok(name)
 }
 
+/// Where and when a visit of a person the center holds is treated, as the split selects
+/// its rule by them (the visit's, and the sending institution's level and region).
+pub(crate) struct Treated<'a> {
+    pub treatment: u8,
+    pub date: i32,
+    pub hosp_lv: u32,
+    pub admdvs: &'a str,
+}
+
+/// The rule's selection for `person`'s visit and the split's person, paying from
+/// `acct_balance` when `acct_used` (a stored value out of range is a fault of the center).
+pub(crate) fn selected(
+    person: &PersonRow,
+    psn_no: &str,
+    t: &Treated<'_>,
+    acct_used: bool,
+    acct_balance: i64,
+) -> Result<(Selection, Person), Fault> {
+    let narrow = |v: i64, what: &str| {
+        u32::try_from(v).map_err(|_| Fault(format!("{what} {v} of {psn_no} is out of range")))
+    };
+    let sel = Selection {
+        treatment: t.treatment,
+        date: t.date,
+        region: slip::region_of(&person.insuplc_admdvs),
+        insutype: narrow(person.insutype, "insutype")?,
+        psn_type: narrow(person.psn_type, "psn_type")?,
+        hosp_lv: t.hosp_lv,
+        admission_no: 0,
+    };
+    let age = slip::age_on(person.brdy, i64::from(t.date));
+    let who = Person {
+        age: u32::try_from(age).unwrap_or(u32::MAX),
+        retired: person.retired,
+        civil_servant: person.cvlserv_flag,
+        cross_region: slip::cross_region(t.admdvs, &person.insuplc_admdvs, person.cross_region),
+        assistance: person.maf_flag,
+        acct_used,
+        acct_balance,
+    };
+    Ok((sel, who))
+}
+
+/// Why no rule of `policy` covers a visit (as the Python side words it).
+pub(crate) fn no_rule(
+    insutype: i32,
+    med_type: i32,
+    person: &PersonRow,
+    t: &Treated<'_>,
+    policy: &Policy,
+) -> String {
+    format!(
+        "no policy rule covers insutype {insutype}, med_type {med_type}, psn_type {}, \
+         hospital level {} on {} (policy version {})",
+        person.psn_type, t.hosp_lv, t.date, policy.doc.version
+    )
+}
+
 /// The settlement as the center splits it, and its accumulator change; REJECTED when it is
 /// not what the front-end forwarded.
 fn split_again(
@@ -513,31 +571,24 @@ fn split_again(
         .into());
     };
     let treatment = treatment_of(info.med_type);
-    let narrow = |v: i64, what: &str| {
-        u32::try_from(v)
-            .map_err(|_| Fault(format!("{what} {v} of {} is out of range", info.psn_no)))
-    };
-    let sel = Selection {
+    let treated = Treated {
         treatment,
         date: item.begndate,
-        region: slip::region_of(&person.insuplc_admdvs),
-        insutype: narrow(person.insutype, "insutype")?,
-        psn_type: narrow(person.psn_type, "psn_type")?,
         hosp_lv: sender.hosp_lv,
-        admission_no: 0,
+        admdvs: sender.admdvs,
     };
+    // The account balance the front-end settled against: what it left plus what it took
+    // (the center's own may have moved since, as its accumulators may have).
+    let (sel, who) = selected(
+        &person,
+        &info.psn_no,
+        &treated,
+        info.acct_pay > 0,
+        info.balc + info.acct_pay,
+    )?;
     let Some(rule) = policy.select(&sel) else {
-        return Err(rejected(format!(
-            "no policy rule covers insutype {}, med_type {}, psn_type {}, hospital level {} \
-             on {} (policy version {})",
-            info.insutype,
-            info.med_type,
-            person.psn_type,
-            sender.hosp_lv,
-            item.begndate,
-            policy.doc.version
-        ))
-        .into());
+        let why = no_rule(info.insutype, info.med_type, &person, &treated, policy);
+        return Err(rejected(why).into());
     };
     let year = i64::from(item.begndate).div_euclid(10_000);
     let pool = &policy.rule(rule).accumulator;
@@ -556,22 +607,6 @@ fn split_again(
         overlmt_amt: info.overlmt_amt,
         preselfpay_amt: info.preselfpay_amt,
         inscp_scp_amt: info.inscp_scp_amt,
-    };
-    let age = slip::age_on(person.brdy, i64::from(item.begndate));
-    // The account balance the front-end settled against: what it left plus what it took
-    // (the center's own may have moved since, as its accumulators may have).
-    let who = Person {
-        age: u32::try_from(age).unwrap_or(u32::MAX),
-        retired: person.retired,
-        civil_servant: person.cvlserv_flag,
-        cross_region: slip::cross_region(
-            sender.admdvs,
-            &person.insuplc_admdvs,
-            person.cross_region,
-        ),
-        assistance: person.maf_flag,
-        acct_used: info.acct_pay > 0,
-        acct_balance: info.balc + info.acct_pay,
     };
     let acc = Accumulators::from_values(accumulator_values(before));
     let (r, legs) = sp::split_with_legs(policy, &sums, &sel, &who, &acc)

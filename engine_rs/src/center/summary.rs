@@ -17,14 +17,14 @@ use prost::Message;
 use serde_json::{json, Value};
 
 use super::checks::treatment_of;
-use super::forward::{name_of, Failure, Fault};
+use super::forward::{name_of, no_rule, selected, Failure, Fault, Treated};
 use super::view::{Batch, Key, NewSettlement, Values, View, Writes, LEN};
 use crate::ledger::refusal::Refusal;
 use crate::ledger::settle::local_date;
 use crate::ledger::vault::Vault;
-use crate::policy::{Policy, Selection};
+use crate::policy::Policy;
 use crate::settlement::{self as slip, SETTLED};
-use crate::split::{self as sp, Accumulators, Person, SplitInput};
+use crate::split::{self as sp, Accumulators, SplitInput};
 use crate::wire;
 
 /// `SettlementMode.CENTER` (common.proto).
@@ -140,10 +140,6 @@ pub fn decide(center: &Center<'_>, view: &mut View, calls: &[Call]) -> Result<De
     })
 }
 
-fn narrow(v: i64, what: &str, psn_no: &str) -> Result<u32, Fault> {
-    u32::try_from(v).map_err(|_| Fault(format!("{what} {v} of {psn_no} is out of range")))
-}
-
 /// One call settled over the batch's view: its answer and idempotency record, or None
 /// when the caller's own refusal stands.
 fn settle(
@@ -198,27 +194,17 @@ fn settle(
         .into());
     };
     let treatment = treatment_of(req.med_type);
-    let sel = Selection {
+    let treated = Treated {
         treatment,
         date: req.begndate,
-        region: slip::region_of(&person.insuplc_admdvs),
-        insutype: narrow(person.insutype, "insutype", &req.psn_no)?,
-        psn_type: narrow(person.psn_type, "psn_type", &req.psn_no)?,
         hosp_lv: inst.hosp_lv,
-        admission_no: 0,
+        admdvs: &inst.admdvs,
     };
+    let balance = batch.view.balances.get(&req.psn_no).copied().unwrap_or(0);
+    let (sel, who) = selected(&person, &req.psn_no, &treated, req.acct_used_flag, balance)?;
     let Some(rule) = policy.select(&sel) else {
-        return Err(Refusal::failed_precondition(format!(
-            "no policy rule covers insutype {}, med_type {}, psn_type {}, hospital level {} \
-             on {} (policy version {})",
-            req.insutype,
-            req.med_type,
-            person.psn_type,
-            inst.hosp_lv,
-            req.begndate,
-            policy.doc.version
-        ))
-        .into());
+        let why = no_rule(req.insutype, req.med_type, &person, &treated, policy);
+        return Err(Refusal::failed_precondition(why).into());
     };
     let year = i64::from(req.begndate).div_euclid(10_000);
     let key: Key = (
@@ -234,16 +220,6 @@ fn settle(
         overlmt_amt: summary.overlmt_amt,
         preselfpay_amt: summary.preselfpay_amt,
         inscp_scp_amt: summary.inscp_scp_amt,
-    };
-    let age = slip::age_on(person.brdy, i64::from(req.begndate));
-    let who = Person {
-        age: u32::try_from(age).unwrap_or(u32::MAX),
-        retired: person.retired,
-        civil_servant: person.cvlserv_flag,
-        cross_region: slip::cross_region(&inst.admdvs, &person.insuplc_admdvs, person.cross_region),
-        assistance: person.maf_flag,
-        acct_used: req.acct_used_flag,
-        acct_balance: batch.view.balances.get(&req.psn_no).copied().unwrap_or(0),
     };
     let acc = Accumulators::from_values(before);
     let (r, legs) = sp::split_with_legs(policy, &sums, &sel, &who, &acc)
