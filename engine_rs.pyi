@@ -185,17 +185,10 @@ class Ledger:
     def close(self) -> None: ...
     def fee_lines(self, visit_id: int) -> tuple[FeeLines, list[str], bytes]: ...
     def insert_fee_lines(
-        self,
-        visit_id: int,
-        first_seq: int,
-        msgid: str,
-        feedetl_sn: list[str],
-        medins_list_codg: list[str],
-        bilg_dr_codg: list[str],
-        nums: npt.NDArray[np.int64],
+        self, visit_id: int, first_seq: int, msgid: str, upload: FeeUpload
     ) -> None:
-        """An upload's fee lines written to the visit, numbered from `first_seq`; `nums`
-        holds each line's cnt, pric, det_item_fee_sumamt, fee_ocur_date, hosp_appr_flag."""
+        """An upload's fee lines (as the engine read them) written to the visit, numbered
+        from `first_seq`, marked with the upload's msgid."""
     def settle_batch(
         self,
         node: LedgerNode,
@@ -692,6 +685,9 @@ class FeeUpload:
     def med_list_codg(self) -> list[str]: ...
     @property
     def bilg_dr_codg(self) -> list[str]: ...
+    @property
+    def columns(self) -> FeeLines:
+        """The lines as `preprocess` takes them (no insurance code: the mapping decides)."""
     @property
     def nums(self) -> npt.NDArray[np.int64]:
         """(lines, 5): cnt, pric, det_item_fee_sumamt, fee_ocur_date, hosp_appr_flag."""

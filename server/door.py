@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from google.protobuf.message import Message
 
 import engine_rs
-from server.errors import ClientError, InvalidArgument, Violations
+from server.errors import ClientError, InvalidArgument, refuse_fields
 from server.limits import FIELD_MAX, MAX_VIOLATIONS
 
 _DOOR = engine_rs.Door(FIELD_MAX, MAX_VIOLATIONS)
@@ -76,8 +76,5 @@ def admit(cls: type[Message], method: str, data: bytes) -> Raw:
         return Raw(cls, data, _NO_HEADER if header is None else Header(*header), digest)
     if isinstance(got, str):
         raise ClientError(f"malformed request message: {got}")
-    v = Violations()
-    for field, reason in got:
-        v.add(field, reason)
-    v.raise_if_any()
+    refuse_fields(got)
     raise InvalidArgument("request: refused at the door")  # pragma: no cover - got is non-empty

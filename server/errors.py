@@ -104,7 +104,7 @@ class Violations:
 
 def refuse_fields(items: list[tuple[str, str]]) -> None:
     """INVALID_ARGUMENT for these (field, reason) violations, if any, as Violations raises
-    them (found by the engine: engine_rs.FeeUpload)."""
+    them (found by the engine: the door, engine_rs.FeeUpload)."""
     v = Violations()
     v.items = items
     v.raise_if_any()

@@ -81,11 +81,7 @@ class _Plan:
 
     strings: tuple[tuple[str, int, bool], ...]
     nested: tuple[tuple[str, bool, _Plan], ...]
-
-    @property
-    def flat(self) -> bool:
-        """Only single strings: no message or repeated field below."""
-        return not self.nested and not any(repeated for _, _, repeated in self.strings)
+    flat: bool  # only single strings: no message or repeated field below
 
 
 _PLANS: dict[str, _Plan | None] = {}
@@ -106,7 +102,8 @@ def _plan(desc: Any) -> _Plan | None:
             sub = _plan(f.message_type)
             if sub is not None:
                 nested.append((f.name, f.is_repeated, sub))
-    plan = _Plan(tuple(strings), tuple(nested)) if strings or nested else None
+    flat = not nested and not any(repeated for _, _, repeated in strings)
+    plan = _Plan(tuple(strings), tuple(nested), flat) if strings or nested else None
     _PLANS[desc.full_name] = plan
     return plan
 

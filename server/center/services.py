@@ -126,8 +126,7 @@ class CenterService:
     async def SettleSummary(self, request: center_pb2.CenterSettleRequest, context: Ctx) -> bytes:
         now = now_ms()
         if request.pre_settle:
-            center.check_settle_request(request, self.env.max_visit_fee_fen)
-            digest = payload_hash("SettleSummary", request)
+            digest = self._checked(request)
             return await self.store.read(
                 lambda conn: center.settle_summary(conn, self.env, request, digest, now)
             )
@@ -163,8 +162,12 @@ class CenterService:
         self, request: center_pb2.CenterSettleRequest, now: int
     ) -> Awaitable[summaries.Answer]:
         """A settle's request checked and handed to the batches: its answer, to await."""
+        return self.summaries.submit(request, self._checked(request), now)
+
+    def _checked(self, request: center_pb2.CenterSettleRequest) -> bytes:
+        """The request's checks (INVALID_ARGUMENT); its digest, which a replay must match."""
         center.check_settle_request(request, self.env.max_visit_fee_fen)
-        return self.summaries.submit(request, payload_hash("SettleSummary", request), now)
+        return payload_hash("SettleSummary", request)
 
     async def _answered(
         self, request: center_pb2.CenterSettleRequest, answer: Awaitable[summaries.Answer]

@@ -10,9 +10,6 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 import engine_rs
 from medsettle.v1 import common_pb2, settlement_pb2
 from server import metrics
@@ -24,7 +21,6 @@ from server.codes import (
     treatment_of,
     valid_date,
 )
-from server.columns import pack_strings
 from server.common import Caller, Env, issue_id, require_fresh_refdata
 from server.errors import (
     AlreadyExists,
@@ -265,23 +261,6 @@ def engine_visit(visit: VisitRow, person: PersonRow) -> engine_rs.Visit:
     )
 
 
-def line_columns(
-    hosp: list[str],
-    ins: list[str],
-    nums: npt.NDArray[np.int64],
-) -> engine_rs.FeeLines:
-    """Engine columns from codes and an (n, 5) int64 array of cnt, pric, amount, date, flag."""
-    return {
-        "medins_list_codg": pack_strings(hosp),
-        "med_list_codg": pack_strings(ins),
-        "cnt": np.ascontiguousarray(nums[:, 0]),
-        "pric": np.ascontiguousarray(nums[:, 1]),
-        "det_item_fee_sumamt": np.ascontiguousarray(nums[:, 2]),
-        "fee_date": np.ascontiguousarray(nums[:, 3]),
-        "hosp_appr_flag": np.ascontiguousarray(nums[:, 4]),
-    }
-
-
 def upload_fees(
     conn: sqlite3.Connection,
     env: Env,
@@ -317,35 +296,32 @@ def upload_fees(
         )
     person = load_person(conn, caller.pii, visit.psn_no)
     assert person is not None  # registration checked it; persons are never deleted
-    hosp = upload.medins_list_codg
-    nums = upload.nums
-    # The institution's mapping (its admin's) classifies every line: a code the HIS sends
-    # is only checked against it (`classified_by_mapping`), never used, and not stored.
-    ins = [""] * n
     catalog = caller.snap.catalog(conn, caller.inst.fixmedins_code)
     assert caller.snap.policy is not None
-    cols = line_columns(hosp, ins, nums)
+    # The institution's mapping (its admin's) classifies every line: a code the HIS sends
+    # is only checked against it (`classified_by_mapping`), never used, and not stored.
+    cols = upload.columns
     ev = engine_visit(visit, person)
     try:
         with metrics.PREPROCESS.time():
             results, _ = engine_rs.preprocess(catalog, caller.snap.policy, cols, ev)
     except engine_rs.LineError as exc:
         raise field_error(f"lines[{exc.line}].{exc.field}", exc.reason) from None
-    classified_by_mapping(hosp, upload.med_list_codg, catalog.codes(results.item))
-    ledger_of(conn).insert_fee_lines(
-        visit.id, int(have[1]) + 1, msgid, sns, hosp, upload.bilg_dr_codg, nums
-    )
+    supplied = upload.med_list_codg
+    if any(supplied):
+        mapped = catalog.codes(results.item)
+        classified_by_mapping(upload.medins_list_codg, supplied, mapped)
+    ledger_of(conn).insert_fee_lines(visit.id, int(have[1]) + 1, msgid, upload)
+    amounts = cols["det_item_fee_sumamt"]
     resp = settlement_pb2.UploadFeesResponse(
         mdtrt_id=mdtrt_id,
         line_count=n,
         visit_line_count=int(have[0]) + n,
-        det_item_fee_sumamt=int(nums[:, 2].sum()),
+        det_item_fee_sumamt=int(amounts.sum()),
     )
     # The per-line results are encoded in Rust (field 5, the message's last: appended, the
     # bytes are those protobuf writes for the whole message).
-    results_bytes = engine_rs.fee_line_results(
-        catalog, results, sns, np.ascontiguousarray(nums[:, 2])
-    )
+    results_bytes = engine_rs.fee_line_results(catalog, results, sns, amounts)
     return resp.SerializeToString() + results_bytes, mdtrt_id
 
 

@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 import engine_rs
 from clients.sdk import MedsettleClient, MedsettleError
 from medsettle.v1 import common_pb2, settlement_pb2
 from server.codes import treatment_of
+from server.columns import pack_strings
 from server.demo.localserver import LocalServer, free_port
-from server.frontend.visits import VisitRow, engine_visit, line_columns, load_person
+from server.frontend.visits import VisitRow, engine_visit, load_person
 from server.fundsplit import SplitContext, choose_rule, fund_split
 from server.persons import ACC_FIELDS
 from server.refdata import RefData
@@ -53,6 +55,24 @@ from tests.harness import (
 )
 
 PEOPLE = (RETIRED, EMPLOYEE, CIVIL, CHILD, ASSISTED, SECOND_STAY, FILED)
+
+
+def line_columns(
+    hosp: list[str],
+    ins: list[str],
+    nums: npt.NDArray[np.int64],
+) -> engine_rs.FeeLines:
+    """Engine columns from codes and an (n, 5) int64 array of cnt, pric, amount, date, flag
+    (as the upload path built them before `FeeUpload.columns`)."""
+    return {
+        "medins_list_codg": pack_strings(hosp),
+        "med_list_codg": pack_strings(ins),
+        "cnt": np.ascontiguousarray(nums[:, 0]),
+        "pric": np.ascontiguousarray(nums[:, 1]),
+        "det_item_fee_sumamt": np.ascontiguousarray(nums[:, 2]),
+        "fee_date": np.ascontiguousarray(nums[:, 3]),
+        "hosp_appr_flag": np.ascontiguousarray(nums[:, 4]),
+    }
 
 
 class Oracle:

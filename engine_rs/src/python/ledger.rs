@@ -18,8 +18,7 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::Mutex;
 
-use numpy::{PyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
+use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyWeakrefMethods, PyWeakrefReference};
 use rusqlite::ffi;
@@ -29,6 +28,7 @@ use prost::Message;
 use super::catalog::PyCatalog;
 use super::error::{guard, ledger_error, ledger_refused as refused};
 use super::policy::PyPolicy;
+use super::upload::PyFeeUpload;
 use crate::ledger;
 use crate::ledger::cancel;
 use crate::ledger::center_mode::{self, Kept, Prepared};
@@ -228,41 +228,23 @@ impl PyLedger {
         ))
     }
 
-    /// Writes an upload's fee lines to visit `visit_id`, numbered from `first_seq`, marked
-    /// with the upload's `msgid` (`ledger::insert_fee_lines`); `nums` holds each line's
-    /// cnt, pric, det_item_fee_sumamt, fee_ocur_date and hosp_appr_flag (int64, n x 5).
-    #[allow(clippy::too_many_arguments)]
+    /// Writes an upload's fee lines (as the engine read them: `FeeUpload`) to visit
+    /// `visit_id`, numbered from `first_seq`, marked with the upload's `msgid`
+    /// (`ledger::insert_fee_lines`).
     fn insert_fee_lines(
         &self,
         py: Python<'_>,
         visit_id: i64,
         first_seq: i64,
         msgid: &str,
-        feedetl_sn: Vec<String>,
-        medins_list_codg: Vec<String>,
-        bilg_dr_codg: Vec<String>,
-        nums: PyReadonlyArray2<'_, i64>,
+        upload: PyRef<'_, PyFeeUpload>,
     ) -> PyResult<()> {
-        let shape = nums.shape();
-        let n = feedetl_sn.len();
-        if shape != [n, 5] || medins_list_codg.len() != n || bilg_dr_codg.len() != n {
-            return Err(PyValueError::new_err(format!(
-                "insert_fee_lines: {n} lines, {} codes, {} doctors and nums of shape {shape:?}",
-                medins_list_codg.len(),
-                bilg_dr_codg.len()
-            )));
-        }
-        let rows: Vec<[i64; 5]> = nums
-            .as_array()
-            .rows()
-            .into_iter()
-            .map(|r| [r[0], r[1], r[2], r[3], r[4]])
-            .collect();
+        let u = &upload.upload;
         let lines = ledger::NewFeeLines {
-            feedetl_sn: &feedetl_sn,
-            medins_list_codg: &medins_list_codg,
-            bilg_dr_codg: &bilg_dr_codg,
-            nums: &rows,
+            feedetl_sn: &u.feedetl_sn,
+            medins_list_codg: &u.medins_list_codg,
+            bilg_dr_codg: &u.bilg_dr_codg,
+            nums: &u.nums,
         };
         self.with(py, "insert_fee_lines", |conn| {
             ledger::insert_fee_lines(conn, visit_id, first_seq, msgid, &lines)

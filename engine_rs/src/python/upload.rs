@@ -6,13 +6,14 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use prost::Message;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::upload::{Upload, Violation};
 use crate::wire;
 
 #[pyclass(name = "FeeUpload", module = "engine_rs")]
 pub struct PyFeeUpload {
-    upload: Upload,
+    pub(crate) upload: Upload,
 }
 
 #[pymethods]
@@ -60,6 +61,39 @@ impl PyFeeUpload {
     #[getter]
     fn bilg_dr_codg(&self) -> Vec<String> {
         self.upload.bilg_dr_codg.clone()
+    }
+
+    /// The lines as `preprocess` takes them (`FeeLines`; no insurance code: the
+    /// institution's mapping classifies every line).
+    #[getter]
+    fn columns<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let u = &self.upload;
+        let mut data = Vec::new();
+        let mut offsets = Vec::with_capacity(u.len() + 1);
+        offsets.push(0i64);
+        for code in &u.medins_list_codg {
+            data.extend_from_slice(code.as_bytes());
+            // an upload's codes are far below i64::MAX bytes
+            offsets.push(data.len() as i64);
+        }
+        let cols = PyDict::new(py);
+        let codes = (
+            PyArray1::from_vec(py, data),
+            PyArray1::from_vec(py, offsets),
+        );
+        cols.set_item("medins_list_codg", codes)?;
+        let names = [
+            "cnt",
+            "pric",
+            "det_item_fee_sumamt",
+            "fee_date",
+            "hosp_appr_flag",
+        ];
+        for (k, name) in names.into_iter().enumerate() {
+            let col: Vec<i64> = u.nums.iter().map(|n| n[k]).collect();
+            cols.set_item(name, PyArray1::from_vec(py, col))?;
+        }
+        Ok(cols)
     }
 
     /// (lines, 5) int64: cnt, pric, det_item_fee_sumamt, fee_ocur_date, hosp_appr_flag.
