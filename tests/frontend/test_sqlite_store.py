@@ -237,3 +237,29 @@ def test_version_1_database_upgrades_its_line_results(tmp_path: Path) -> None:
     conn = sqlite3.connect(db, isolation_level=None)
     assert migrate(conn) == max(v for v, _, _ in MIGRATIONS)
     conn.close()
+
+
+def test_every_connection_is_durable_and_keeps_its_temporary_data_in_memory(
+    tmp_path: Path,
+) -> None:
+    """The writer and the readers: WAL, an fsync at every commit (synchronous=FULL), and a
+    temporary files in memory (nothing a crash needs: the WAL holds the batch)."""
+    db = tmp_path / "s.db"
+    _make_table(db)
+    store = Store(str(db), readers=1)
+
+    def settings(conn: sqlite3.Connection) -> tuple[str, int, int]:
+        return (
+            conn.execute("PRAGMA journal_mode").fetchone()[0],
+            conn.execute("PRAGMA synchronous").fetchone()[0],
+            conn.execute("PRAGMA temp_store").fetchone()[0],
+        )
+
+    async def main() -> tuple[object, object]:
+        return await store.write(settings), await store.read(settings)
+
+    try:
+        written, read = asyncio.run(main())
+    finally:
+        store.close()
+    assert written == read == ("wal", 2, 2)  # FULL; MEMORY

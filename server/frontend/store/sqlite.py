@@ -146,6 +146,10 @@ def connect(path: str) -> Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
+    # SQLite's temporary files in memory: a batch of settles made one (created, written and
+    # unlinked at every batch), which nothing needs after a crash (the WAL holds the batch);
+    # 7 % of Settle's throughput (bench/RESULTS.md, issue 15 step 22)
+    conn.execute("PRAGMA temp_store=MEMORY")
     conn.ledger = engine_rs.Ledger(conn)
     return conn
 
