@@ -242,8 +242,8 @@ def test_version_1_database_upgrades_its_line_results(tmp_path: Path) -> None:
 def test_every_connection_is_durable_and_keeps_its_temporary_data_in_memory(
     tmp_path: Path,
 ) -> None:
-    """The writer and the readers: WAL, an fsync at every commit (synchronous=FULL), and a
-    temporary files in memory (nothing a crash needs: the WAL holds the batch)."""
+    """The writer and the readers: WAL, an fsync at every commit (synchronous=FULL), and
+    SQLite's temporary files in memory (nothing a crash needs: the WAL holds the batch)."""
     db = tmp_path / "s.db"
     _make_table(db)
     store = Store(str(db), readers=1)
