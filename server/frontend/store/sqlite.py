@@ -146,10 +146,6 @@ def connect(path: str) -> Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
-    # SQLite's temporary files in memory: a batch of settles made one (created, written and
-    # unlinked at every batch), which nothing needs after a crash (the WAL holds the batch);
-    # 7 % of Settle's throughput (bench/RESULTS.md, issue 15 step 22)
-    conn.execute("PRAGMA temp_store=MEMORY")
     conn.ledger = engine_rs.Ledger(conn)
     return conn
 
@@ -344,6 +340,11 @@ class Store:
         conn = connect(self.path)
         # The writer never waits inside SQLite: the write turn is ours first.
         conn.execute("PRAGMA busy_timeout=0")
+        # Its temporary files in memory: a batch of settles made one (created, written and
+        # unlinked at every batch), which nothing needs after a crash (the WAL holds the
+        # batch); 7 % of Settle's throughput (bench/RESULTS.md, issue 15 step 22). Readers
+        # keep theirs on disk: a report may sort more rows than memory should hold.
+        conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
     def _abandon(self, conn: sqlite3.Connection) -> None:
