@@ -317,6 +317,8 @@ def main() -> None:
                 args.channels,
             )
             settle["cores"] = cores_used(before, cpu_snapshot(servers), time.perf_counter() - t0)
+            if settle["calls"] >= len(visits):  # the load ended early: the rate is understated
+                print("warning: every prepared visit was settled; raise --visits", flush=True)
             print(
                 f"Settle: {_figures(settle)}  errors {settle['errors']}  calls {settle['calls']}"
                 f"  {_cpu(settle)}",
