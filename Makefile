@@ -64,6 +64,7 @@ bench: build bench-tools
 	$(PY) -m bench.bench_center --duration 8 --visits 20000 --backlog 100000 \
 		--json bench/center_figures.json
 	$(PY) -m bench.bench_stay --stays 8 --rounds 2
+	$(PY) -m bench.bench_grpc_floor --rounds 2
 	$(VENV)/bin/pytest bench --benchmark-enable --benchmark-columns=min,median,mean,ops -q
 
 # A front-end on a fresh SQLite file, a scripted HIS visit over gRPC, the slip, stop.
