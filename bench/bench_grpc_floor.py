@@ -2,7 +2,9 @@
 answers `Settlement/Ping` with the request's bytes; no interceptors, guards or metrics)
 under the same load generator as `bench.bench_frontend`'s Ping. What medsettle's Ping and
 Settle cost above it is medsettle's; what is below it no change to medsettle can take off
-while its calls are answered by grpc.aio (bench/RESULTS.md, issue 15 step 22).
+while its calls are answered by grpc.aio (bench/RESULTS.md, issue 15 step 22). The CPU is
+counted as `bench.bench_frontend` counts it (the server's over the round, by the round's
+rate), with the switch interval medsettle's servers run with.
 
     .venv/bin/python -m bench.bench_grpc_floor --rounds 2
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import sys
 import time
 from typing import Any
 
@@ -19,6 +22,7 @@ import grpc
 import psutil
 
 from bench.bench_frontend import run_load
+from server.app import SWITCH_INTERVAL_S
 
 PATH = ("medsettle.v1.Settlement", "Ping")
 
@@ -30,6 +34,7 @@ def _serve(ready: Any) -> None:
         return request
 
     async def main() -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)  # as medsettle's servers run
         handler = grpc.method_handlers_generic_handler(
             PATH[0], {PATH[1]: grpc.unary_unary_rpc_method_handler(ping)}
         )
@@ -53,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     ours, theirs = ctx.Pipe()
     proc = ctx.Process(target=_serve, args=(theirs,), daemon=True)
     proc.start()
+    theirs.close()  # a server that dies before answering ends the wait (EOFError)
     try:
+        if not ours.poll(60):
+            raise SystemExit("the bare server did not start within 60 s")
         port = ours.recv()
         server = psutil.Process(proc.pid)
         for r in range(1, args.rounds + 1):
@@ -74,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             cores = (after.user + after.system - before.user - before.system) / elapsed
             print(
                 f"round {r}: bare grpc.aio Ping {got['per_s']:,.0f}/s, server {cores:.2f} cores,"
-                f" {cores * 1e6 / got['per_s']:.0f} us a call, p50 {got['p50_ms']:.2f} ms",
+                f" {cores * 1e6 / got['per_s']:.0f} us a call, p50 {got['p50_ms']:.2f} ms,"
+                f" errors {got['errors']}",
                 flush=True,
             )
     finally:

@@ -13,13 +13,14 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from server.frontend.store import line_results
 from server.frontend.store.migrations import MIGRATIONS, _statements, migrate
-from server.frontend.store.sqlite import Store, init_db
+from server.frontend.store.sqlite import LedgerCall, Store, init_db
 from server.security.datakeys import DataKeys
 from server.security.pii import Vault
 
@@ -239,15 +240,15 @@ def test_version_1_database_upgrades_its_line_results(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_connections_are_durable_and_the_writer_keeps_its_temporary_data_in_memory(
+def test_connections_are_durable_and_a_batch_of_ledger_calls_keeps_its_journal_in_memory(
     tmp_path: Path,
 ) -> None:
-    """The writer and the readers: WAL and an fsync at every commit (synchronous=FULL);
-    the writer's temporary files in memory (nothing a crash needs: the WAL holds the
-    batch), a reader's on disk (a report may sort many rows)."""
-    db = tmp_path / "s.db"
-    _make_table(db)
-    store = Store(str(db), readers=1)
+    """A fresh file opens in WAL with an fsync at every commit (synchronous=FULL), for the
+    writer and the readers. The writer keeps SQLite's temporary files (the savepoints'
+    journal) in memory for a batch of ledger calls alone, and on disk for a batch with any
+    other operation (an audit prune may change more pages than memory should hold); the
+    readers keep theirs on disk."""
+    store = Store(str(tmp_path / "s.db"), readers=1)
 
     def settings(conn: sqlite3.Connection) -> tuple[str, int, int]:
         return (
@@ -256,12 +257,32 @@ def test_connections_are_durable_and_the_writer_keeps_its_temporary_data_in_memo
             conn.execute("PRAGMA temp_store").fetchone()[0],
         )
 
-    async def main() -> tuple[object, object]:
-        return await store.write(settings), await store.read(settings)
+    def probe(conn: sqlite3.Connection) -> tuple[Any, ...]:
+        # a ledger call refused in its preparation: the batch's setting is its outcome
+        raise LookupError(settings(conn))
+
+    def ledger_call() -> LedgerCall:
+        return LedgerCall(cast(Any, None), "Settle", probe)
+
+    async def in_ledger_batch() -> object:
+        try:
+            await store.write(ledger_call())
+        except LookupError as exc:
+            return exc.args[0]
+        raise AssertionError("the probe did not run")
+
+    async def main() -> list[object]:
+        alone = [await in_ledger_batch() for _ in range(2)]
+        mixed = await asyncio.gather(
+            store.write(settings), in_ledger_batch(), return_exceptions=True
+        )
+        after = await in_ledger_batch()
+        return [*alone, *mixed, after, await store.read(settings)]
 
     try:
-        written, read = asyncio.run(main())
+        alone, again, mixed_op, mixed_call, after, read = asyncio.run(main())
     finally:
         store.close()
-    assert written == ("wal", 2, 2)  # FULL; MEMORY
-    assert read == ("wal", 2, 0)  # FULL; the compile-time default (files)
+    assert alone == again == after == ("wal", 2, 2)  # FULL; MEMORY
+    assert mixed_op == mixed_call == ("wal", 2, 0)  # FULL; the build's default (files)
+    assert read == ("wal", 2, 0)

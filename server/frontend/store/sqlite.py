@@ -89,6 +89,8 @@ Op = Callable[[sqlite3.Connection], Any] | LedgerCall
 Segment = list[tuple[int, engine_rs.LedgerNode, tuple[Any, ...]]]
 
 BUSY_TIMEOUT_MS = 30_000
+# PRAGMA temp_store: the build's default (files, unless SQLite was built otherwise), memory
+TEMP_DEFAULT, TEMP_MEMORY = 0, 2
 
 
 # The files of a database: its own, SQLite's write-ahead log and shared-memory index, and the
@@ -192,6 +194,7 @@ class Store:
         # run on this thread, so the event loop never blocks on a lock or the disk.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
         self._conn: sqlite3.Connection | None = None
+        self._temp_store = TEMP_DEFAULT  # the writer's (`_set_temp_store`)
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
@@ -256,6 +259,7 @@ class Store:
             if self._conn is None:
                 self._conn = await loop.run_in_executor(self._io, self._connect_writer)
             conn = self._conn
+            self._set_temp_store(conn, ops)
             if not self._begin_now(conn):
                 await loop.run_in_executor(self._io, self._begin_waiting, conn)
         except BaseException as exc:  # the write turn is not held
@@ -328,6 +332,18 @@ class Store:
         self._writer_lock.release()
         return done
 
+    def _set_temp_store(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
+        """Before BEGIN: SQLite's temporary files (the savepoints' journal) in memory for a
+        batch of ledger calls alone, on disk for any other. A batch of settles made one file,
+        created, written and unlinked at every batch (7 % of Settle's throughput:
+        bench/RESULTS.md, issue 15 step 22); nothing needs it after a crash (the WAL holds
+        the batch), and a settle changes a few pages. An audit prune or a catalog increment
+        may change more pages than memory should hold."""
+        want = TEMP_MEMORY if all(isinstance(op, LedgerCall) for op in ops) else TEMP_DEFAULT
+        if want != self._temp_store:
+            conn.execute(f"PRAGMA temp_store={want}")
+            self._temp_store = want
+
     def _failed(self, n: int, exc: BaseException) -> list[tuple[bool, Any]]:
         """The outcome of every operation of a batch that did not commit: UNAVAILABLE for all
         of them (never one caller's own error, which may name another's request)."""
@@ -340,11 +356,7 @@ class Store:
         conn = connect(self.path)
         # The writer never waits inside SQLite: the write turn is ours first.
         conn.execute("PRAGMA busy_timeout=0")
-        # Its temporary files in memory: a batch of settles made one (created, written and
-        # unlinked at every batch), which nothing needs after a crash (the WAL holds the
-        # batch); 7 % of Settle's throughput (bench/RESULTS.md, issue 15 step 22). Readers
-        # keep theirs on disk: a report may sort more rows than memory should hold.
-        conn.execute("PRAGMA temp_store=MEMORY")
+        self._temp_store = TEMP_DEFAULT
         return conn
 
     def _abandon(self, conn: sqlite3.Connection) -> None:
