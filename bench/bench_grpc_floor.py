@@ -4,7 +4,7 @@ under the same load generator as `bench.bench_frontend`'s Ping. What medsettle's
 Settle cost above it is medsettle's; what is below it no change to medsettle can take off
 while its calls are answered by grpc.aio (bench/RESULTS.md, issue 15 step 22). The CPU is
 counted as `bench.bench_frontend` counts it (the server's over the round, by the round's
-rate), with the switch interval medsettle's servers run with.
+rate).
 
     .venv/bin/python -m bench.bench_grpc_floor --rounds 2
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import sys
 import time
 from typing import Any
 
@@ -22,7 +21,6 @@ import grpc
 import psutil
 
 from bench.bench_frontend import run_load
-from server.app import SWITCH_INTERVAL_S
 
 PATH = ("medsettle.v1.Settlement", "Ping")
 
@@ -34,7 +32,6 @@ def _serve(ready: Any) -> None:
         return request
 
     async def main() -> None:
-        sys.setswitchinterval(SWITCH_INTERVAL_S)  # as medsettle's servers run
         handler = grpc.method_handlers_generic_handler(
             PATH[0], {PATH[1]: grpc.unary_unary_rpc_method_handler(ping)}
         )

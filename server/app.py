@@ -110,16 +110,8 @@ class Health:
         task.add_done_callback(self._tasks.discard)
 
 
-# How long a thread keeps the GIL while another waits for it (Python's default: 5 ms). The
-# store's commit thread needs it for moments at the edges of each batch, which the event
-# loop, busy with the calls, would otherwise hold it through: 1 ms gave Settle 4-5 % more
-# throughput and Ping the same (bench/RESULTS.md, issue 15 step 22).
-SWITCH_INTERVAL_S = 0.001
-
-
 async def serve_worker(cfg: Config, index: int = 0) -> None:
     """Run one server until SIGTERM/SIGINT, then drain and stop."""
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if cfg.metrics_port:
         interceptors.append(metrics.MetricsInterceptor())
