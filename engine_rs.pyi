@@ -668,9 +668,10 @@ SM2_DEFAULT_UID: str
 class FeeUpload:
     """A fee upload's messages read as they arrive (engine_rs/src/upload.rs): lines whose
     amount or unit price is beyond `max_line_fen` refuse their message (`add`); the
-    serials', codes', dates' and flags' checks over the whole upload, and its columns."""
+    serials', codes', dates' and flags' checks over the whole upload, and its columns;
+    beyond `max_violations` of either kind nothing more is looked at."""
 
-    def __new__(cls, max_line_fen: int) -> FeeUpload: ...
+    def __new__(cls, max_line_fen: int, max_violations: int) -> FeeUpload: ...
     def add(self, data: bytes) -> list[tuple[str, str]]:
         """An UploadFeesRequest's lines (its bytes) added: the (field, reason) of each
         line refused for its amounts (none: accepted)."""

@@ -12,12 +12,9 @@
 use std::collections::HashSet;
 
 use crate::center::checks::valid_date;
+use crate::preprocess::CNT_SCALE;
 use crate::wire;
 
-/// cnt is in 1/10,000 units.
-const CNT_SCALE: i128 = 10_000;
-/// Beyond this many violations a request is refused without looking further.
-pub const MAX_VIOLATIONS: usize = 20;
 /// The longest feedetl_sn, in characters.
 const MAX_SN: usize = 64;
 
@@ -28,6 +25,8 @@ pub type Violation = (String, String);
 #[derive(Debug, Default)]
 pub struct Upload {
     max_line_fen: i64,
+    /// Beyond this many violations a request is refused without looking further.
+    max_violations: usize,
     pub feedetl_sn: Vec<String>,
     pub medins_list_codg: Vec<String>,
     pub med_list_codg: Vec<String>,
@@ -35,14 +34,16 @@ pub struct Upload {
     /// cnt, pric, det_item_fee_sumamt, fee_ocur_date, hosp_appr_flag
     pub nums: Vec<[i64; 5]>,
     seen: HashSet<String>,
-    /// The serials', codes', dates' and flags' violations (at most a line past 20).
+    /// The serials', codes', dates' and flags' violations (at most a line past
+    /// `max_violations`).
     pub line_violations: Vec<Violation>,
 }
 
 impl Upload {
-    pub fn new(max_line_fen: i64) -> Self {
+    pub fn new(max_line_fen: i64, max_violations: usize) -> Self {
         Self {
             max_line_fen,
+            max_violations: max_violations.max(1),
             ..Self::default()
         }
     }
@@ -57,7 +58,7 @@ impl Upload {
 
     /// A message's lines added; the violations of their amounts (none: accepted so far).
     pub fn add(&mut self, lines: Vec<wire::FeeLine>) -> Vec<Violation> {
-        let amounts = amount_violations(&lines, self.len(), self.max_line_fen);
+        let amounts = amount_violations(&lines, self.len(), self.max_line_fen, self.max_violations);
         for ln in lines {
             let i = self.len();
             self.check_line(i, &ln);
@@ -77,23 +78,24 @@ impl Upload {
     }
 
     fn check_line(&mut self, i: usize, ln: &wire::FeeLine) {
-        if self.line_violations.len() >= MAX_VIOLATIONS {
+        if self.line_violations.len() >= self.max_violations {
             return;
         }
         let v = &mut self.line_violations;
         let sn = &ln.feedetl_sn;
+        let fresh = !self.seen.contains(sn);
         if sn.is_empty() || sn.chars().count() > MAX_SN {
             v.push((
                 format!("lines[{i}].feedetl_sn"),
                 "is required (at most 64 characters)".into(),
             ));
-        } else if self.seen.contains(sn) {
+        } else if !fresh {
             v.push((
                 format!("lines[{i}].feedetl_sn"),
                 format!("{sn} appears twice in this upload"),
             ));
         }
-        if !self.seen.contains(sn) {
+        if fresh {
             self.seen.insert(sn.clone());
         }
         if ln.medins_list_codg.is_empty() {
@@ -118,7 +120,12 @@ impl Upload {
 /// Lines whose amount or unit price is beyond the per-line maximum, or whose cnt x pric
 /// would be (`first`: the index of lines[0] in the call). Signs and the agreement of
 /// cnt x pric with the amount are the preprocessing's to check.
-fn amount_violations(lines: &[wire::FeeLine], first: usize, max_line_fen: i64) -> Vec<Violation> {
+fn amount_violations(
+    lines: &[wire::FeeLine],
+    first: usize,
+    max_line_fen: i64,
+    max_violations: usize,
+) -> Vec<Violation> {
     let mut v = Vec::new();
     for (k, ln) in lines.iter().enumerate() {
         let i = first + k;
@@ -137,16 +144,19 @@ fn amount_violations(lines: &[wire::FeeLine], first: usize, max_line_fen: i64) -
                 format!("lines[{i}].pric"),
                 format!("{} fen is more than {max_line_fen} for one unit", ln.pric),
             ));
-        } else if ln.cnt > 0 && ln.pric > 0 && product > i128::from(max_line_fen) * CNT_SCALE {
+        } else if ln.cnt > 0
+            && ln.pric > 0
+            && product > i128::from(max_line_fen) * i128::from(CNT_SCALE)
+        {
             v.push((
                 format!("lines[{i}].cnt"),
                 format!(
                     "cnt x pric is {} fen, more than the {max_line_fen} one line may be",
-                    product / CNT_SCALE
+                    product / i128::from(CNT_SCALE)
                 ),
             ));
         }
-        if v.len() >= MAX_VIOLATIONS {
+        if v.len() >= max_violations {
             break;
         }
     }
@@ -156,6 +166,8 @@ fn amount_violations(lines: &[wire::FeeLine], first: usize, max_line_fen: i64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAX_VIOLATIONS: usize = 20;
 
     fn line(sn: &str, code: &str, cnt: i64, pric: i64, amount: i64) -> wire::FeeLine {
         wire::FeeLine {
@@ -170,7 +182,7 @@ mod tests {
 
     #[test]
     fn lines_across_messages_are_numbered_and_checked_as_one_upload() {
-        let mut up = Upload::new(1_000_000);
+        let mut up = Upload::new(1_000_000, MAX_VIOLATIONS);
         assert!(up
             .add(vec![
                 line("A", "X1", 10_000, 100, 100),
@@ -212,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_serial_is_counted_in_characters_and_the_checks_stop_past_twenty() {
-        let mut up = Upload::new(10);
+        let mut up = Upload::new(10, MAX_VIOLATIONS);
         let long: String = "序".repeat(64);
         assert!(up.add(vec![line(&long, "X", 0, 0, 0)]).is_empty());
         assert!(

@@ -55,7 +55,7 @@ def test_the_engine_reads_the_lines_as_the_python_checks_did(
 ) -> None:
     bounds = sorted({0, len(lines), *(c for c in cuts if c <= len(lines))})
     chunks = [lines[a:b] for a, b in itertools.pairwise(bounds)] or [[]]
-    upload = engine_rs.FeeUpload(MAX_LINE_FEN)
+    upload = engine_rs.FeeUpload(MAX_LINE_FEN, twin.MAX_VIOLATIONS)
     sent: list[settlement_pb2.FeeLine] = []
     for chunk in chunks:
         got = upload.add(message(chunk))

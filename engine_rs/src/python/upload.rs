@@ -19,9 +19,9 @@ pub struct PyFeeUpload {
 #[pymethods]
 impl PyFeeUpload {
     #[new]
-    fn new(max_line_fen: i64) -> Self {
+    fn new(max_line_fen: i64, max_violations: usize) -> Self {
         Self {
-            upload: Upload::new(max_line_fen),
+            upload: Upload::new(max_line_fen, max_violations),
         }
     }
 

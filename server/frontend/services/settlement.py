@@ -242,7 +242,7 @@ class SettlementService:
                 f"{len(request.lines)} lines in one call, more than"
                 f" {self.env.max_lines_per_call}; use StreamFees",
             )
-        upload = engine_rs.FeeUpload(self.env.max_line_fee_fen)
+        upload = engine_rs.FeeUpload(self.env.max_line_fee_fen, limits.MAX_VIOLATIONS)
         refuse_fields(upload.add(request.SerializeToString()))
         return await self._upload("UploadFees", request, upload)
 
@@ -250,7 +250,7 @@ class SettlementService:
         self, request_iterator: AsyncIterator[settlement_pb2.UploadFeesRequest], context: Ctx
     ) -> bytes:
         first: settlement_pb2.UploadFeesRequest | None = None
-        upload = engine_rs.FeeUpload(self.env.max_line_fee_fen)
+        upload = engine_rs.FeeUpload(self.env.max_line_fee_fen, limits.MAX_VIOLATIONS)
         digest = chunk_hasher("StreamFees")
         limit = self.env.max_lines_per_visit
         bound = limits.StreamBound(limit)
