@@ -214,6 +214,33 @@ class Ledger:
         None when nothing was computed), or the exception it raised as a value (Refused for
         a refusal); a store failure raises. `commit`: COMMIT the transaction in the same
         GIL-free run."""
+    def start_batch(
+        self,
+        node: LedgerNode,
+        calls: list[
+            tuple[
+                str,
+                bytes,
+                bytes,
+                int,
+                LedgerCaller,
+                tuple[Policy, Catalog] | None,
+                tuple[int, int] | None,
+                tuple[bytes, int, str, bytes, bytes] | None,
+            ]
+        ],
+        commit: bool = False,
+    ) -> None:
+        """`settle_batch` on the ledger's own commit thread, which never takes the GIL:
+        returns at once; `ready_fd` turns readable when it has finished. One at a time."""
+    @property
+    def ready_fd(self) -> int | None:
+        """Readable once a started batch has finished (None before the first start)."""
+    def finished_batch(
+        self,
+    ) -> list[tuple[bytes, bool, str, tuple[int, int] | None] | BaseException] | None:
+        """The started batch's outcome as `settle_batch` returns or raises it; None while
+        it runs."""
     def pre_settle(
         self,
         node: LedgerNode,

@@ -7,9 +7,13 @@ writing: tests/frontend/test_frontend_crash.py.)"""
 from __future__ import annotations
 
 import ctypes
+import select
 import sqlite3
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -259,29 +263,50 @@ def test_upload_results_are_the_python_encoding(
     assert got == want.SerializeToString()
 
 
-def test_a_batch_goes_on_past_a_request_that_does_not_decode(conn: Connection) -> None:
-    """A call of a batch whose bytes are not a SettleRequest is that call's refusal
-    (INVALID_ARGUMENT naming the request); the calls beside it are settled, kept, cancelled
-    or refused on their own (here: no such visit, no such settlement), and the batch itself
-    does not fail."""
-    node = engine_rs.LedgerNode("01", 480, bytes(32), 1, bytes(32))
+NODE = engine_rs.LedgerNode("01", 480, bytes(32), 1, bytes(32))
+CALLER = ("H1", 3, "440100", "op", "clerk", "/medsettle.v1.Settlement/Settle")
+
+
+def _mixed_batch() -> list[tuple[Any, ...]]:
+    """A batch of calls that each refuse on their own, one of every kind."""
     catalog = catalog_from_rows([{"code": "X1"}])
-    caller = ("H1", 3, "440100", "op", "clerk", "/medsettle.v1.Settlement/Settle")
     unknown = settlement_pb2.SettleRequest(mdtrt_id="M-none", psn_no="P1").SerializeToString()
     no_setl = settlement_pb2.CancelSettlementRequest(setl_id="S-none").SerializeToString()
     refdata = (FLAT_POLICY, catalog)
     kept = (b"", 2026, "emp", b"", b"")
+    return [
+        ("Settle", b"\xff\xff\xff", b"h1", 1, CALLER, refdata, None, None),
+        ("Settle", unknown, b"h2", 1, CALLER, refdata, None, None),
+        ("Settle", unknown, b"h3", 1, CALLER, None, None, kept),
+        ("CancelSettlement", no_setl, b"h4", 1, CALLER, None, None, None),
+        ("CancelSettlement", b"\xff\xff\xff", b"h5", 1, CALLER, None, None, None),
+    ]
+
+
+def _on_commit_thread(ledger: engine_rs.Ledger, calls: list[tuple[Any, ...]]) -> list[Any]:
+    """`calls` through the ledger's own commit thread, collected as the store does once
+    its descriptor turns readable."""
+    ledger.start_batch(NODE, calls)
+    fd = ledger.ready_fd
+    assert fd is not None
+    while True:
+        select.select([fd], [], [], 30)
+        done = ledger.finished_batch()
+        if done is not None:
+            return done
+
+
+@pytest.mark.parametrize("where", ["inline", "commit thread"])
+def test_a_batch_goes_on_past_a_request_that_does_not_decode(conn: Connection, where: str) -> None:
+    """A call of a batch whose bytes are not a SettleRequest is that call's refusal
+    (INVALID_ARGUMENT naming the request); the calls beside it are settled, kept, cancelled
+    or refused on their own (here: no such visit, no such settlement), and the batch itself
+    does not fail: run inline (`settle_batch`) or on the ledger's commit thread alike."""
     conn.execute("BEGIN")
-    out = conn.ledger.settle_batch(
-        node,
-        [
-            ("Settle", b"\xff\xff\xff", b"h1", 1, caller, refdata, None, None),
-            ("Settle", unknown, b"h2", 1, caller, refdata, None, None),
-            ("Settle", unknown, b"h3", 1, caller, None, None, kept),
-            ("CancelSettlement", no_setl, b"h4", 1, caller, None, None, None),
-            ("CancelSettlement", b"\xff\xff\xff", b"h5", 1, caller, None, None, None),
-        ],
-    )
+    if where == "inline":
+        out = conn.ledger.settle_batch(NODE, _mixed_batch())
+    else:
+        out = _on_commit_thread(conn.ledger, _mixed_batch())
     conn.execute("ROLLBACK")
     assert len(out) == 5
     bad, missing, not_kept, no_such, bad_cancel = out
@@ -295,3 +320,44 @@ def test_a_batch_goes_on_past_a_request_that_does_not_decode(conn: Connection) -
     assert isinstance(not_kept, engine_rs.Refused) and not_kept.message == missing.message
     assert isinstance(no_such, engine_rs.Refused) and no_such.code == "NOT_FOUND"
     assert no_such.message == "setl_id: no settlement S-none at this institution"
+
+
+def test_the_commit_thread_finishes_a_batch_while_the_loop_holds_the_gil(
+    conn: Connection,
+) -> None:
+    """The batch runs and its outcome waits without the GIL: with a switch interval that
+    never asks this thread to let go, a thread that needed the GIL back would never finish,
+    and this loop (which only asks the ledger, never releasing the GIL) would hit its
+    deadline. One batch at a time: a second start before the first is collected is refused,
+    and the ledger's thread ends with `close()`."""
+    conn.execute("BEGIN")
+    ledger = conn.ledger
+    assert ledger.ready_fd is None and ledger.finished_batch() is None
+    threads = _commit_threads()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        ledger.start_batch(NODE, _mixed_batch())
+        with pytest.raises(engine_rs.EngineError, match="a batch is in flight already"):
+            ledger.start_batch(NODE, _mixed_batch())
+        deadline = time.monotonic() + 60
+        done = None
+        while done is None and time.monotonic() < deadline:
+            done = ledger.finished_batch()
+    finally:
+        sys.setswitchinterval(interval)
+    assert done is not None, "the batch did not finish while this thread held the GIL"
+    assert [type(d) for d in done] == [engine_rs.Refused] * 5
+    assert ledger.finished_batch() is None  # collected once
+    again = _on_commit_thread(ledger, _mixed_batch())
+    assert [str(d) for d in again] == [str(d) for d in done]
+    conn.execute("ROLLBACK")
+    assert _commit_threads() == threads + 1
+    ledger.close()
+    assert _commit_threads() == threads
+
+
+def _commit_threads() -> int:
+    """This process's ledger commit threads, as the kernel names them (not Python's)."""
+    tasks = Path("/proc/self/task").iterdir()
+    return sum((t / "comm").read_text().strip() == "ledger-commit" for t in tasks)

@@ -5,6 +5,7 @@
 //! - `settle`: the Settle and PreSettle operations whole (issue 15), over the rest, and the
 //!   batch that runs settles, center mode's keeps and cancels together;
 //! - `cancel`: a settlement's cancel;
+//! - `committer`: the thread a batch runs and commits on without the GIL, and its wake-up;
 //! - `journal`: the msgid's stored answer and the audit chain;
 //! - `vault`: personal data sealed and opened (the format of server/security/pii.py);
 //! - `refusal`: how an operation refuses a request, or fails.
@@ -20,6 +21,7 @@
 
 pub mod cancel;
 pub mod center_mode;
+pub mod committer;
 pub mod journal;
 pub mod refusal;
 pub mod settle;

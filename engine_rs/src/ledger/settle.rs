@@ -728,9 +728,10 @@ pub fn settle(
     journal.record(row, info, &c.acc_before, &c.acc_after, true, Some(c.timing))
 }
 
-/// One call of a batch: its request hash, when it arrived, and what it does.
+/// One call of a batch: its request hash, when it arrived, and what it does (borrowed: the
+/// caller keeps the decoded requests, on whichever thread the batch runs).
 pub struct BatchCall<'a> {
-    pub req_hash: Vec<u8>,
+    pub req_hash: &'a [u8],
     pub now: i64,
     pub work: Work<'a>,
 }
@@ -739,19 +740,19 @@ pub struct BatchCall<'a> {
 pub enum Work<'a> {
     /// Settle here: local mode, or with limits center mode's emergency plan (`settle`).
     Settle {
-        req: wire::SettleRequest,
+        req: &'a wire::SettleRequest,
         caller: Caller<'a>,
         offline: Option<Offline>,
     },
     /// Keep what the center settled: center mode (`center_mode::keep`).
     Keep {
-        req: wire::SettleRequest,
+        req: &'a wire::SettleRequest,
         who: Who<'a>,
-        kept: Box<Kept>,
+        kept: &'a Kept,
     },
     /// Cancel a settlement of this front-end: local mode (`cancel::cancel_call`).
     Cancel {
-        req: wire::CancelSettlementRequest,
+        req: &'a wire::CancelSettlementRequest,
         who: Who<'a>,
     },
 }
@@ -784,7 +785,7 @@ pub fn settle_batch(
     let mut out = Vec::with_capacity(calls.len());
     for call in calls {
         conn.prepare_cached("SAVEPOINT op")?.execute([])?;
-        let (hash, now) = (&call.req_hash, call.now);
+        let (hash, now) = (call.req_hash, call.now);
         let done = match &call.work {
             Work::Settle {
                 req,

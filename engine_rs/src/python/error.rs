@@ -230,6 +230,10 @@ fn with_attrs<const N: usize>(py: Python<'_>, err: PyErr, attrs: [(&str, Py<PyAn
 /// Runs `f`, turning a panic into `EngineError("{area}: internal error in {what}")` (the
 /// panic policy in `python/mod.rs`). `f` may run with the GIL released.
 pub(crate) fn guard<R>(area: &str, what: &str, f: impl FnOnce() -> R) -> PyResult<R> {
-    catch_unwind(AssertUnwindSafe(f))
-        .map_err(|_| EngineError::new_err(format!("{area}: internal error in {what}")))
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| internal(area, what))
+}
+
+/// The exception a caught panic becomes (`guard`; a panic caught on another thread).
+pub(crate) fn internal(area: &str, what: &str) -> PyErr {
+    EngineError::new_err(format!("{area}: internal error in {what}"))
 }

@@ -16,7 +16,8 @@
 //! before the connection (the store's connections do, in their `close`).
 
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::sync::Mutex;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 
 use numpy::PyArray1;
 use pyo3::prelude::*;
@@ -26,14 +27,15 @@ use rusqlite::ffi;
 use prost::Message;
 
 use super::catalog::PyCatalog;
-use super::error::{guard, ledger_error, ledger_refused as refused};
+use super::error::{guard, internal, ledger_error, ledger_refused as refused};
 use super::policy::PyPolicy;
 use super::upload::PyFeeUpload;
 use crate::ledger;
 use crate::ledger::cancel;
 use crate::ledger::center_mode::{self, Kept, Prepared};
+use crate::ledger::committer::Committer;
 use crate::ledger::refusal::{LedgerError, Refusal};
-use crate::ledger::settle::{self, BatchCall, Caller, Node, Offline, Who, Work};
+use crate::ledger::settle::{self, Answered, BatchCall, Caller, Node, Offline, Who, Work};
 use crate::ledger::vault::Vault;
 use crate::wire;
 
@@ -125,11 +127,19 @@ fn borrow_handle(conn: &Bound<'_, PyAny>) -> PyResult<*mut ffi::sqlite3> {
 /// The ledger's reads on one connection of the front-end's store.
 #[pyclass(module = "engine_rs", name = "Ledger", frozen)]
 pub struct PyLedger {
-    conn: Mutex<Option<rusqlite::Connection>>,
+    /// Shared with the commit thread, which holds the lock while a batch runs.
+    conn: Arc<Mutex<Option<rusqlite::Connection>>>,
     owner: Py<PyWeakrefReference>,
+    /// The thread `start_batch` hands batches to, spawned by the first (a reader's ledger
+    /// never has one).
+    committer: Mutex<Option<Committer<Finished>>>,
 }
 
 impl PyLedger {
+    fn committer_slot(&self) -> std::sync::MutexGuard<'_, Option<Committer<Finished>>> {
+        self.committer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn with<R>(
         &self,
         py: Python<'_>,
@@ -174,10 +184,11 @@ impl PyLedger {
         let borrowed =
             unsafe { rusqlite::Connection::from_handle(db) }.map_err(|e| refused(e.to_string()))?;
         Ok(Self {
-            conn: Mutex::new(Some(borrowed)),
+            conn: Arc::new(Mutex::new(Some(borrowed))),
             owner: PyWeakrefReference::new(conn)
                 .map_err(|_| refused("needs a subclass of sqlite3.Connection (weakly referable)"))?
                 .unbind(),
+            committer: Mutex::new(None),
         })
     }
 
@@ -187,8 +198,19 @@ impl PyLedger {
         self.owner.bind(py).upgrade()
     }
 
-    /// Finalises the ledger's statements; the connection may be closed after this.
-    fn close(&self) {
+    /// Finalises the ledger's statements and ends its commit thread (after the batch in
+    /// flight, if any); the connection may be closed after this.
+    fn close(&self, py: Python<'_>) {
+        let committer = self.committer_slot().take();
+        // the thread never takes the GIL; joining it must not hold it either
+        let finished = py.detach(move || {
+            committer.and_then(|c| {
+                let last = c.take();
+                drop(c);
+                last
+            })
+        });
+        drop(finished); // a batch nobody collected: its arguments are released here
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         conn.take();
     }
@@ -276,60 +298,69 @@ impl PyLedger {
         if self.owner.bind(py).upgrade().is_none() {
             return Err(refused("its connection is gone"));
         }
-        let mut batch = Vec::with_capacity(calls.len());
-        // a request that does not decode is that call's refusal; the others go on
-        let mut malformed = Vec::new();
-        for (k, args) in calls.iter().enumerate() {
-            match work_of(args) {
-                Ok(work) => batch.push(BatchCall {
-                    req_hash: args.2.clone(),
-                    now: args.3,
-                    work,
-                }),
-                Err(e) => malformed.push((k, e)),
-            }
-        }
-        let node = &node.inner;
-        let conn = &self.conn;
+        let calls = Calls::read(calls);
+        let (conn, node) = (&self.conn, &node.inner);
         // The batch's statements and crypto run without the GIL: the event loop takes the
         // next calls meanwhile. The connection is this ledger's alone while the lock is held.
-        let done = py.detach(|| {
-            guard("ledger", "settle_batch", || {
-                let held = conn.lock().unwrap_or_else(|e| e.into_inner());
-                held.as_ref().map(|c| {
-                    let done = settle::settle_batch(c, node, &batch)?;
-                    if commit {
-                        settle::commit(c)?;
-                    }
-                    Ok(done)
-                })
-            })
-        })?;
-        let done = match done {
-            None => return Err(refused("the ledger is closed")),
-            Some(Err(e)) => return Err(ledger_error("settle_batch", LedgerError::Sql(e))),
-            Some(Ok(done)) => done,
+        let done = py.detach(|| catch_unwind(AssertUnwindSafe(|| calls.run(conn, node, commit))));
+        calls.outcomes(py, done)
+    }
+
+    /// `settle_batch(node, calls, commit)` handed to the ledger's own commit thread, which
+    /// never takes the GIL: returns at once; `ready_fd` turns readable when the batch has
+    /// finished and `finished_batch` returns its outcome. One batch at a time: starting a
+    /// second before the first was collected raises `EngineError`.
+    #[pyo3(signature = (node, calls, commit=false))]
+    fn start_batch(
+        &self,
+        py: Python<'_>,
+        node: Py<PyLedgerNode>,
+        calls: Vec<BatchArgs>,
+        commit: bool,
+    ) -> PyResult<()> {
+        if self.owner.bind(py).upgrade().is_none() {
+            return Err(refused("its connection is gone"));
+        }
+        let calls = Calls::read(calls);
+        let conn = Arc::clone(&self.conn);
+        let mut slot = self.committer_slot();
+        let committer = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(
+                Committer::spawn("ledger-commit")
+                    .map_err(|e| refused(format!("cannot start the commit thread: {e}")))?,
+            ),
         };
-        let out = PyList::empty(py);
-        let mut done = done.into_iter();
-        let mut malformed = malformed.into_iter().peekable();
-        for k in 0..calls.len() {
-            if let Some((_, err)) = malformed.next_if(|(m, _)| *m == k) {
-                out.append(err.into_value(py))?;
-                continue;
-            }
-            match done.next() {
-                Some(Ok(a)) => out.append((
-                    PyBytes::new(py, &a.answer),
-                    a.replayed,
-                    a.setl_id,
-                    a.timing.map(|t| (t.preprocess_ns, t.split_ns)),
-                ))?,
-                Some(Err(e)) => out.append(ledger_error("settle", e).into_value(py))?,
-                None => return Err(refused("settle_batch: an answer is missing")),
+        let started = committer.start(move || {
+            let node_ = node.get();
+            let done = catch_unwind(AssertUnwindSafe(|| calls.run(&conn, &node_.inner, commit)));
+            Finished { calls, node, done }
+        });
+        if !started {
+            return Err(refused("a batch is in flight already"));
+        }
+        Ok(())
+    }
+
+    /// The descriptor that turns readable when a batch `start_batch` handed over has
+    /// finished (the ledger's; never close it).
+    #[getter]
+    fn ready_fd(&self) -> Option<i32> {
+        self.committer_slot().as_ref().map(|c| c.ready_fd())
+    }
+
+    /// The outcome of the batch `start_batch` handed over, as `settle_batch` returns it or
+    /// raises it; None while it runs (or when none was started).
+    fn finished_batch<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        let finished = self.committer_slot().as_ref().and_then(|c| c.take());
+        match finished {
+            None => Ok(None),
+            Some(Err(_)) => Err(internal("ledger", "the commit thread")),
+            Some(Ok(Finished { calls, node, done })) => {
+                drop(node);
+                calls.outcomes(py, done).map(Some)
             }
         }
-        Ok(out)
     }
 
     /// PreSettle's answer bytes (a `SettleResponse`) and the engine's time (preprocess,
@@ -451,39 +482,155 @@ type BatchArgs = (
     Option<KeptArgs>,
 );
 
+/// A call's request as decoded on the loop's thread, with what its work needs beside its
+/// arguments.
+enum Decoded {
+    Settle(wire::SettleRequest, Option<Offline>),
+    Keep(wire::SettleRequest, Box<Kept>),
+    Cancel(wire::CancelSettlementRequest),
+}
+
 /// What a call of a batch does, from its arguments; a request (or center's answer) that
 /// does not decode, or a settle without reference data, is refused.
-fn work_of(args: &BatchArgs) -> PyResult<Work<'_>> {
-    let (method, request, _, _, caller, refdata, offline, kept) = args;
+fn decoded(args: &BatchArgs) -> PyResult<Decoded> {
+    let (method, request, _, _, _, refdata, offline, kept) = args;
     match (method.as_str(), kept, refdata) {
-        (cancel::METHOD, _, _) => Ok(Work::Cancel {
-            req: decode(request)?,
-            who: caller.who(),
-        }),
+        (cancel::METHOD, _, _) => Ok(Decoded::Cancel(decode(request)?)),
         (settle::METHOD, Some(kept), _) => {
             let (answer, acc_year, acc_pool, line_results, lines_digest) = kept;
-            Ok(Work::Keep {
-                req: decode(request)?,
-                who: caller.who(),
-                kept: Box::new(Kept {
-                    answer: decode(answer)?,
-                    acc_year: *acc_year,
-                    acc_pool: acc_pool.clone(),
-                    line_results: line_results.clone(),
-                    lines_digest: lines_digest.clone(),
-                }),
-            })
+            let kept = Kept {
+                answer: decode(answer)?,
+                acc_year: *acc_year,
+                acc_pool: acc_pool.clone(),
+                line_results: line_results.clone(),
+                lines_digest: lines_digest.clone(),
+            };
+            Ok(Decoded::Keep(decode(request)?, Box::new(kept)))
         }
-        (settle::METHOD, None, Some((policy, catalog))) => Ok(Work::Settle {
-            req: decode(request)?,
-            caller: caller.caller(policy.get(), catalog.get()),
-            offline: offline.map(|(max_medfee_fen, max_per_day)| Offline {
+        (settle::METHOD, None, Some(_)) => Ok(Decoded::Settle(
+            decode(request)?,
+            offline.map(|(max_medfee_fen, max_per_day)| Offline {
                 max_medfee_fen,
                 max_per_day,
             }),
-        }),
+        )),
         (settle::METHOD, None, None) => Err(refused("a settle needs a policy and a catalog")),
         (other, ..) => Err(refused(format!("settle_batch: no method {other}"))),
+    }
+}
+
+/// A decoded call as the ledger runs it (None for a settle without reference data, which
+/// `decoded` refused already).
+fn call_of<'a>(args: &'a BatchArgs, d: &'a Decoded) -> Option<BatchCall<'a>> {
+    let caller = &args.4;
+    let work = match d {
+        Decoded::Cancel(req) => Work::Cancel {
+            req,
+            who: caller.who(),
+        },
+        Decoded::Keep(req, kept) => Work::Keep {
+            req,
+            who: caller.who(),
+            kept,
+        },
+        Decoded::Settle(req, offline) => {
+            let (policy, catalog) = args.5.as_ref()?;
+            Work::Settle {
+                req,
+                caller: caller.caller(policy.get(), catalog.get()),
+                offline: *offline,
+            }
+        }
+    };
+    Some(BatchCall {
+        req_hash: &args.2,
+        now: args.3,
+        work,
+    })
+}
+
+/// A batch's calls: their arguments and each one's decoded request or refusal. Owned, so
+/// the batch can run on another thread; returned, so its Python objects are released
+/// with the GIL.
+struct Calls {
+    args: Vec<BatchArgs>,
+    decoded: Vec<PyResult<Decoded>>,
+}
+
+/// What a batch the store ran: `None` when the ledger was closed, else the ledger's outcome.
+type BatchDone = Option<Result<Vec<Result<Answered, LedgerError>>, rusqlite::Error>>;
+
+/// A batch the commit thread finished: its calls and node back to the loop's thread.
+struct Finished {
+    calls: Calls,
+    node: Py<PyLedgerNode>,
+    done: std::thread::Result<BatchDone>,
+}
+
+impl Calls {
+    fn read(args: Vec<BatchArgs>) -> Self {
+        let decoded = args.iter().map(decoded).collect();
+        Self { args, decoded }
+    }
+
+    /// The decoded calls as the ledger runs them.
+    fn batch(&self) -> Vec<BatchCall<'_>> {
+        self.args
+            .iter()
+            .zip(&self.decoded)
+            .filter_map(|(args, d)| d.as_ref().ok().and_then(|d| call_of(args, d)))
+            .collect()
+    }
+
+    /// Runs the batch on the connection (and COMMITs it with `commit`).
+    fn run(
+        &self,
+        conn: &Mutex<Option<rusqlite::Connection>>,
+        node: &Node,
+        commit: bool,
+    ) -> BatchDone {
+        let held = conn.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref().map(|c| {
+            let done = settle::settle_batch(c, node, &self.batch())?;
+            if commit {
+                settle::commit(c)?;
+            }
+            Ok(done)
+        })
+    }
+
+    /// One entry per call, in order: its answer tuple, or the exception it met as a value;
+    /// a store failure, a closed ledger or a panic raises.
+    fn outcomes<'py>(
+        self,
+        py: Python<'py>,
+        done: std::thread::Result<BatchDone>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let done = match done {
+            Err(_) => return Err(internal("ledger", "settle_batch")),
+            Ok(None) => return Err(refused("the ledger is closed")),
+            Ok(Some(Err(e))) => return Err(ledger_error("settle_batch", LedgerError::Sql(e))),
+            Ok(Some(Ok(done))) => done,
+        };
+        let out = PyList::empty(py);
+        let mut done = done.into_iter();
+        for d in self.decoded {
+            if let Err(err) = d {
+                out.append(err.into_value(py))?;
+                continue;
+            }
+            match done.next() {
+                Some(Ok(a)) => out.append((
+                    PyBytes::new(py, &a.answer),
+                    a.replayed,
+                    a.setl_id,
+                    a.timing.map(|t| (t.preprocess_ns, t.split_ns)),
+                ))?,
+                Some(Err(e)) => out.append(ledger_error("settle", e).into_value(py))?,
+                None => return Err(refused("settle_batch: an answer is missing")),
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -266,7 +266,7 @@ class Store:
             return self._failed(len(ops), exc)
         try:
             results, tail = await self._run_ops(conn, ops)
-            done = await loop.run_in_executor(self._io, self._finish, conn, tail)
+            done = await self._finish(conn, tail)
         except _BatchFailed as failed:  # the turn is still held: give it back
             self._abandon(conn)
             return self._failed(len(ops), failed.cause)
@@ -305,30 +305,51 @@ class Store:
             results[i] = _run_op(conn, op)
         return results, segment
 
-    def _ledger_run(
-        self, conn: sqlite3.Connection, segment: Segment, *, commit: bool = False
-    ) -> list[Any]:
+    def _ledger_run(self, conn: sqlite3.Connection, segment: Segment) -> list[Any]:
         """A run of ledger calls in one `settle_batch` (on the commit thread; the GIL is
         released inside). Anything it raises loses the batch: a store failure, or a fault
         that may have left a call's savepoint open."""
-        if not segment:
-            return []
-        node = segment[0][1]  # the process's one front-end node
         try:
-            if any(n is not node for _, n, _ in segment):
-                raise RuntimeError("ledger calls of one batch for two nodes")
-            return ledger_of(conn).settle_batch(node, [a for _, _, a in segment], commit)
+            return ledger_of(conn).settle_batch(_node_of(segment), [a for _, _, a in segment])
         except BaseException as exc:
             raise _BatchFailed(exc) from exc
 
-    def _finish(self, conn: sqlite3.Connection, tail: Segment) -> list[Any]:
-        """The batch's last run of ledger calls, then its COMMIT: one hop to this thread,
-        and with ledger calls one GIL-free run in Rust for both (the write turn is given
-        back after; a failure of either loses the batch: `_abandon` rolls back)."""
+    async def _finish(self, conn: sqlite3.Connection, tail: Segment) -> list[Any]:
+        """The batch's last run of ledger calls and its COMMIT, on the ledger's own commit
+        thread (engine_rs/src/ledger/committer.rs), which never takes the GIL: one GIL-free
+        run for both, collected by the loop when the thread's descriptor turns readable
+        (bench/RESULTS.md, issue 15 step 23). Without ledger calls, the COMMIT on this
+        store's commit thread. The write turn is given back after; a failure of the run or
+        of its COMMIT loses the batch (_BatchFailed: `_abandon` rolls back)."""
+        loop = asyncio.get_running_loop()
         if not tail:
-            self._commit(conn)
+            await loop.run_in_executor(self._io, self._commit, conn)
             return []
-        done = self._ledger_run(conn, tail, commit=True)
+        ledger = ledger_of(conn)
+        finished: asyncio.Future[list[Any]] = loop.create_future()
+        try:
+            ledger.start_batch(_node_of(tail), [a for _, _, a in tail], True)
+            fd = ledger.ready_fd
+            assert fd is not None  # the ledger has its commit thread once a batch started
+        except BaseException as exc:
+            raise _BatchFailed(exc) from exc
+
+        def collect() -> None:
+            try:
+                done = ledger.finished_batch()
+            except BaseException as exc:
+                loop.remove_reader(fd)
+                if not finished.done():
+                    finished.set_exception(_BatchFailed(exc))
+                return
+            if done is None:  # woken early: the batch still runs
+                return
+            loop.remove_reader(fd)
+            if not finished.done():
+                finished.set_result(done)
+
+        loop.add_reader(fd, collect)
+        done = await finished
         self._writer_lock.release()
         return done
 
@@ -568,6 +589,14 @@ def _run_op(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -
     except sqlite3.Error as exc:
         raise _BatchFailed(exc) from exc
     return True, value
+
+
+def _node_of(segment: Segment) -> engine_rs.LedgerNode:
+    """The node a run of ledger calls settles for (the process's one front-end node)."""
+    node = segment[0][1]
+    if any(n is not node for _, n, _ in segment):
+        raise RuntimeError("ledger calls of one batch for two nodes")
+    return node
 
 
 def _place(results: list[tuple[bool, Any] | None], segment: Segment, done: list[Any]) -> None:
