@@ -230,9 +230,11 @@ class Ledger:
             ]
         ],
         commit: bool = False,
+        unlock_fd: int | None = None,
     ) -> None:
         """`settle_batch` on the ledger's own commit thread, which never takes the GIL:
-        returns at once; `ready_fd` turns readable when it has finished. One at a time."""
+        returns at once; `ready_fd` turns readable when it has finished. One at a time.
+        `unlock_fd` (with `commit`): an flock the thread unlocks once the COMMIT succeeds."""
     @property
     def ready_fd(self) -> int | None:
         """Readable once a started batch has finished (None before the first start)."""

@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 
 from medsettle.v1 import common_pb2, settlement_pb2
+from server.handlers import WrappedOnce
 
 # Fine enough for sub-millisecond calls (a Ping is ~0.2 ms), up to a 5,000-line stay.
 LATENCY_BUCKETS = (
@@ -247,6 +248,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self._series: dict[str, _Series] = {}
+        self._wrapped = WrappedOnce(self._wrap)
 
     async def intercept_service(
         self,
@@ -258,21 +260,26 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        name = handler_call_details.method
+        return self._wrapped(handler_call_details.method, handler)  # type: ignore[no-any-return]
+
+    def _wrap(self, name: str, handler: Any) -> Any:
         series = self._series.get(name)
         if series is None:
             service, _, method = name.lstrip("/").rpartition("/")
             kind = _grpc_type(handler.request_streaming, handler.response_streaming)
             series = self._series[name] = _Series(kind, service, method)
-        h: Any = handler  # grpc's handlers are namedtuples: `_replace` wraps a behavior
-        wrapped: grpc.RpcMethodHandler[Any, Any] = handler
-        if h.unary_unary is not None:
-            wrapped = h._replace(unary_unary=_unary(h.unary_unary, series, streamed_in=False))
-        elif h.stream_unary is not None:
-            wrapped = h._replace(stream_unary=_unary(h.stream_unary, series, streamed_in=True))
-        elif h.unary_stream is not None:
-            wrapped = h._replace(unary_stream=_stream_out(h.unary_stream, series))
-        return wrapped  # pragma: no cover - the contract has no bidirectional calls
+        # grpc's handlers are namedtuples: `_replace` wraps a behavior
+        if handler.unary_unary is not None:
+            return handler._replace(
+                unary_unary=_unary(handler.unary_unary, series, streamed_in=False)
+            )
+        if handler.stream_unary is not None:
+            return handler._replace(
+                stream_unary=_unary(handler.stream_unary, series, streamed_in=True)
+            )
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_stream_out(handler.unary_stream, series))
+        return handler  # pragma: no cover - the contract has no bidirectional calls
 
 
 def _unary(behavior: Behavior, s: _Series, *, streamed_in: bool) -> Behavior:

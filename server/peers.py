@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from server import metrics
+from server.handlers import WrappedOnce
 
 Behavior = Callable[..., Any]
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -33,6 +34,7 @@ class PeerCalls(grpc.aio.ServerInterceptor):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight: dict[str, int] = {}
+        self._wrapped = WrappedOnce(self._wrap)
 
     async def _enter(self, context: Ctx) -> str:
         address = address_of(context.peer() or "")
@@ -64,11 +66,14 @@ class PeerCalls(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        h: Any = handler  # grpc's handlers are namedtuples: `_replace` wraps a behavior
+        return self._wrapped(handler_call_details.method, handler)  # type: ignore[no-any-return]
+
+    def _wrap(self, method: str, handler: Any) -> Any:
+        # grpc's handlers are namedtuples: `_replace` wraps a behavior
         for kind in ("unary_unary", "stream_unary", "unary_stream", "stream_stream"):
-            behavior = getattr(h, kind)
+            behavior = getattr(handler, kind)
             if behavior is not None:
-                return h._replace(**{kind: self._counted(behavior)})  # type: ignore[no-any-return]
+                return handler._replace(**{kind: self._counted(behavior)})
         return handler
 
     def _counted(self, behavior: Behavior) -> Behavior:

@@ -7,6 +7,8 @@ writing: tests/frontend/test_frontend_crash.py.)"""
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import os
 import select
 import sqlite3
 import sys
@@ -361,3 +363,45 @@ def _commit_threads() -> int:
     """This process's ledger commit threads, as the kernel names them (not Python's)."""
     tasks = Path("/proc/self/task").iterdir()
     return sum((t / "comm").read_text().strip() == "ledger-commit" for t in tasks)
+
+
+def _taken_elsewhere(path: str) -> bool:
+    """Whether an flock on `path` is held by another open file (this probe's fails)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@pytest.mark.parametrize("commits", [True, False])
+def test_the_commit_thread_gives_the_write_turn_back_once_the_commit_succeeds(
+    conn: Connection, tmp_path: Path, commits: bool
+) -> None:
+    """With `unlock_fd`, the write turn's flock is free as soon as the batch's COMMIT
+    succeeds, before the loop collects the outcome; after a failed COMMIT (here: no
+    transaction open) it stays held, for the store to release after rolling back."""
+    lock = str(tmp_path / "turn.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(engine_rs.EngineError, match="unlock_fd without commit"):
+            conn.ledger.start_batch(NODE, [], False, fd)
+        if commits:
+            conn.execute("BEGIN IMMEDIATE")
+        conn.ledger.start_batch(NODE, _mixed_batch(), True, fd)
+        ready = conn.ledger.ready_fd
+        assert ready is not None
+        assert select.select([ready], [], [], 30)[0], "the batch did not finish"
+        assert _taken_elsewhere(lock) is not commits
+        if commits:
+            assert len(conn.ledger.finished_batch() or []) == 5
+            assert not conn.in_transaction
+        else:
+            with pytest.raises(sqlite3.OperationalError):
+                conn.ledger.finished_batch()
+    finally:
+        os.close(fd)

@@ -309,17 +309,25 @@ impl PyLedger {
     /// `settle_batch(node, calls, commit)` handed to the ledger's own commit thread, which
     /// never takes the GIL: returns at once; `ready_fd` turns readable when the batch has
     /// finished and `finished_batch` returns its outcome. One batch at a time: starting a
-    /// second before the first was collected raises `EngineError`.
-    #[pyo3(signature = (node, calls, commit=false))]
+    /// second before the first was collected raises `EngineError`. `unlock_fd` (with
+    /// `commit`): the write turn's lock file (an `flock` the caller holds), unlocked by the
+    /// thread the moment the COMMIT succeeds, so another worker process's batch need not
+    /// wait for this loop to collect the outcome (the caller still releases its own side,
+    /// and after a failure the whole lock).
+    #[pyo3(signature = (node, calls, commit=false, unlock_fd=None))]
     fn start_batch(
         &self,
         py: Python<'_>,
         node: Py<PyLedgerNode>,
         calls: Vec<BatchArgs>,
         commit: bool,
+        unlock_fd: Option<i32>,
     ) -> PyResult<()> {
         if self.owner.bind(py).upgrade().is_none() {
             return Err(refused("its connection is gone"));
+        }
+        if unlock_fd.is_some() && !commit {
+            return Err(refused("unlock_fd without commit: the turn ends with the COMMIT"));
         }
         let calls = Calls::read(calls);
         let conn = Arc::clone(&self.conn);
@@ -334,6 +342,12 @@ impl PyLedger {
         let started = committer.start(move || {
             let node_ = node.get();
             let done = catch_unwind(AssertUnwindSafe(|| calls.run(&conn, &node_.inner, commit)));
+            if let (Some(fd), Ok(Some(Ok(_)))) = (unlock_fd, &done) {
+                // SAFETY: flock on a descriptor number only; the caller keeps `fd` open
+                // until it has collected this batch. A failed unlock (EBADF) leaves the
+                // lock to the caller's own release.
+                unsafe { libc::flock(fd, libc::LOCK_UN) };
+            }
             Finished { calls, node, done }
         });
         if !started {

@@ -328,7 +328,9 @@ class Store:
         ledger = ledger_of(conn)
         finished: asyncio.Future[list[Any]] = loop.create_future()
         try:
-            ledger.start_batch(_node_of(tail), [a for _, _, a in tail], True)
+            # the thread gives the turn back to other processes the moment it commits
+            lock_fd = self._writer_lock.fd
+            ledger.start_batch(_node_of(tail), [a for _, _, a in tail], True, lock_fd)
             fd = ledger.ready_fd
             assert fd is not None  # the ledger has its commit thread once a batch started
         except BaseException as exc:
@@ -532,7 +534,16 @@ class WriterLock:
             raise
         return True
 
+    @property
+    def fd(self) -> int | None:
+        """The lock file's descriptor, once opened (the ledger's commit thread unlocks the
+        flock on it the moment a batch commits: Store._finish)."""
+        return self._fd
+
     def release(self) -> None:
+        """Unlock (again, harmlessly, when the ledger's commit thread already has: an flock
+        belongs to this descriptor's open file, never another process's), then let this
+        process's other threads take the turn."""
         assert self._fd is not None
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread_lock.release()
