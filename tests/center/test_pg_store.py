@@ -161,6 +161,39 @@ def test_transaction_commits_and_rolls_back(pg_dsn: str) -> None:
     assert _one(pg_dsn, "SHOW synchronous_commit") == "on"
 
 
+def test_a_connection_the_server_dropped_is_replaced_at_checkout(pg_dsn: str) -> None:
+    """A pool connection whose backend the server ended (as a restart does) is not handed to
+    a transaction: the pool's check at checkout finds it gone and replaces it (without the
+    check, this transaction would fail)."""
+    init_db(pg_dsn)
+
+    async def backends(store: PgStore) -> set[int]:
+        async def pid(conn: Conn) -> int:
+            row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        return {await store.transaction(pid) for _ in range(3)}
+
+    async def main() -> None:
+        async with PgStore(pg_dsn, min_size=1, max_size=1) as store:
+            first = await backends(store)
+            assert len(first) == 1  # one connection, kept across checkouts
+            pid = next(iter(first))
+            with connect(pg_dsn) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                for _ in range(200):  # the backend has said its goodbye and gone
+                    gone = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+                    if admin.execute(gone, (pid,)).fetchone() is None:
+                        break
+                    threading.Event().wait(0.02)
+            second = await backends(store)
+            assert len(second) == 1 and second != first
+            assert store.retried == 0
+
+    asyncio.run(main())
+
+
 def test_serialization_failure_from_fn_is_retried(pg_dsn: str) -> None:
     init_db(pg_dsn)
     calls = 0
