@@ -192,18 +192,7 @@ class Ledger:
     def settle_batch(
         self,
         node: LedgerNode,
-        calls: list[
-            tuple[
-                str,
-                bytes,
-                bytes,
-                int,
-                LedgerCaller,
-                tuple[Policy, Catalog] | None,
-                tuple[int, int] | None,
-                tuple[bytes, int, str, bytes, bytes] | None,
-            ]
-        ],
+        calls: list[LedgerBatchCall],
         commit: bool = False,
     ) -> list[tuple[bytes, bool, str, tuple[int, int] | None] | BaseException]:
         """The settles and cancels of a batch, each whole in its savepoint, the GIL
@@ -217,18 +206,7 @@ class Ledger:
     def start_batch(
         self,
         node: LedgerNode,
-        calls: list[
-            tuple[
-                str,
-                bytes,
-                bytes,
-                int,
-                LedgerCaller,
-                tuple[Policy, Catalog] | None,
-                tuple[int, int] | None,
-                tuple[bytes, int, str, bytes, bytes] | None,
-            ]
-        ],
+        calls: list[LedgerBatchCall],
         commit: bool = False,
         unlock_fd: int | None = None,
     ) -> None:
@@ -284,6 +262,18 @@ class Ledger:
 
 # (fixmedins_code, hosp_lv, admdvs, opter, roles, rpc) of an authenticated caller
 LedgerCaller: TypeAlias = tuple[str, int, str, str, str, str]
+# One call of `Ledger.settle_batch` / `start_batch`: method, request, req_hash, now, caller,
+# (policy, catalog) for a settle, offline limits, center mode's keep.
+LedgerBatchCall: TypeAlias = tuple[
+    str,
+    bytes,
+    bytes,
+    int,
+    LedgerCaller,
+    tuple[Policy, Catalog] | None,
+    tuple[int, int] | None,
+    tuple[bytes, int, str, bytes, bytes] | None,
+]
 
 @final
 class LedgerNode:

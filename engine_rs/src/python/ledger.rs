@@ -323,11 +323,16 @@ impl PyLedger {
         commit: bool,
         unlock_fd: Option<i32>,
     ) -> PyResult<()> {
-        if self.owner.bind(py).upgrade().is_none() {
+        // Held until the outcome is collected: the handle the batch runs on stays open
+        // even if the store let go of its connection meanwhile.
+        let Some(owner) = self.owner.bind(py).upgrade() else {
             return Err(refused("its connection is gone"));
-        }
+        };
+        let owner = owner.unbind();
         if unlock_fd.is_some() && !commit {
-            return Err(refused("unlock_fd without commit: the turn ends with the COMMIT"));
+            return Err(refused(
+                "unlock_fd without commit: the turn ends with the COMMIT",
+            ));
         }
         let calls = Calls::read(calls);
         let conn = Arc::clone(&self.conn);
@@ -348,7 +353,12 @@ impl PyLedger {
                 // lock to the caller's own release.
                 unsafe { libc::flock(fd, libc::LOCK_UN) };
             }
-            Finished { calls, node, done }
+            Finished {
+                calls,
+                node,
+                owner,
+                done,
+            }
         });
         if !started {
             return Err(refused("a batch is in flight already"));
@@ -370,8 +380,13 @@ impl PyLedger {
         match finished {
             None => Ok(None),
             Some(Err(_)) => Err(internal("ledger", "the commit thread")),
-            Some(Ok(Finished { calls, node, done })) => {
-                drop(node);
+            Some(Ok(Finished {
+                calls,
+                node,
+                owner,
+                done,
+            })) => {
+                drop((node, owner));
                 calls.outcomes(py, done).map(Some)
             }
         }
@@ -574,10 +589,12 @@ struct Calls {
 /// What a batch the store ran: `None` when the ledger was closed, else the ledger's outcome.
 type BatchDone = Option<Result<Vec<Result<Answered, LedgerError>>, rusqlite::Error>>;
 
-/// A batch the commit thread finished: its calls and node back to the loop's thread.
+/// A batch the commit thread finished: its calls, node and connection back to the loop's
+/// thread (their references are released there, with the GIL).
 struct Finished {
     calls: Calls,
     node: Py<PyLedgerNode>,
+    owner: Py<PyAny>,
     done: std::thread::Result<BatchDone>,
 }
 
