@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import sqlite3
 import subprocess
 import sys
@@ -18,9 +19,11 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+import engine_rs
+from medsettle.v1 import settlement_pb2
 from server.frontend.store import line_results
 from server.frontend.store.migrations import MIGRATIONS, _statements, migrate
-from server.frontend.store.sqlite import LedgerCall, Store, init_db
+from server.frontend.store.sqlite import LedgerCall, Store, init_db, ledger_of
 from server.security.datakeys import DataKeys
 from server.security.pii import Vault
 
@@ -286,3 +289,48 @@ def test_connections_are_durable_and_a_batch_of_ledger_calls_keeps_its_journal_i
     assert alone == again == after == ("wal", 2, 2)  # FULL; MEMORY
     assert mixed_op == mixed_call == ("wal", 2, 0)  # FULL; the build's default (files)
     assert read == ("wal", 2, 0)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_flush_cancelled_around_a_ledger_batch_leaves_the_turn_free(
+    tmp_path: Path, when: str
+) -> None:
+    """A batch of ledger calls runs on the ledger's own thread while the store's flush waits
+    for its outcome. A flush cancelled meanwhile (a shutdown), before the outcome came or
+    after it came but before the flush took it, does not keep this process's write turn:
+    the next write runs. (The cancelled flush's callers are not answered.)"""
+    path = str(tmp_path / "s.db")
+    init_db(path)
+    store = Store(path, readers=1)
+    node = engine_rs.LedgerNode("01", 480, bytes(32), 1, bytes(32))
+    caller = ("H1", 3, "440100", "op", "clerk", "/medsettle.v1.Settlement/CancelSettlement")
+    request = settlement_pb2.CancelSettlementRequest(setl_id="S-none").SerializeToString()
+    args = ("CancelSettlement", request, b"h", 1, caller, None, None, None)
+    call = LedgerCall(node, "CancelSettlement", lambda conn: args)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[Any] = asyncio.ensure_future(store.write(call))
+        # the batch is on the ledger's thread once its ledger has a wake-up descriptor
+        while store._conn is None or ledger_of(store._conn).ready_fd is None:
+            await asyncio.sleep(0)
+        if when == "after":  # the outcome collected, the flush not yet resumed
+            ready = ledger_of(store._conn).ready_fd
+            assert ready is not None
+            await loop.run_in_executor(None, select.select, [ready], [], [], 30)
+            await asyncio.sleep(0)
+        assert store._task is not None
+        store._task.cancel()
+        first.cancel()
+        deadline = loop.time() + 30
+        while not store._writer_lock.try_acquire():
+            assert loop.time() < deadline, "the write turn was never given back"
+            await asyncio.sleep(0.01)
+        store._writer_lock.release()
+        with pytest.raises(engine_rs.Refused, match="no settlement S-none"):
+            await asyncio.wait_for(store.write(call), 30)
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()

@@ -270,6 +270,12 @@ class Store:
         except _BatchFailed as failed:  # the turn is still held: give it back
             self._abandon(conn)
             return self._failed(len(ops), failed.cause)
+        except _BatchUndone as undone:  # rolled back and the turn given back already
+            return self._failed(len(ops), undone.cause)
+        except asyncio.CancelledError:
+            # The flush itself is cancelled (a shutdown): the batch, on a commit thread, ends
+            # on its own and gives the turn back (`_finish`); its callers are not answered.
+            raise
         except BaseException as exc:  # the commit failed: nobody is acknowledged
             self._drop_writer()
             return self._failed(len(ops), exc)
@@ -319,8 +325,9 @@ class Store:
         thread (engine_rs/src/ledger/committer.rs), which never takes the GIL: one GIL-free
         run for both, collected by the loop when the thread's descriptor turns readable
         (bench/RESULTS.md, issue 15 step 23). Without ledger calls, the COMMIT on this
-        store's commit thread. The write turn is given back after; a failure of the run or
-        of its COMMIT loses the batch (_BatchFailed: `_abandon` rolls back)."""
+        store's commit thread. The write turn is given back once the batch has committed; a
+        failure of the run or of its COMMIT loses the batch (rolled back and the turn given
+        back: _BatchUndone; _BatchFailed when it could not start)."""
         loop = asyncio.get_running_loop()
         if not tail:
             await loop.run_in_executor(self._io, self._commit, conn)
@@ -336,24 +343,26 @@ class Store:
         except BaseException as exc:
             raise _BatchFailed(exc) from exc
 
+        # The batch is finished here, when its outcome comes, whether or not anyone still
+        # awaits it: a flush cancelled meanwhile must not keep the write turn.
         def collect() -> None:
             try:
                 done = ledger.finished_batch()
             except BaseException as exc:
                 loop.remove_reader(fd)
+                self._abandon(conn)
                 if not finished.done():
-                    finished.set_exception(_BatchFailed(exc))
+                    finished.set_exception(_BatchUndone(exc))
                 return
             if done is None:  # woken early: the batch still runs
                 return
             loop.remove_reader(fd)
+            self._writer_lock.release()
             if not finished.done():
                 finished.set_result(done)
 
         loop.add_reader(fd, collect)
-        done = await finished
-        self._writer_lock.release()
-        return done
+        return await finished
 
     def _set_temp_store(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
         """Before BEGIN: SQLite's temporary files (the savepoints' journal) in memory for a
@@ -552,6 +561,15 @@ class WriterLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _BatchUndone(Exception):
+    """A batch on the ledger's commit thread failed: it was rolled back and the write turn
+    given back already (`Store._finish`)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _BatchFailed(Exception):
