@@ -97,18 +97,30 @@ impl<T: Send + 'static> Committer<T> {
         outcome
     }
 
+    /// Ends the thread after the task in flight, if any, and returns that task's outcome
+    /// when nobody took it.
+    pub fn close(mut self) -> Option<Outcome<T>> {
+        self.join();
+        self.take()
+    }
+
+    fn join(&mut self) {
+        self.tasks.take(); // the thread's queue ends: it finishes its task, if any, and exits
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
     /// Whether a task was started and its outcome not yet taken.
-    pub fn busy(&self) -> bool {
+    #[cfg(test)]
+    fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire)
     }
 }
 
 impl<T: Send + 'static> Drop for Committer<T> {
     fn drop(&mut self) {
-        self.tasks.take(); // the thread's queue ends: it finishes its task, if any, and exits
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.join();
     }
 }
 
@@ -144,6 +156,18 @@ mod tests {
         assert!(!c.busy());
         assert!(c.start(|| 9));
         assert_eq!(wait(&c).expect("no panic"), 9);
+    }
+
+    #[test]
+    fn closing_waits_for_the_task_in_flight_and_hands_back_its_outcome() {
+        let c = Committer::spawn("test-commit").expect("spawn");
+        let (go, gate) = channel::<()>();
+        assert!(c.start(move || {
+            gate.recv().ok();
+            5
+        }));
+        go.send(()).expect("gate");
+        assert_eq!(c.close().expect("an outcome").expect("no panic"), 5);
     }
 
     #[test]

@@ -203,14 +203,8 @@ impl PyLedger {
     fn close(&self, py: Python<'_>) {
         let committer = self.committer_slot().take();
         // the thread never takes the GIL; joining it must not hold it either
-        let finished = py.detach(move || {
-            committer.and_then(|c| {
-                let last = c.take();
-                drop(c);
-                last
-            })
-        });
-        drop(finished); // a batch nobody collected: its arguments are released here
+        let finished = py.detach(move || committer.and_then(Committer::close));
+        drop(finished); // a batch nobody collected: its arguments are released here, with the GIL
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         conn.take();
     }

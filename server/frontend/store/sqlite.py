@@ -267,11 +267,11 @@ class Store:
         try:
             results, tail = await self._run_ops(conn, ops)
             done = await self._finish(conn, tail)
+        except _BatchUndone as undone:  # rolled back and the turn given back already
+            return self._failed(len(ops), undone.cause)
         except _BatchFailed as failed:  # the turn is still held: give it back
             self._abandon(conn)
             return self._failed(len(ops), failed.cause)
-        except _BatchUndone as undone:  # rolled back and the turn given back already
-            return self._failed(len(ops), undone.cause)
         except asyncio.CancelledError:
             # The flush itself is cancelled (a shutdown): the batch, on a commit thread, ends
             # on its own and gives the turn back (`_finish`); its callers are not answered.
@@ -563,15 +563,6 @@ class WriterLock:
             self._fd = None
 
 
-class _BatchUndone(Exception):
-    """A batch on the ledger's commit thread failed: it was rolled back and the write turn
-    given back already (`Store._finish`)."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
 class _BatchFailed(Exception):
     """An operation met a store failure: its batch cannot commit (SQLite may already have
     rolled the whole transaction back, savepoints and all)."""
@@ -579,6 +570,11 @@ class _BatchFailed(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class _BatchUndone(_BatchFailed):
+    """A batch on the ledger's commit thread failed: it was rolled back and the write turn
+    given back already (`Store._finish`)."""
 
 
 def _store_failure(exc: BaseException) -> bool:
