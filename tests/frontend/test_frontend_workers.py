@@ -369,8 +369,14 @@ def test_sigterm_lets_inflight_stream_finish_then_exits_zero(tmp_path: Path, wor
 
         stopper = threading.Thread(target=lambda: stop_code.append(server.stop(SAFETY_S)))
         stopper.start()
-        # SIGTERM is on its way: a new call is soon refused, while the streams are open.
-        wait_until(lambda: refused(server), "a new call to be refused after SIGTERM")
+        # SIGTERM is on its way: every worker soon closes its listener, while the streams are
+        # open. Probing before that can hit the instant a listener closes, when the kernel
+        # drops the SYN and the client resends it after 1 s and then 3 s -- a probe's own
+        # timeout, not an answer -- so the probes wait until no worker listens.
+        wait_until(
+            lambda: not any(tcp(p, server.port, psutil.CONN_LISTEN) for p in procs),
+            "every worker to close its listener after SIGTERM",
+        )
         for _ in range(5):
             assert refused(server), "a new call was accepted after SIGTERM"
         assert all(h.thread.is_alive() for h in held), "held streams ended before release"
