@@ -12,10 +12,12 @@ first answer byte for byte and change nothing; the stored accumulators must be t
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
-import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -279,6 +281,41 @@ def _commit_batches(port: int) -> tuple[float, float]:
     return got["count"], got["sum"]
 
 
+def _started(port: int) -> float:
+    """Calls the server has started so far, every method together."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("grpc_server_started_total{")
+    )
+
+
+def _burst(
+    frontend: LocalServer, port: int, send: Callable[[Any], Any], burst: list[Any]
+) -> list[Any]:
+    """`send` over every item of `burst` at once, while the test holds the store's write
+    turn (the flock on `<db>.lock`: server/frontend/store/sqlite.py, WriterLock) until the
+    server has started every call. They queue behind it and share the next batches, however
+    slowly twelve threads start on a busy machine; each would otherwise find the store idle
+    and commit alone."""
+    fd = os.open(f"{frontend.db}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        before = _started(port)
+        with ThreadPoolExecutor(len(burst)) as pool:
+            futures = [pool.submit(send, t) for t in burst]
+            deadline = time.monotonic() + 30  # a safety net, never an expectation
+            while _started(port) - before < len(burst):
+                assert time.monotonic() < deadline, "the burst never reached the server"
+                time.sleep(0.01)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return [f.result() for f in futures]
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture
 def metered(tmp_path: Path) -> Iterator[tuple[LocalServer, int]]:
     port = free_port()
@@ -339,8 +376,7 @@ def test_concurrent_settles_in_shared_batches_match_settling_one_at_a_time(
         commits_before, ops_before = _commit_batches(port)
         burst = [*todo, *bad]
         np.random.default_rng(7).shuffle(burst)
-        with ThreadPoolExecutor(len(burst)) as pool:
-            outcomes = list(pool.map(send, burst))
+        outcomes = _burst(frontend, port, send, burst)
         commits, ops = _commit_batches(port)
     answers = [o for o in outcomes if isinstance(o, settlement_pb2.SettleResponse)]
     refused = sorted(o.code.name for o in outcomes if isinstance(o, MedsettleError))
@@ -431,12 +467,8 @@ def test_cancels_share_batches_with_settles_and_give_back_what_each_settle_added
             (latest[CIVIL.psn_no][0][0].setl_id, other_visit, None),  # another visit's
         ]
         before_refused = {t: _stored_acc(frontend.db, t) for t in oracle.acc}
-        # the burst's calls leave together (twelve threads started one by one may each
-        # find the store idle and commit alone on a busy machine)
-        start = threading.Barrier(len(new) + len(cancels) + len(refused))
 
         def send(t: Any) -> Any:
-            start.wait(timeout=30)
             try:
                 if len(t) == 3:
                     return c.cancel_settlement(t[0], mdtrt_id=t[1], msgid=t[2])
@@ -448,8 +480,7 @@ def test_cancels_share_batches_with_settles_and_give_back_what_each_settle_added
         commits_before, ops_before = _commit_batches(port)
         burst: list[Any] = [*new, *cancels, *refused]
         np.random.default_rng(11).shuffle(burst)
-        with ThreadPoolExecutor(len(burst)) as pool:
-            outcomes = dict(zip(map(id, burst), pool.map(send, burst), strict=True))
+        outcomes = dict(zip(map(id, burst), _burst(frontend, port, send, burst), strict=True))
         commits, ops = _commit_batches(port)
     assert ops - ops_before >= len(burst)
     assert commits - commits_before < len(new) + len(cancels)  # they shared batches
