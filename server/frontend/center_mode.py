@@ -114,7 +114,7 @@ class CenterMode:
 
         outcome = Outcome()
         try:
-            got = await self.store.read(prepare)
+            got = await self.store.read_together(prepare)
             if isinstance(got, bytes):
                 metrics.settle_answered("center", "frontend", got, replayed=True)
                 return got
@@ -244,7 +244,7 @@ class CenterMode:
             assert isinstance(ask, Ask)  # no msgid's answer is looked up
             return ask
 
-        c = await self.store.read(prepare)
+        c = await self.store.read_together(prepare)
         answer = await self.routes.link_for(c.insured_region).settle(c.request)
         info = answer.setlinfo
         info.msgid = header.msgid

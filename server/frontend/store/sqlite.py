@@ -34,7 +34,8 @@ the GIL released, each in its own savepoint; the last run of them shares the hop
 COMMIT.
 
 Reads (`read`) run on a small thread pool, each in a deferred transaction: a consistent
-snapshot that never blocks the writer (WAL).
+snapshot that never blocks the writer (WAL). The hot path's reads (`read_together`) go
+to that pool in groups, one snapshot and one hop a group (read_groups.py).
 
 The database and its -wal, -shm and .lock files are the owner's alone (0600): they hold
 personal data. SQLite gives the -wal and -shm files the database file's mode, so the
@@ -52,7 +53,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -61,6 +62,7 @@ import engine_rs
 from server import metrics
 from server.errors import Unavailable
 from server.frontend.store.migrations import migrate
+from server.frontend.store.read_groups import ReadGroups, ReadOutcome
 from server.security.datakeys import DataKeys
 
 log = logging.getLogger("medsettle.store")
@@ -190,6 +192,7 @@ class Store:
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-read")
+        self.read_groups = ReadGroups(self._readers, self._read_all)
         # BEGIN IMMEDIATE (which may wait for another worker process) and COMMIT (the fsync)
         # run on this thread, so the event loop never blocks on a lock or the disk.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
@@ -476,18 +479,43 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self.read_sync, op)
 
+    async def read_together(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """`read`, in one snapshot with the other reads queued meanwhile (read_groups.py):
+        for the hot path's reads, one hop to a reader thread per group, not per call."""
+        return await self.read_groups.read(op)
+
     def read_sync(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            return op(conn)
+        finally:
+            conn.execute("ROLLBACK")
+
+    def _read_all(self, ops: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[ReadOutcome]:
+        """A group of reads in one snapshot, each one's outcome (on a reader thread)."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            outcomes: list[ReadOutcome] = []
+            for op in ops:
+                try:
+                    outcomes.append((True, op(conn)))
+                except Exception as exc:  # this read's own outcome (a refusal, a failure)
+                    outcomes.append((False, exc))
+            return outcomes
+        finally:
+            conn.execute("ROLLBACK")
+
+    def _reader(self) -> sqlite3.Connection:
+        """This reader thread's connection."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.path)
             self._local.conn = conn
             with self._lock:
                 self._reader_conns.append(conn)
-        conn.execute("BEGIN")
-        try:
-            return op(conn)
-        finally:
-            conn.execute("ROLLBACK")
+        return conn
 
     def close(self) -> None:
         """Wait for the queued writes, then close the connections and the threads."""
