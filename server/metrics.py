@@ -329,14 +329,58 @@ def setl_info(response: bytes) -> common_pb2.SetlInfo:
     return settlement_pb2.SettleResponse.FromString(response).setlinfo
 
 
+class Tally:
+    """Settles and cancels counted, with their amounts, and added to the counters once a
+    label when `flush`ed. An increment of a shared counter takes a lock and writes its
+    file (about 3 us; a settle touches five or six): a batch of answers adds each label
+    once (the center's `SettleSummaries`), one answer its labels once (the functions below)."""
+
+    def __init__(self) -> None:
+        self._adds: dict[tuple[Any, ...], int] = {}
+
+    def _add(self, key: tuple[Any, ...], n: int) -> None:
+        self._adds[key] = self._adds.get(key, 0) + n
+
+    def settle_answered(self, mode: str, role: str, response: bytes, replayed: bool) -> None:
+        """A Settle answered (durably committed, or replayed): counted, and its amounts
+        added per fund unless it is a replay."""
+        info = setl_info(response)
+        outcome = "replayed" if replayed else "settled"
+        self._add((SETTLEMENTS, mode, role, str(info.insutype), outcome), 1)
+        if not replayed:
+            self._amounts(FUND_PAID, info)
+
+    def settle_refused(self, mode: str, role: str, code: grpc.StatusCode) -> None:
+        self._add((SETTLEMENTS, mode, role, "", code.name), 1)
+
+    def cancel_answered(self, mode: str, role: str, response: bytes, replayed: bool) -> None:
+        info = setl_info(response)
+        self._add((CANCELS, mode, role, "replayed" if replayed else "cancelled"), 1)
+        if not replayed:
+            self._amounts(FUND_CANCELLED, info)
+
+    def cancel_refused(self, mode: str, role: str, code: grpc.StatusCode) -> None:
+        self._add((CANCELS, mode, role, code.name), 1)
+
+    def _amounts(self, counter: Counter, info: common_pb2.SetlInfo) -> None:
+        for leg in info.setldetail:
+            if leg.fund_payamt:
+                self._add((counter, leg.fund_pay_type), leg.fund_payamt)
+        if info.acct_pay:
+            self._add((counter, "acct_pay"), info.acct_pay)
+        if info.psn_cash_pay:
+            self._add((counter, "psn_cash_pay"), info.psn_cash_pay)
+
+    def flush(self) -> None:
+        adds, self._adds = self._adds, {}
+        for (metric, *labels), n in adds.items():
+            _child(metric, *labels).inc(n)
+
+
 def settle_answered(mode: str, role: str, response: bytes, replayed: bool) -> None:
-    """A Settle answered (durably committed, or replayed): counted, and its amounts added
-    per fund unless it is a replay."""
-    info = setl_info(response)
-    outcome = "replayed" if replayed else "settled"
-    _child(SETTLEMENTS, mode, role, str(info.insutype), outcome).inc()
-    if not replayed:
-        _add_amounts(FUND_PAID, info)
+    tally = Tally()
+    tally.settle_answered(mode, role, response, replayed)
+    tally.flush()
 
 
 def settle_refused(mode: str, role: str, code: grpc.StatusCode) -> None:
@@ -344,24 +388,13 @@ def settle_refused(mode: str, role: str, code: grpc.StatusCode) -> None:
 
 
 def cancel_answered(mode: str, role: str, response: bytes, replayed: bool) -> None:
-    info = setl_info(response)
-    _child(CANCELS, mode, role, "replayed" if replayed else "cancelled").inc()
-    if not replayed:
-        _add_amounts(FUND_CANCELLED, info)
+    tally = Tally()
+    tally.cancel_answered(mode, role, response, replayed)
+    tally.flush()
 
 
 def cancel_refused(mode: str, role: str, code: grpc.StatusCode) -> None:
     _child(CANCELS, mode, role, code.name).inc()
-
-
-def _add_amounts(counter: Counter, info: common_pb2.SetlInfo) -> None:
-    for leg in info.setldetail:
-        if leg.fund_payamt:
-            _child(counter, leg.fund_pay_type).inc(leg.fund_payamt)
-    if info.acct_pay:
-        _child(counter, "acct_pay").inc(info.acct_pay)
-    if info.psn_cash_pay:
-        _child(counter, "psn_cash_pay").inc(info.psn_cash_pay)
 
 
 _CHILDREN: dict[tuple[Any, ...], Any] = {}

@@ -130,7 +130,11 @@ class CenterService:
             return await self.store.read(
                 lambda conn: center.settle_summary(conn, self.env, request, digest, now)
             )
-        return await self._answered(request, self._submit(request, now))
+        tally = metrics.Tally()
+        try:
+            return await self._answered(request, self._submit(request, now), tally)
+        finally:
+            tally.flush()
 
     async def SettleSummaries(self, request: center_pb2.CenterSettleBatch, context: Ctx) -> Any:
         """Each item as its own SettleSummary, all submitted before any is awaited so they
@@ -146,16 +150,20 @@ class CenterService:
             except ClientError as exc:
                 submitted.append(exc)
         resp = center_pb2.CenterSettleBatchResponse()
-        for call, got in zip(request.calls, submitted, strict=True):
-            out = resp.outcomes.add()
-            try:
-                if isinstance(got, ClientError):
-                    raise got
-                answer = await self._answered(call, got)
-            except ClientError as exc:
-                out.code, out.message = exc.code.value[0], exc.message
-                continue
-            out.answer.MergeFromString(answer)
+        tally = metrics.Tally()
+        try:
+            for call, got in zip(request.calls, submitted, strict=True):
+                out = resp.outcomes.add()
+                try:
+                    if isinstance(got, ClientError):
+                        raise got
+                    answer = await self._answered(call, got, tally)
+                except ClientError as exc:
+                    out.code, out.message = exc.code.value[0], exc.message
+                    continue
+                out.answer.MergeFromString(answer)
+        finally:
+            tally.flush()  # once a label for the whole call, before its answer leaves
         return resp
 
     def _submit(
@@ -170,16 +178,19 @@ class CenterService:
         return payload_hash("SettleSummary", request)
 
     async def _answered(
-        self, request: center_pb2.CenterSettleRequest, answer: Awaitable[summaries.Answer]
+        self,
+        request: center_pb2.CenterSettleRequest,
+        answer: Awaitable[summaries.Answer],
+        tally: metrics.Tally,
     ) -> bytes:
-        """A submitted settle's answer, counted; its refusal counted and audited."""
+        """A submitted settle's answer, counted in `tally`; its refusal counted and audited."""
         try:
             resp, replayed = await answer
         except ClientError as exc:
-            metrics.settle_refused("center", "center", exc.code)
+            tally.settle_refused("center", "center", exc.code)
             await self.auditor.refused(SETTLE, request, exc)
             raise
-        metrics.settle_answered("center", "center", resp, replayed)
+        tally.settle_answered("center", "center", resp, replayed)
         return resp
 
     async def _settle_alone(self, call: summaries.Call) -> summaries.Answer:

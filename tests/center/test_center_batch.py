@@ -179,13 +179,26 @@ def batch_sizes(port: int) -> tuple[float, float, float]:
     return got["count"], got["sum"], got["fallbacks"]
 
 
+def business(port: int) -> dict[str, float]:
+    """The center's settles counted and their amounts (medsettle_settlements_total and
+    medsettle_fund_paid_fen_total, every label)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    wanted = ("medsettle_settlements_total{", "medsettle_fund_paid_fen_total{")
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in text.splitlines())
+        if name.startswith(wanted)
+    }
+
+
 def run(
     tmp: Path,
     dsn: str,
     batch: int,
     waves: tuple[Wave, Wave],
     send: Callable[[str, Wave], list[Outcome]],
-) -> tuple[list[Outcome], list[Outcome], tuple[float, float, float]]:
+) -> tuple[list[Outcome], list[Outcome], tuple[float, float, float], dict[str, float]]:
     mport = free_port()
     server = LocalServer(
         dsn,
@@ -198,12 +211,13 @@ def run(
         got1 = send(server.target, first)
         got2 = send(server.target, second)
         sizes = batch_sizes(mport)
+        counted = business(mport)
     finally:
         server.stop()
     # the batches took their chains' heads with their reads: the chains are whole
     chains = verify(dsn, "--key-file", str(server.center_key_file()))
     assert chains.returncode == 0, chains.stdout + chains.stderr
-    return got1, got2, sizes
+    return got1, got2, sizes, counted
 
 
 def test_calls_settled_together_answer_as_one_after_another(tmp_path: Path) -> None:
@@ -248,10 +262,17 @@ def test_a_settle_batch_call_answers_as_its_calls_one_after_another(tmp_path: Pa
         assert batches <= 4  # each call's items settled together (a held retry: the next)
         alone = run(tmp_path, alone_dsn, 1, (first, second), one_by_one)
         assert together[:2] == alone[:2]
+        # the batch's settles counted once a label: the same counts and amounts as alone
+        assert together[3] == alone[3]
         codes = [o[0] for o in together[0] + together[1]]
         # the retries sent with their first try in one call are held for the next batch
         # and replay it; a rival of a visit or setl_id settled earlier in the call is refused
         assert codes.count("ok") == 15 + 3 + 6
+        counted = together[3]
+        settled = sum(v for k, v in counted.items() if 'outcome="settled"' in k)
+        replayed = sum(v for k, v in counted.items() if 'outcome="replayed"' in k)
+        assert settled + replayed == codes.count("ok") and settled > 0 and replayed > 0
+        assert any(k.startswith("medsettle_fund_paid_fen_total{") for k in counted)
         assert ledger(batched_dsn) == ledger(alone_dsn)
 
 
