@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from server.frontend.store.read_groups import ReadGroups
 from server.frontend.store.sqlite import Store
 
 SAFETY_S = 30.0  # a bound on waits, never an expectation
@@ -124,3 +126,23 @@ def test_a_caller_that_gives_up_leaves_the_rest_of_its_group_answered(store: Sto
     first, cancelled, last = asyncio.run(main())
     assert (first, last) == ("v1", "v4")
     assert isinstance(cancelled, asyncio.CancelledError)
+
+
+def test_a_read_asked_as_the_last_group_ends_gets_a_runner() -> None:
+    """A read asked by a caller the moment its own read is answered (before the finished
+    runner's task has left any set of tasks) still gets a runner, with one runner at most."""
+
+    def run_all(ops: Sequence[Callable[[Any], Any]]) -> list[tuple[bool, Any]]:
+        return [(True, op(None)) for op in ops]
+
+    async def main() -> list[int]:
+        with ThreadPoolExecutor(1) as pool:
+            groups = ReadGroups(pool, run_all, most=1)
+            async with asyncio.timeout(SAFETY_S):
+                got = [await groups.read(lambda _: 1)]
+                # asked in the same step as the answer came (awaited inline, not as a task
+                # of its own): the runner that answered has just finished
+                got.append(await groups.read(lambda _: 2))
+            return got
+
+    assert asyncio.run(main()) == [1, 2]

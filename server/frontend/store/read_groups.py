@@ -43,7 +43,11 @@ class ReadGroups:
         self.most = most
         self.largest = largest
         self._queued: list[tuple[Read, asyncio.Future[Any]]] = []
-        self._runners: set[asyncio.Task[None]] = set()
+        # Runners not yet finished, counted by the runners themselves: a finished task
+        # leaves a set of tasks only in a later callback, and a read asked meanwhile would
+        # find every place taken and wait for a runner that never comes.
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps tasks weakly
         self.groups = 0  # groups run so far
 
     async def read(self, op: Callable[[Any], T]) -> T:
@@ -51,13 +55,20 @@ class ReadGroups:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queued.append((op, fut))
-        if len(self._runners) < self.most:
+        if self._running < self.most:
+            self._running += 1
             task = loop.create_task(self._run())
-            self._runners.add(task)
-            task.add_done_callback(self._runners.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await fut
 
     async def _run(self) -> None:
+        try:
+            await self._groups()
+        finally:
+            self._running -= 1
+
+    async def _groups(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queued:
             group = self._queued[: self.largest]

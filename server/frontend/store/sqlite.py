@@ -490,7 +490,7 @@ class Store:
         try:
             return op(conn)
         finally:
-            conn.execute("ROLLBACK")
+            _end_read(conn)
 
     def _read_all(self, ops: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[ReadOutcome]:
         """A group of reads in one snapshot, each one's outcome (on a reader thread)."""
@@ -505,7 +505,7 @@ class Store:
                     outcomes.append((False, exc))
             return outcomes
         finally:
-            conn.execute("ROLLBACK")
+            _end_read(conn)
 
     def _reader(self) -> sqlite3.Connection:
         """This reader thread's connection."""
@@ -657,6 +657,13 @@ def _place(results: list[tuple[bool, Any] | None], segment: Segment, done: list[
     that call's failure)."""
     for (i, _, _), value in zip(segment, done, strict=True):
         results[i] = (False, value) if isinstance(value, BaseException) else (True, value)
+
+
+def _end_read(conn: sqlite3.Connection) -> None:
+    """End a read's transaction (unless a failure inside it has already ended it: a ROLLBACK
+    then would raise over the read's own outcome)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
