@@ -306,11 +306,13 @@ def _burst(
         before = _started(port)
         with ThreadPoolExecutor(len(burst)) as pool:
             futures = [pool.submit(send, t) for t in burst]
-            deadline = time.monotonic() + 30  # a safety net, never an expectation
-            while _started(port) - before < len(burst):
-                assert time.monotonic() < deadline, "the burst never reached the server"
-                time.sleep(0.01)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            try:
+                deadline = time.monotonic() + 30  # a safety net, never an expectation
+                while _started(port) - before < len(burst):
+                    assert time.monotonic() < deadline, "the burst never reached the server"
+                    time.sleep(0.01)
+            finally:  # before the pool waits for the calls, which wait for the turn
+                fcntl.flock(fd, fcntl.LOCK_UN)
             return [f.result() for f in futures]
     finally:
         os.close(fd)
