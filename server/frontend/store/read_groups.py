@@ -86,9 +86,14 @@ class ReadGroups:
             except Exception as exc:  # the group as a whole (no reader thread): each is told
                 outcomes = [(False, exc)] * len(group)
             for (_, fut), (ok, value) in zip(group, outcomes, strict=True):
-                if fut.done():  # its caller gave up meanwhile
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+                resolve(fut, ok, value)
+
+
+def resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """A waiting caller's outcome (its value, or what it raised), unless it gave up."""
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)

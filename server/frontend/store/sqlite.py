@@ -62,7 +62,7 @@ import engine_rs
 from server import metrics
 from server.errors import Unavailable
 from server.frontend.store.migrations import migrate
-from server.frontend.store.read_groups import ReadGroups, ReadOutcome
+from server.frontend.store.read_groups import ReadGroups, ReadOutcome, resolve
 from server.security.datakeys import DataKeys
 
 log = logging.getLogger("medsettle.store")
@@ -249,7 +249,7 @@ class Store:
                 del self._pending[: self.batch_max]
                 results = await self._run_batch([op for op, _ in batch])
                 for (_, fut), (ok, value) in zip(batch, results, strict=True):
-                    _resolve(fut, ok, value)
+                    resolve(fut, ok, value)
         finally:
             self._flushing = False
             self._idle.set()
@@ -664,12 +664,3 @@ def _end_read(conn: sqlite3.Connection) -> None:
     then would raise over the read's own outcome)."""
     if conn.in_transaction:
         conn.execute("ROLLBACK")
-
-
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.cancelled():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
