@@ -27,7 +27,6 @@ from server.common import (
     Caller,
     Env,
     HeaderFields,
-    Outcome,
     Trail,
     authenticate,
     check_header,
@@ -112,7 +111,6 @@ class CenterMode:
             caller = authenticate(conn, env, header, now, SETTLE)
             return settle.center_ask(conn, env, caller, data, digest)
 
-        outcome = Outcome()
         try:
             got = await self.store.read_together(prepare)
             if isinstance(got, bytes):
@@ -133,11 +131,9 @@ class CenterMode:
                     await asyncio.shield(self._leave_undo(undo, region, later))
                 if not isinstance(exc, Unavailable) or self.offline is None:
                     raise
-                resp = await self._settle_offline(req, now, self.offline, outcome)
-                metrics.settle_answered("offline", "frontend", resp, outcome.replayed)
-                return resp
+                return await self._settle_offline(req, now, self.offline)
             try:
-                resp = await self._keep(req, now, got, answer, outcome)
+                resp = await self._keep(req, now, got, answer)
             except (StoreUnavailable, asyncio.CancelledError):
                 # Not kept for a reason a retry of this msgid may get past: the same grace.
                 undo = undo_request(env, header, answer.setlinfo.setl_id)
@@ -149,8 +145,7 @@ class CenterMode:
         except ClientError as exc:
             metrics.settle_refused("center", "frontend", exc.code)
             raise
-        metrics.settle_answered("center", "frontend", resp, outcome.replayed)
-        return resp
+        return resp  # counted with the keep's batch (settle.keep_call)
 
     async def _undo(self, header: HeaderFields, setl_id: str, region: str) -> None:
         """The center committed a settlement this front-end then could not keep (the visit or
@@ -191,7 +186,6 @@ class CenterMode:
         now: int,
         got: Ask,
         answer: center_pb2.CenterSettleResponse,
-        outcome: Outcome,
     ) -> bytes:
         """Keep the settlement the center committed, with the idempotency record (in the
         ledger, in the store's next batch: settle.keep_call)."""
@@ -207,14 +201,13 @@ class CenterMode:
             got,
             answer,
         )
-        return await settle.in_batch(self.store, call, outcome)
+        return await settle.in_batch(self.store, call)
 
     async def _settle_offline(
         self,
         req: Raw,
         now: int,
         limits: OfflineLimits,
-        outcome: Outcome,
     ) -> bytes:
         """Settle here from the cached accumulators, marked offline; the forwarder sends it
         to the center when the link returns (where a disagreement is recorded, not lost)."""
@@ -230,7 +223,7 @@ class CenterMode:
             SETTLE,
             limits,
         )
-        return await settle.in_batch(self.store, call, outcome)
+        return await settle.in_batch(self.store, call)
 
     async def pre_settle(self, req: settlement_pb2.SettleRequest) -> settlement_pb2.SettleResponse:
         header = req.header

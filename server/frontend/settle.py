@@ -26,7 +26,6 @@ from server import metrics
 from server.common import (
     Caller,
     Env,
-    Outcome,
     require_fresh_refdata,
 )
 from server.errors import FailedPrecondition, NotFound, field_error, refusal
@@ -56,6 +55,11 @@ class Ask:
     acc_pool: str
     line_results: bytes  # store.line_results layout
     lines_digest: bytes  # the lines computed from: unchanged when the answer is kept?
+
+
+# A ledger call's outcome (`Ledger.settle_batch`): the answer's bytes, whether it is a stored
+# one replayed, its setl_id, and the engine's times (preprocess, split) when it computed.
+LedgerOutcome = tuple[bytes, bool, str, tuple[int, int] | None]
 
 
 def _in_ledger(conn: sqlite3.Connection, caller: Caller) -> tuple[engine_rs.Ledger, Any, Any]:
@@ -133,10 +137,10 @@ def settle_call(
     it to the center, its answer stored with the msgid; the audit record of either. With
     `offline`, the emergency plan of a center-mode front-end whose center is unreachable:
     the same, marked offline, within the limits. `header_of` authenticates the caller in the
-    batch's transaction; `data` is the SettleRequest's bytes. The outcome is `settled`'s
-    input."""
+    batch's transaction; `data` is the SettleRequest's bytes. Run it with `in_batch`."""
     limits = None if offline is None else (offline.max_medfee_fen, offline.max_per_day)
-    return _ledger_call(env, header_of, data, req_hash, now, rpc, limits, None)
+    mode = "local" if offline is None else "offline"
+    return _ledger_call(env, header_of, data, req_hash, now, rpc, limits, None, mode)
 
 
 def keep_call(
@@ -153,8 +157,8 @@ def keep_call(
     in the store's next batch: the msgid's stored answer replayed, or the settlement the
     center committed kept here, refused when the visit or its lines changed since they were
     sent or its undo is due; the center's accumulators become this front-end's cache, the
-    answer is stored with the msgid, and either is audited. The outcome is `settled`'s
-    input. (The center has committed: stale reference data does not refuse the keep.)"""
+    answer is stored with the msgid, and either is audited. Run it with `in_batch`. (The
+    center has committed: stale reference data does not refuse the keep.)"""
     kept = (
         answer.SerializeToString(),
         asked.acc_year,
@@ -162,7 +166,7 @@ def keep_call(
         asked.line_results,
         asked.lines_digest,
     )
-    return _ledger_call(env, header_of, data, req_hash, now, rpc, None, kept)
+    return _ledger_call(env, header_of, data, req_hash, now, rpc, None, kept, "center")
 
 
 def _ledger_call(
@@ -174,10 +178,12 @@ def _ledger_call(
     rpc: str,
     limits: tuple[int, int] | None,
     kept: tuple[bytes, int, str, bytes, bytes] | None,
+    mode: str,
 ) -> LedgerCall:
     """One Settle (its request's bytes: `data`) of the store's next batch as
     `Ledger.settle_batch` takes it; `header_of` authenticates the caller in the batch's
-    transaction first."""
+    transaction first. Its answer is counted in the business metrics under `mode` ("local",
+    "offline", "center") with its batch."""
 
     def prepare(conn: sqlite3.Connection) -> tuple[Any, ...]:
         caller = header_of(conn)
@@ -187,7 +193,10 @@ def _ledger_call(
             refdata = (policy, catalog)
         return ("Settle", data, req_hash, now, caller.for_ledger(rpc), refdata, limits, kept)
 
-    return LedgerCall(env.ledger_node, "Settle", prepare)
+    def count(tally: metrics.Tally, done: LedgerOutcome) -> None:
+        tally.settle_answered(mode, "frontend", done[0], done[1])
+
+    return LedgerCall(env.ledger_node, "Settle", prepare, count)
 
 
 def cancel_call(
@@ -208,14 +217,18 @@ def cancel_call(
         who = header_of(conn).for_ledger(rpc)
         return ("CancelSettlement", data, req_hash, now, who, None, None, None)
 
-    return LedgerCall(env.ledger_node, "CancelSettlement", prepare)
+    def count(tally: metrics.Tally, done: LedgerOutcome) -> None:
+        tally.cancel_answered("local", "frontend", done[0], done[1])
+
+    return LedgerCall(env.ledger_node, "CancelSettlement", prepare, count)
 
 
-async def in_batch(store: Store, call: LedgerCall, outcome: Outcome) -> bytes:
+async def in_batch(store: Store, call: LedgerCall) -> bytes:
     """Run a ledger call (`settle_call`, `keep_call`, `cancel_call`) in the store's next
-    batch: the answer's bytes once durable."""
+    batch: the answer's bytes once durable (counted in the business metrics already, with
+    the batch)."""
     try:
-        done: tuple[bytes, bool, str, tuple[int, int] | None] = await store.write(call)
+        done: LedgerOutcome = await store.write(call)
     except engine_rs.Refused as exc:
         raise refusal(exc) from None
     answer, replayed, _, took = done
@@ -223,7 +236,6 @@ async def in_batch(store: Store, call: LedgerCall, outcome: Outcome) -> bytes:
         metrics.engine_time(*took)
     if replayed:
         metrics.REPLAYS.labels(call.method).inc()
-        outcome.replayed = True
     return answer
 
 

@@ -20,7 +20,7 @@ import pytest
 from clients.sdk import MedsettleError
 from medsettle.v1 import common_pb2, settlement_pb2
 from server.demo.localserver import LocalServer, free_port
-from tests.frontend.test_metrics import scrape, value
+from tests.frontend.test_metrics import grown, money_of, scrape, value
 from tests.harness import (
     CIVIL,
     EMPLOYEE,
@@ -345,6 +345,16 @@ def test_settles_at_once_travel_to_the_center_together(
     # stored answer; one beside its first try travels too and the center replays it.
     assert len(infos) <= settles_sent <= len(calls)
     assert calls_made < settles_sent  # some travelled together
+    # Counted with the keeps' batches (store/sqlite.py `_count`): each settlement once, its
+    # money per fund to the fen, each retry as a replay (kept from the center's replay, or
+    # answered here from the stored answer).
+    center_mode = {"mode": "center", "role": "frontend"}
+    assert grown({}, sent, "medsettle_settlements_total", **center_mode, outcome="settled") == len(
+        infos
+    )
+    assert grown({}, sent, "medsettle_settlements_total", **center_mode, outcome="replayed") == 3
+    for fund, fen in money_of(infos).items():
+        assert value(sent, "medsettle_fund_paid_fen_total", fund=fund) == fen, fund
     at_center = center_rows(pg_dsn, "SELECT setl_id, fund_pay_sumamt, acct_pay FROM settlements")
     assert sorted(at_center) == sorted((i.setl_id, i.fund_pay_sumamt, i.acct_pay) for i in infos)
     here = sqlite_rows(tmp_path / "together.db", "SELECT setl_id, fund_pay_sumamt FROM settlements")

@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.sdk import MedsettleClient, MedsettleError
+from medsettle.v1 import common_pb2
 from server import metrics
 from server.demo.localserver import LocalServer, free_port
 from tests.harness import DAY, EMPLOYEE, RETIRED, admit, client, lines, total
@@ -64,6 +65,26 @@ def scrape(port: int) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def grown(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """How much `name` grew between two scrapes, over every series with these labels (and
+    any others)."""
+    want = set(labels.items())
+    return sum(
+        v - before.get(key, 0.0) for key, v in after.items() if key[0] == name and want <= key[1]
+    )
+
+
+def money_of(infos: Iterable[common_pb2.SetlInfo]) -> dict[str, int]:
+    """What the settlements paid, per fund as the business metrics label it, in fen."""
+    paid: dict[str, int] = {}
+    for info in infos:
+        for leg in info.setldetail:
+            paid[leg.fund_pay_type] = paid.get(leg.fund_pay_type, 0) + leg.fund_payamt
+        paid["acct_pay"] = paid.get("acct_pay", 0) + info.acct_pay
+        paid["psn_cash_pay"] = paid.get("psn_cash_pay", 0) + info.psn_cash_pay
+    return {fund: fen for fund, fen in paid.items() if fen}
 
 
 def rpc(method: str, service: str = "medsettle.v1.Settlement", **more: str) -> dict[str, str]:
@@ -128,13 +149,7 @@ def test_calls_codes_and_money_are_counted(served: tuple[LocalServer, int]) -> N
     assert grew("medsettle_settlements_total", **refused, outcome="NOT_FOUND") == 1
     assert grew("medsettle_idempotent_replays_total", method="Settle") == 1
     # Money per fund, in fen, once per settlement (the replay adds nothing).
-    expected: dict[str, int] = {}
-    for info in (first, second):
-        for leg in info.setldetail:
-            expected[leg.fund_pay_type] = expected.get(leg.fund_pay_type, 0) + leg.fund_payamt
-        expected["acct_pay"] = expected.get("acct_pay", 0) + info.acct_pay
-        expected["psn_cash_pay"] = expected.get("psn_cash_pay", 0) + info.psn_cash_pay
-    for fund, fen in expected.items():
+    for fund, fen in money_of([first, second]).items():
         assert grew("medsettle_fund_paid_fen_total", fund=fund) == fen, fund
     # 2 uploads, 2 settles, the stream (the refused settles stop before the engine)
     assert grew("medsettle_engine_seconds_count", stage="preprocess") == 5

@@ -39,6 +39,7 @@ from server.refdata import RefData
 from server.security import datakeys
 from server.security.pii import Vault
 from tests.center.forward_twin import split_differences
+from tests.frontend.test_metrics import grown, money_of, scrape
 from tests.harness import (
     ALL_ROLES,
     ASSISTED,
@@ -376,10 +377,12 @@ def test_concurrent_settles_in_shared_batches_match_settling_one_at_a_time(
             return c.settle(t[0], t[1], medfee_sumamt=total(t[2]), acct_used=t[3])
 
         commits_before, ops_before = _commit_batches(port)
+        counted_before = scrape(port)
         burst = [*todo, *bad]
         np.random.default_rng(7).shuffle(burst)
         outcomes = _burst(frontend, port, send, burst)
         commits, ops = _commit_batches(port)
+        counted = scrape(port)
     answers = [o for o in outcomes if isinstance(o, settlement_pb2.SettleResponse)]
     refused = sorted(o.code.name for o in outcomes if isinstance(o, MedsettleError))
     assert len(answers) == len(todo)
@@ -388,6 +391,20 @@ def test_concurrent_settles_in_shared_batches_match_settling_one_at_a_time(
     # are written in the batches too)
     assert ops - ops_before >= len(burst)
     assert commits - commits_before < len(todo)
+    # The business metrics count each batch's answers together (store/sqlite.py `_count`):
+    # every settle once, its money per fund to the fen, the refusals by their codes.
+    local = {"mode": "local", "role": "frontend"}
+
+    def grew(name: str, **labels: str) -> float:
+        return grown(counted_before, counted, name, **local, **labels)
+
+    assert grew("medsettle_settlements_total", outcome="settled") == len(todo)
+    assert grew("medsettle_settlements_total", outcome="INVALID_ARGUMENT") == len(bad) - 1
+    assert grew("medsettle_settlements_total", outcome="NOT_FOUND") == 1
+    paid = money_of(a.setlinfo for a in answers)
+    for fund, fen in paid.items():
+        assert grown(counted_before, counted, "medsettle_fund_paid_fen_total", fund=fund) == fen
+    assert grown(counted_before, counted, "medsettle_fund_paid_fen_total") == sum(paid.values())
     conn = sqlite3.connect(frontend.db)
     try:  # a refused settle wrote nothing: its visit is open, with no settlement
         for mdtrt_id, _, _ in bad[:-1]:

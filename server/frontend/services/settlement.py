@@ -322,9 +322,7 @@ class SettlementService:
     async def Settle(self, request: Raw, context: Ctx) -> bytes:
         if self.center is not None:
             return await self._in_center_mode(SETTLE, request, self.center.settle(request))
-        return await self._in_ledger(
-            "Settle", request, settle.settle_call, metrics.settle_answered, metrics.settle_refused
-        )
+        return await self._in_ledger("Settle", request, settle.settle_call, metrics.settle_refused)
 
     async def CancelSettlement(self, request: Raw, context: Ctx) -> bytes:
         if self.center is not None:
@@ -333,7 +331,6 @@ class SettlementService:
             "CancelSettlement",
             request,
             settle.cancel_call,
-            metrics.cancel_answered,
             metrics.cancel_refused,
         )
 
@@ -342,25 +339,22 @@ class SettlementService:
         method: str,
         request: Raw,
         call_of: Callable[..., LedgerCall],
-        answered: Callable[[str, str, bytes, bool], None],
         refused: Callable[[str, str, grpc.StatusCode], None],
     ) -> bytes:
         """A local-mode write the ledger does whole (`call_of`: settle.settle_call or
-        cancel_call) in the store's next batch, counted by the business metrics once it is
-        durable."""
-        outcome = Outcome()
+        cancel_call) in the store's next batch, counted by the business metrics: answered
+        with its batch once durable (the call's `count`), refused here."""
         try:
             resp = await self.calls.write_ledger(
                 method,
                 request,
                 lambda auth, digest, now, path: settle.in_batch(
-                    self.store, call_of(self.env, auth, request.data, digest, now, path), outcome
+                    self.store, call_of(self.env, auth, request.data, digest, now, path)
                 ),
             )
         except ClientError as exc:
             refused("local", "frontend", exc.code)
             raise
-        answered("local", "frontend", resp, outcome.replayed)
         return resp
 
     async def Reverse(self, request: settlement_pb2.ReverseRequest, context: Ctx) -> bytes:

@@ -84,6 +84,9 @@ class LedgerCall:
     node: engine_rs.LedgerNode
     method: str  # the RPC's, as its answer is stored under
     prepare: Callable[[sqlite3.Connection], tuple[Any, ...]]
+    # The business metrics' count of an answered call (its outcome tuple), in its batch's
+    # tally: added once a label a batch, before the callers are answered (`Store._flush`).
+    count: Callable[[metrics.Tally, Any], None] | None = None
 
 
 Op = Callable[[sqlite3.Connection], Any] | LedgerCall
@@ -248,6 +251,7 @@ class Store:
                 batch = self._pending[: self.batch_max]
                 del self._pending[: self.batch_max]
                 results = await self._run_batch([op for op, _ in batch])
+                _count(batch, results)
                 for (_, fut), (ok, value) in zip(batch, results, strict=True):
                     resolve(fut, ok, value)
         finally:
@@ -603,6 +607,20 @@ class _BatchFailed(Exception):
 class _BatchUndone(_BatchFailed):
     """A batch on the ledger's commit thread failed: it was rolled back and the write turn
     given back already (`Store._finish`)."""
+
+
+def _count(batch: list[tuple[Op, Any]], results: list[tuple[bool, Any]]) -> None:
+    """The business metrics of a batch's answered ledger calls, added once a label (a
+    labelled counter's increment takes a lock and writes its file: bench/RESULTS.md,
+    issue 15 step 25). A fault in the counting is logged: the callers are answered."""
+    tally = metrics.Tally()
+    try:
+        for (op, _), (ok, value) in zip(batch, results, strict=True):
+            if ok and isinstance(op, LedgerCall) and op.count is not None:
+                op.count(tally, value)
+        tally.flush()
+    except Exception:
+        log.exception("the business metrics of a batch were not counted")
 
 
 def _store_failure(exc: BaseException) -> bool:
