@@ -34,12 +34,14 @@ import secrets
 import sqlite3
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -110,21 +112,87 @@ def prepare(front: LocalServer, n: int) -> tuple[str, list[tuple[str, str, int]]
     return sign_no, visits
 
 
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A server's metric samples: (name, labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def chain(
+    ports: tuple[int, int],
+    before: tuple[dict[Any, float], dict[Any, float]],
+    r: dict[str, Any],
+    concurrency: int,
+) -> dict[str, float]:
+    """Where a center-mode settle's time goes, from both servers' metrics over the load:
+    settles a center call (`SettleSummaries`) carries and such calls a second, the center's
+    handler time a call, the front-end's handler time a settle, and the time a settle takes
+    as the load generator sees it (calls in flight / rate): the rest is outside the
+    handlers (grpc, the generator)."""
+    after = scrape(ports[0]), scrape(ports[1])
+
+    def grew(side: int, name: str, **labels: str) -> float:
+        want = set(labels.items())
+        return sum(
+            v - before[side].get(k, 0.0)
+            for k, v in after[side].items()
+            if k[0] == name and want <= k[1]
+        )
+
+    calls = grew(0, "medsettle_center_link_batch_settles_count")
+    handling = "grpc_server_handling_seconds"
+    summaries = grew(1, f"{handling}_count", grpc_method="SettleSummaries")
+    settles = grew(0, f"{handling}_count", grpc_method="Settle")
+    return {
+        "settles_per_center_call": grew(0, "medsettle_center_link_batch_settles_sum") / calls,
+        "center_calls_per_s": calls * r["per_s"] / r["calls"],
+        "center_ms_per_call": 1000
+        * grew(1, f"{handling}_sum", grpc_method="SettleSummaries")
+        / summaries,
+        "front_handler_ms_per_settle": 1000
+        * grew(0, f"{handling}_sum", grpc_method="Settle")
+        / settles,
+        "client_ms_per_settle": 1000 * concurrency / r["per_s"],
+    }
+
+
 def settle_load(
-    front: LocalServer, args: argparse.Namespace, center: LocalServer | None = None
+    front: LocalServer,
+    args: argparse.Namespace,
+    center: LocalServer | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """The Settle load on `front`; with the metrics `ports` of the front-end and the center,
+    where a settle's time goes as well (`chain`)."""
     sign_no, visits = prepare(front, args.visits)
     servers = {"front_end": front, **({"center": center} if center is not None else {})}
+    scraped = (scrape(ports[0]), scrape(ports[1])) if ports is not None else None
     before = cpu_snapshot(servers)
     t0 = time.perf_counter()
     r = run_load(
         "settle", front.target, sign_no, visits, args.clients, args.concurrency, args.duration
     )
     r["cores"] = cores_used(before, cpu_snapshot(servers), time.perf_counter() - t0)
+    if ports is not None and scraped is not None:
+        r["chain"] = {k: round(v, 2) for k, v in chain(ports, scraped, r, args.concurrency).items()}
     if r["calls"] >= len(visits):
         print("  warning: every prepared visit was settled; raise --visits", flush=True)
     print(f"  Settle: {_figures(r)}  errors {r['errors']}  calls {r['calls']}", flush=True)
     print(f"  cores busy: {r['cores']}", flush=True)
+    if "chain" in r:
+        c = r["chain"]
+        print(
+            f"  chain: {c['settles_per_center_call']:.1f} settles a center call,"
+            f" {c['center_calls_per_s']:.0f} calls/s, the center {c['center_ms_per_call']:.1f} ms"
+            f" a call; a settle {c['front_handler_ms_per_settle']:.1f} ms in the front-end's"
+            f" handler, {c['client_ms_per_settle']:.1f} ms as the generator sees it",
+            flush=True,
+        )
     return r
 
 
@@ -143,13 +211,14 @@ def local_mode(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def center_mode(tmp: Path, args: argparse.Namespace, workers: int) -> dict[str, Any]:
     print(f"center mode, {workers} center worker(s)", flush=True)
+    ports = (free_port(), free_port())  # the front-end's and the center's metrics
     with fresh_database(args.pg) as dsn, ExitStack() as stack:
         center = stack.enter_context(
             running(
                 LocalServer(
                     dsn,
                     workers=workers,
-                    extra=["--role", "center"],
+                    extra=["--role", "center", "--metrics-port", str(ports[1])],
                     log=tmp / f"center-w{workers}.log",
                 )
             )
@@ -159,12 +228,15 @@ def center_mode(tmp: Path, args: argparse.Namespace, workers: int) -> dict[str, 
                 LocalServer(
                     tmp / f"front-w{workers}.db",
                     workers=args.front_workers,
-                    extra=["--mode", "center", "--center-target", center.target],
+                    extra=[
+                        *("--mode", "center", "--center-target", center.target),
+                        *("--metrics-port", str(ports[0])),
+                    ],
                     log=tmp / f"front-w{workers}.log",
                 )
             )
         )
-        r = settle_load(front, args, center)
+        r = settle_load(front, args, center, ports)
         stack.close()  # both stopped (drained): nothing in flight when the books are read
         acked = r["calls"] - r["errors"]
         r["center_rows"] = pg_count(dsn, "SELECT COUNT(*) FROM settlements")
