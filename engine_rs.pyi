@@ -254,11 +254,13 @@ class Ledger:
         policy: Policy,
         catalog: Catalog,
         req_hash: bytes | None = None,
+        instance_id: str = "",
     ) -> bytes | tuple[bytes, str, int, str, bytes, bytes, tuple[int, int]]:
-        """Center mode's question for the center; writes nothing. With `req_hash` (a
-        Settle): the msgid's stored answer when there is one. Otherwise
-        (CenterSettleRequest bytes, insured region, acc year, acc pool, line results, lines
-        digest, engine nanoseconds (preprocess, split))."""
+        """Center mode's question for the center, its header naming this front-end machine
+        (`instance_id`); writes nothing. With `req_hash` (a Settle): the msgid's stored
+        answer when there is one. Otherwise (CenterSettleRequest bytes, ready to send,
+        insured region, acc year, acc pool, line results, lines digest, engine nanoseconds
+        (preprocess, split))."""
 
 # (fixmedins_code, hosp_lv, admdvs, opter, roles, rpc) of an authenticated caller
 LedgerCaller: TypeAlias = tuple[str, int, str, str, str, str]

@@ -26,15 +26,15 @@ from medsettle.v1 import catalog_pb2 as medsettle_dot_v1_dot_catalog__pb2
 from medsettle.v1 import common_pb2 as medsettle_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19medsettle/v1/center.proto\x12\x0cmedsettle.v1\x1a\x1amedsettle/v1/catalog.proto\x1a\x19medsettle/v1/common.proto\"h\n\nNodeHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66ixmedins_code\x18\x02 \x01(\t\x12\r\n\x05msgid\x18\x03 \x01(\t\x12\r\n\x05opter\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\xc7\x01\n\x0cVisitSummary\x12\x15\n\rmedfee_sumamt\x18\x01 \x01(\x03\x12\x19\n\x11\x66ulamt_ownpay_amt\x18\x02 \x01(\x03\x12\x13\n\x0boverlmt_amt\x18\x03 \x01(\x03\x12\x16\n\x0epreselfpay_amt\x18\x04 \x01(\x03\x12\x15\n\rinscp_scp_amt\x18\x05 \x01(\x03\x12\x12\n\nline_count\x18\x06 \x01(\x05\x12-\n\ncategories\x18\x07 \x03(\x0b\x32\x19.medsettle.v1.CategorySum\"\xc2\x02\n\x13\x43\x65nterSettleRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12\x0f\n\x07setl_id\x18\x02 \x01(\t\x12\x10\n\x08mdtrt_id\x18\x03 \x01(\t\x12\x0e\n\x06psn_no\x18\x04 \x01(\t\x12\x10\n\x08insutype\x18\x05 \x01(\x05\x12\x10\n\x08med_type\x18\x06 \x01(\x05\x12\x10\n\x08\x62\x65gndate\x18\x07 \x01(\x05\x12+\n\x07summary\x18\x08 \x01(\x0b\x32\x1a.medsettle.v1.VisitSummary\x12\x16\n\x0e\x61\x63\x63t_used_flag\x18\t \x01(\x08\x12\x0e\n\x06invono\x18\n \x01(\t\x12\x16\n\x0epolicy_version\x18\x0b \x01(\x03\x12\x17\n\x0f\x63\x61talog_version\x18\x0c \x01(\x03\x12\x12\n\npre_settle\x18\r \x01(\x08\"q\n\x14\x43\x65nterSettleResponse\x12(\n\x08setlinfo\x18\x01 \x01(\x0b\x32\x16.medsettle.v1.SetlInfo\x12/\n\x0c\x61\x63\x63umulators\x18\x02 \x01(\x0b\x32\x19.medsettle.v1.Accumulator\"o\n\x11\x43\x65nterSettleBatch\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12\x30\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32!.medsettle.v1.CenterSettleRequest\"h\n\x13\x43\x65nterSettleOutcome\x12\x32\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\".medsettle.v1.CenterSettleResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"P\n\x19\x43\x65nterSettleBatchResponse\x12\x33\n\x08outcomes\x18\x01 \x03(\x0b\x32!.medsettle.v1.CenterSettleOutcome\"c\n\x13\x43\x65nterCancelRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12\x0f\n\x07setl_id\x18\x02 \x01(\t\x12\x11\n\tcancel_id\x18\x03 \x01(\t\"\x8f\x02\n\x0b\x46orwardItem\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x08setlinfo\x18\x03 \x01(\x0b\x32\x16.medsettle.v1.SetlInfo\x12\x36\n\x13\x61\x63\x63umulators_before\x18\x04 \x01(\x0b\x32\x19.medsettle.v1.Accumulator\x12\x35\n\x12\x61\x63\x63umulators_after\x18\x08 \x01(\x0b\x32\x19.medsettle.v1.Accumulator\x12\x0f\n\x07setl_id\x18\x05 \x01(\t\x12\x11\n\tcancel_id\x18\x06 \x01(\t\x12\x16\n\x0e\x63\x61ncel_time_ms\x18\x07 \x01(\x03\x12\x10\n\x08\x62\x65gndate\x18\t \x01(\x05\"d\n\x0e\x46orwardRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.medsettle.v1.ForwardItem\"[\n\rForwardResult\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.medsettle.v1.ForwardOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"?\n\x0f\x46orwardResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.medsettle.v1.ForwardResult\"U\n\x12PolicySinceRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12\x15\n\rsince_version\x18\x02 \x01(\x03\"D\n\x13PolicySinceResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.medsettle.v1.PolicyVersion*\x86\x01\n\x0e\x46orwardOutcome\x12\x1f\n\x1b\x46ORWARD_OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x1b\n\x17\x41PPLIED_WITH_DIFFERENCE\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\x12\x0c\n\x08\x43ONFLICT\x10\x05\x32\x88\x04\n\x06\x43\x65nter\x12V\n\rSettleSummary\x12!.medsettle.v1.CenterSettleRequest\x1a\".medsettle.v1.CenterSettleResponse\x12[\n\x0fSettleSummaries\x12\x1f.medsettle.v1.CenterSettleBatch\x1a\'.medsettle.v1.CenterSettleBatchResponse\x12Y\n\x10\x43\x61ncelSettlement\x12!.medsettle.v1.CenterCancelRequest\x1a\".medsettle.v1.CenterSettleResponse\x12\x46\n\x07\x46orward\x12\x1c.medsettle.v1.ForwardRequest\x1a\x1d.medsettle.v1.ForwardResponse\x12R\n\x0c\x43\x61talogSince\x12$.medsettle.v1.DownloadCatalogRequest\x1a\x1a.medsettle.v1.CatalogChunk0\x01\x12R\n\x0bPolicySince\x12 .medsettle.v1.PolicySinceRequest\x1a!.medsettle.v1.PolicySinceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19medsettle/v1/center.proto\x12\x0cmedsettle.v1\x1a\x1amedsettle/v1/catalog.proto\x1a\x19medsettle/v1/common.proto\"h\n\nNodeHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66ixmedins_code\x18\x02 \x01(\t\x12\r\n\x05msgid\x18\x03 \x01(\t\x12\r\n\x05opter\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\xc7\x01\n\x0cVisitSummary\x12\x15\n\rmedfee_sumamt\x18\x01 \x01(\x03\x12\x19\n\x11\x66ulamt_ownpay_amt\x18\x02 \x01(\x03\x12\x13\n\x0boverlmt_amt\x18\x03 \x01(\x03\x12\x16\n\x0epreselfpay_amt\x18\x04 \x01(\x03\x12\x15\n\rinscp_scp_amt\x18\x05 \x01(\x03\x12\x12\n\nline_count\x18\x06 \x01(\x05\x12-\n\ncategories\x18\x07 \x03(\x0b\x32\x19.medsettle.v1.CategorySum\"\xc2\x02\n\x13\x43\x65nterSettleRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12\x0f\n\x07setl_id\x18\x02 \x01(\t\x12\x10\n\x08mdtrt_id\x18\x03 \x01(\t\x12\x0e\n\x06psn_no\x18\x04 \x01(\t\x12\x10\n\x08insutype\x18\x05 \x01(\x05\x12\x10\n\x08med_type\x18\x06 \x01(\x05\x12\x10\n\x08\x62\x65gndate\x18\x07 \x01(\x05\x12+\n\x07summary\x18\x08 \x01(\x0b\x32\x1a.medsettle.v1.VisitSummary\x12\x16\n\x0e\x61\x63\x63t_used_flag\x18\t \x01(\x08\x12\x0e\n\x06invono\x18\n \x01(\t\x12\x16\n\x0epolicy_version\x18\x0b \x01(\x03\x12\x17\n\x0f\x63\x61talog_version\x18\x0c \x01(\x03\x12\x12\n\npre_settle\x18\r \x01(\x08\"q\n\x14\x43\x65nterSettleResponse\x12(\n\x08setlinfo\x18\x01 \x01(\x0b\x32\x16.medsettle.v1.SetlInfo\x12/\n\x0c\x61\x63\x63umulators\x18\x02 \x01(\x0b\x32\x19.medsettle.v1.Accumulator\"o\n\x11\x43\x65nterSettleBatch\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12\x30\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32!.medsettle.v1.CenterSettleRequest\"h\n\x13\x43\x65nterSettleOutcome\x12\x32\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\".medsettle.v1.CenterSettleResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"P\n\x19\x43\x65nterSettleBatchResponse\x12\x33\n\x08outcomes\x18\x01 \x03(\x0b\x32!.medsettle.v1.CenterSettleOutcome\"Q\n\x16\x43\x65nterSettleBatchBytes\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12\r\n\x05\x63\x61lls\x18\x02 \x03(\x0c\"I\n\x18\x43\x65nterSettleOutcomeBytes\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"Z\n\x1e\x43\x65nterSettleBatchResponseBytes\x12\x38\n\x08outcomes\x18\x01 \x03(\x0b\x32&.medsettle.v1.CenterSettleOutcomeBytes\"c\n\x13\x43\x65nterCancelRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12\x0f\n\x07setl_id\x18\x02 \x01(\t\x12\x11\n\tcancel_id\x18\x03 \x01(\t\"\x8f\x02\n\x0b\x46orwardItem\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x08setlinfo\x18\x03 \x01(\x0b\x32\x16.medsettle.v1.SetlInfo\x12\x36\n\x13\x61\x63\x63umulators_before\x18\x04 \x01(\x0b\x32\x19.medsettle.v1.Accumulator\x12\x35\n\x12\x61\x63\x63umulators_after\x18\x08 \x01(\x0b\x32\x19.medsettle.v1.Accumulator\x12\x0f\n\x07setl_id\x18\x05 \x01(\t\x12\x11\n\tcancel_id\x18\x06 \x01(\t\x12\x16\n\x0e\x63\x61ncel_time_ms\x18\x07 \x01(\x03\x12\x10\n\x08\x62\x65gndate\x18\t \x01(\x05\"d\n\x0e\x46orwardRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.medsettle.v1.ForwardItem\"[\n\rForwardResult\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.medsettle.v1.ForwardOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"?\n\x0f\x46orwardResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.medsettle.v1.ForwardResult\"U\n\x12PolicySinceRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.medsettle.v1.NodeHeader\x12\x15\n\rsince_version\x18\x02 \x01(\x03\"D\n\x13PolicySinceResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.medsettle.v1.PolicyVersion*\x86\x01\n\x0e\x46orwardOutcome\x12\x1f\n\x1b\x46ORWARD_OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x1b\n\x17\x41PPLIED_WITH_DIFFERENCE\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\x12\x0c\n\x08\x43ONFLICT\x10\x05\x32\x88\x04\n\x06\x43\x65nter\x12V\n\rSettleSummary\x12!.medsettle.v1.CenterSettleRequest\x1a\".medsettle.v1.CenterSettleResponse\x12[\n\x0fSettleSummaries\x12\x1f.medsettle.v1.CenterSettleBatch\x1a\'.medsettle.v1.CenterSettleBatchResponse\x12Y\n\x10\x43\x61ncelSettlement\x12!.medsettle.v1.CenterCancelRequest\x1a\".medsettle.v1.CenterSettleResponse\x12\x46\n\x07\x46orward\x12\x1c.medsettle.v1.ForwardRequest\x1a\x1d.medsettle.v1.ForwardResponse\x12R\n\x0c\x43\x61talogSince\x12$.medsettle.v1.DownloadCatalogRequest\x1a\x1a.medsettle.v1.CatalogChunk0\x01\x12R\n\x0bPolicySince\x12 .medsettle.v1.PolicySinceRequest\x1a!.medsettle.v1.PolicySinceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medsettle.v1.center_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FORWARDOUTCOME']._serialized_start=1940
-  _globals['_FORWARDOUTCOME']._serialized_end=2074
+  _globals['_FORWARDOUTCOME']._serialized_start=2190
+  _globals['_FORWARDOUTCOME']._serialized_end=2324
   _globals['_NODEHEADER']._serialized_start=98
   _globals['_NODEHEADER']._serialized_end=202
   _globals['_VISITSUMMARY']._serialized_start=205
@@ -49,20 +49,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CENTERSETTLEOUTCOME']._serialized_end=1063
   _globals['_CENTERSETTLEBATCHRESPONSE']._serialized_start=1065
   _globals['_CENTERSETTLEBATCHRESPONSE']._serialized_end=1145
-  _globals['_CENTERCANCELREQUEST']._serialized_start=1147
-  _globals['_CENTERCANCELREQUEST']._serialized_end=1246
-  _globals['_FORWARDITEM']._serialized_start=1249
-  _globals['_FORWARDITEM']._serialized_end=1520
-  _globals['_FORWARDREQUEST']._serialized_start=1522
-  _globals['_FORWARDREQUEST']._serialized_end=1622
-  _globals['_FORWARDRESULT']._serialized_start=1624
-  _globals['_FORWARDRESULT']._serialized_end=1715
-  _globals['_FORWARDRESPONSE']._serialized_start=1717
-  _globals['_FORWARDRESPONSE']._serialized_end=1780
-  _globals['_POLICYSINCEREQUEST']._serialized_start=1782
-  _globals['_POLICYSINCEREQUEST']._serialized_end=1867
-  _globals['_POLICYSINCERESPONSE']._serialized_start=1869
-  _globals['_POLICYSINCERESPONSE']._serialized_end=1937
-  _globals['_CENTER']._serialized_start=2077
-  _globals['_CENTER']._serialized_end=2597
+  _globals['_CENTERSETTLEBATCHBYTES']._serialized_start=1147
+  _globals['_CENTERSETTLEBATCHBYTES']._serialized_end=1228
+  _globals['_CENTERSETTLEOUTCOMEBYTES']._serialized_start=1230
+  _globals['_CENTERSETTLEOUTCOMEBYTES']._serialized_end=1303
+  _globals['_CENTERSETTLEBATCHRESPONSEBYTES']._serialized_start=1305
+  _globals['_CENTERSETTLEBATCHRESPONSEBYTES']._serialized_end=1395
+  _globals['_CENTERCANCELREQUEST']._serialized_start=1397
+  _globals['_CENTERCANCELREQUEST']._serialized_end=1496
+  _globals['_FORWARDITEM']._serialized_start=1499
+  _globals['_FORWARDITEM']._serialized_end=1770
+  _globals['_FORWARDREQUEST']._serialized_start=1772
+  _globals['_FORWARDREQUEST']._serialized_end=1872
+  _globals['_FORWARDRESULT']._serialized_start=1874
+  _globals['_FORWARDRESULT']._serialized_end=1965
+  _globals['_FORWARDRESPONSE']._serialized_start=1967
+  _globals['_FORWARDRESPONSE']._serialized_end=2030
+  _globals['_POLICYSINCEREQUEST']._serialized_start=2032
+  _globals['_POLICYSINCEREQUEST']._serialized_end=2117
+  _globals['_POLICYSINCERESPONSE']._serialized_start=2119
+  _globals['_POLICYSINCERESPONSE']._serialized_end=2187
+  _globals['_CENTER']._serialized_start=2327
+  _globals['_CENTER']._serialized_end=2847
 # @@protoc_insertion_point(module_scope)

@@ -324,6 +324,85 @@ class CenterSettleBatchResponse(_message.Message):
 Global___CenterSettleBatchResponse: _TypeAlias = CenterSettleBatchResponse  # noqa: Y015
 
 @_typing.final
+class CenterSettleBatchBytes(_message.Message):
+    """The same wire as CenterSettleBatch and CenterSettleBatchResponse, each settle and answer
+    kept as its encoded bytes (an embedded message and `bytes` are encoded alike): a
+    front-end sends the requests its ledger encoded and keeps the answers as they came,
+    without decoding and encoding them again. Never served; the center reads the messages
+    above.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___NodeHeader: ...
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """each an encoded CenterSettleRequest"""
+
+    def __init__(
+        self,
+        *,
+        header: Global___NodeHeader | None = ...,
+        calls: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CenterSettleBatchBytes: _TypeAlias = CenterSettleBatchBytes  # noqa: Y015
+
+@_typing.final
+class CenterSettleOutcomeBytes(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    answer: _builtins.bytes
+    """an encoded CenterSettleResponse, when code is 0"""
+    code: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        answer: _builtins.bytes = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CenterSettleOutcomeBytes: _TypeAlias = CenterSettleOutcomeBytes  # noqa: Y015
+
+@_typing.final
+class CenterSettleBatchResponseBytes(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CenterSettleOutcomeBytes]: ...
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___CenterSettleOutcomeBytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CenterSettleBatchResponseBytes: _TypeAlias = CenterSettleBatchResponseBytes  # noqa: Y015
+
+@_typing.final
 class CenterCancelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

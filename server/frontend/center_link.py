@@ -12,7 +12,11 @@ of one institution that reach the link while its previous call is out travel tog
 one `SettleSummaries` call, each answered on its own as `SettleSummary` would answer it. A
 call that fails as a whole (no answer, a refusal of the batch) fails each of its settles
 the same way, as a lost `SettleSummary` would. A center that predates `SettleSummaries`
-answers it UNIMPLEMENTED: `center_batch = 1` sends it one `SettleSummary` a settle."""
+answers it UNIMPLEMENTED: `center_batch = 1` sends it one `SettleSummary` a settle.
+
+A settle travels as the bytes the ledger encoded (its header naming this machine already)
+and its answer comes back as bytes for the ledger to keep: the link decodes and encodes
+neither (`CenterSettleBatchBytes`, the same wire as the batch's messages)."""
 
 from __future__ import annotations
 
@@ -28,8 +32,11 @@ from server.nodes import CLASH
 
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
-# A settle waiting for its batch's answer: the request, and where its answer goes.
-Waiting = tuple[center_pb2.CenterSettleRequest, "asyncio.Future[center_pb2.CenterSettleResponse]"]
+# A settle waiting for its batch's answer: the encoded request, and where its answer (an
+# encoded CenterSettleResponse) goes.
+Waiting = tuple[bytes, "asyncio.Future[bytes]"]
+SETTLE_SUMMARY = "/medsettle.v1.Center/SettleSummary"
+SETTLE_SUMMARIES = "/medsettle.v1.Center/SettleSummaries"
 
 
 class CenterLink:
@@ -47,6 +54,7 @@ class CenterLink:
         self.instance_id = ""  # this front-end's (CenterRoutes.use_instance)
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None  # the generated stub's types describe the sync channel
+        self._raw: dict[str, Any] = {}  # the settle methods, bytes in and out
         self._up = metrics.CENTER_LINK_UP.labels(target)
         self._waiting: dict[tuple[str, str], list[Waiting]] = {}  # by (institution, node)
         self._senders: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -66,21 +74,36 @@ class CenterLink:
                 else grpc.aio.insecure_channel(self.target, options=options)
             )
             self._stub = center_pb2_grpc.CenterStub(self._channel)
+            assert self._channel is not None
+            self._raw = {
+                SETTLE_SUMMARY: self._channel.unary_unary(SETTLE_SUMMARY),
+                SETTLE_SUMMARIES: self._channel.unary_unary(
+                    SETTLE_SUMMARIES,
+                    request_serializer=center_pb2.CenterSettleBatchBytes.SerializeToString,
+                    response_deserializer=center_pb2.CenterSettleBatchResponseBytes.FromString,
+                ),
+            }
         return self._stub
 
-    async def settle(self, req: center_pb2.CenterSettleRequest) -> center_pb2.CenterSettleResponse:
-        req.header.instance_id = self.instance_id
-        if self.batch > 1 and not req.pre_settle:
-            return await self._batched(req)
+    def _settle_method(self, path: str) -> Any:
+        """A settle method of the center, bytes in and out (the channel made on first use)."""
+        self._center()
+        return self._raw[path]
+
+    async def settle(
+        self, req: bytes, fixmedins_code: str, node_id: str, *, pre_settle: bool = False
+    ) -> bytes:
+        """The center's answer (an encoded CenterSettleResponse) to `req`, an encoded
+        CenterSettleRequest of `node_id` for `fixmedins_code` whose header names this
+        machine (settle.center_ask)."""
+        if self.batch > 1 and not pre_settle:
+            return await self._batched(req, (fixmedins_code, node_id))
         return await self._settle_one(req)
 
-    async def _batched(
-        self, req: center_pb2.CenterSettleRequest
-    ) -> center_pb2.CenterSettleResponse:
-        """`req` in the next SettleSummaries call of its institution and node."""
-        key = (req.header.fixmedins_code, req.header.node_id)
+    async def _batched(self, req: bytes, key: tuple[str, str]) -> bytes:
+        """`req` in the next SettleSummaries call of its institution and node (`key`)."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[center_pb2.CenterSettleResponse] = loop.create_future()
+        done: asyncio.Future[bytes] = loop.create_future()
         self._waiting.setdefault(key, []).append((req, done))
         if key not in self._senders:
             self._senders[key] = loop.create_task(self._send(key))
@@ -92,7 +115,7 @@ class CenterLink:
         try:
             while waiting := self._waiting.get(key):
                 batch, self._waiting[key] = waiting[: self.batch], waiting[self.batch :]
-                await self._send_batch(batch)
+                await self._send_batch(key, batch)
         except BaseException as exc:  # cancelled (the server stopping): nobody waits on
             for _, done in self._waiting.pop(key, []):
                 _settle_future(done, error=exc)
@@ -102,21 +125,18 @@ class CenterLink:
             if not self._waiting.get(key):
                 self._waiting.pop(key, None)
 
-    async def _send_batch(self, batch: list[Waiting]) -> None:
-        first = batch[0][0].header
-        call = center_pb2.CenterSettleBatch(
+    async def _send_batch(self, key: tuple[str, str], batch: list[Waiting]) -> None:
+        call = center_pb2.CenterSettleBatchBytes(
             header=center_pb2.NodeHeader(
-                node_id=first.node_id,
-                fixmedins_code=first.fixmedins_code,
-                instance_id=first.instance_id,
+                node_id=key[1], fixmedins_code=key[0], instance_id=self.instance_id
             ),
             calls=[req for req, _ in batch],
         )
         metrics.CENTER_LINK_BATCH.observe(len(batch))
         try:
-            resp: center_pb2.CenterSettleBatchResponse = await self._center().SettleSummaries(
-                call, timeout=self.deadline_s, wait_for_ready=True
-            )
+            resp: center_pb2.CenterSettleBatchResponseBytes = await self._settle_method(
+                SETTLE_SUMMARIES
+            )(call, timeout=self.deadline_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as err:
             for _, done in batch:
                 _settle_future(done, error=self._refusal(err))
@@ -141,11 +161,9 @@ class CenterLink:
                 code = _CODES.get(out.code, grpc.StatusCode.UNKNOWN)
                 _settle_future(done, error=self._status_error(code, out.message))
 
-    async def _settle_one(
-        self, req: center_pb2.CenterSettleRequest
-    ) -> center_pb2.CenterSettleResponse:
+    async def _settle_one(self, req: bytes) -> bytes:
         try:
-            resp: center_pb2.CenterSettleResponse = await self._center().SettleSummary(
+            resp: bytes = await self._settle_method(SETTLE_SUMMARY)(
                 req, timeout=self.deadline_s, wait_for_ready=True
             )
             self._up.set(1)
@@ -222,9 +240,9 @@ class CenterLink:
 
 
 def _settle_future(
-    done: asyncio.Future[center_pb2.CenterSettleResponse],
+    done: asyncio.Future[bytes],
     *,
-    answer: center_pb2.CenterSettleResponse | None = None,
+    answer: bytes | None = None,
     error: BaseException | None = None,
 ) -> None:
     """Hand a settle its outcome, unless its caller has gone."""

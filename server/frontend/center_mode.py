@@ -107,26 +107,30 @@ class CenterMode:
         now = now_ms()
         env = self.env
 
+        instance_id = self.routes.instance_id
+
         def prepare(conn: sqlite3.Connection) -> bytes | Ask:
             caller = authenticate(conn, env, header, now, SETTLE)
-            return settle.center_ask(conn, env, caller, data, digest)
+            return settle.center_ask(conn, env, caller, data, digest, instance_id)
 
         try:
             got = await self.store.read_together(prepare)
             if isinstance(got, bytes):
                 metrics.settle_answered("center", "frontend", got, replayed=True)
                 return got
-            sent = got.request
             region = got.insured_region
             later = now_ms() + self.retry_grace_ms
             try:
-                answer = await self.routes.link_for(region).settle(sent)
+                answer = await self.routes.link_for(region).settle(
+                    got.request, header.fixmedins_code, env.node_id
+                )
             except BaseException as exc:
                 if not _definitive(exc):
                     # The center may have committed and only its answer been lost (a line
                     # cut, a deadline, the HIS giving up): unless a retry of this msgid
                     # keeps the settlement here first, it is cancelled there once the
                     # retries' grace is over.
+                    sent = center_pb2.CenterSettleRequest.FromString(got.request)
                     undo = undo_request(env, header, sent.setl_id)
                     await asyncio.shield(self._leave_undo(undo, region, later))
                 if not isinstance(exc, Unavailable) or self.offline is None:
@@ -136,11 +140,11 @@ class CenterMode:
                 resp = await self._keep(req, now, got, answer)
             except (StoreUnavailable, asyncio.CancelledError):
                 # Not kept for a reason a retry of this msgid may get past: the same grace.
-                undo = undo_request(env, header, answer.setlinfo.setl_id)
+                undo = undo_request(env, header, _setl_id(answer))
                 await asyncio.shield(self._leave_undo(undo, region, later))
                 raise
             except ClientError:
-                await self._undo(header, answer.setlinfo.setl_id, region)
+                await self._undo(header, _setl_id(answer), region)
                 raise
         except ClientError as exc:
             metrics.settle_refused("center", "frontend", exc.code)
@@ -185,7 +189,7 @@ class CenterMode:
         req: Raw,
         now: int,
         got: Ask,
-        answer: center_pb2.CenterSettleResponse,
+        answer: bytes,
     ) -> bytes:
         """Keep the settlement the center committed, with the idempotency record (in the
         ledger, in the store's next batch: settle.keep_call)."""
@@ -231,15 +235,19 @@ class CenterMode:
         now = now_ms()
         env = self.env
 
+        instance_id = self.routes.instance_id
+
         def prepare(conn: sqlite3.Connection) -> Ask:
             caller = authenticate(conn, env, header, now, PRE_SETTLE)
-            ask = settle.center_ask(conn, env, caller, req.SerializeToString(), None)
+            data = req.SerializeToString()
+            ask = settle.center_ask(conn, env, caller, data, None, instance_id)
             assert isinstance(ask, Ask)  # no msgid's answer is looked up
             return ask
 
         c = await self.store.read_together(prepare)
-        answer = await self.routes.link_for(c.insured_region).settle(c.request)
-        info = answer.setlinfo
+        link = self.routes.link_for(c.insured_region)
+        answer = await link.settle(c.request, header.fixmedins_code, env.node_id, pre_settle=True)
+        info = center_pb2.CenterSettleResponse.FromString(answer).setlinfo
         info.msgid = header.msgid
         return settlement_pb2.SettleResponse(setlinfo=info)
 
@@ -348,6 +356,11 @@ _NOT_COMMITTED = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+
+
+def _setl_id(answer: bytes) -> str:
+    """The settlement id in the center's answer (an encoded CenterSettleResponse)."""
+    return center_pb2.CenterSettleResponse.FromString(answer).setlinfo.setl_id
 
 
 def _definitive(exc: BaseException) -> bool:

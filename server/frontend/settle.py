@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import engine_rs
-from medsettle.v1 import center_pb2, common_pb2, settlement_pb2
+from medsettle.v1 import common_pb2, settlement_pb2
 from server import metrics
 from server.common import (
     Caller,
@@ -49,7 +49,7 @@ class Ask:
     """Center mode's question for the center (engine_rs/src/ledger/center_mode.rs
     `prepare`), and what the keep needs once the center has answered (`keep_call`)."""
 
-    request: center_pb2.CenterSettleRequest
+    request: bytes  # the CenterSettleRequest, encoded by the ledger: sent as it is
     insured_region: str  # which center settles it
     acc_year: int
     acc_pool: str
@@ -79,11 +79,13 @@ def center_ask(
     caller: Caller,
     data: bytes,
     req_hash: bytes | None,
+    instance_id: str,
 ) -> bytes | Ask:
     """Center mode, before the center is asked (in the ledger; changes nothing), for the
     SettleRequest whose bytes are `data`: for a Settle (`req_hash`) the msgid's stored
     answer when there is one; otherwise the visit's fees preprocessed and split as a local
-    settle would, and the summary for the center."""
+    settle would, and the summary for the center, from this front-end machine
+    (`instance_id`)."""
     ledger, policy, catalog = _in_ledger(conn, caller)
     try:
         got = ledger.prepare_center(
@@ -93,6 +95,7 @@ def center_ask(
             policy,
             catalog,
             req_hash,
+            instance_id,
         )
     except engine_rs.Refused as exc:
         raise refusal(exc) from None
@@ -100,7 +103,7 @@ def center_ask(
         return got
     request, region, year, pool, blob, digest, took = got
     metrics.engine_time(*took)
-    return Ask(center_pb2.CenterSettleRequest.FromString(request), region, year, pool, blob, digest)
+    return Ask(request, region, year, pool, blob, digest)
 
 
 def pre_settle(
@@ -151,7 +154,7 @@ def keep_call(
     now: int,
     rpc: str,
     asked: Ask,
-    answer: center_pb2.CenterSettleResponse,
+    answer: bytes,
 ) -> LedgerCall:
     """Center mode's last step as the ledger runs it whole (engine_rs/src/ledger/center_mode.rs),
     in the store's next batch: the msgid's stored answer replayed, or the settlement the
@@ -160,7 +163,7 @@ def keep_call(
     answer is stored with the msgid, and either is audited. Run it with `in_batch`. (The
     center has committed: stale reference data does not refuse the keep.)"""
     kept = (
-        answer.SerializeToString(),
+        answer,  # the center's CenterSettleResponse, as it came
         asked.acc_year,
         asked.acc_pool,
         asked.line_results,

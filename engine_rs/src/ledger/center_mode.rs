@@ -67,13 +67,15 @@ pub fn center_setl_id(node_id: &str, fixmedins_code: &str, msgid: &str) -> Strin
 }
 
 /// A center-mode Settle's (`req_hash` given: its msgid's stored answer is replayed when
-/// there is one) or PreSettle's (None) question for the center; writes nothing.
+/// there is one) or PreSettle's (None) question for the center, its header naming this
+/// front-end machine (`instance_id`); writes nothing.
 pub fn prepare(
     conn: &Connection,
     node: &Node,
     caller: &Caller<'_>,
     req: &wire::SettleRequest,
     req_hash: Option<&[u8]>,
+    instance_id: &str,
 ) -> Result<Prepared, LedgerError> {
     let (msgid, code) = header(req);
     if let Some(hash) = req_hash {
@@ -94,7 +96,7 @@ pub fn prepare(
                 .as_ref()
                 .map(|h| h.opter.clone())
                 .unwrap_or_default(),
-            instance_id: String::new(),
+            instance_id: instance_id.to_owned(),
         }),
         setl_id: if pre {
             String::new()

@@ -455,11 +455,12 @@ impl PyLedger {
     }
 
     /// Center mode's question for the center (engine_rs/src/ledger/center_mode.rs
-    /// `prepare`); writes nothing. With `req_hash` (a Settle) the msgid's stored answer
-    /// when there is one: its bytes. Otherwise (the `CenterSettleRequest`'s bytes, the
+    /// `prepare`), its header naming this machine (`instance_id`); writes nothing. With
+    /// `req_hash` (a Settle) the msgid's stored answer when there is one: its bytes.
+    /// Otherwise (the `CenterSettleRequest`'s bytes, ready to send, the
     /// insured region, accumulator year, pool, line results, the lines' digest, the engine's
     /// time (preprocess, split nanoseconds)).
-    #[pyo3(signature = (node, request, caller, policy, catalog, req_hash=None))]
+    #[pyo3(signature = (node, request, caller, policy, catalog, req_hash=None, instance_id=""))]
     #[allow(clippy::too_many_arguments)] // the binding's arguments, as Python passes them
     fn prepare_center<'py>(
         &self,
@@ -470,11 +471,19 @@ impl PyLedger {
         policy: &PyPolicy,
         catalog: &PyCatalog,
         req_hash: Option<Vec<u8>>,
+        instance_id: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let req: wire::SettleRequest = decode(request)?;
         let who = caller.caller(policy, catalog);
         let prepared = self.run(py, "prepare_center", |conn| {
-            center_mode::prepare(conn, &node.inner, &who, &req, req_hash.as_deref())
+            center_mode::prepare(
+                conn,
+                &node.inner,
+                &who,
+                &req,
+                req_hash.as_deref(),
+                instance_id,
+            )
         })?;
         match prepared {
             Prepared::Replay(answer) => Ok(PyBytes::new(py, &answer).into_any()),
