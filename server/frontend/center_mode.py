@@ -43,7 +43,7 @@ from server.frontend import settle
 from server.frontend.center_link import CenterRoutes
 from server.frontend.forwarder import cancelled_already, undo_row
 from server.frontend.settle import Ask, OfflineLimits
-from server.frontend.store.sqlite import Store, StoreUnavailable
+from server.frontend.store.sqlite import Store
 
 SETTLE = "/medsettle.v1.Settlement/Settle"
 PRE_SETTLE = "/medsettle.v1.Settlement/PreSettle"
@@ -130,21 +130,21 @@ class CenterMode:
                     # cut, a deadline, the HIS giving up): unless a retry of this msgid
                     # keeps the settlement here first, it is cancelled there once the
                     # retries' grace is over.
-                    sent = center_pb2.CenterSettleRequest.FromString(got.request)
-                    undo = undo_request(env, header, sent.setl_id)
+                    undo = undo_request(env, header, _setl_id(got))
                     await asyncio.shield(self._leave_undo(undo, region, later))
                 if not isinstance(exc, Unavailable) or self.offline is None:
                     raise
                 return await self._settle_offline(req, now, self.offline)
             try:
                 resp = await self._keep(req, now, got, answer)
-            except (StoreUnavailable, asyncio.CancelledError):
-                # Not kept for a reason a retry of this msgid may get past: the same grace.
-                undo = undo_request(env, header, _setl_id(answer))
+            except (Unavailable, asyncio.CancelledError):
+                # Not kept for a reason a retry of this msgid may get past (the store, an
+                # answer that could not be read): the same grace.
+                undo = undo_request(env, header, _setl_id(got))
                 await asyncio.shield(self._leave_undo(undo, region, later))
                 raise
             except ClientError:
-                await self._undo(header, _setl_id(answer), region)
+                await self._undo(header, _setl_id(got), region)
                 raise
         except ClientError as exc:
             metrics.settle_refused("center", "frontend", exc.code)
@@ -358,9 +358,10 @@ _NOT_COMMITTED = frozenset(
 )
 
 
-def _setl_id(answer: bytes) -> str:
-    """The settlement id in the center's answer (an encoded CenterSettleResponse)."""
-    return center_pb2.CenterSettleResponse.FromString(answer).setlinfo.setl_id
+def _setl_id(asked: Ask) -> str:
+    """The settlement id this front-end asked the center to settle under (the center's
+    answer names the same; read from what was sent, which is ours)."""
+    return str(center_pb2.CenterSettleRequest.FromString(asked.request).setl_id)
 
 
 def _definitive(exc: BaseException) -> bool:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from clients.sdk import MedsettleError
-from medsettle.v1 import common_pb2, settlement_pb2
+from medsettle.v1 import center_pb2, common_pb2, settlement_pb2
 from server.demo.localserver import LocalServer, free_port
 from tests.frontend.test_metrics import grown, money_of, scrape, value
 from tests.harness import (
@@ -359,3 +359,63 @@ def test_settles_at_once_travel_to_the_center_together(
     assert sorted(at_center) == sorted((i.setl_id, i.fund_pay_sumamt, i.acct_pay) for i in infos)
     here = sqlite_rows(tmp_path / "together.db", "SELECT setl_id, fund_pay_sumamt FROM settlements")
     assert sorted(here) == sorted((i.setl_id, i.fund_pay_sumamt) for i in infos)
+
+
+class _Garbled:
+    """A center whose settle answers do not decode (a fault, or a hostile peer): every
+    item of a `SettleSummaries` call is answered OK with bytes that are not a
+    CenterSettleResponse; anything else is UNIMPLEMENTED."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.server = grpc.server(ThreadPoolExecutor(4))
+        self.server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "medsettle.v1.Center",
+                    {"SettleSummaries": grpc.unary_unary_rpc_method_handler(self._settle)},
+                )
+            ]
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def _settle(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.calls += 1
+        n = len(center_pb2.CenterSettleBatchBytes.FromString(request).calls)
+        resp = center_pb2.CenterSettleBatchResponseBytes()
+        for _ in range(n):
+            resp.outcomes.add(answer=b"\x0a\xff\x01")  # a field longer than the bytes
+        return resp.SerializeToString()
+
+
+def test_an_answer_that_cannot_be_read_is_unavailable_and_left_to_cancel(
+    tmp_path: Path,
+) -> None:
+    """The center's answer reaches the ledger as bytes: one that does not decode refuses the
+    keep as UNAVAILABLE (the center's fault, not the HIS's request), keeps nothing, and
+    leaves the cancel of what the center may have settled for after the retries' grace,
+    as for an answer lost on the way."""
+    garbled = _Garbled()
+    garbled.server.start()
+    front = LocalServer(
+        tmp_path / "garbled.db",
+        extra=["--mode", "center", "--center-target", f"127.0.0.1:{garbled.port}"],
+        env={"MEDSETTLE_CENTER_DEADLINE_S": "5"},
+        log=tmp_path / "garbled.log",
+    ).start()
+    try:
+        c = client(front)
+        mdtrt_id, ls = admit(c, RETIRED, n_lines=6, seed=57, med_type=11)
+        before = snapshot(front.db)
+        with pytest.raises(MedsettleError) as err:
+            c.settle(mdtrt_id, RETIRED.psn_no, medfee_sumamt=total(ls), msgid="CM-GARBLED-1")
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "the center's answer could not be read" in err.value.message
+        assert garbled.calls == 1
+        after = snapshot(front.db)
+        undo = after.pop("outbox")
+        assert [row[1] for row in undo] == ["undo"]
+        assert after == {k: v for k, v in before.items() if k != "outbox"}
+    finally:
+        front.stop()
+        garbled.server.stop(None)

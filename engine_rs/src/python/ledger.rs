@@ -531,7 +531,7 @@ fn decoded(args: &BatchArgs) -> PyResult<Decoded> {
         (settle::METHOD, Some(kept), _) => {
             let (answer, acc_year, acc_pool, line_results, lines_digest) = kept;
             let kept = Kept {
-                answer: decode(answer)?,
+                answer: center_answer(answer)?,
                 acc_year: *acc_year,
                 acc_pool: acc_pool.clone(),
                 line_results: line_results.clone(),
@@ -703,6 +703,21 @@ impl AsCaller for CallerArgs {
 }
 
 /// A request's bytes as its message; malformed bytes are the caller's error.
+/// The center's answer a keep records: one that does not decode is the center's fault,
+/// not the caller's (UNAVAILABLE: a retry of the msgid meets the center's stored answer).
+fn center_answer(answer: &[u8]) -> PyResult<wire::CenterSettleResponse> {
+    wire::CenterSettleResponse::decode(answer).map_err(|e| {
+        ledger_error(
+            "decode",
+            Refusal::unavailable(format!(
+                "the center's answer could not be read ({e}); nothing was kept here: retry \
+                 with the same msgid"
+            ))
+            .into(),
+        )
+    })
+}
+
 fn decode<M: Message + Default>(request: &[u8]) -> PyResult<M> {
     M::decode(request).map_err(|e| {
         ledger_error(
