@@ -27,6 +27,7 @@ from server.common import (
     Caller,
     Env,
     HeaderFields,
+    Outcome,
     Trail,
     authenticate,
     check_header,
@@ -270,11 +271,7 @@ class CenterMode:
                 return stored
             return _at_center(conn, caller, req.setl_id, req.mdtrt_id, req.psn_no)
 
-        got = await self.store.read(look)
-        if isinstance(got, bytes):
-            return got
-        if got is not None:
-            await self._cancel_at_center(header, got)
+        outcome = Outcome()
 
         def keep(conn: sqlite3.Connection) -> bytes:
             caller = authenticate(conn, env, header, now, CANCEL)
@@ -286,11 +283,27 @@ class CenterMode:
                 digest,
                 now,
                 lambda: settle.cancel_answer(conn, env, caller, req, now),
-                None,
+                outcome,
                 Trail.of(env, CANCEL, caller, req),
             )
 
-        return await self.store.write(keep)
+        # Counted as cancelled at the center, or here alone (an offline settlement).
+        mode = "center"
+        try:
+            got = await self.store.read(look)
+            if isinstance(got, bytes):
+                metrics.cancel_answered(mode, "frontend", got, replayed=True)
+                return got
+            if got is not None:
+                await self._cancel_at_center(header, got)
+            else:
+                mode = "offline"
+            resp: bytes = await self.store.write(keep)
+        except ClientError as exc:
+            metrics.cancel_refused(mode, "frontend", exc.code)
+            raise
+        metrics.cancel_answered(mode, "frontend", resp, outcome.replayed)
+        return resp
 
     async def before_reverse(self, req: settlement_pb2.ReverseRequest) -> None:
         """A Reverse of a center-mode Settle cancels at the center first, as CancelSettlement

@@ -105,7 +105,22 @@ def sqlite_rows(db: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def test_retry_and_cancel_go_through_the_center(front: LocalServer, pg_dsn: str) -> None:
+def test_retry_and_cancel_go_through_the_center(
+    center: LocalServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    mport = free_port()
+    front = LocalServer(
+        tmp_path / "front.db",
+        extra=["--mode", "center", "--center-target", center.target, "--metrics-port", str(mport)],
+        log=tmp_path / "front.log",
+    ).start()
+    try:
+        _retry_and_cancel(front, mport, pg_dsn)
+    finally:
+        front.stop()
+
+
+def _retry_and_cancel(front: LocalServer, mport: int, pg_dsn: str) -> None:
     c = client(front)
     mdtrt_id, ls = admit(c, RETIRED, n_lines=20, seed=53)
     first = c.settle(
@@ -119,8 +134,21 @@ def test_retry_and_cancel_go_through_the_center(front: LocalServer, pg_dsn: str)
     assert snapshot(front.db) == before
     assert center_rows(pg_dsn, "SELECT COUNT(*) FROM settlements") == [(1,)]
 
-    cancelled = c.cancel_settlement(first.setlinfo.setl_id).setlinfo
+    counted = scrape(mport)
+    cancelled = c.cancel_settlement(first.setlinfo.setl_id, msgid="CM-CANCEL-1").setlinfo
     assert cancelled.state == common_pb2.CANCELLED
+    retried = c.cancel_settlement(first.setlinfo.setl_id, msgid="CM-CANCEL-1").setlinfo
+    assert retried == cancelled
+    with pytest.raises(MedsettleError) as err:  # cancelled already: a new msgid is refused
+        c.cancel_settlement(first.setlinfo.setl_id)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    # Counted as a local cancel is: once, its money per fund, the retry as a replay.
+    after = scrape(mport)
+    cancels = {"mode": "center", "role": "frontend"}
+    for outcome, n in (("cancelled", 1), ("replayed", 1), ("FAILED_PRECONDITION", 1)):
+        assert grown(counted, after, "medsettle_cancels_total", **cancels, outcome=outcome) == n
+    for fund, fen in money_of([first.setlinfo]).items():
+        assert grown(counted, after, "medsettle_fund_cancelled_fen_total", fund=fund) == fen
     assert center_rows(pg_dsn, "SELECT state, cancel_id FROM settlements") == [
         (2, cancelled.cancel_id)
     ]
