@@ -171,15 +171,15 @@ def settle_load(
     where a settle's time goes as well (`chain`)."""
     sign_no, visits = prepare(front, args.visits)
     servers = {"front_end": front, **({"center": center} if center is not None else {})}
-    scraped = (scrape(ports[0]), scrape(ports[1])) if ports is not None else None
+    scraped = (ports, (scrape(ports[0]), scrape(ports[1]))) if ports is not None else None
     before = cpu_snapshot(servers)
     t0 = time.perf_counter()
     r = run_load(
         "settle", front.target, sign_no, visits, args.clients, args.concurrency, args.duration
     )
     r["cores"] = cores_used(before, cpu_snapshot(servers), time.perf_counter() - t0)
-    if ports is not None and scraped is not None:
-        r["chain"] = {k: round(v, 2) for k, v in chain(ports, scraped, r, args.concurrency).items()}
+    if scraped is not None:
+        r["chain"] = {k: round(v, 2) for k, v in chain(*scraped, r, args.concurrency).items()}
     if r["calls"] >= len(visits):
         print("  warning: every prepared visit was settled; raise --visits", flush=True)
     print(f"  Settle: {_figures(r)}  errors {r['errors']}  calls {r['calls']}", flush=True)

@@ -333,7 +333,8 @@ class Tally:
     """Settles and cancels counted, with their amounts, and added to the counters once a
     label when `flush`ed. An increment of a shared counter takes a lock and writes its
     file (about 3 us; a settle touches five or six): a batch of answers adds each label
-    once (the center's `SettleSummaries`), one answer its labels once (the functions below)."""
+    once (the center's `SettleSummaries`, the store's batches), one answer its labels once
+    (the functions below, which use it so that each series' labels are laid out here only)."""
 
     def __init__(self) -> None:
         self._adds: dict[tuple[Any, ...], int] = {}
@@ -384,7 +385,9 @@ def settle_answered(mode: str, role: str, response: bytes, replayed: bool) -> No
 
 
 def settle_refused(mode: str, role: str, code: grpc.StatusCode) -> None:
-    _child(SETTLEMENTS, mode, role, "", code.name).inc()
+    tally = Tally()
+    tally.settle_refused(mode, role, code)
+    tally.flush()
 
 
 def cancel_answered(mode: str, role: str, response: bytes, replayed: bool) -> None:
@@ -394,7 +397,9 @@ def cancel_answered(mode: str, role: str, response: bytes, replayed: bool) -> No
 
 
 def cancel_refused(mode: str, role: str, code: grpc.StatusCode) -> None:
-    _child(CANCELS, mode, role, code.name).inc()
+    tally = Tally()
+    tally.cancel_refused(mode, role, code)
+    tally.flush()
 
 
 _CHILDREN: dict[tuple[Any, ...], Any] = {}
